@@ -1,0 +1,86 @@
+"""The Celery app and the settings the delivery guarantee rests on.
+
+Each setting says why it is there; see ../shared/reference/celery.md and the README's
+"Delivery guarantee" section. Celery + Redis loses messages by default in several ways;
+every line below closes one of them.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, signals
+
+from worker.logging import configure as configure_logging
+from worker.settings import Settings, get_settings
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("prefsync", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        # Acknowledge a message only after its task ran: a crash mid-task re-delivers it.
+        task_acks_late=True,
+        # A pool child killed mid-task (OOM, SIGKILL) otherwise gets its message acked and
+        # lost; this republishes it as a retry instead.
+        task_retry_on_worker_lost=True,
+        task_reject_on_worker_lost=True,
+        # One message at a time per process: a dead worker strands as few as possible.
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            # Unacked messages come back after this long; it must outlast every retry
+            # countdown (Settings checks it) or retries would run twice.
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for unacked messages of dead workers every interval (default: every
+            # 10 × 10 s); with a short visibility timeout recovery is then quick too.
+            "unacked_restore_interval": _restore_interval(settings.visibility_timeout),
+            "unacked_restore_throttle": 1,
+            # Without socket timeouts a publish can hang forever on a half-open connection.
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+        },
+        broker_connection_retry_on_startup=True,
+        # After a reconnect, tasks still running can no longer ack their old messages, which
+        # come back and would run twice: cancel them and let them be re-delivered.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # On shutdown, finish running tasks, then requeue what is held (including retries
+        # waiting for their countdown) instead of cold-stopping with them in memory.
+        worker_soft_shutdown_timeout=10.0,
+        worker_enable_soft_shutdown_on_idle=True,
+        # Bound "in flight": the hard limit feeds the visibility-timeout rule; the soft limit
+        # fires first so a stuck attempt is retried on schedule rather than dead-lettered.
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - 5),
+        # Redis blips while enqueueing or while a retry republishes: keep trying for ~10 s,
+        # then fail loudly (a producer gets an error, never a silent drop or a hang).
+        task_publish_retry=True,
+        task_publish_retry_policy={
+            "max_retries": 10,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2,
+        },
+        # Outcomes are our own records (stats, dead letters); Flower works from events.
+        task_ignore_result=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Never pickle: a message is data, not code.
+        task_serializer="json",
+        accept_content=["json"],
+        # Our structlog pipeline owns logging (worker.logging).
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    return app
+
+
+def _restore_interval(visibility_timeout: int) -> int:
+    return max(1, min(10, visibility_timeout // 10))
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    # Connecting here keeps Celery from installing its own handlers.
+    configure_logging(get_settings())
+
+
+app = make_app(get_settings())

@@ -1,0 +1,313 @@
+"""The ``prefsync`` command: run the worker, enqueue events, manage connector configs and
+dead letters, read the counters.
+
+Exit codes: 0 success, 1 something in the input was refused (each refusal is printed),
+2 the command could not run (bad usage, Redis unreachable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+import click
+import redis
+
+from worker.errors import InvalidConfig, InvalidEvent
+from worker.settings import get_settings
+
+
+def _runtime():  # imported late: `prefsync --help` must work without Redis or Celery set up
+    from worker.runtime import runtime
+
+    return runtime()
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _redis_help(url: str) -> str:
+    return (
+        f"nothing answers at {url}. Start a Redis first: `redis-server` "
+        "(or `docker compose up redis`), or point PREFSYNC_REDIS_URL at one."
+    )
+
+
+class ReportRedisErrors(click.Group):
+    """Turn an unreachable Redis into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            fail(_redis_help(get_settings().redis_url))
+
+
+@click.group(cls=ReportRedisErrors)
+def main() -> None:
+    """prefsync: carries consent and preference changes to Braze and Brevo (Sendinblue).
+
+    Settings come from PREFSYNC_* environment variables (see the README).
+    """
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", "-c", default=None, help="Worker processes (default: CPUs).")
+@click.option("--loglevel", "-l", default=None, help="Log level (default: PREFSYNC_LOG_LEVEL).")
+@click.pass_context
+def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) -> None:
+    """Run a worker (same as `celery -A worker worker`); extra options go to Celery."""
+    settings = get_settings()
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+    except redis.exceptions.RedisError:
+        fail(_redis_help(settings.redis_url))
+    argv = ["celery", "-A", "worker", "worker", f"--loglevel={loglevel or settings.log_level}"]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    os.execvp(sys.executable, [sys.executable, "-m", *argv, *ctx.args])
+
+
+# ---------------------------------------------------------------- enqueue
+
+
+def read_payloads(text: str) -> Iterator[tuple[str, Any, str | None]]:
+    """Yield (label, payload, error) for each event of a JSON object, JSON array or
+    JSON Lines text; labels are "item N" (array) or "line N" (JSON Lines), 1-based."""
+    stripped = text.strip()
+    if not stripped:
+        yield "input", None, "no event found (empty input)"
+        return
+    try:
+        document = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        if "\n" not in stripped:
+            yield "line 1", None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+            return
+        document = None
+    if isinstance(document, list):
+        for number, item in enumerate(document, start=1):
+            yield f"item {number}", item, None
+        return
+    if document is not None:
+        yield "event", document, None
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield f"line {number}", None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+
+
+@main.command()
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+def enqueue(file: click.utils.LazyFile) -> None:
+    """Validate and enqueue the events of FILE (`-` for stdin): a JSON object, a JSON array
+    or JSON Lines. Each invalid event is reported with its line or item number; the valid
+    ones are enqueued all the same. Exits 1 if any was invalid."""
+    from worker.producer import enqueue as enqueue_one
+
+    enqueued = invalid = 0
+    for label, payload, error in read_payloads(file.read()):
+        if error is None:
+            try:
+                enqueue_one(payload)
+                enqueued += 1
+                continue
+            except InvalidEvent as exc:
+                error = str(exc)
+        invalid += 1
+        click.echo(f"{label}: {error}", err=True)
+    click.echo(f"enqueued {enqueued} event(s), {invalid} invalid")
+    if invalid:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- connectors
+
+
+@main.group()
+def connectors() -> None:
+    """Store, list, show and delete a tenant's connector configs."""
+
+
+@connectors.command("put")
+@click.argument("tenant")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--id", "connector_id", help="Connector id, unique in the tenant (default: type).")
+def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | None) -> None:
+    """Validate the config in FILE (either generation of shape) and store it."""
+    from worker.configs import parse_config
+
+    try:
+        raw = json.loads(file.read())
+    except json.JSONDecodeError as exc:
+        fail(f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno})", 1)
+    try:
+        config = parse_config(
+            raw, connector_id=connector_id, allow_hosts=get_settings().allow_hosts
+        )
+    except InvalidConfig as exc:
+        fail(f"config refused: {exc}", 1)
+    _runtime().configs.put(tenant, config)
+    click.echo(f"stored connector {config.id!r} ({config.type_id}) for tenant {tenant!r}")
+
+
+@connectors.command("list")
+@click.argument("tenant")
+def connectors_list(tenant: str) -> None:
+    """One line per connector: id, type, enabled, upsert, mappings, credential (masked)."""
+    for connector_id in _runtime().configs.ids(tenant):
+        try:
+            config = _runtime().configs.get(tenant, connector_id)
+        except InvalidConfig as exc:
+            click.echo(f"{connector_id}\tBROKEN: {exc}")
+            continue
+        if config is None:
+            continue
+        described = config.describe()
+        secrets = " ".join(
+            f"{k}={v}" for k, v in described.get("options", {}).items() if str(v).startswith("…")
+        )
+        click.echo(
+            f"{config.id}\t{config.type_id}\t{'enabled' if config.enabled else 'disabled'}\t"
+            f"upsert={'on' if config.upsert_mode else 'off'}\t"
+            f"mappings={len(config.mappings)}\t{secrets}"
+        )
+
+
+@connectors.command("show")
+@click.argument("tenant")
+@click.argument("connector_id")
+def connectors_show(tenant: str, connector_id: str) -> None:
+    """The stored config as JSON, credentials masked."""
+    config = _runtime().configs.get(tenant, connector_id)
+    if config is None:
+        fail(f"tenant {tenant!r} has no connector {connector_id!r}", 1)
+    click.echo(json.dumps(config.describe(), indent=2, ensure_ascii=False))
+
+
+@connectors.command("delete")
+@click.argument("tenant")
+@click.argument("connector_id")
+def connectors_delete(tenant: str, connector_id: str) -> None:
+    """Delete a connector config."""
+    if not _runtime().configs.delete(tenant, connector_id):
+        fail(f"tenant {tenant!r} has no connector {connector_id!r}", 1)
+    click.echo(f"deleted connector {connector_id!r} of tenant {tenant!r}")
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, replay and purge dead-lettered deliveries."""
+
+
+def _when(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+@dlq.command("list")
+@click.option("--tenant", help="Only this tenant's entries.")
+@click.option("--connector", help="Only this connector id's entries.")
+def dlq_list(tenant: str | None, connector: str | None) -> None:
+    """One line per entry: id, tenant, connector, user, reason, when; then the count."""
+    entries = _runtime().deadletters.list(tenant=tenant, connector_id=connector)
+    for e in entries:
+        click.echo(
+            f"{e.id}\t{e.tenant}\t{e.connector_id or '-'}\t{e.user}\t{e.reason}\t"
+            f"{_when(e.dead_lettered_at)}"
+        )
+    click.echo(f"{len(entries)} dead letter(s)")
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+def dlq_show(entry_id: str) -> None:
+    """One entry as JSON: the event, every attempt, the reason."""
+    from worker.deadletter import dumps
+
+    entry = _runtime().deadletters.get(entry_id)
+    if entry is None:
+        fail(f"no dead letter {entry_id!r}", 1)
+    click.echo(dumps(entry))
+
+
+def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> list:
+    store = _runtime().deadletters
+    if sum([bool(ids), all_, tenant is not None]) != 1:
+        fail("name entry ids, or --all, or --tenant T (exactly one of them)")
+    if ids:
+        entries = [store.get(i) for i in ids]
+        missing = [i for i, e in zip(ids, entries, strict=True) if e is None]
+        if missing:
+            fail(f"no dead letter {', '.join(missing)}", 1)
+        return entries
+    return store.list(tenant=tenant)
+
+
+@dlq.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Replay every entry.")
+@click.option("--tenant", help="Replay every entry of this tenant.")
+def dlq_replay(ids: tuple[str, ...], all_: bool, tenant: str | None) -> None:
+    """Re-enqueue entries through the normal path. An entry is removed once its event is
+    enqueued; if it fails again it comes back as a new entry."""
+    from worker.deadletter import replay
+    from worker.producer import enqueue as enqueue_all
+    from worker.producer import redeliver
+
+    def enqueue(entry) -> str:
+        if entry.connector_id:
+            return redeliver(entry.payload, entry.connector_id)
+        return enqueue_all(entry.payload)
+
+    done, failed = replay(_runtime().deadletters, _select(ids, all_, tenant), enqueue)
+    for entry, error in failed:
+        click.echo(f"{entry.id}: not replayed: {error}", err=True)
+    click.echo(f"replayed {len(done)} dead letter(s), {len(failed)} failed")
+    if failed:
+        sys.exit(1)
+
+
+@dlq.command("purge")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Purge every entry.")
+def dlq_purge(ids: tuple[str, ...], all_: bool) -> None:
+    """Delete entries for good."""
+    store = _runtime().deadletters
+    entries = _select(ids, all_, None)
+    removed = sum(store.remove(e.id) for e in entries)
+    click.echo(f"purged {removed} dead letter(s)")
+
+
+# ---------------------------------------------------------------- numbers
+
+
+@main.command()
+@click.option("--tenant", help="Only this tenant.")
+@click.option("--connector", help="Only this connector (needs --tenant).")
+def stats(tenant: str | None, connector: str | None) -> None:
+    """Outcome counters: delivered, skipped (by reason), dead-lettered."""
+    if connector and not tenant:
+        fail("--connector needs --tenant")
+    counts = _runtime().recorder.counts(tenant, connector)
+    if not counts:
+        click.echo("no outcomes recorded yet")
+    for name, value in counts.items():
+        click.echo(f"{name}\t{value}")
+
+
+if __name__ == "__main__":
+    main()

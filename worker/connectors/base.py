@@ -1,0 +1,145 @@
+"""What every destination connector shares: the request and result types, the HTTP
+transport and the small interface a connector implements.
+
+A connector knows nothing of Celery or Redis: given a user, the values its mappings
+resolved to and its config, it builds requests, sends them through a ``Transport`` and
+turns the answers into a ``Delivered``/``Skipped`` result or a ``RetryableError`` /
+``PermanentError`` (worker.errors).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import requests
+from pydantic import BaseModel
+
+from worker.errors import RetryableError
+from worker.events import Value
+
+if TYPE_CHECKING:
+    from worker.configs import ConnectorConfig
+
+SECRET_HEADERS = frozenset({"authorization", "api-key"})
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    json: Any = None
+
+    def redacted(self) -> dict[str, Any]:
+        """The request as an operator may see it: secret headers masked to their last 4."""
+        headers = {
+            name: mask(value) if name.lower() in SECRET_HEADERS else value
+            for name, value in self.headers.items()
+        }
+        return {"method": self.method, "url": self.url, "headers": headers, "body": self.json}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: Any  # parsed JSON when the answer was JSON, else the text (or None when empty)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    status: int
+    #: destination fields written, as sent (for the audit trail; never credentials)
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    reason: str  # one of worker.outcomes.SkipReason values
+    detail: str = ""
+
+
+Result = Delivered | Skipped
+
+
+def mask(secret: str) -> str:
+    """Show a credential the way operators may see it: only its last 4 characters."""
+    tail = secret[-4:] if len(secret) >= 12 else ""
+    return f"…{tail}" if tail else "…"
+
+
+class Transport:
+    """Sends ``HttpRequest``s over one pooled ``requests.Session``.
+
+    Network errors and timeouts become ``RetryableError``; every answer, whatever its
+    status, comes back as an ``HttpResponse`` for the connector to classify. No retries
+    happen here: the task's schedule is the only retry loop.
+    """
+
+    def __init__(self, timeout: float, session: requests.Session | None = None) -> None:
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    def send(self, request: HttpRequest) -> HttpResponse:
+        try:
+            answer = self.session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                json=request.json,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout:
+            raise RetryableError(f"timed out after {self.timeout}s") from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"network error: {type(exc).__name__}") from None
+        return HttpResponse(answer.status_code, answer.headers, _body(answer))
+
+
+def _body(answer: requests.Response) -> Any:
+    if not answer.content:
+        return None
+    try:
+        return answer.json()
+    except ValueError:
+        return answer.text[:2000]
+
+
+class Connector(ABC):
+    """One destination type. Register an instance in ``worker/connectors/__init__.py``."""
+
+    type_id: ClassVar[str]
+    #: other names accepted for ``type_id`` in configs (e.g. "brevo")
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: credentials and destination options; validated when a config is stored
+    options_model: ClassVar[type[BaseModel]]
+
+    def mapping_problem(self, mapping_id: str) -> str | None:
+        """Why a mapping with this id cannot be accepted (checked when a config is stored),
+        or None when it can."""
+        return None
+
+    @abstractmethod
+    def requests(
+        self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
+    ) -> list[HttpRequest]:
+        """Every request ``deliver`` may send, in order (fallbacks such as a create after a
+        404 included). Empty when the values map to nothing. Used by the dry-run preview."""
+
+    @abstractmethod
+    def deliver(
+        self,
+        transport: Transport,
+        config: ConnectorConfig,
+        user: str,
+        values: Mapping[str, Value],
+    ) -> Result:
+        """Send the change and classify the answer, or raise Retryable/PermanentError.
+
+        ``values`` maps a mapping's PMP property name (as written in the config) to its
+        value; properties without a value are not in it.
+        """

@@ -1,0 +1,394 @@
+"""Braze: one ``POST {server}/users/track`` per change, carrying one attributes object for
+the user, whose ``external_id`` is the PMP's ``organization_user_id``.
+
+How a mapping id becomes a field of that object (docs/reference braze.md):
+
+- ``OPTED_IN``: true gives ``email_subscribe: "opted_in"``, false ``"unsubscribed"``;
+- ``UNSUBSCRIBED``: true gives ``"unsubscribed"``, false ``"subscribed"``. When both yield a
+  state, ``unsubscribed`` beats ``opted_in``, which beats ``subscribed``: any refusal wins;
+- a subscription group id gives an entry of ``subscription_groups``. Braze's group ids are
+  UUIDs, so an id is a group exactly when it is a UUID written 8-4-4-4-12 in hex digits (any
+  case, any version); every other id stays a custom attribute;
+- anything else is a custom attribute of that name, set to the value as it is.
+
+``OPTED_IN`` and ``UNSUBSCRIBED`` compare case-insensitively: ``opted_in`` written in a
+config must not quietly become a custom attribute while the person's email state stays as
+it was.
+
+A mapping whose property has no value writes nothing; when no mapping has a value there is
+nothing to send and the change is skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import time
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
+
+from worker.connectors.base import (
+    Connector,
+    Delivered,
+    HttpRequest,
+    HttpResponse,
+    Result,
+    Skipped,
+    Transport,
+    Value,
+    mask,
+)
+from worker.errors import PermanentError, RetryableError
+from worker.outcomes import SkipReason
+from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.configs import ConnectorConfig
+    from worker.configs import Mapping as MappingConfig
+
+
+class Instance(NamedTuple):
+    name: str
+    rest: str
+    dashboard: str
+    sdk: str
+
+
+# braze.com/docs/api/basics#endpoints ("API and SDK endpoints"). There is no US-09.
+INSTANCES: tuple[Instance, ...] = (
+    Instance("US-01", "rest.iad-01.braze.com", "dashboard-01.braze.com", "sdk.iad-01.braze.com"),
+    Instance("US-02", "rest.iad-02.braze.com", "dashboard-02.braze.com", "sdk.iad-02.braze.com"),
+    Instance("US-03", "rest.iad-03.braze.com", "dashboard-03.braze.com", "sdk.iad-03.braze.com"),
+    Instance("US-04", "rest.iad-04.braze.com", "dashboard-04.braze.com", "sdk.iad-04.braze.com"),
+    Instance("US-05", "rest.iad-05.braze.com", "dashboard-05.braze.com", "sdk.iad-05.braze.com"),
+    Instance("US-06", "rest.iad-06.braze.com", "dashboard-06.braze.com", "sdk.iad-06.braze.com"),
+    Instance("US-07", "rest.iad-07.braze.com", "dashboard-07.braze.com", "sdk.iad-07.braze.com"),
+    Instance("US-08", "rest.iad-08.braze.com", "dashboard-08.braze.com", "sdk.iad-08.braze.com"),
+    Instance("US-10", "rest.us-10.braze.com", "dashboard.us-10.braze.com", "sdk.us-10.braze.com"),
+    Instance("EU-01", "rest.fra-01.braze.eu", "dashboard-01.braze.eu", "sdk.fra-01.braze.eu"),
+    Instance("EU-02", "rest.fra-02.braze.eu", "dashboard-02.braze.eu", "sdk.fra-02.braze.eu"),
+    Instance("AU-01", "rest.au-01.braze.com", "dashboard.au-01.braze.com", "sdk.au-01.braze.com"),
+    Instance("ID-01", "rest.id-01.braze.com", "dashboard.id-01.braze.com", "sdk.id-01.braze.com"),
+    Instance("JP-01", "rest.jp-01.braze.com", "dashboard.jp-01.braze.com", "sdk.jp-01.braze.com"),
+    Instance("KR-01", "rest.kr-01.braze.com", "dashboard.kr-01.braze.com", "sdk.kr-01.braze.com"),
+)
+_BY_NAME = {instance.name: instance for instance in INSTANCES}
+_REST_HOSTS = frozenset(instance.rest for instance in INSTANCES)
+_DASHBOARDS = {instance.dashboard: instance for instance in INSTANCES}
+_SDK_ENDPOINTS = {instance.sdk: instance for instance in INSTANCES}
+# SDK hosts of older SDK versions, which name no instance.
+_LEGACY_SDK_HOSTS = frozenset({"sondheim.braze.com", "sondheim.appboy.com"})
+_INSTANCE_NAME = re.compile(r"[A-Z]{2}-\d{2}")
+_EXAMPLE = "such as https://rest.iad-01.braze.com or its instance name such as US-01"
+
+_SUBSCRIPTION_GROUP = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I
+)
+# Strongest first: any refusal of email wins over any consent to it.
+_EMAIL_STATES = ("unsubscribed", "opted_in", "subscribed")
+# Keys of the attributes object this connector sets itself, and keys that identify the user
+# (a mapping writing them would override ours or move the update to someone else).
+_OWN_KEYS = frozenset(
+    {"external_id", "_update_existing_only", "email_subscribe", "subscription_groups"}
+)
+_USER_KEYS = frozenset({"user_alias", "braze_id", "email", "phone"})
+_REASON_LENGTH = 300
+
+
+def rest_endpoint(server: str, allow_hosts: Collection[str] = ()) -> str:
+    """The Braze REST endpoint ``server`` names, as ``https://host``; ValueError otherwise.
+
+    Accepted: an endpoint of ``INSTANCES`` (https only, nothing after the host but one
+    ``/``, host in any case), its bare host, or its instance name. ``allow_hosts``
+    (``host:port`` entries, lower case) also lets ``http(s)://host:port`` through, for local
+    stacks and tests. Everything else is refused: a server URL is where the API key is sent.
+    """
+    text = server.strip()
+    if _INSTANCE_NAME.fullmatch(text.upper()):
+        instance = _BY_NAME.get(text.upper())
+        if instance is None:
+            raise ValueError(f"unknown Braze instance {text!r} (known: {', '.join(_BY_NAME)})")
+        return f"https://{instance.rest}"
+    if "://" not in text:
+        return _bare_host(text)
+
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"must be an https:// URL, not {scheme}://")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain user info (a name@ before the host)")
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    extra = parts.path not in ("", "/") or "?" in text or "#" in text
+    if port is not None and f"{host}:{port}" in allow_hosts:
+        if extra:
+            raise ValueError("must not have a path, query or fragment")
+        return f"{scheme}://{host}:{port}"
+
+    _refuse_other_braze_host(host)
+    if scheme != "https":
+        raise ValueError("must use https://")
+    if port is not None:
+        raise ValueError("must not name a port")
+    if extra:
+        raise ValueError(f"must be the endpoint alone, without path, query or fragment, {_EXAMPLE}")
+    return _known_host(host)
+
+
+def _bare_host(text: str) -> str:
+    host = text.lower().removesuffix("/")
+    _refuse_other_braze_host(host)
+    if any(char in host for char in "/:@?#"):
+        raise ValueError(f"must be a Braze REST endpoint {_EXAMPLE}")
+    return _known_host(host)
+
+
+def _refuse_other_braze_host(host: str) -> None:
+    """People paste the dashboard URL they log in to, or the SDK endpoint of their app."""
+    if instance := _DASHBOARDS.get(host):
+        raise ValueError(
+            f"{host} is the {instance.name} dashboard, not the REST API: "
+            f"use https://{instance.rest}"
+        )
+    if instance := _SDK_ENDPOINTS.get(host):
+        raise ValueError(
+            f"{host} is the {instance.name} SDK endpoint, not the REST API: "
+            f"use https://{instance.rest}"
+        )
+    if host in _LEGACY_SDK_HOSTS or host.startswith(("sdk.", "dashboard.", "dashboard-")):
+        raise ValueError(
+            f"{host} is not the REST API: use the REST endpoint shown next to your API keys "
+            f"(Settings > APIs and Identifiers), {_EXAMPLE}"
+        )
+
+
+def _known_host(host: str) -> str:
+    if host in _REST_HOSTS:
+        return f"https://{host}"
+    if host.endswith("."):
+        raise ValueError("must not end with a dot")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host} is not a Braze REST endpoint; use yours, {_EXAMPLE}") from None
+    raise ValueError(f"must be a Braze REST endpoint, not an IP address; use yours, {_EXAMPLE}")
+
+
+class Options(BaseModel):
+    """Credentials and destination of one Braze workspace."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_key: SecretStr
+    server: str
+
+    @field_validator("api_key")
+    @classmethod
+    def _single_token(cls, key: SecretStr) -> SecretStr:
+        # A space or line break inside would be refused by the HTTP client on every send.
+        secret = key.get_secret_value().strip()
+        if not secret:
+            raise ValueError("must not be empty")
+        if any(char.isspace() or not char.isprintable() for char in secret):
+            raise ValueError("must be a single token, without spaces or line breaks")
+        return SecretStr(secret)
+
+    @field_validator("server")
+    @classmethod
+    def _rest_endpoint(cls, server: str, info: ValidationInfo) -> str:
+        return rest_endpoint(server, (info.context or {}).get("allow_hosts", ()))
+
+
+class BrazeConnector(Connector):
+    type_id = "braze"
+    options_model = Options
+
+    def mapping_problem(self, mapping_id: str) -> str | None:
+        if mapping_id.lower() in _OWN_KEYS:
+            return (
+                f"{mapping_id!r} is set by the connector itself; map OPTED_IN, UNSUBSCRIBED "
+                "or a subscription group id to change the email state"
+            )
+        if mapping_id.lower() in _USER_KEYS:
+            return f"{mapping_id!r} identifies the Braze user; a mapping must not change it"
+        return None
+
+    def requests(
+        self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
+    ) -> list[HttpRequest]:
+        fields = _fields(config, values)
+        return [_track_request(config, user, fields)] if fields else []
+
+    def deliver(
+        self,
+        transport: Transport,
+        config: ConnectorConfig,
+        user: str,
+        values: Mapping[str, Value],
+    ) -> Result:
+        fields = _fields(config, values)
+        if not fields:
+            return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
+        response = transport.send(_track_request(config, user, fields))
+        return _classify(response, fields, _options(config))
+
+
+def _options(config: ConnectorConfig) -> Options:
+    if not isinstance(config.options, Options):
+        raise TypeError(f"connector {config.id!r} is not a Braze config")
+    return config.options
+
+
+def _fields(config: ConnectorConfig, values: Mapping[str, Value]) -> dict[str, Any]:
+    """The Braze fields the mapped values write, without the user's identifier."""
+    email_states: list[str] = []
+    groups: list[dict[str, str]] = []
+    custom: dict[str, Value] = {}
+    for mapping in config.mappings:
+        value = values.get(mapping.value)
+        if value is None:
+            continue
+        kind = mapping.id.upper()
+        if kind == "OPTED_IN":
+            email_states.append("opted_in" if _flag(mapping, value) else "unsubscribed")
+        elif kind == "UNSUBSCRIBED":
+            email_states.append("unsubscribed" if _flag(mapping, value) else "subscribed")
+        elif _SUBSCRIPTION_GROUP.fullmatch(mapping.id):
+            state = "subscribed" if _flag(mapping, value) else "unsubscribed"
+            groups.append({"subscription_group_id": mapping.id, "subscription_state": state})
+        else:
+            custom[mapping.id] = value
+
+    fields: dict[str, Any] = {}
+    if email_states:
+        fields["email_subscribe"] = min(email_states, key=_EMAIL_STATES.index)
+    if groups:
+        fields["subscription_groups"] = groups
+    fields.update(custom)
+    return fields
+
+
+def _flag(mapping: MappingConfig, value: Value) -> bool:
+    if isinstance(value, bool):
+        return value
+    # A subscription state cannot be guessed from text: the config maps the wrong property.
+    raise PermanentError(
+        f"mapping {mapping.id} needs a true/false property, but {mapping.value} holds text; "
+        "map it to an ..._enabled property",
+        operator_action=True,
+    )
+
+
+def _track_request(config: ConnectorConfig, user: str, fields: Mapping[str, Any]) -> HttpRequest:
+    options = _options(config)
+    attributes = {
+        "external_id": user,
+        # Braze creates unknown users unless told otherwise.
+        "_update_existing_only": not config.upsert_mode,
+        **fields,
+    }
+    return HttpRequest(
+        method="POST",
+        url=f"{options.server}/users/track",
+        headers={
+            "Authorization": f"Bearer {options.api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+        },
+        json={"attributes": [attributes]},
+    )
+
+
+def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Options) -> Delivered:
+    """Braze's answer as a result, or the error that says what to do about it."""
+    status = response.status
+    reason = _reason(response.body, options.api_key.get_secret_value())
+    if 200 <= status < 300:
+        body = response.body
+        if not isinstance(body, dict) or body.get("message") != "success":
+            # Only "success" says the update was queued; anything else is not proof of it.
+            raise RetryableError(
+                f"Braze answered HTTP {status} without a success message, so the update is "
+                f"not known to be applied: {reason}",
+                status=status,
+            )
+        if body.get("errors"):
+            # A single-user request: the one attributes object listed is the whole change.
+            raise PermanentError(
+                f"Braze refused the update (HTTP {status}): {reason}", status=status
+            )
+        return Delivered(status, fields)
+    if 300 <= status < 400:
+        location = _header(response.headers, "location") or "nowhere"
+        raise PermanentError(
+            f"Braze answered HTTP {status}, a redirect to {location}, which is not followed: "
+            f"check that {options.server} is still the workspace's REST endpoint; {reason}",
+            status=status,
+            operator_action=True,
+        )
+    if status in (401, 403):
+        raise PermanentError(
+            f"Braze refused the credentials (HTTP {status}): the API key is wrong or revoked, "
+            f"belongs to another instance than {options.server}, or lacks the users.track "
+            f"permission; {reason}",
+            status=status,
+            operator_action=True,
+        )
+    if status == 429:
+        raise RetryableError(
+            f"Braze rate limit reached (HTTP 429): {reason}",
+            status=status,
+            retry_after=_retry_after(response.headers),
+        )
+    if status == 408 or status >= 500:
+        raise RetryableError(f"Braze is unavailable (HTTP {status}): {reason}", status=status)
+    if status == 413:
+        raise PermanentError(
+            "Braze found the request too large (HTTP 413), and one user's update cannot be "
+            f"split further: {reason}",
+            status=status,
+        )
+    raise PermanentError(f"Braze refused the update (HTTP {status}): {reason}", status=status)
+
+
+def _reason(body: Any, secret: str) -> str:
+    """Braze's explanation, short, and without the key should Braze ever echo it."""
+    if body is None:
+        text = "no body"
+    elif isinstance(body, dict) and isinstance(body.get("message"), str):
+        text = body["message"]
+        if body.get("errors"):
+            text += f" {json.dumps(body['errors'], ensure_ascii=False)}"
+    elif isinstance(body, str):
+        text = body
+    else:
+        text = json.dumps(body, ensure_ascii=False)
+    text = text.replace(secret, mask(secret))
+    return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH] + "…"
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds until ``X-RateLimit-Reset`` (epoch seconds), within [0, rate_limit_max_wait]."""
+    raw = _header(headers, "x-ratelimit-reset")
+    if raw is None:
+        return None
+    try:
+        reset = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(reset):
+        return None
+    return min(max(reset - time.time(), 0.0), get_settings().rate_limit_max_wait)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    # HTTP/2 sends header names in lower case; HTTP/1.1 servers as they please.
+    return next((value for key, value in headers.items() if key.lower() == name), None)

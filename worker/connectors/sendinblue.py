@@ -1,0 +1,316 @@
+"""Brevo (formerly Sendinblue): one ``PUT {base}/contacts/{identifier}`` per change and, in
+upsert mode, a ``POST {base}/contacts`` that creates the contact Brevo did not know.
+
+How a mapping id becomes part of the update (docs/reference sendinblue.md):
+
+- ``EMAIL_CAMPAIGNS_SUBSCRIBED`` (any case): true gives ``emailBlacklisted: false``, false
+  gives ``emailBlacklisted: true``;
+- anything else is a contact attribute named by the id in upper case (Brevo's attribute
+  names are), set to the value as it is.
+
+``EMAIL`` is refused as a mapping id: changing a blocklisted contact's email clears its
+blocklist, which would resubscribe the person. ``EXT_ID`` is refused too: it is how the
+contact is found.
+
+The contact is the PMP's ``organization_user_id``. One that looks like an email address
+(text, one ``@``, a domain with a dot, no spaces) is addressed as ``identifierType=email_id``,
+anything else as ``ext_id``. The base URL is read from the settings at every call, so tests
+and local stacks can point it elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from worker.connectors.base import (
+    Connector,
+    Delivered,
+    HttpRequest,
+    HttpResponse,
+    Result,
+    Skipped,
+    Transport,
+    Value,
+    mask,
+)
+from worker.errors import PermanentError, RetryableError
+from worker.outcomes import SkipReason
+from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.configs import ConnectorConfig
+    from worker.configs import Mapping as MappingConfig
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_BLOCKLIST_ID = "EMAIL_CAMPAIGNS_SUBSCRIBED"
+# Brevo's rate-limit windows are one second and one hour: a reset further away than an
+# hour cannot be seconds, and is read as the milliseconds some integrators have seen.
+_LONGEST_WINDOW = 3600.0
+_REASON_LENGTH = 300
+
+
+class Options(BaseModel):
+    """Credentials and options of one Brevo account."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The older config shape calls the key api_key, the newer one private_api_key.
+    api_key: SecretStr = Field(validation_alias=AliasChoices("api_key", "private_api_key"))
+    # The list new contacts join (upsert mode only).
+    list_id: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data and "private_api_key" in data:
+            raise ValueError("give either api_key or private_api_key, not both")
+        return data
+
+    @field_validator("list_id", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, list_id: Any) -> Any:
+        # true would otherwise pass as list 1.
+        if isinstance(list_id, bool):
+            raise ValueError("must be a positive integer")
+        return list_id
+
+    @field_validator("api_key")
+    @classmethod
+    def _single_token(cls, key: SecretStr) -> SecretStr:
+        # A space or line break inside would be refused by the HTTP client on every send.
+        secret = key.get_secret_value().strip()
+        if not secret:
+            raise ValueError("must not be empty")
+        if any(char.isspace() or not char.isprintable() for char in secret):
+            raise ValueError("must be a single token, without spaces or line breaks")
+        return SecretStr(secret)
+
+
+class SendinblueConnector(Connector):
+    type_id = "sendinblue"
+    aliases = ("brevo",)
+    options_model = Options
+
+    def mapping_problem(self, mapping_id: str) -> str | None:
+        if mapping_id.upper() == "EMAIL":
+            return (
+                "EMAIL is never written: changing a blocklisted contact's email clears its "
+                "blocklist, which would resubscribe the person"
+            )
+        if mapping_id.upper() == "EXT_ID":
+            return "EXT_ID identifies the Brevo contact; a mapping must not change it"
+        return None
+
+    def requests(
+        self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
+    ) -> list[HttpRequest]:
+        fields = _fields(config, values)
+        if not fields:
+            return []
+        options = _options(config)
+        update = _update_request(options, user, fields)
+        return [update, _create_request(options, user, fields)] if config.upsert_mode else [update]
+
+    def deliver(
+        self,
+        transport: Transport,
+        config: ConnectorConfig,
+        user: str,
+        values: Mapping[str, Value],
+    ) -> Result:
+        fields = _fields(config, values)
+        if not fields:
+            return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
+        options = _options(config)
+        response = transport.send(_update_request(options, user, fields))
+        if _contact_unknown(response):
+            if not config.upsert_mode:
+                return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
+            response = transport.send(_create_request(options, user, fields))
+        return _classify(response, fields, options)
+
+
+def _options(config: ConnectorConfig) -> Options:
+    if not isinstance(config.options, Options):
+        raise TypeError(f"connector {config.id!r} is not a Brevo config")
+    return config.options
+
+
+def _fields(config: ConnectorConfig, values: Mapping[str, Value]) -> dict[str, Any]:
+    """The update body the mapped values make: ``attributes`` and ``emailBlacklisted``, each
+    only when something sets it."""
+    attributes: dict[str, Value] = {}
+    blacklisted: bool | None = None
+    for mapping in config.mappings:
+        value = values.get(mapping.value)
+        if value is None:
+            continue
+        if mapping.id.upper() == _BLOCKLIST_ID:
+            blacklisted = not _flag(mapping, value)
+        else:
+            attributes[mapping.id.upper()] = value
+
+    fields: dict[str, Any] = {}
+    if attributes:
+        fields["attributes"] = attributes
+    if blacklisted is not None:
+        fields["emailBlacklisted"] = blacklisted
+    return fields
+
+
+def _flag(mapping: MappingConfig, value: Value) -> bool:
+    if isinstance(value, bool):
+        return value
+    # A blocklist state cannot be guessed from text: the config maps the wrong property.
+    raise PermanentError(
+        f"mapping {mapping.id} needs a true/false property, but {mapping.value} holds text; "
+        "map it to an ..._enabled property",
+        operator_action=True,
+    )
+
+
+def _headers(options: Options) -> dict[str, str]:
+    return {
+        "api-key": options.api_key.get_secret_value(),
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+
+
+def _base_url() -> str:
+    return get_settings().sendinblue_api_url.rstrip("/")
+
+
+def _update_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
+    # identifierType is always sent: without it Brevo guesses from the identifier's form.
+    identifier_type = "email_id" if _EMAIL.fullmatch(user) else "ext_id"
+    return HttpRequest(
+        method="PUT",
+        url=f"{_base_url()}/contacts/{quote(user, safe='')}?identifierType={identifier_type}",
+        headers=_headers(options),
+        json=dict(fields),
+    )
+
+
+def _create_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
+    body: dict[str, Any] = {"email" if _EMAIL.fullmatch(user) else "ext_id": user, **fields}
+    if options.list_id is not None:
+        body["listIds"] = [options.list_id]
+    # A contact created meanwhile by someone else is then updated rather than an error.
+    body["updateEnabled"] = True
+    return HttpRequest(
+        method="POST", url=f"{_base_url()}/contacts", headers=_headers(options), json=body
+    )
+
+
+def _contact_unknown(response: HttpResponse) -> bool:
+    # Only Brevo's own "no such contact" counts: a 404 from a wrong base URL must not
+    # quietly skip every change.
+    return response.status == 404 and _code(response.body) == "document_not_found"
+
+
+def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Options) -> Delivered:
+    """Brevo's answer as a result, or the error that says what to do about it."""
+    status = response.status
+    reason = _reason(response.body, options.api_key.get_secret_value())
+    if status in (201, 204):
+        return Delivered(status, fields)
+    if 200 <= status < 300:
+        raise RetryableError(
+            f"Brevo answered HTTP {status} where 204 or 201 was expected, so the update is "
+            f"not known to be applied: {reason}",
+            status=status,
+        )
+    if 300 <= status < 400:
+        location = _header(response.headers, "location") or "nowhere"
+        raise PermanentError(
+            f"Brevo answered HTTP {status}, a redirect to {location}, which is not followed: "
+            f"check the Brevo API URL setting ({_base_url()}); {reason}",
+            status=status,
+            operator_action=True,
+        )
+    if status in (401, 402, 403):
+        problem = {
+            401: "the API key is wrong or revoked",
+            402: "the account has no credit left",
+            403: "the API key is not permitted to update contacts",
+        }[status]
+        raise PermanentError(
+            f"Brevo refused the update (HTTP {status}): {problem}; {reason}",
+            status=status,
+            operator_action=True,
+        )
+    if status == 429:
+        raise RetryableError(
+            f"Brevo rate limit reached (HTTP 429): {reason}",
+            status=status,
+            retry_after=_retry_after(response.headers),
+        )
+    if status in (408, 425) or status >= 500:
+        raise RetryableError(f"Brevo is unavailable (HTTP {status}): {reason}", status=status)
+    if status == 404:
+        # Not the contact (handled before): a list that does not exist, or a wrong base URL.
+        raise PermanentError(
+            f"Brevo answered HTTP 404: {reason}; check list_id and the Brevo API URL "
+            f"setting ({_base_url()})",
+            status=status,
+            operator_action=True,
+        )
+    raise PermanentError(f"Brevo refused the update (HTTP {status}): {reason}", status=status)
+
+
+def _code(body: Any) -> str | None:
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _reason(body: Any, secret: str) -> str:
+    """Brevo's code and message, short, and without the key should Brevo ever echo it."""
+    if body is None:
+        text = "no body"
+    elif isinstance(body, dict) and isinstance(body.get("message"), str):
+        text = f"{_code(body) or 'no code'}: {body['message']}"
+    elif isinstance(body, str):
+        text = body
+    else:
+        text = json.dumps(body, ensure_ascii=False)
+    text = text.replace(secret, mask(secret))
+    return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH] + "…"
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds until ``x-sib-ratelimit-reset`` says the window resets (a relative value),
+    within [0, rate_limit_max_wait]."""
+    raw = _header(headers, "x-sib-ratelimit-reset")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    if seconds > _LONGEST_WINDOW:
+        seconds /= 1000
+    return min(max(seconds, 0.0), get_settings().rate_limit_max_wait)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    # HTTP/2 sends header names in lower case; HTTP/1.1 servers as they please.
+    return next((value for key, value in headers.items() if key.lower() == name), None)

@@ -1,0 +1,70 @@
+"""Delivering one event to one connector: plain Python, testable without Celery.
+
+``Deliverer.deliver`` decides whether the event has anything to say to this connector,
+keeps it from overwriting newer information (worker.state) and hands the rest to the
+connector. It returns an ``Outcome`` (delivered or skipped) or raises ``RetryableError`` /
+``PermanentError`` for the task to retry or dead-letter.
+"""
+
+from __future__ import annotations
+
+from worker.configs import ConnectorConfig
+from worker.connectors.base import Delivered, Transport, Value
+from worker.events import PreferenceEvent
+from worker.outcomes import Outcome, OutcomeKind, SkipReason
+from worker.state import StateStore
+
+
+def skipped(reason: SkipReason, detail: str = "") -> Outcome:
+    return Outcome(OutcomeKind.SKIPPED, reason=str(reason), detail=detail)
+
+
+class Deliverer:
+    def __init__(self, state: StateStore, transport: Transport) -> None:
+        self.state = state
+        self.transport = transport
+
+    def deliver(self, event: PreferenceEvent, config: ConnectorConfig) -> Outcome:
+        if event.skip_reason is not None:
+            return skipped(event.skip_reason)
+        if not config.enabled:
+            return skipped(SkipReason.CONNECTOR_DISABLED)
+        if not config.accepts_regulation(event.regulation):
+            return skipped(SkipReason.OTHER_REGULATION, f"event regulation {event.regulation!r}")
+
+        # mapping's property name (as the config writes it) -> (canonical name, value)
+        resolved: dict[str, tuple[str, Value]] = {}
+        for mapping in config.mappings:
+            found = event.resolve(mapping.value)
+            if found is not None:
+                resolved[mapping.value] = found
+        if not resolved:
+            return skipped(SkipReason.NO_MAPPED_VALUES)
+
+        tenant, user = event.tenant, event.user
+        if self.state.is_done(tenant, config.id, event.event_key):
+            return skipped(SkipReason.DUPLICATE)
+        with self.state.lock(tenant, config.id, user):
+            # Checked again under the lock: a duplicate copy may have finished meanwhile.
+            if self.state.is_done(tenant, config.id, event.event_key):
+                return skipped(SkipReason.DUPLICATE)
+            owned = self.state.merge(
+                tenant,
+                user,
+                event.event_key,
+                event.ordering,
+                {canonical: value for canonical, value in resolved.values()},
+            )
+            values = {
+                name: value for name, (canonical, value) in resolved.items() if canonical in owned
+            }
+            if not values:
+                outcome = skipped(SkipReason.STALE)
+            else:
+                result = config.connector.deliver(self.transport, config, user, values)
+                if isinstance(result, Delivered):
+                    outcome = Outcome(OutcomeKind.DELIVERED, status=result.status, fields=result.fields)
+                else:
+                    outcome = skipped(SkipReason(result.reason), result.detail)
+            self.state.mark_done(tenant, config.id, event.event_key)
+        return outcome

@@ -1,0 +1,512 @@
+"""Preference events: turning a PMP webhook payload into what the worker propagates.
+
+A producer forwards the PMP's webhook payload unchanged (events.md, the event format
+reference, describes it). ``parse_event`` validates it and returns a ``PreferenceEvent``,
+which knows:
+
+* who it is about (``tenant``, ``user``) and its idempotency key (``event_key``);
+* how it orders against other information about the same user (``ordering``);
+* whether it is propagated at all (``skip_reason``);
+* what it propagates for a mapping's flat property name (``resolve``).
+
+Flat property names (``consents_purposes_newsletter_enabled``...) are built from the
+payload's ids and looked up, never split on ``_``: ids such as ``geolocation_data``
+contain underscores, so splitting cannot tell an id from a separator.
+
+This module is plain Python and pydantic: no Celery, no Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from worker.errors import InvalidEvent
+from worker.outcomes import SkipReason
+
+#: A resolved PMP property value: booleans for consents, strings for preference values.
+Value = bool | str
+
+EVENT_TYPES = (
+    "event.created",
+    "event.updated",
+    "event.deleted",
+    "user.created",
+    "user.updated",
+    "user.deleted",
+)
+_CHANGE_TYPES = frozenset({"event.updated", "user.updated"})
+_NOT_PROPAGATED = frozenset({"event.deleted", "user.deleted"})
+
+CONFIRMED = "confirmed"
+PENDING_APPROVAL = "pending_approval"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+# --- Ordering -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderingKey:
+    """How new the information in an event is, to keep newer values from being overwritten.
+
+    ``timestamp_us`` is the entity's ``updated_at`` (else ``created_at``) in integer
+    microseconds since the epoch: integers compare exactly, floats would not.
+    ``version`` is a user payload's ``version``; ``None`` for consent events.
+    """
+
+    timestamp_us: int
+    version: int | None
+
+    def newer_than(self, other: OrderingKey) -> bool:
+        # Didomi bumps a user's version on every change, so between two user payloads it
+        # is the reliable order; clocks are the fallback for everything else.
+        if self.version is not None and other.version is not None and self.version != other.version:
+            return self.version > other.version
+        # A tie is not newer: the value already recorded stays, so a replay changes nothing.
+        return self.timestamp_us > other.timestamp_us
+
+    def to_list(self) -> list[int | None]:
+        """The compact JSON form, ``[timestamp_us, version]``."""
+        return [self.timestamp_us, self.version]
+
+    @classmethod
+    def from_list(cls, data: Sequence[int | None]) -> OrderingKey:
+        """The inverse of ``to_list``; raises ValueError for anything else."""
+        match list(data):
+            case [int() as timestamp_us, (int() | None) as version]:
+                return cls(timestamp_us, version)
+        raise ValueError(f"not an ordering key: {data!r}")
+
+
+def _timestamp_us(raw: str) -> int:
+    moment = datetime.fromisoformat(raw)
+    if moment.tzinfo is None:
+        # The PMP writes UTC ("...Z"); a timestamp without an offset is read the same way.
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _check_timestamp(raw: str) -> str:
+    try:
+        _timestamp_us(raw)
+    except ValueError:
+        raise PydanticCustomError("timestamp", "not an ISO-8601 timestamp") from None
+    return raw
+
+
+# --- Payload models -------------------------------------------------------------------
+# Strict: JSON gives us real booleans and integers, so "true", 1 or "5" is a producer bug
+# to refuse, not something to guess about. Unknown fields are ignored so the PMP can add
+# some without breaking us.
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+_Id = Annotated[str, Field(min_length=1)]
+_Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
+
+
+class _PreferenceValue(_Model):
+    value: str  # comma-separated ids of the chosen values
+
+
+class _Purpose(_Model):
+    id: _Id
+    enabled: bool | None = None
+    enabled_li: bool | None = None
+    values: dict[str, _PreferenceValue] | None = None
+
+
+class _Channel(_Model):
+    id: _Id
+    enabled: bool | None = None
+
+
+class _Consents(_Model):
+    # `vendors` is not modelled: the property grammar has no vendor properties.
+    purposes: list[_Purpose] | None = None
+    channels: list[_Channel] | None = None
+
+    @field_validator("purposes", "channels")
+    @classmethod
+    def _ids_unique(cls, items: list[_Purpose] | list[_Channel] | None) -> Any:
+        # Two entries for one id would make one property hold two values: refuse rather
+        # than pick one.
+        seen: set[str] = set()
+        for item in items or ():
+            if item.id in seen:
+                raise PydanticCustomError("duplicate_id", "duplicate id '{id}'", {"id": item.id})
+            seen.add(item.id)
+        return items
+
+
+class _Entity(_Model):
+    id: _Id
+    organization_id: _Id
+    created_at: _Timestamp | None = None
+    updated_at: _Timestamp | None = None
+    regulation: str | None = None
+    consents: _Consents | None = None
+
+    @model_validator(mode="after")
+    def _has_timestamp(self) -> _Entity:
+        if self.updated_at is None and self.created_at is None:
+            raise PydanticCustomError("timestamp", "needs updated_at or created_at")
+        return self
+
+    @property
+    def timestamp(self) -> str:
+        """``updated_at`` as given, else ``created_at``."""
+        return self.updated_at or self.created_at  # type: ignore[return-value]
+
+
+class _EventUser(_Model):
+    organization_user_id: _Id
+
+
+class _ConsentEvent(_Entity):
+    """A partial change: only the purposes and channels it names changed."""
+
+    status: Literal["confirmed", "pending_approval"] | None = None
+    user: _EventUser
+
+    @property
+    def organization_user_id(self) -> str:
+        return self.user.organization_user_id
+
+
+class _User(_Entity):
+    """A user's full merged status."""
+
+    organization_user_id: _Id
+    version: int | None = None
+
+
+_E = TypeVar("_E", _ConsentEvent, _User)
+
+
+class _Snapshot(_Model, Generic[_E]):
+    entity: _E
+
+
+class _Change(_Model, Generic[_E]):
+    # `source` (what caused the change) is not needed to propagate it, so not validated.
+    old_entity: _E
+    new_entity: _E
+
+
+_P = TypeVar("_P", bound=_Model)
+
+
+class _Envelope(_Model, Generic[_P]):
+    type: str
+    regulation: str | None = None
+    parameters: _P
+
+
+_ENVELOPES: dict[str, type[_Envelope[Any]]] = {
+    "event.created": _Envelope[_Snapshot[_ConsentEvent]],
+    "event.updated": _Envelope[_Change[_ConsentEvent]],
+    "event.deleted": _Envelope[_Snapshot[_ConsentEvent]],
+    "user.created": _Envelope[_Snapshot[_User]],
+    "user.updated": _Envelope[_Change[_User]],
+    "user.deleted": _Envelope[_Snapshot[_User]],
+}
+
+
+# --- Flat properties ------------------------------------------------------------------
+
+# A name part is separated from the next by "_" or, in some PMP exports, "__". "__" is
+# tried first so that a separator never leaks into the id next to it.
+_SEPARATOR = "(?:__|_)"
+
+
+@lru_cache(maxsize=4096)
+def _alias_pattern(parts: tuple[str, ...]) -> re.Pattern[str]:
+    """Every spelling of one property's name: its parts joined by any separators."""
+    return re.compile(_SEPARATOR.join(re.escape(part) for part in parts))
+
+
+@lru_cache(maxsize=1024)
+def _preference_value_pattern(purpose: str, preference: str) -> re.Pattern[str]:
+    """``consents_purposes_<P>_preferences_<PREF>_values_<V>_enabled`` for any ``V``."""
+    head = ("consents", "purposes", purpose, "preferences", preference, "values")
+    prefix = _SEPARATOR.join(re.escape(part) for part in head)
+    # Lazy, so that V is the shortest id leaving a separator and "enabled" at the end.
+    return re.compile(f"{prefix}{_SEPARATOR}(?P<value>.+?){_SEPARATOR}enabled")
+
+
+def _chosen(listed: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in listed.split(",")) - {""}
+
+
+class FlatProperties:
+    """The flat property map of one ``consents`` object, with the grammar of events.md:
+
+    ===============================================================  ======================
+    property                                                         value
+    ===============================================================  ======================
+    ``consents_purposes_<P>_enabled``                                true / false
+    ``consents_purposes_<P>_enabled_li``                             true / false
+    ``consents_purposes_<P>_values_<PREF>_value``                    the raw "v1,v2" string
+    ``consents_purposes_<P>_preferences_<PREF>_values_<V>_enabled``  is V in that list?
+    ``consents_channels_<C>_enabled``                                true / false
+    ===============================================================  ======================
+
+    A null or absent choice has no property at all: absent is not false. Any ``_`` between
+    two parts may also be written ``__``; ``enabled_li`` is one part (one payload field).
+    """
+
+    __slots__ = ("_parts", "_preferences", "_values")
+
+    def __init__(self, consents: _Consents | None = None) -> None:
+        # canonical name ("_"-joined parts) -> value, and -> parts for the "__" spellings
+        self._values: dict[str, Value] = {}
+        self._parts: dict[str, tuple[str, ...]] = {}
+        # (purpose, preference) pairs present, to answer "false" for value ids not chosen
+        self._preferences: set[tuple[str, str]] = set()
+        if consents is not None:
+            self._collect(consents)
+
+    @classmethod
+    def from_consents(cls, consents: _Consents | Mapping[str, Any] | None) -> FlatProperties:
+        """Accepts a validated ``consents`` model, its JSON form, or ``None`` (no properties)."""
+        if consents is None or isinstance(consents, _Consents):
+            return cls(consents)
+        try:
+            return cls(_Consents.model_validate(consents))
+        except ValidationError as exc:
+            raise InvalidEvent(_describe(exc, prefix="consents")) from None
+
+    def _add(self, parts: tuple[str, ...], value: Value) -> None:
+        name = "_".join(parts)
+        self._values[name] = value
+        self._parts[name] = parts
+
+    def _collect(self, consents: _Consents) -> None:
+        for purpose in consents.purposes or ():
+            base = ("consents", "purposes", purpose.id)
+            if purpose.enabled is not None:
+                self._add((*base, "enabled"), purpose.enabled)
+            if purpose.enabled_li is not None:
+                self._add((*base, "enabled_li"), purpose.enabled_li)
+            # Preference values stand on their own: they count even when enabled is null.
+            for preference, listed in (purpose.values or {}).items():
+                self._add((*base, "values", preference, "value"), listed.value)
+                self._preferences.add((purpose.id, preference))
+                for value in _chosen(listed.value):
+                    self._add((*base, "preferences", preference, "values", value, "enabled"), True)
+        for channel in consents.channels or ():
+            if channel.enabled is not None:
+                self._add(("consents", "channels", channel.id, "enabled"), channel.enabled)
+
+    def get(self, name: str) -> tuple[str, Value] | None:
+        """The canonical name and value a mapping's property name stands for, or ``None``
+        when this payload carries no value for it."""
+        value = self._values.get(name)
+        if value is not None:
+            return name, value
+        # Only a name with "__" can be another spelling of a property we hold: with single
+        # "_" separators it would have been the canonical name, found above.
+        if "__" in name:
+            for canonical, parts in self._parts.items():
+                if _alias_pattern(parts).fullmatch(name):
+                    return canonical, self._values[canonical]
+        return self._preference_value(name)
+
+    def _preference_value(self, name: str) -> tuple[str, Value] | None:
+        # The chosen value ids are stored properties, found by `get` before it comes here;
+        # any other value id of a preference the payload carries is a plain "no".
+        if "preferences" not in name:
+            return None
+        for purpose, preference in self._preferences:
+            match = _preference_value_pattern(purpose, preference).fullmatch(name)
+            if match:
+                parts = ("consents", "purposes", purpose, "preferences", preference)
+                return "_".join((*parts, "values", match["value"], "enabled")), False
+        return None
+
+    def items(self) -> Iterator[tuple[str, Value]]:
+        """Every property with a value, by canonical name. Preference values that were not
+        chosen are not listed: there are infinitely many of them."""
+        return iter(self._values.items())
+
+    def __repr__(self) -> str:
+        return f"FlatProperties({self._values!r})"
+
+
+# --- Events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PreferenceEvent:
+    type: str
+    tenant: str  # organization_id
+    user: str  # organization_user_id: the key destinations know the person by
+    entity_id: str
+    event_key: str  # f"{type}:{entity id}:{updated_at}": one payload, one key
+    ordering: OrderingKey
+    status: str  # "confirmed" | "pending_approval"
+    regulation: str | None  # the entity's, else the envelope's; None reaches every connector
+    skip_reason: SkipReason | None  # set when the event is not propagated at all
+    #: the consents this event carries (the entity's, or new_entity's for *.updated)
+    properties: FlatProperties = field(default_factory=FlatProperties, compare=False)
+    #: old_entity's consents, for user.updated only: unchanged values are not re-sent
+    previous: FlatProperties | None = field(default=None, compare=False)
+
+    def resolve(self, name: str) -> tuple[str, Value] | None:
+        """What this event propagates for a mapping's property name: ``(canonical name,
+        value)``, or ``None`` when it propagates nothing for it."""
+        if self.skip_reason is not None:
+            return None
+        found = self.properties.get(name)
+        if found is None or self.previous is None:
+            return found
+        # Re-sending an unchanged value would undo a change made in the destination since
+        # (an unsubscribe from an email footer, say).
+        before = self.previous.get(name)
+        if before is not None and before[1] == found[1]:
+            return None
+        return found
+
+
+def parse_event(payload: object, *, max_bytes: int | None = None) -> PreferenceEvent:
+    """Validate a webhook payload and turn it into a ``PreferenceEvent``.
+
+    Raises ``InvalidEvent``, with a one-line message naming the field, for anything that
+    cannot be propagated safely.
+    """
+    if not isinstance(payload, Mapping):
+        raise InvalidEvent(f"event must be a JSON object, not {type(payload).__name__}")
+    if max_bytes is not None:
+        size = _encoded_size(payload)
+        if size > max_bytes:
+            raise InvalidEvent(f"event is {size} bytes, larger than the limit of {max_bytes}")
+
+    if "type" not in payload:
+        raise InvalidEvent("type: field required")
+    event_type = payload["type"]
+    if event_type not in EVENT_TYPES:
+        raise InvalidEvent(
+            f"type: must be one of {', '.join(EVENT_TYPES)} (got {_preview(event_type)})"
+        )
+    try:
+        envelope = _ENVELOPES[event_type].model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidEvent(_describe(exc)) from None
+
+    parameters = envelope.parameters
+    previous: FlatProperties | None = None
+    if event_type in _CHANGE_TYPES:
+        _check_same_person(parameters.old_entity, parameters.new_entity)
+        entity = parameters.new_entity
+        # A consent event's update replaces the event, so only new_entity matters; a
+        # user's update is propagated as the difference from old_entity.
+        if event_type == "user.updated":
+            previous = FlatProperties(parameters.old_entity.consents)
+    else:
+        entity = parameters.entity
+
+    is_consent_event = isinstance(entity, _ConsentEvent)
+    status = (entity.status if is_consent_event else None) or CONFIRMED
+    if event_type in _NOT_PROPAGATED:
+        skip_reason: SkipReason | None = SkipReason.UNSUPPORTED_TYPE
+    elif status == PENDING_APPROVAL:
+        skip_reason = SkipReason.PENDING
+    else:
+        skip_reason = None
+
+    return PreferenceEvent(
+        type=event_type,
+        tenant=entity.organization_id,
+        user=entity.organization_user_id,
+        entity_id=entity.id,
+        event_key=f"{event_type}:{entity.id}:{entity.timestamp}",
+        ordering=OrderingKey(
+            timestamp_us=_timestamp_us(entity.timestamp),
+            version=None if is_consent_event else entity.version,
+        ),
+        status=status,
+        regulation=entity.regulation or envelope.regulation,
+        skip_reason=skip_reason,
+        properties=FlatProperties(entity.consents),
+        previous=previous,
+    )
+
+
+def _check_same_person(old: _ConsentEvent | _User, new: _ConsentEvent | _User) -> None:
+    # A change that moves between people or organizations cannot be a real update, and
+    # propagating it would write one person's choices onto another.
+    if isinstance(new, _ConsentEvent):
+        user_field = "user.organization_user_id"
+    else:
+        user_field = "organization_user_id"
+    if old.organization_id != new.organization_id:
+        raise InvalidEvent(
+            "parameters.new_entity.organization_id: differs from parameters.old_entity's"
+        )
+    if old.organization_user_id != new.organization_user_id:
+        # The ids are personal data (often an email): name the field, not the values.
+        raise InvalidEvent(
+            f"parameters.new_entity.{user_field}: differs from parameters.old_entity's"
+        )
+
+
+# --- Messages -------------------------------------------------------------------------
+
+_MAX_ERRORS_SHOWN = 3
+_MAX_PREVIEW = 60
+
+
+def _encoded_size(payload: Mapping[str, Any]) -> int:
+    try:
+        encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"event is not JSON-encodable: {exc}") from None
+    return len(encoded.encode("utf-8"))
+
+
+def _preview(value: object) -> str:
+    """A short description of an input, so a huge payload never ends up in a message."""
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= _MAX_PREVIEW else text[: _MAX_PREVIEW - 1] + "…"
+
+
+def _describe(exc: ValidationError, *, prefix: str = "") -> str:
+    """One line per pydantic error, e.g. ``parameters.entity.organization_id: field required``."""
+    errors = exc.errors(include_url=False)
+    lines = []
+    for error in errors[:_MAX_ERRORS_SHOWN]:
+        where = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
+        message = error["msg"][:1].lower() + error["msg"][1:]
+        if error["type"] != "missing":
+            message += f" (got {_preview(error['input'])})"
+        lines.append(f"{where}: {message}" if where else message)
+    if len(errors) > _MAX_ERRORS_SHOWN:
+        lines.append(f"and {len(errors) - _MAX_ERRORS_SHOWN} more")
+    return "; ".join(lines)

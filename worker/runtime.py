@@ -1,0 +1,71 @@
+"""The process-wide objects a worker or the CLI works with, built once from settings.
+
+Built lazily and again after a fork: prefork pool children must not share the parent's
+sockets (Redis connections, the HTTP session's pool).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from worker.configs import ConfigStore
+from worker.connectors.base import Transport
+from worker.deadletter import DeadLetterStore
+from worker.delivery import Deliverer
+from worker.recorder import OutcomeRecorder
+from worker.settings import Settings, get_settings
+from worker.state import StateStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=25,
+        )
+
+    @cached_property
+    def configs(self) -> ConfigStore:
+        return ConfigStore(self.redis, allow_hosts=self.settings.allow_hosts)
+
+    @cached_property
+    def state(self) -> StateStore:
+        return StateStore(
+            self.redis,
+            state_ttl=self.settings.state_ttl,
+            idempotency_ttl=self.settings.idempotency_ttl,
+            lock_ttl=self.settings.lock_ttl,
+            lock_wait=self.settings.lock_ttl,
+        )
+
+    @cached_property
+    def deadletters(self) -> DeadLetterStore:
+        return DeadLetterStore(self.redis)
+
+    @cached_property
+    def recorder(self) -> OutcomeRecorder:
+        return OutcomeRecorder(self.redis)
+
+    @cached_property
+    def deliverer(self) -> Deliverer:
+        return Deliverer(self.state, Transport(self.settings.http_timeout))
+
+
+_runtime: tuple[int, Runtime] | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        _runtime = (os.getpid(), Runtime(get_settings()))
+    return _runtime[1]

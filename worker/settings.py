@@ -1,0 +1,79 @@
+"""Runtime settings, read once from the environment (prefix ``PREFSYNC_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
+
+
+def _split_commas(value: object) -> object:
+    # Lists are comma-separated in the environment; pydantic-settings would expect JSON.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PREFSYNC_", extra="ignore")
+
+    redis_url: str = "redis://localhost:6379/0"
+    sendinblue_api_url: str = "https://api.brevo.com/v3"
+    http_timeout: float = Field(10.0, gt=0)
+    task_time_limit: int = Field(60, gt=0)
+    allow_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    visibility_timeout: int = Field(3600, gt=0)
+    retry_countdowns: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_COUNTDOWNS
+    retry_jitter: float = Field(0.1, ge=0, lt=1)
+    rate_limit_max_wait: float = Field(60.0, ge=0)
+    idempotency_ttl: int = Field(7 * 24 * 3600, gt=0)
+    state_ttl: int = Field(90 * 24 * 3600, gt=0)
+    max_event_bytes: int = Field(256 * 1024, gt=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    _split_lists = field_validator("allow_hosts", "retry_countdowns", mode="before")(_split_commas)
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _lower_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            name, sep, port = host.rpartition(":")
+            if not sep or not name or not port.isdigit():
+                raise ValueError(f"allow_hosts entry {host!r} is not host:port")
+        return tuple(h.lower() for h in hosts)
+
+    @field_validator("retry_countdowns")
+    @classmethod
+    def _positive_countdowns(cls, countdowns: tuple[float, ...]) -> tuple[float, ...]:
+        if not countdowns or any(c <= 0 for c in countdowns):
+            raise ValueError("retry_countdowns must be one or more positive numbers of seconds")
+        return countdowns
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_retries(self) -> Settings:
+        # A retry waits in a worker, unacknowledged, until its countdown ends. If the broker's
+        # visibility timeout ran out first, Redis would hand the message to another worker
+        # and the attempt would run twice. Refuse to start rather than duplicate.
+        longest = max(*self.retry_countdowns, self.rate_limit_max_wait) + self.task_time_limit
+        if self.visibility_timeout <= longest:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout}s) must exceed the largest retry "
+                f"countdown or rate-limit wait plus task_time_limit ({longest:g}s)"
+            )
+        return self
+
+    @property
+    def lock_ttl(self) -> float:
+        """How long a (connector, user) lock may live: a delivery makes at most two HTTP
+        calls (Brevo's create after a 404), each bounded by the HTTP timeout."""
+        return 2 * self.http_timeout + 5
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

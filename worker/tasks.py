@@ -1,0 +1,130 @@
+"""The Celery tasks: thin shells around worker.pipeline.
+
+``ScheduledTask`` is where Celery meets our delivery guarantee: it carries the attempt
+history in the message, aims every retry at its offset from the first attempt
+(worker.retries), and dead-letters whatever fails for good. Task arguments are the event
+payload and ids only — never a credential, since Flower shows arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import structlog
+from celery import Task, signals
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+
+from worker import pipeline
+from worker.app import app
+from worker.deadletter import Attempt
+from worker.errors import RetryableError
+from worker.retries import clock, retry_countdown
+from worker.runtime import runtime
+from worker.settings import get_settings
+
+log = structlog.get_logger("prefsync.tasks")
+
+TRANSIENT = (
+    RetryableError,
+    SoftTimeLimitExceeded,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+class ScheduledTask(Task):
+    autoretry_for = TRANSIENT
+    max_retries = len(get_settings().retry_countdowns)
+
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        self.request.attempt_started_at = clock()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            task_id=task_id,
+            task=self.name,
+            attempt=self.request.retries + 1,
+            connector_id=args[1] if len(args) > 1 else None,
+        )
+
+    def attempts(self, exc: BaseException) -> list[Attempt]:
+        """The attempts carried in the message, plus the one that just failed."""
+        earlier = [
+            Attempt.model_validate(a) for a in (self.request.kwargs or {}).get("attempts", [])
+        ]
+        started = getattr(self.request, "attempt_started_at", None) or clock()
+        return [*earlier, pipeline.attempt_from(exc, started)]
+
+    def retry(
+        self,
+        args=None,
+        kwargs=None,
+        exc=None,
+        throw=True,
+        eta=None,
+        countdown=None,
+        max_retries=None,
+        **options,
+    ):
+        settings = get_settings()
+        attempts = self.attempts(exc)
+        if self.request.retries < len(settings.retry_countdowns):
+            countdown = retry_countdown(
+                retries_done=self.request.retries,
+                first_attempt_at=attempts[0].at,
+                now=clock(),
+                countdowns=settings.retry_countdowns,
+                jitter=settings.retry_jitter,
+                retry_after=getattr(exc, "retry_after", None),
+            )
+            log.info("retry scheduled", countdown=round(countdown, 3), error=attempts[-1].error)
+        kwargs = {**(self.request.kwargs or {}), "attempts": [a.model_dump() for a in attempts]}
+        try:
+            return super().retry(
+                args=self.request.args, kwargs=kwargs, exc=exc, throw=throw,
+                countdown=countdown, max_retries=max_retries, **options,
+            )  # fmt: skip
+        except Reject as rejected:
+            # Celery could not publish the retry and would drop the message: keep it as a
+            # dead letter instead, or, if even that fails, put the message back.
+            try:
+                self.dead_letter(self.request.args, attempts, rejected.reason)
+            except Exception:
+                raise Reject(rejected.reason, requeue=True) from None
+            raise
+
+    def dead_letter(self, args: tuple, attempts: list[Attempt], exc: BaseException) -> None:
+        pipeline.dead_letter(
+            runtime(),
+            payload=args[0] if args else None,
+            connector_id=args[1] if len(args) > 1 else "",
+            attempts=attempts,
+            exc=exc,
+            now=clock(),
+        )
+
+
+@signals.task_failure.connect
+def _dead_letter_failures(
+    sender: Any = None, exception: BaseException | None = None, args: tuple = (), **_: Any
+) -> None:  # noqa: E501
+    # task_failure is the one place that sees every final failure: exceptions raised in
+    # the task, retries exhausted, hard time limits and lost workers out of retries.
+    if isinstance(sender, ScheduledTask) and exception is not None:
+        sender.dead_letter(tuple(args or ()), sender.attempts(exception), exception)
+
+
+@app.task(bind=True, base=ScheduledTask, name="prefsync.route")
+def route(self: ScheduledTask, payload: Any, attempts: list | None = None) -> int:
+    """Validate a preference event and fan it out: one delivery per connector."""
+    return pipeline.route(
+        runtime(), payload, lambda p, connector_id: deliver.apply_async(args=[p, connector_id])
+    )
+
+
+@app.task(bind=True, base=ScheduledTask, name="prefsync.deliver")
+def deliver(
+    self: ScheduledTask, payload: Any, connector_id: str, attempts: list | None = None
+) -> str:  # noqa: E501
+    """Deliver one preference event to one connector."""
+    return str(pipeline.deliver(runtime(), payload, connector_id).kind)
