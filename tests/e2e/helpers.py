@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -29,3 +31,61 @@ def wait_until(
             text = message() if callable(message) else message
             raise AssertionError(f"after {timeout:g} s: {text}")
         time.sleep(interval)
+
+
+# -- Configs and events ----------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+BRAZE_KEY = "braze-acme-test-key-0001"
+BREVO_KEY = "xkeysib-acme-test-key-0002"
+
+
+def example(kind: str, name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / kind / name).read_text())
+
+
+def braze_config(server: str, key: str = BRAZE_KEY) -> dict[str, Any]:
+    """The example Braze config, pointed at ``server``: OPTED_IN <- newsletter,
+    UNSUBSCRIBED <- email_optout, a subscription group <- product_updates."""
+    config = example("connectors", "braze.json")
+    config["authentication"] = {"api_key": key, "server": server}
+    return config
+
+
+def brevo_config(key: str = BREVO_KEY) -> dict[str, Any]:
+    config = example("connectors", "sendinblue.json")
+    config["config"]["api_key"] = key
+    return config
+
+
+def consent_event(
+    event_id: str,
+    user: str,
+    updated_at: str,
+    purposes: dict[str, bool],
+    tenant: str = "acme",
+) -> dict[str, Any]:
+    """An ``event.created`` payload naming ``purposes`` (id -> enabled) for ``user``."""
+    return {
+        "type": "event.created",
+        "parameters": {
+            "entity": {
+                "id": event_id,
+                "organization_id": tenant,
+                "created_at": updated_at,
+                "updated_at": updated_at,
+                "status": "confirmed",
+                "user": {"id": f"pmp-{user}", "organization_user_id": user},
+                "consents": {"purposes": [{"id": p, "enabled": on} for p, on in purposes.items()]},
+            }
+        },
+    }
+
+
+def jsonl(events: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(event) + "\n" for event in events)
+
+
+def braze_attributes(calls: list[Any], status: int = 201) -> list[dict[str, Any]]:
+    """Every attributes object Braze accepted, in the order it received them."""
+    return [obj for call in calls if call.status == status for obj in call.body["attributes"]]

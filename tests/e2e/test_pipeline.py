@@ -6,30 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.helpers import wait_until
+from tests.e2e.helpers import (
+    BRAZE_KEY,
+    BREVO_KEY,
+    EXAMPLES,
+    braze_config,
+    brevo_config,
+    example,
+    wait_until,
+)
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-BRAZE_KEY = "braze-acme-test-key-0001"
-BREVO_KEY = "xkeysib-acme-test-key-0002"
 OTHER_TENANT_KEY = "braze-globex-test-key-0003"
 JANE = "jane.doe@example.com"
 PRODUCT_UPDATES_GROUP = "7c0b8f2e-4b7e-4d2a-9b1e-2f6a3c1d9e55"
-
-
-def example(kind: str, name: str) -> dict:
-    return json.loads((EXAMPLES / kind / name).read_text())
-
-
-def braze_config(server: str, key: str) -> dict:
-    config = example("connectors", "braze.json")
-    config["authentication"] = {"api_key": key, "server": server}
-    return config
-
-
-def brevo_config(key: str) -> dict:
-    config = example("connectors", "sendinblue.json")
-    config["config"]["api_key"] = key
-    return config
 
 
 def put_config(run_cli, env, tmp_path: Path, tenant: str, config: dict, *extra: str) -> str:
