@@ -29,7 +29,7 @@ def make_app(settings: Settings) -> Celery:
             # countdown (Settings checks it) or retries would run twice.
             "visibility_timeout": settings.visibility_timeout,
             # Sweep for unacked messages of dead workers every interval (default: every
-            # 10 × 10 s); with a short visibility timeout recovery is then quick too.
+            # 10 x 10 s); with a short visibility timeout recovery is then quick too.
             "unacked_restore_interval": _restore_interval(settings.visibility_timeout),
             "unacked_restore_throttle": 1,
             # Without socket timeouts a publish can hang forever on a half-open connection.

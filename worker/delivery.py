@@ -63,7 +63,9 @@ class Deliverer:
             else:
                 result = config.connector.deliver(self.transport, config, user, values)
                 if isinstance(result, Delivered):
-                    outcome = Outcome(OutcomeKind.DELIVERED, status=result.status, fields=result.fields)
+                    outcome = Outcome(
+                        OutcomeKind.DELIVERED, status=result.status, fields=result.fields
+                    )
                 else:
                     outcome = skipped(SkipReason(result.reason), result.detail)
             self.state.mark_done(tenant, config.id, event.event_key)

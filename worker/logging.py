@@ -17,7 +17,9 @@ from worker.settings import Settings
 _SECRET_PATTERNS = [
     re.compile(r"xkeysib-[A-Za-z0-9-]+"),
     re.compile(r"(?i)(bearer\s+)[^\s'\",}]+"),
-    re.compile(r"(?i)((?:api[-_]?key|private_api_key|authorization)['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+    re.compile(
+        r"(?i)((?:api[-_]?key|private_api_key|authorization)['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"
+    ),
 ]
 _SECRET_KEYS = frozenset({"api_key", "private_api_key", "api-key", "authorization", "password"})
 

@@ -3,7 +3,7 @@
 Attempts land at fixed offsets from the *first* attempt (the cumulative sums of
 ``PREFSYNC_RETRY_COUNTDOWNS``: 10, 40, 100, 190, 300 s by default), so slow attempts cannot
 push the last retry out of the five-minute window. Jitter only ever moves an attempt
-earlier (by up to ``jitter`` × that step), which spreads a burst of failures without
+earlier (by up to ``jitter`` times that step), which spreads a burst of failures without
 leaving the window. A destination's rate-limit reset can push an attempt later, never
 earlier.
 """
@@ -38,4 +38,3 @@ def retry_countdown(
     if retry_after is not None:
         countdown = max(countdown, retry_after)
     return countdown
-

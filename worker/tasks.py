@@ -107,7 +107,7 @@ class ScheduledTask(Task):
 @signals.task_failure.connect
 def _dead_letter_failures(
     sender: Any = None, exception: BaseException | None = None, args: tuple = (), **_: Any
-) -> None:  # noqa: E501
+) -> None:
     # task_failure is the one place that sees every final failure: exceptions raised in
     # the task, retries exhausted, hard time limits and lost workers out of retries.
     if isinstance(sender, ScheduledTask) and exception is not None:
@@ -125,6 +125,6 @@ def route(self: ScheduledTask, payload: Any, attempts: list | None = None) -> in
 @app.task(bind=True, base=ScheduledTask, name="prefsync.deliver")
 def deliver(
     self: ScheduledTask, payload: Any, connector_id: str, attempts: list | None = None
-) -> str:  # noqa: E501
+) -> str:
     """Deliver one preference event to one connector."""
     return str(pipeline.deliver(runtime(), payload, connector_id).kind)

@@ -118,9 +118,12 @@ def test_lock_held_elsewhere_makes_the_delivery_retryable_after_waiting(store):
     ):
         pass
     # Other users and other connectors are not blocked.
-    with store.lock("acme", "braze", "u1"), store.lock("acme", "braze", "u2"):
-        with store.lock("acme", "sendinblue", "u1"):
-            pass
+    with (
+        store.lock("acme", "braze", "u1"),
+        store.lock("acme", "braze", "u2"),
+        store.lock("acme", "sendinblue", "u1"),
+    ):
+        pass
 
 
 def test_a_lock_left_by_a_killed_worker_expires(store):
