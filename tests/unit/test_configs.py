@@ -17,7 +17,7 @@ from worker.connectors.braze import BrazeConnector
 from worker.connectors.sendinblue import SendinblueConnector
 from worker.errors import InvalidConfig
 
-EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples" / "connectors"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "connectors"
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
 BRAZE_SERVER = "https://rest.fra-01.braze.eu"
 MAPPINGS = [

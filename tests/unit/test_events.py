@@ -19,7 +19,7 @@ from worker.events import (
 )
 from worker.outcomes import SkipReason
 
-EXAMPLES = Path(__file__).parents[3] / "shared/examples/events"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "events"
 
 EARLIER = "2026-11-20T09:15:02.000Z"
 LATER = "2026-11-21T18:02:44.000Z"

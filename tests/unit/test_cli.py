@@ -1,0 +1,221 @@
+"""The `prefsync` command against fakeredis: connector configs (never a full credential in
+the output), enqueue's per-event errors, and the dead-letter commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from click.testing import CliRunner, Result
+
+from worker import runtime as runtime_module
+from worker import tasks
+from worker.cli import main
+from worker.deadletter import Attempt
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+BRAZE_KEY = "braze-rest-key-abcdef-0123456789"
+BREVO_KEY = "xkeysib-0123456789abcdef-WXYZ"
+
+
+@pytest.fixture
+def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    runtime = Runtime(Settings())
+    runtime.__dict__["redis"] = fakeredis.FakeRedis()
+    monkeypatch.setattr(runtime_module, "_runtime", (os.getpid(), runtime))
+    return runtime
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
+    """Messages the CLI publishes, instead of a broker: (task name, args)."""
+    sent: list[tuple[str, list[Any]]] = []
+
+    def capture(task):
+        def apply_async(args, **_: Any):
+            sent.append((task.name, args))
+            return type("AsyncResult", (), {"id": f"task-{len(sent)}"})()
+
+        return apply_async
+
+    for task in (tasks.route, tasks.deliver):
+        monkeypatch.setattr(task, "apply_async", capture(task))
+    return sent
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def braze_config() -> dict[str, Any]:
+    config = json.loads((EXAMPLES / "connectors" / "braze.json").read_text())
+    config["authentication"]["api_key"] = BRAZE_KEY
+    return config
+
+
+def brevo_config() -> dict[str, Any]:
+    config = json.loads((EXAMPLES / "connectors" / "sendinblue.json").read_text())
+    config["config"]["api_key"] = BREVO_KEY
+    return config
+
+
+def event() -> dict[str, Any]:
+    return json.loads((EXAMPLES / "events" / "event-created.json").read_text())
+
+
+# -- connectors ------------------------------------------------------------------------
+
+
+def test_put_list_show_delete_never_print_a_credential_in_full(rt: Runtime) -> None:
+    outputs = [
+        run("connectors", "put", "acme", "-", input=json.dumps(braze_config())),
+        run("connectors", "put", "acme", "-", "--id", "eu", input=json.dumps(brevo_config())),
+        run("connectors", "list", "acme"),
+        run("connectors", "show", "acme", "braze"),
+        run("connectors", "show", "acme", "eu"),
+    ]
+    assert [r.exit_code for r in outputs] == [0] * 5
+    text = "".join(r.output for r in outputs)
+    assert BRAZE_KEY not in text and BREVO_KEY not in text
+    assert "…6789" in text and "…WXYZ" in text  # the last 4 characters, for recognition
+    assert [line.split("\t")[:2] for line in outputs[2].output.splitlines()] == [
+        ["braze", "braze"],
+        ["eu", "sendinblue"],
+    ]
+    shown = json.loads(outputs[3].output)
+    assert shown["mappings"][0] == {
+        "id": "OPTED_IN",
+        "value": "consents_purposes_newsletter_enabled",
+    }
+
+    deleted = run("connectors", "delete", "acme", "eu")
+    assert deleted.exit_code == 0
+    assert rt.configs.ids("acme") == ["braze"]
+    assert run("connectors", "delete", "acme", "eu").exit_code == 1
+
+
+def test_a_refused_config_exits_non_zero_naming_the_field(rt: Runtime) -> None:
+    config = braze_config()
+    config["authentication"]["server"] = "https://rest.iad-01.braze.com.evil.example"
+    del config["mappings"]
+
+    refused = run("connectors", "put", "acme", "-", input=json.dumps(config))
+
+    assert refused.exit_code == 1
+    assert "authentication.server" in refused.output and "mappings" in refused.output
+    assert BRAZE_KEY not in refused.output
+    assert rt.configs.ids("acme") == []
+
+
+# -- enqueue -----------------------------------------------------------------------------
+
+
+def test_enqueue_jsonl_names_each_invalid_line_and_enqueues_the_rest(
+    rt: Runtime, published: list
+) -> None:
+    no_tenant = event()
+    del no_tenant["parameters"]["entity"]["organization_id"]
+    lines = [json.dumps(event()), "", "[1, 2", json.dumps(no_tenant), json.dumps(event())]
+
+    result = run("enqueue", "-", input="\n".join(lines))
+
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("line ")]
+    assert errors[0].startswith("line 3: not valid JSON")
+    assert errors[1].startswith("line 4: ") and "organization_id" in errors[1]
+    assert "enqueued 2 event(s), 2 invalid" in result.output
+    assert published == [("prefsync.route", [event()]), ("prefsync.route", [event()])]
+
+
+def test_enqueue_array_names_items_and_a_clean_file_exits_zero(
+    rt: Runtime, published: list
+) -> None:
+    bad = run("enqueue", "-", input=json.dumps([event(), {"type": "nope"}]))
+    assert bad.exit_code == 1
+    assert "item 2: " in bad.output and "type" in bad.output
+    good = run("enqueue", str(EXAMPLES / "events" / "user-updated.json"))
+    assert good.exit_code == 0, good.output
+    assert len(published) == 2
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def dead_letter(rt: Runtime, tenant: str, connector: str, at: float) -> str:
+    payload = event()
+    payload["parameters"]["entity"]["organization_id"] = tenant
+    return rt.deadletters.add(
+        tenant=tenant,
+        connector_id=connector,
+        user="jane.doe@example.com",
+        event_key="k",
+        payload=payload,
+        attempts=[Attempt(at=at, status=503, error="Service Unavailable")],
+        reason="gave up after 1 attempts: Service Unavailable",
+        dead_lettered_at=at,
+    ).id
+
+
+def test_dlq_list_filters_and_counts_and_show_prints_json(rt: Runtime) -> None:
+    a = dead_letter(rt, "acme", "braze", 1_700_000_000)
+    dead_letter(rt, "acme", "sendinblue", 1_700_000_001)
+    dead_letter(rt, "globex", "braze", 1_700_000_002)
+
+    listed = run("dlq", "list", "--tenant", "acme", "--connector", "braze").output.splitlines()
+    assert listed == [
+        f"{a}\tacme\tbraze\tjane.doe@example.com\t"
+        "gave up after 1 attempts: Service Unavailable\t2023-11-14T22:13:20+00:00",
+        "1 dead letter(s)",
+    ]
+    assert run("dlq", "list").output.splitlines()[-1] == "3 dead letter(s)"
+    shown = json.loads(run("dlq", "show", a).output)
+    assert shown["attempts"] == [
+        {"at": 1_700_000_000, "status": 503, "error": "Service Unavailable"}
+    ]
+    assert run("dlq", "show", "dl-nope").exit_code == 1
+
+
+def test_dlq_replay_by_tenant_touches_only_that_tenant_and_removes_what_it_enqueued(
+    rt: Runtime, published: list
+) -> None:
+    acme = dead_letter(rt, "acme", "braze", 1)
+    globex = dead_letter(rt, "globex", "braze", 2)
+
+    result = run("dlq", "replay", "--tenant", "acme")
+
+    assert result.exit_code == 0
+    assert [(name, args[1]) for name, args in published] == [("prefsync.deliver", "braze")]
+    assert published[0][1][0]["parameters"]["entity"]["organization_id"] == "acme"
+    assert rt.deadletters.get(acme) is None
+    assert rt.deadletters.get(globex) is not None
+
+
+def test_dlq_replay_keeps_an_entry_whose_enqueue_fails(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = dead_letter(rt, "acme", "braze", 1)
+
+    def broker_down(*_: Any, **__: Any):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(tasks.deliver, "apply_async", broker_down)
+    result = run("dlq", "replay", "--all")
+
+    assert result.exit_code == 1
+    assert f"{entry}: not replayed: ConnectionError: broker unreachable" in result.output
+    assert rt.deadletters.get(entry) is not None
+
+
+def test_dlq_purge_needs_ids_or_all(rt: Runtime) -> None:
+    a = dead_letter(rt, "acme", "braze", 1)
+    dead_letter(rt, "acme", "braze", 2)
+    assert run("dlq", "purge").exit_code == 2
+    assert run("dlq", "purge", a).output.strip() == "purged 1 dead letter(s)"
+    assert run("dlq", "purge", "--all").output.strip() == "purged 1 dead letter(s)"
+    assert rt.deadletters.count() == 0
