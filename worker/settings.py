@@ -59,7 +59,10 @@ class Settings(BaseSettings):
         # A retry waits in a worker, unacknowledged, until its countdown ends. If the broker's
         # visibility timeout ran out first, Redis would hand the message to another worker
         # and the attempt would run twice. Refuse to start rather than duplicate.
-        longest = max(*self.retry_countdowns, self.rate_limit_max_wait) + self.task_time_limit
+        # A retry aimed at its offset from the first attempt can wait its own step plus the
+        # jitter taken off the step before it.
+        longest_countdown = max(self.retry_countdowns) * (1 + self.retry_jitter)
+        longest = max(longest_countdown, self.rate_limit_max_wait) + self.task_time_limit
         if self.visibility_timeout <= longest:
             raise ValueError(
                 f"visibility_timeout ({self.visibility_timeout}s) must exceed the largest retry "

@@ -47,11 +47,11 @@ class ScheduledTask(Task):
             connector_id=args[1] if len(args) > 1 else None,
         )
 
-    def attempts(self, exc: BaseException) -> list[Attempt]:
-        """The attempts carried in the message, plus the one that just failed."""
-        earlier = [
-            Attempt.model_validate(a) for a in (self.request.kwargs or {}).get("attempts", [])
-        ]
+    def attempts(self, exc: BaseException, kwargs: dict | None = None) -> list[Attempt]:
+        """The attempts carried in the message (``kwargs``, else the running request's),
+        plus the one that just failed."""
+        carried = (self.request.kwargs if kwargs is None else kwargs) or {}
+        earlier = [Attempt.model_validate(a) for a in carried.get("attempts") or []]
         started = getattr(self.request, "attempt_started_at", None) or clock()
         return [*earlier, pipeline.attempt_from(exc, started)]
 
@@ -106,12 +106,23 @@ class ScheduledTask(Task):
 
 @signals.task_failure.connect
 def _dead_letter_failures(
-    sender: Any = None, exception: BaseException | None = None, args: tuple = (), **_: Any
+    sender: Any = None,
+    exception: BaseException | None = None,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    **_: Any,
 ) -> None:
     # task_failure is the one place that sees every final failure: exceptions raised in
     # the task, retries exhausted, hard time limits and lost workers out of retries.
+    # The worker's parent process sends some of them (hard time limits, rejections)
+    # without the task's request, so the carried attempts are read from the signal.
+    # A Reject comes from ScheduledTask.retry, which already dead-lettered the message
+    # (or requeued it): the worker reports it here a second time.
     if isinstance(sender, ScheduledTask) and exception is not None:
-        sender.dead_letter(tuple(args or ()), sender.attempts(exception), exception)
+        if isinstance(exception, Reject):
+            return
+        attempts = sender.attempts(exception, kwargs)
+        sender.dead_letter(tuple(args or ()), attempts, exception)
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.route")

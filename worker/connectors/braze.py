@@ -25,7 +25,6 @@ import ipaddress
 import json
 import math
 import re
-import time
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
@@ -45,6 +44,7 @@ from worker.connectors.base import (
 )
 from worker.errors import PermanentError, RetryableError
 from worker.outcomes import SkipReason
+from worker.retries import clock
 from worker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -386,7 +386,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
     if not math.isfinite(reset):
         return None
-    return min(max(reset - time.time(), 0.0), get_settings().rate_limit_max_wait)
+    return min(max(reset - clock(), 0.0), get_settings().rate_limit_max_wait)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -1,0 +1,635 @@
+"""The Celery tasks as a worker runs them, on a frozen clock.
+
+``task_always_eager`` ignores countdowns, so it cannot test the retry schedule. Instead each
+message runs as a worker runs it: a ``celery.worker.request.Request`` executed through the
+solo pool, so the tracer (not eager), ``autoretry_for``, ``ScheduledTask.retry``, the
+``task_failure`` signal that dead-letters, and the worker's own ack/reject/failure handling
+are all Celery's code. The broker is replaced by a recorder of what the tasks publish
+(``ScheduledTask.apply_async``): a retry becomes a message with its args, kwargs (the carried
+``attempts``), retries and countdown. ``Worker.drain`` moves the frozen clock
+(``worker.tasks.clock``) to when each message is due and runs it.
+
+Our data is in fakeredis, HTTP is mocked by ``responses``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import types
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+import responses
+from celery import signals, states
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.contrib.testing.mocks import TaskMessage
+from celery.worker.request import Request
+
+import worker.connectors.braze
+import worker.tasks
+from worker.app import app
+from worker.configs import parse_config
+from worker.deadletter import DeadLetter
+from worker.runtime import Runtime
+from worker.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
+from worker.tasks import ScheduledTask, deliver, route
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events" / "event-created.json"
+TENANT = "acme"
+USER = "jane.doe@example.com"
+KEY = "braze-REST-KEY-0123456789abcdef"
+BRAZE = "https://rest.fra-01.braze.eu"
+TRACK = f"{BRAZE}/users/track"
+BREVO = "https://api.brevo.com/v3"
+BREVO_UPDATE = re.compile(re.escape(f"{BREVO}/contacts/") + r"[^/?]+\?identifierType=email_id")
+START = 1_800_000_000.0  # the frozen clock's first reading (epoch seconds)
+OFFSETS = list(accumulate(DEFAULT_RETRY_COUNTDOWNS))  # 10, 40, 100, 190, 300
+JITTER = 0.1  # the default PREFSYNC_RETRY_JITTER
+SUCCESS = {"message": "success", "attributes_processed": 1}
+UNAVAILABLE = {"message": "Service Unavailable"}
+
+
+# -- the harness ---------------------------------------------------------------------------
+
+
+class Clock:
+    """The one clock (worker.retries.clock), frozen; only tests move it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Message:
+    """What a task published, as the broker would hold it."""
+
+    task: str
+    args: tuple
+    kwargs: dict
+    retries: int
+    task_id: str
+    countdown: float | None
+    published_at: float
+
+    @property
+    def due(self) -> float:
+        return self.published_at + (self.countdown or 0.0)
+
+
+@dataclass
+class Broker:
+    """Stands in for Redis: records every publish instead of sending it."""
+
+    clock: Clock
+    published: list[Message] = field(default_factory=list)
+    queue: list[Message] = field(default_factory=list)
+
+    def publish(self, task: ScheduledTask, args: Any = None, kwargs: Any = None, **options: Any):
+        message = Message(
+            task=task.name,
+            # Through JSON, as the real broker would carry it.
+            args=tuple(json.loads(json.dumps(list(args or ())))),
+            kwargs=json.loads(json.dumps(dict(kwargs or {}))),
+            retries=int(options.get("retries") or 0),
+            task_id=options.get("task_id") or str(uuid.uuid4()),
+            countdown=options.get("countdown"),
+            published_at=self.clock(),
+        )
+        self.published.append(message)
+        self.queue.append(message)
+        return types.SimpleNamespace(id=message.task_id)
+
+    def retries(self) -> list[Message]:
+        return [m for m in self.published if m.retries > 0]
+
+
+@dataclass
+class Run:
+    message: Message
+    started_at: float
+    state: str  # the task signal that fired: SUCCESS, RETRY, FAILURE (or REJECTED: none)
+    settled: str  # what the worker did with the message: "ack" or "reject"
+    requeue: bool = False
+
+
+class Worker:
+    """Runs messages the way a worker does: a ``celery.worker.request.Request`` built from
+    the message, executed through the solo pool. So the child side (tracer, autoretry,
+    ``ScheduledTask.retry``, the ``task_failure`` signal) and the parent side
+    (``Request.on_success``/``on_failure``: ack, reject, its own ``task_failure``) are both
+    Celery's own code."""
+
+    def __init__(self, clock: Clock, broker: Broker) -> None:
+        self.clock = clock
+        self.broker = broker
+        self.runs: list[Run] = []
+        self.pool = SoloPool()
+        self.pool.start()
+
+    def request(self, message: Message, settle: list[tuple[str, bool]]) -> Request:
+        raw = TaskMessage(
+            message.task,
+            id=message.task_id,
+            args=list(message.args),
+            kwargs=copy.deepcopy(message.kwargs),
+            retries=message.retries,
+            root_id=message.task_id,
+            timelimit=[None, None],
+        )
+        raw.delivery_info = {"exchange": "", "routing_key": "celery", "redelivered": False}
+        raw.properties = {"priority": 0}
+        return Request(
+            raw,
+            app=app,
+            hostname="celery@test",
+            connection_errors=(),
+            on_ack=lambda *_, **__: settle.append(("ack", False)),
+            on_reject=lambda *_, requeue=False, **__: settle.append(("reject", requeue)),
+        )
+
+    def execute(self, message: Message) -> Run:
+        fired: list[str] = []
+        receivers = {
+            states.SUCCESS: signals.task_success,
+            states.RETRY: signals.task_retry,
+            states.FAILURE: signals.task_failure,
+        }
+
+        def recorder(state: str) -> Callable[..., None]:
+            def receiver(*_: Any, **__: Any) -> None:
+                fired.append(state)
+
+            return receiver
+
+        handlers = {state: recorder(state) for state in receivers}
+        for state, signal in receivers.items():
+            signal.connect(handlers[state], weak=False)
+        settle: list[tuple[str, bool]] = []
+        started_at = self.clock()
+        try:
+            self.request(message, settle).execute_using_pool(self.pool)
+        finally:
+            for state, signal in receivers.items():
+                signal.disconnect(handlers[state])
+        assert len(settle) == 1, f"message settled {settle}"
+        state = fired[0] if fired else states.REJECTED
+        run = Run(message, started_at, state, settle[0][0], settle[0][1])
+        self.runs.append(run)
+        return run
+
+    def send(self, task: ScheduledTask, *args: Any, **kwargs: Any) -> None:
+        """A producer's publish: the first attempt of a message."""
+        self.broker.publish(task, args, kwargs)
+
+    def drain(self, limit: int = 50) -> list[Run]:
+        """Run every queued message, earliest due first, moving the clock to its due time."""
+        for _ in range(limit):
+            if not self.broker.queue:
+                return self.runs
+            message = min(self.broker.queue, key=lambda m: m.due)
+            self.broker.queue.remove(message)
+            if message.due > self.clock():
+                self.clock.now = message.due
+            self.execute(message)
+        raise AssertionError(f"messages still queued after {limit} runs")
+
+
+@dataclass
+class Harness:
+    rt: Runtime
+    clock: Clock
+    broker: Broker
+    worker: Worker
+    http_calls_at: list[float]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return self.rt.deadletters.list()
+
+    def offsets(self) -> list[float]:
+        """When each HTTP call was made, in seconds from the first one."""
+        return [at - self.http_calls_at[0] for at in self.http_calls_at]
+
+
+@pytest.fixture(autouse=True)
+def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("RETRY_COUNTDOWNS", "RETRY_JITTER", "RATE_LIMIT_MAX_WAIT", "VISIBILITY_TIMEOUT"):
+        monkeypatch.delenv(f"PREFSYNC_{name}", raising=False)
+    monkeypatch.setenv("PREFSYNC_SENDINBLUE_API_URL", BREVO)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def mocked() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock() as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+    rt = Runtime(get_settings())
+    rt.__dict__["redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    clock = Clock(START)
+    broker = Broker(clock)
+    monkeypatch.setattr(worker.tasks, "runtime", lambda: rt)
+    monkeypatch.setattr(worker.tasks, "clock", clock)
+    # Braze's X-RateLimit-Reset is an epoch time, read against the connector's own clock.
+    monkeypatch.setattr(worker.connectors.braze, "clock", clock)
+
+    def apply_async(task: ScheduledTask, args: Any = None, kwargs: Any = None, **options: Any):
+        return broker.publish(task, args, kwargs, **options)
+
+    for task in (deliver, route):
+        # The tracer is built once per task and cached on it: build ours, then put back.
+        monkeypatch.setattr(app.tasks[task.name], "__trace__", None)
+    # Every publish of route/deliver (a retry, route's fan-out) goes to the recorder.
+    monkeypatch.setattr(ScheduledTask, "apply_async", apply_async)
+    return Harness(rt, clock, broker, Worker(clock, broker), [])
+
+
+def event() -> dict[str, Any]:
+    return json.loads(EXAMPLE.read_text())
+
+
+def braze_config(harness: Harness) -> str:
+    config = parse_config(
+        {
+            "id": "braze-eu",
+            "type_id": "braze",
+            "authentication": {"api_key": KEY, "server": BRAZE},
+            "mappings": [
+                {"id": "OPTED_IN", "value": "consents_purposes_newsletter_enabled"},
+                {
+                    "id": "newsletter_frequency",
+                    "value": "consents_purposes_newsletter_values_frequency_value",
+                },
+            ],
+        }
+    )
+    harness.rt.configs.put(TENANT, config)
+    return config.id
+
+
+def brevo_config(harness: Harness) -> str:
+    config = parse_config(
+        {
+            "id": "brevo",
+            "type_id": "brevo",
+            "authentication": {"private_api_key": "xkeysib-TESTKEY-0123456789abcdef"},
+            "mappings": [
+                {
+                    "id": "EMAIL_CAMPAIGNS_SUBSCRIBED",
+                    "value": "consents_purposes_newsletter_enabled",
+                }
+            ],
+        }
+    )
+    harness.rt.configs.put(TENANT, config)
+    return config.id
+
+
+def answers(
+    harness: Harness,
+    mocked: responses.RequestsMock,
+    replies: list[tuple[int, dict[str, Any], dict[str, Any]]],
+    *,
+    method: str = "POST",
+    url: Any = TRACK,
+    takes: float = 0.0,
+) -> None:
+    """Answer successive calls with ``replies`` (status, body, headers); the last repeats.
+    Each call is logged at the frozen clock's time and then takes ``takes`` seconds."""
+
+    def reply(request: Any) -> tuple[int, dict[str, str], str]:
+        harness.http_calls_at.append(harness.clock())
+        status, body, headers = replies[min(len(harness.http_calls_at), len(replies)) - 1]
+        harness.clock.advance(takes)
+        return status, {"Content-Type": "application/json", **headers}, json.dumps(body)
+
+    mocked.add_callback(method, url, callback=reply)
+
+
+def sent_body(mocked: responses.RequestsMock, index: int = 0) -> dict[str, Any]:
+    return json.loads(mocked.calls[index].request.body)
+
+
+# -- the retry schedule ----------------------------------------------------------------------
+
+
+def test_a_failing_destination_gets_six_attempts_inside_five_minutes_then_one_dead_letter(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(503, UNAVAILABLE, {})])
+
+    harness.worker.send(deliver, event(), connector_id)
+    runs = harness.worker.drain()
+
+    assert len(mocked.calls) == 6
+    offsets = harness.offsets()
+    assert offsets[0] == 0
+    for offset, target, step in zip(offsets[1:], OFFSETS, DEFAULT_RETRY_COUNTDOWNS, strict=True):
+        assert target - JITTER * step <= offset <= target
+    assert offsets[-1] <= 300
+    # Five retries were published, each one retry further, with the same task id.
+    retries = harness.broker.retries()
+    assert [m.retries for m in retries] == [1, 2, 3, 4, 5]
+    assert {m.task_id for m in harness.broker.published} == {runs[0].message.task_id}
+    assert [len(m.kwargs["attempts"]) for m in retries] == [1, 2, 3, 4, 5]
+    assert [r.state for r in runs] == [states.RETRY] * 5 + [states.FAILURE]
+    assert [r.settled for r in runs] == ["ack"] * 6  # each retry replaces its message
+
+    [entry] = harness.dead_letters()
+    assert entry.connector_id == connector_id
+    assert (entry.tenant, entry.user) == (TENANT, USER)
+    assert entry.payload == event()
+    assert len(entry.attempts) == 6
+    assert [a.at - START for a in entry.attempts] == pytest.approx(offsets)
+    assert [a.status for a in entry.attempts] == [503] * 6
+    assert all("HTTP 503" in a.error for a in entry.attempts)
+    assert entry.reason.startswith("gave up after 6 attempts")
+    assert "Braze is unavailable (HTTP 503)" in entry.reason
+    assert entry.dead_lettered_at == harness.clock()
+    counts = harness.rt.recorder.counts(TENANT, connector_id)
+    assert counts == {"dead_lettered": 1}
+
+
+def test_slow_attempts_do_not_push_the_last_attempt_past_five_minutes(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = braze_config(harness)
+    # Every attempt spends 20 s (a slow destination) before it fails.
+    answers(harness, mocked, [(503, UNAVAILABLE, {})], takes=20.0)
+
+    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.drain()
+
+    assert len(mocked.calls) == 6
+    offsets = harness.offsets()
+    # An attempt never starts before the previous one ended, nor before its offset less
+    # its jitter; once the schedule has room again it is back on its offsets.
+    for previous, offset, target, step in zip(
+        offsets[:-1], offsets[1:], OFFSETS, DEFAULT_RETRY_COUNTDOWNS, strict=True
+    ):
+        assert offset >= previous + 20
+        assert offset >= target - JITTER * step
+        assert offset <= max(target, previous + 20)
+    # 20, 40 (late: the previous attempt was still running), then ~100, ~190, ~300.
+    assert offsets[1:3] == pytest.approx([20, 40])
+    assert offsets[-1] <= 300
+    [entry] = harness.dead_letters()
+    assert len(entry.attempts) == 6
+
+
+def test_a_destination_that_recovers_after_four_failures_is_delivered(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(503, UNAVAILABLE, {})] * 4 + [(201, SUCCESS, {})])
+
+    harness.worker.send(deliver, event(), connector_id)
+    runs = harness.worker.drain()
+
+    assert len(mocked.calls) == 5
+    assert [r.state for r in runs] == [states.RETRY] * 4 + [states.SUCCESS]
+    assert harness.dead_letters() == []
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
+    assert sent_body(mocked, 4) == {
+        "attributes": [
+            {
+                "external_id": USER,
+                "_update_existing_only": True,
+                "email_subscribe": "opted_in",
+                "newsletter_frequency": "weekly",
+            }
+        ]
+    }
+
+
+# -- answers that must not be retried ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (400, {"message": "Invalid 'external_id'"}, "Invalid 'external_id'"),
+        (401, {"message": "Invalid API key"}, "refused the credentials (HTTP 401)"),
+        (403, {"message": "Access Denied"}, "refused the credentials (HTTP 403)"),
+        (
+            201,
+            {
+                "message": "success",
+                "errors": [{"type": "'email' is not a valid email", "index": 0}],
+            },
+            "'email' is not a valid email",
+        ),
+    ],
+    ids=["400", "401", "403", "201-with-errors"],
+)
+def test_braze_permanent_errors_are_dead_lettered_at_once(
+    harness: Harness,
+    mocked: responses.RequestsMock,
+    status: int,
+    body: dict[str, Any],
+    message: str,
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(status, body, {})])
+
+    harness.worker.send(deliver, event(), connector_id)
+    runs = harness.worker.drain()
+
+    assert len(mocked.calls) == 1
+    assert harness.broker.retries() == []
+    assert [(r.state, r.settled) for r in runs] == [(states.FAILURE, "ack")]
+    [entry] = harness.dead_letters()
+    assert entry.reason.startswith("refused by the destination")
+    assert message in entry.reason
+    assert body["message"] in entry.reason
+    assert [(a.status, a.at) for a in entry.attempts] == [(status, START)]
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"dead_lettered": 1}
+
+
+def test_brevo_400_is_dead_lettered_at_once_with_brevos_code_and_message(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = brevo_config(harness)
+    refusal = {"code": "invalid_parameter", "message": "attributes should be an object"}
+    answers(harness, mocked, [(400, refusal, {})], method="PUT", url=BREVO_UPDATE)
+
+    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.drain()
+
+    assert len(mocked.calls) == 1
+    assert harness.broker.retries() == []
+    [entry] = harness.dead_letters()
+    assert entry.connector_id == connector_id
+    assert "invalid_parameter: attributes should be an object" in entry.reason
+    assert entry.reason.startswith("refused by the destination")
+    assert [a.status for a in entry.attempts] == [400]
+
+
+# -- rate limits -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reset_in", "max_wait", "expected_wait"),
+    [
+        (45.0, 60.0, 45.0),  # past the 10 s offset: wait for the reset
+        (500.0, 60.0, 60.0),  # further than allowed: wait the longest allowed
+        (500.0, 25.0, 25.0),
+    ],
+)
+def test_a_rate_limited_retry_waits_for_the_reset_up_to_the_configured_maximum(
+    harness: Harness,
+    mocked: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+    reset_in: float,
+    max_wait: float,
+    expected_wait: float,
+) -> None:
+    monkeypatch.setenv("PREFSYNC_RATE_LIMIT_MAX_WAIT", str(max_wait))
+    get_settings.cache_clear()
+    connector_id = braze_config(harness)
+    limited = {"X-RateLimit-Reset": str(int(START + reset_in)), "X-RateLimit-Remaining": "0"}
+    answers(harness, mocked, [(429, {"message": "rate limited"}, limited), (201, SUCCESS, {})])
+
+    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.drain()
+
+    [retry] = harness.broker.retries()
+    assert retry.countdown == pytest.approx(expected_wait)
+    assert expected_wait > OFFSETS[0]  # later than the schedule alone would have retried
+    assert harness.offsets() == pytest.approx([0.0, expected_wait])
+    assert retry.kwargs["attempts"][0]["status"] == 429
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
+    assert harness.dead_letters() == []
+
+
+# -- invalid events ----------------------------------------------------------------------------
+
+
+def test_an_invalid_payload_given_to_route_is_dead_lettered_not_retried(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    braze_config(harness)
+    payload = event()
+    del payload["parameters"]["entity"]["organization_id"]
+
+    harness.worker.send(route, payload)
+    runs = harness.worker.drain()
+
+    assert [r.state for r in runs] == [states.FAILURE]
+    assert harness.broker.published == [runs[0].message]  # no retry, no delivery
+    assert len(mocked.calls) == 0
+    [entry] = harness.dead_letters()
+    assert entry.reason.startswith("invalid event")
+    assert "parameters.entity.organization_id: field required" in entry.reason
+    assert entry.connector_id == ""
+    assert entry.payload == payload
+    assert len(entry.attempts) == 1
+
+
+def test_route_fans_a_valid_event_out_to_a_delivery_per_connector(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(201, SUCCESS, {})])
+
+    harness.worker.send(route, event())
+    runs = harness.worker.drain()
+
+    assert [(r.message.task, r.state) for r in runs] == [
+        ("prefsync.route", states.SUCCESS),
+        ("prefsync.deliver", states.SUCCESS),
+    ]
+    assert runs[1].message.args == (event(), connector_id)
+    assert len(mocked.calls) == 1
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_retry_countdowns_longer_than_the_visibility_timeout_allows_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"visibility_timeout \(100s\) must exceed"):
+        Settings(retry_countdowns=(10.0, 30.0, 90.0), visibility_timeout=100)
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        Settings(retry_countdowns=(1.0, 2.0), rate_limit_max_wait=30.0, visibility_timeout=60)
+    # With room for the longest wait plus the time limit, it starts.
+    Settings(retry_countdowns=(10.0, 30.0, 90.0), task_time_limit=60, visibility_timeout=200)
+
+
+# -- failures the worker's parent process reports ----------------------------------------------
+
+
+def test_a_retry_that_cannot_be_published_is_dead_lettered_once_with_every_attempt(
+    harness: Harness, mocked: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(503, UNAVAILABLE, {})])
+    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.execute(harness.broker.queue.pop())
+    [first_retry] = harness.broker.queue
+    harness.broker.queue.clear()
+
+    def broker_down(*_: Any, **__: Any) -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to redis:6379")
+
+    # Redis is gone when the second attempt's retry is published: Celery rejects the
+    # message (it would be lost), and the worker's parent reports that as a failure too.
+    monkeypatch.setattr(ScheduledTask, "apply_async", broker_down)
+    harness.clock.now = first_retry.due
+    run = harness.worker.execute(first_retry)
+
+    assert len(mocked.calls) == 2
+    assert (run.settled, run.requeue) == ("reject", False)
+    [entry] = harness.dead_letters()
+    assert [a.status for a in entry.attempts] == [503, 503]
+    assert "ConnectionError" in entry.reason
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"dead_lettered": 1}
+
+
+def test_a_hard_time_limit_is_dead_lettered_with_the_attempts_the_message_carried(
+    harness: Harness,
+) -> None:
+    connector_id = braze_config(harness)
+    carried = [
+        {"at": START, "status": 503, "error": "Braze is unavailable (HTTP 503)"},
+        {"at": START + 10, "status": None, "error": "timed out after 10.0s"},
+    ]
+    message = Message(
+        task=deliver.name,
+        args=(event(), connector_id),
+        kwargs={"attempts": carried},
+        retries=2,
+        task_id=str(uuid.uuid4()),
+        countdown=None,
+        published_at=START + 20,
+    )
+    harness.clock.now = START + 100
+    settle: list[tuple[str, bool]] = []
+    # The pool child was killed at the hard limit; the worker's parent reports it.
+    harness.worker.request(message, settle).on_timeout(soft=False, timeout=60)
+
+    [entry] = harness.dead_letters()
+    assert entry.connector_id == connector_id
+    assert [(a.at, a.status) for a in entry.attempts[:2]] == [(START, 503), (START + 10, None)]
+    assert len(entry.attempts) == 3
+    assert "TimeLimitExceeded" in entry.reason
