@@ -292,6 +292,29 @@ def dlq_purge(ids: tuple[str, ...], all_: bool) -> None:
     click.echo(f"purged {removed} dead letter(s)")
 
 
+# ---------------------------------------------------------------- audit
+
+
+@main.command()
+@click.argument("tenant")
+@click.option("--user", help="Only this person (their organization_user_id).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def audit(tenant: str, user: str | None, limit: int, as_json: bool) -> None:
+    """What each destination was told about a tenant's people, and when (newest first):
+    time, connector, user, outcome, reason or HTTP status, fields written."""
+    for entry in _runtime().audit.query(tenant, user=user, limit=limit):
+        if as_json:
+            click.echo(entry.model_dump_json())
+            continue
+        why = entry.reason or (f"HTTP {entry.status}" if entry.status else "")
+        written = json.dumps(entry.fields, ensure_ascii=False) if entry.fields else ""
+        click.echo(
+            f"{_when(entry.at)}\t{entry.connector_id}\t{entry.user}\t{entry.outcome}\t"
+            f"{why}\t{written}"
+        )
+
+
 # ---------------------------------------------------------------- numbers
 
 

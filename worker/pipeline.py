@@ -51,7 +51,13 @@ def deliver(rt: Runtime, payload: Any, connector_id: str) -> Outcome:
             f"connector {connector_id!r} is not configured for tenant {event.tenant!r}"
         )
     outcome = rt.deliverer.deliver(event, config)
-    rt.recorder.record(tenant=event.tenant, connector_id=connector_id, outcome=outcome)
+    rt.recorder.record(
+        tenant=event.tenant,
+        connector_id=connector_id,
+        event_key=event.event_key,
+        user=event.user,
+        outcome=outcome,
+    )
     return outcome
 
 
@@ -101,7 +107,9 @@ def dead_letter(
         dead_lettered_at=now,
     )
     outcome = Outcome(OutcomeKind.DEAD_LETTERED, reason=entry.reason, status=attempts[-1].status)
-    rt.recorder.record(tenant=tenant, connector_id=connector_id, outcome=outcome)
+    rt.recorder.record(
+        tenant=tenant, connector_id=connector_id, event_key=event_key, user=user, outcome=outcome
+    )
     operator_action = getattr(exc, "operator_action", False)
     (log.error if operator_action else log.warning)(
         "dead-lettered",

@@ -12,6 +12,7 @@ from functools import cached_property
 
 import redis
 
+from worker.audit import AuditTrail
 from worker.configs import ConfigStore
 from worker.connectors.base import Transport
 from worker.deadletter import DeadLetterStore
@@ -54,7 +55,11 @@ class Runtime:
 
     @cached_property
     def recorder(self) -> OutcomeRecorder:
-        return OutcomeRecorder(self.redis)
+        return OutcomeRecorder(self.redis, self.audit)
+
+    @cached_property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.redis, maxlen=self.settings.audit_maxlen)
 
     @cached_property
     def deliverer(self) -> Deliverer:

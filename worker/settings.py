@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     idempotency_ttl: int = Field(7 * 24 * 3600, gt=0)
     state_ttl: int = Field(90 * 24 * 3600, gt=0)
     max_event_bytes: int = Field(256 * 1024, gt=0)
+    audit_maxlen: int = Field(1_000_000, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

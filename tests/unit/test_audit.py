@@ -1,0 +1,119 @@
+"""The audit trail: every outcome of an (event, connector) pair lands in the tenant's
+bounded stream, and `prefsync audit` answers what each destination was told, and when."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import responses
+from click.testing import CliRunner
+
+from worker import pipeline
+from worker import runtime as runtime_module
+from worker.cli import main
+from worker.configs import parse_config
+from worker.deadletter import Attempt
+from worker.errors import PermanentError
+from worker.outcomes import Outcome, OutcomeKind
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+KEY = "braze-rest-key-abcdef-0123456789"
+TRACK = "https://rest.fra-01.braze.eu/users/track"
+JANE = "jane.doe@example.com"
+
+
+@pytest.fixture
+def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    runtime = Runtime(Settings(audit_maxlen=5))
+    runtime.__dict__["redis"] = fakeredis.FakeRedis()
+    monkeypatch.setattr(runtime_module, "_runtime", (os.getpid(), runtime))
+    config = json.loads((EXAMPLES / "connectors" / "braze.json").read_text())
+    config["authentication"]["api_key"] = KEY
+    runtime.configs.put("acme", parse_config(config))
+    return runtime
+
+
+def event(event_id: str = "e-1", user: str = JANE, **purposes: bool) -> dict[str, Any]:
+    payload = json.loads((EXAMPLES / "events" / "event-created.json").read_text())
+    entity = payload["parameters"]["entity"]
+    entity["id"] = event_id
+    entity["user"]["organization_user_id"] = user
+    if purposes:
+        entity["consents"]["purposes"] = [{"id": p, "enabled": v} for p, v in purposes.items()]
+    return payload
+
+
+@responses.activate
+def test_delivered_skipped_and_dead_lettered_outcomes_are_each_audited(rt: Runtime) -> None:
+    responses.post(TRACK, status=201, json={"message": "success"})
+
+    pipeline.deliver(rt, event("e-1", newsletter=True), "braze")
+    pipeline.deliver(rt, event("e-1", newsletter=True), "braze")  # the same event again
+    pipeline.dead_letter(
+        rt,
+        payload=event("e-2", newsletter=False),
+        connector_id="braze",
+        attempts=[Attempt(at=1.0, status=400, error="Invalid attribute")],
+        exc=PermanentError("Braze refused the update (HTTP 400): Invalid attribute", status=400),
+        now=2.0,
+    )
+
+    newest_first = rt.audit.query("acme")
+    assert [(e.outcome, e.reason) for e in newest_first] == [
+        ("dead_lettered", "refused by the destination: Braze refused the update (HTTP 400): "
+         "Invalid attribute"),
+        ("skipped", "duplicate"),
+        ("delivered", ""),
+    ]  # fmt: skip
+    delivered = newest_first[-1]
+    assert delivered.user == JANE and delivered.connector_id == "braze"
+    assert delivered.status == 201
+    assert delivered.fields == {"email_subscribe": "opted_in"}
+    assert delivered.event_key.startswith("event.created:e-1:")
+    assert newest_first[0].status == 400
+    everything = json.dumps([e.model_dump() for e in newest_first])
+    assert KEY not in everything
+
+
+def test_the_stream_stays_within_its_bound_keeping_the_newest(rt: Runtime) -> None:
+    for n in range(12):
+        rt.recorder.record(
+            tenant="acme",
+            connector_id="braze",
+            event_key=f"k-{n}",
+            user=f"u-{n}",
+            outcome=Outcome(OutcomeKind.SKIPPED, reason="no_mapped_values"),
+        )
+    assert rt.audit.length("acme") == 5
+    assert [e.event_key for e in rt.audit.query("acme")] == [f"k-{n}" for n in range(11, 6, -1)]
+
+
+def test_cli_audit_filters_by_user_limits_and_prints_json(rt: Runtime) -> None:
+    for n, user in enumerate(["a", "b", "a", "a"]):
+        rt.recorder.record(
+            tenant="acme",
+            connector_id="braze",
+            event_key=f"k-{n}",
+            user=user,
+            outcome=Outcome(
+                OutcomeKind.DELIVERED, status=201, fields={"email_subscribe": "unsubscribed"}
+            ),
+        )
+    runner = CliRunner()
+
+    text = runner.invoke(main, ["audit", "acme", "--user", "a", "--limit", "2"]).output
+    rows = [line.split("\t") for line in text.splitlines()]
+    assert [row[1:5] for row in rows] == [["braze", "a", "delivered", "HTTP 201"]] * 2
+    assert all(row[5] == '{"email_subscribe": "unsubscribed"}' for row in rows)
+
+    as_json = runner.invoke(main, ["audit", "acme", "--user", "b", "--json"]).output
+    (only,) = [json.loads(line) for line in as_json.splitlines()]
+    assert (only["user"], only["event_key"]) == ("b", "k-1")
+    assert runner.invoke(main, ["audit", "globex"]).output == ""
