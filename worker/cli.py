@@ -292,6 +292,46 @@ def dlq_purge(ids: tuple[str, ...], all_: bool) -> None:
     click.echo(f"purged {removed} dead letter(s)")
 
 
+# ---------------------------------------------------------------- preview
+
+
+@main.command()
+@click.argument("tenant")
+@click.argument("event_file", type=click.File("r", encoding="utf-8"))
+@click.option("--json", "as_json", is_flag=True, help="Print the preview as JSON.")
+def preview(tenant: str, event_file: click.utils.LazyFile, as_json: bool) -> None:
+    """Dry run: for each of TENANT's connectors, the properties the event in EVENT_FILE
+    gives its mappings and the exact HTTP requests the worker would send (keys masked), or
+    why it would skip. Nothing is sent. A request listed second is a fallback (Brevo's
+    create after a 404 when upsert is on)."""
+    from worker.events import parse_event
+    from worker.preview import preview as make_preview
+
+    try:
+        event = parse_event(json.loads(event_file.read()))
+    except json.JSONDecodeError as exc:
+        fail(f"{event_file.name}: not valid JSON ({exc.msg} at line {exc.lineno})", 1)
+    except InvalidEvent as exc:
+        fail(f"{event_file.name}: {exc}", 1)
+    if event.tenant != tenant:
+        fail(f"the event belongs to tenant {event.tenant!r}, not {tenant!r}", 1)
+    previews = make_preview(event, _runtime().configs.list(tenant))
+    if as_json:
+        click.echo(json.dumps([p.as_dict() for p in previews], indent=2, ensure_ascii=False))
+        return
+    if not previews:
+        click.echo(f"tenant {tenant!r} has no connectors: nothing would be sent")
+    for p in previews:
+        click.echo(f"connector {p.connector_id} ({p.type_id})")
+        click.echo(f"  properties: {json.dumps(p.properties, ensure_ascii=False)}")
+        if p.skipped:
+            click.echo(f"  skipped: {p.skipped}")
+        for number, request in enumerate(p.requests, start=1):
+            click.echo(f"  request {number}: {request['method']} {request['url']}")
+            click.echo(f"    headers: {json.dumps(request['headers'], ensure_ascii=False)}")
+            click.echo(f"    body: {json.dumps(request['body'], ensure_ascii=False)}")
+
+
 # ---------------------------------------------------------------- audit
 
 

@@ -19,27 +19,36 @@ def skipped(reason: SkipReason, detail: str = "") -> Outcome:
     return Outcome(OutcomeKind.SKIPPED, reason=str(reason), detail=detail)
 
 
+Resolved = dict[str, tuple[str, Value]]
+
+
+def plan(event: PreferenceEvent, config: ConnectorConfig) -> Outcome | Resolved:
+    """What ``event`` says to ``config``'s destination, or why it says nothing: for each
+    mapped property that has a value, its name as the config writes it -> (canonical
+    name, value). Shared by delivery and the dry-run preview so the two cannot disagree."""
+    if event.skip_reason is not None:
+        return skipped(event.skip_reason)
+    if not config.enabled:
+        return skipped(SkipReason.CONNECTOR_DISABLED)
+    if not config.accepts_regulation(event.regulation):
+        return skipped(SkipReason.OTHER_REGULATION, f"event regulation {event.regulation!r}")
+    resolved: Resolved = {}
+    for mapping in config.mappings:
+        found = event.resolve(mapping.value)
+        if found is not None:
+            resolved[mapping.value] = found
+    return resolved or skipped(SkipReason.NO_MAPPED_VALUES)
+
+
 class Deliverer:
     def __init__(self, state: StateStore, transport: Transport) -> None:
         self.state = state
         self.transport = transport
 
     def deliver(self, event: PreferenceEvent, config: ConnectorConfig) -> Outcome:
-        if event.skip_reason is not None:
-            return skipped(event.skip_reason)
-        if not config.enabled:
-            return skipped(SkipReason.CONNECTOR_DISABLED)
-        if not config.accepts_regulation(event.regulation):
-            return skipped(SkipReason.OTHER_REGULATION, f"event regulation {event.regulation!r}")
-
-        # mapping's property name (as the config writes it) -> (canonical name, value)
-        resolved: dict[str, tuple[str, Value]] = {}
-        for mapping in config.mappings:
-            found = event.resolve(mapping.value)
-            if found is not None:
-                resolved[mapping.value] = found
-        if not resolved:
-            return skipped(SkipReason.NO_MAPPED_VALUES)
+        resolved = plan(event, config)
+        if isinstance(resolved, Outcome):
+            return resolved
 
         tenant, user = event.tenant, event.user
         if self.state.is_done(tenant, config.id, event.event_key):
@@ -53,7 +62,7 @@ class Deliverer:
                 user,
                 event.event_key,
                 event.ordering,
-                {canonical: value for canonical, value in resolved.values()},
+                dict(resolved.values()),
             )
             values = {
                 name: value for name, (canonical, value) in resolved.items() if canonical in owned

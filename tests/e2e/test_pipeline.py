@@ -45,6 +45,11 @@ def test_example_events_reach_both_destinations_and_no_other_tenant(
         ["sendinblue", "sendinblue"],
     ]
     assert BRAZE_KEY not in listed.stdout and BREVO_KEY not in listed.stdout
+    preview = run_cli(
+        prefsync_env, "preview", "acme", str(EXAMPLES / "events" / "event-created.json"), "--json"
+    )
+    assert preview.returncode == 0, preview.stderr
+    assert BRAZE_KEY not in preview.stdout and BREVO_KEY not in preview.stdout
     start_worker(prefsync_env, concurrency=2)
 
     # When the consent event is enqueued through the CLI,
@@ -83,6 +88,17 @@ def test_example_events_reach_both_destinations_and_no_other_tenant(
     assert brevo.query == {"identifierType": "email_id"}
     assert brevo.headers["api-key"] == BREVO_KEY
     assert brevo.body == {"attributes": {"EMAIL_NOTIFICATION": False}, "emailBlacklisted": False}
+
+    # and the dry run had shown exactly these requests (the first of each connector's).
+    previewed = {p["connector_id"]: p["requests"][0] for p in json.loads(preview.stdout)}
+    assert previewed["braze"]["url"] == f"{fake.url}/users/track"
+    assert previewed["braze"]["body"] == braze.body
+    assert previewed["braze"]["headers"]["Authorization"] == "Bearer …0001"
+    assert previewed["sendinblue"]["method"] == "PUT"
+    assert previewed["sendinblue"]["url"] == (
+        f"{fake.url}/v3/contacts/jane.doe%40example.com?identifierType=email_id"
+    )
+    assert previewed["sendinblue"]["body"] == brevo.body
 
     # When the user's update arrives (newsletter withdrawn, opt-out given),
     done = run_cli(

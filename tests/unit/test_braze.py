@@ -204,7 +204,7 @@ def test_requests_preview_is_what_deliver_sends(mocked: responses.RequestsMock) 
     deliver(cfg, values)
 
     assert (preview.method, preview.url, preview.json) == ("POST", TRACK, sent(mocked))
-    assert preview.redacted()["headers"]["Authorization"] == "…cdef"
+    assert preview.redacted()["headers"]["Authorization"] == "Bearer …cdef"
 
 
 @pytest.mark.parametrize("mapping_id", ["OPTED_IN", "UNSUBSCRIBED", GROUP])

@@ -36,7 +36,7 @@ class HttpRequest:
     def redacted(self) -> dict[str, Any]:
         """The request as an operator may see it: secret headers masked to their last 4."""
         headers = {
-            name: mask(value) if name.lower() in SECRET_HEADERS else value
+            name: _mask_credential(value) if name.lower() in SECRET_HEADERS else value
             for name, value in self.headers.items()
         }
         return {"method": self.method, "url": self.url, "headers": headers, "body": self.json}
@@ -69,6 +69,12 @@ def mask(secret: str) -> str:
     """Show a credential the way operators may see it: only its last 4 characters."""
     tail = secret[-4:] if len(secret) >= 12 else ""
     return f"…{tail}" if tail else "…"
+
+
+def _mask_credential(header_value: str) -> str:
+    # Keep an auth scheme ("Bearer ") readable: it tells which kind of credential it is.
+    scheme, space, secret = header_value.rpartition(" ")
+    return f"{scheme}{space}{mask(secret)}"
 
 
 class Transport:

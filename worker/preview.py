@@ -1,0 +1,55 @@
+"""Dry run: what the worker would send each of a tenant's connectors for an event, without
+sending anything. It goes through the same ``delivery.plan`` and the same connector
+``requests`` as a real delivery; only the newest-wins state is left out (a preview does
+not know which of the tenant's later events the worker has already merged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from worker.configs import ConnectorConfig
+from worker.delivery import plan
+from worker.events import PreferenceEvent
+from worker.outcomes import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    connector_id: str
+    type_id: str
+    properties: dict[str, Any]  # mapped property name -> the value the event gives it
+    requests: list[dict[str, Any]]  # method, url, headers (keys masked), body; in order
+    skipped: str = ""  # why nothing would be sent
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connector_id": self.connector_id,
+            "type_id": self.type_id,
+            "properties": self.properties,
+            "requests": self.requests,
+            "skipped": self.skipped or None,
+        }
+
+
+def preview(event: PreferenceEvent, configs: list[ConnectorConfig]) -> list[Preview]:
+    previews = []
+    for config in configs:
+        resolved = plan(event, config)
+        if isinstance(resolved, Outcome):
+            reason = f"{resolved.reason}: {resolved.detail}" if resolved.detail else resolved.reason
+            previews.append(Preview(config.id, config.type_id, {}, [], skipped=reason))
+            continue
+        values = {name: value for name, (_, value) in resolved.items()}
+        sent = config.connector.requests(config, event.user, values)
+        previews.append(
+            Preview(
+                config.id,
+                config.type_id,
+                values,
+                [request.redacted() for request in sent],
+                skipped="" if sent else "no_mapped_values: the values map to no field",
+            )
+        )
+    return previews
