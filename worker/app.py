@@ -77,9 +77,12 @@ def _restore_interval(visibility_timeout: int) -> int:
     return max(1, min(10, visibility_timeout // 10))
 
 
+@signals.celeryd_init.connect
 @signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
-    # Connecting here keeps Celery from installing its own handlers.
+    # setup_logging: connecting keeps Celery from installing its own handlers.
+    # celeryd_init: comes before the worker's first warnings (running as root, say), so
+    # they are JSON lines too.
     configure_logging(get_settings())
 
 

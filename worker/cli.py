@@ -67,7 +67,12 @@ def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) ->
         redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
     except redis.exceptions.RedisError:
         fail(_redis_help(settings.redis_url))
-    argv = ["celery", "-A", "worker", "worker", f"--loglevel={loglevel or settings.log_level}"]
+    from worker.logging import uses_console
+
+    # Celery's banner is plain text: leave it out where every line must be JSON.
+    quiet = [] if uses_console(settings) else ["--quiet"]
+    argv = ["celery", "-A", "worker", *quiet, "worker"]
+    argv.append(f"--loglevel={loglevel or settings.log_level}")
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     os.execvp(sys.executable, [sys.executable, "-m", *argv, *ctx.args])

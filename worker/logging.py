@@ -3,12 +3,16 @@ for Celery's own loggers, and redaction of anything that looks like a credential
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import celery.apps.worker as celery_worker_app
 import structlog
 
 from worker.settings import Settings
@@ -47,11 +51,24 @@ def redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutabl
     return _redact_value(dict(event))
 
 
-def configure(settings: Settings) -> None:
-    """Route structlog and the standard library (Celery, kombu) through one pipeline."""
-    console = settings.log_format == "console" or (
+def uses_console(settings: Settings) -> bool:
+    """Console lines for a person at a terminal (or when asked); JSON lines otherwise."""
+    return settings.log_format == "console" or (
         settings.log_format == "auto" and sys.stderr.isatty()
     )
+
+
+def _say_as_json(message: str, *_: Any, **__: Any) -> None:
+    # Celery prints its shutdown notices straight to the terminal from signal handlers.
+    # A write of one finished line is as safe there, and keeps the output all JSON.
+    event = {"event": message.strip(), "level": "warning", "logger": "celery.apps.worker"}
+    with contextlib.suppress(OSError):
+        os.write(sys.__stderr__.fileno(), (json.dumps(event) + "\n").encode())
+
+
+def configure(settings: Settings) -> None:
+    """Route structlog and the standard library (Celery, kombu) through one pipeline."""
+    console = uses_console(settings)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -81,4 +98,8 @@ def configure(settings: Settings) -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Python warnings (Celery's "running as root", deprecations) become log lines too.
+    logging.captureWarnings(True)
+    if not console:
+        celery_worker_app.safe_say = _say_as_json
     root.setLevel(settings.log_level.upper())

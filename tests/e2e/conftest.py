@@ -274,7 +274,8 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     ) -> WorkerProcess:
         name = f"w{next(numbers)}"
         command = [
-            sys.executable, "-m", "celery", "-A", app, "worker",
+            # --quiet as `prefsync worker` runs it with JSON logs: no plain-text banner.
+            sys.executable, "-m", "celery", "-A", app, "--quiet", "worker",
             "--loglevel=INFO",
             f"--concurrency={concurrency}",
             f"--pool={pool}",
