@@ -79,11 +79,11 @@ def _restore_interval(visibility_timeout: int) -> int:
 
 @signals.celeryd_init.connect
 @signals.setup_logging.connect
-def _setup_logging(**_: object) -> None:
-    # setup_logging: connecting keeps Celery from installing its own handlers.
-    # celeryd_init: comes before the worker's first warnings (running as root, say), so
-    # they are JSON lines too.
-    configure_logging(get_settings())
+def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
+    # setup_logging: connecting keeps Celery from installing its own handlers; it passes
+    # the worker's --loglevel. celeryd_init: comes before the worker's first warnings
+    # (running as root, say), so they are JSON lines too.
+    configure_logging(get_settings(), level=loglevel)
 
 
 app = make_app(get_settings())

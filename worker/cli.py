@@ -177,10 +177,7 @@ def connectors_list(tenant: str) -> None:
             continue
         if config is None:
             continue
-        described = config.describe()
-        secrets = " ".join(
-            f"{k}={v}" for k, v in described.get("options", {}).items() if str(v).startswith("…")
-        )
+        secrets = " ".join(f"{k}={v}" for k, v in config.describe()["authentication"].items())
         click.echo(
             f"{config.id}\t{config.type_id}\t{'enabled' if config.enabled else 'disabled'}\t"
             f"upsert={'on' if config.upsert_mode else 'off'}\t"

@@ -66,8 +66,9 @@ def _say_as_json(message: str, *_: Any, **__: Any) -> None:
         os.write(sys.__stderr__.fileno(), (json.dumps(event) + "\n").encode())
 
 
-def configure(settings: Settings) -> None:
-    """Route structlog and the standard library (Celery, kombu) through one pipeline."""
+def configure(settings: Settings, level: int | str | None = None) -> None:
+    """Route structlog and the standard library (Celery, kombu) through one pipeline, at
+    ``level`` (default: PREFSYNC_LOG_LEVEL)."""
     console = uses_console(settings)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -102,4 +103,4 @@ def configure(settings: Settings) -> None:
     logging.captureWarnings(True)
     if not console:
         celery_worker_app.safe_say = _say_as_json
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(level or settings.log_level.upper())

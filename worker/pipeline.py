@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from worker.deadletter import Attempt, DeadLetter, describe_payload_owner
-from worker.errors import InvalidEvent, PermanentError, PrefsyncError
+from worker.errors import InvalidConfig, InvalidEvent, PermanentError, PrefsyncError
 from worker.events import parse_event
 from worker.logging import redact
 from worker.outcomes import Outcome, OutcomeKind
@@ -75,6 +75,8 @@ def describe_error(exc: BaseException) -> str:
 def final_reason(exc: BaseException, attempts: Sequence[Attempt]) -> str:
     if isinstance(exc, InvalidEvent):
         return f"invalid event: {describe_error(exc)}"
+    if isinstance(exc, InvalidConfig):
+        return f"connector config no longer valid: {describe_error(exc)}"
     if isinstance(exc, PermanentError):
         return f"refused by the destination: {describe_error(exc)}"
     if isinstance(exc, PrefsyncError):

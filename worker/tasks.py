@@ -18,7 +18,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from worker import pipeline
 from worker.app import app
 from worker.deadletter import Attempt
-from worker.errors import InvalidEvent, PermanentError, RetryableError
+from worker.errors import InvalidConfig, InvalidEvent, PermanentError, RetryableError
 from worker.retries import clock, retry_countdown
 from worker.runtime import runtime
 from worker.settings import get_settings
@@ -36,7 +36,7 @@ TRANSIENT = (
 class ScheduledTask(Task):
     autoretry_for = TRANSIENT
     # Expected endings: Celery logs them in one line, without a traceback (which is for bugs).
-    throws = (PermanentError, InvalidEvent)
+    throws = (PermanentError, InvalidEvent, InvalidConfig)
     max_retries = len(get_settings().retry_countdowns)
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:

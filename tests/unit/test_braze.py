@@ -251,6 +251,7 @@ def test_text_for_a_subscription_state_is_a_config_error(
         (403, {"message": "Access denied"}, PermanentError, True),
         (404, {"message": "Not found"}, PermanentError, False),
         (408, None, RetryableError, None),
+        (425, {"message": "Too early"}, RetryableError, None),
         (409, {"message": "Conflict"}, PermanentError, False),
         (413, {"message": "Payload too large"}, PermanentError, False),
         (422, {"message": "Unprocessable"}, PermanentError, False),

@@ -84,9 +84,10 @@ def test_put_list_show_delete_never_print_a_credential_in_full(rt: Runtime) -> N
     text = "".join(r.output for r in outputs)
     assert BRAZE_KEY not in text and BREVO_KEY not in text
     assert "…6789" in text and "…WXYZ" in text  # the last 4 characters, for recognition
-    assert [line.split("\t")[:2] for line in outputs[2].output.splitlines()] == [
-        ["braze", "braze"],
-        ["eu", "sendinblue"],
+    listed = [line.split("\t") for line in outputs[2].output.splitlines()]
+    assert [(row[0], row[1], row[-1]) for row in listed] == [
+        ("braze", "braze", "api_key=…6789"),
+        ("eu", "sendinblue", "api_key=…WXYZ"),
     ]
     shown = json.loads(outputs[3].output)
     assert shown["mappings"][0] == {

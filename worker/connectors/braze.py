@@ -348,7 +348,9 @@ def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Option
             status=status,
             retry_after=_retry_after(response.headers),
         )
-    if status == 408 or status >= 500:
+    # 425 is not in Braze's tables, but it means "too early, ask again": treating it as
+    # transient keeps a consent change from being given up on (the guarantee lists it).
+    if status in (408, 425) or status >= 500:
         raise RetryableError(f"Braze is unavailable (HTTP {status}): {reason}", status=status)
     if status == 413:
         raise PermanentError(

@@ -1,0 +1,378 @@
+"""The Docker packaging: docker-compose.yml, Dockerfile, .env.example and what the README
+says about them.
+
+No Docker engine runs in CI, so the compose file is loaded as YAML and checked for what the
+delivery guarantee and the operators rely on; the commands its services run are resolved
+against the code that has to answer them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from worker.cli import main as cli_main
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = {"redis", "worker", "flower", "fake-destinations"}
+# ${VAR}, ${VAR:-default}, ${VAR:?error}; "$${...}" is an escaped dollar, not a variable.
+COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
+REQUIRED_VARIABLE = re.compile(r"^\$\{([A-Z_][A-Z0-9_]*):\?[^}]*\}$")
+
+
+@pytest.fixture(scope="module")
+def compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def compose(compose_text: str) -> dict[str, Any]:
+    return yaml.safe_load(compose_text)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def argv(service: dict[str, Any]) -> list[str]:
+    """The service's command as the container receives it (compose splits a string
+    command the way a shell would)."""
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def option_value(args: list[str], name: str) -> str | None:
+    """The value of ``--name value`` or ``--name=value`` in ``args``."""
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def env_example_text() -> str:
+    return (ROOT / ".env.example").read_text(encoding="utf-8")
+
+
+def env_example_names() -> set[str]:
+    """Every NAME given in .env.example, set (NAME=...) or suggested (# NAME=...)."""
+    return set(re.findall(r"^#?\s*([A-Za-z_][A-Za-z0-9_]*)=", env_example_text(), flags=re.M))
+
+
+# -- the four services -----------------------------------------------------------------
+
+
+def test_the_four_services_exist(services: dict[str, Any]) -> None:
+    assert set(services) == SERVICES
+
+
+def test_every_service_restarts_by_itself(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        assert service.get("restart") in ("always", "unless-stopped", "on-failure"), name
+
+
+def test_redis_keeps_every_message_and_requires_the_password(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    args = argv(redis)
+    assert redis["image"].split(":")[0] == "redis"
+    assert args[0] == "redis-server"
+    # Redis is the only copy of queued messages (../shared/reference/celery.md).
+    assert option_value(args, "--appendonly") == "yes"
+    assert option_value(args, "--appendfsync") == "everysec"
+    assert option_value(args, "--maxmemory-policy") == "noeviction"
+    password = REQUIRED_VARIABLE.match(option_value(args, "--requirepass") or "")
+    assert password and password.group(1) == "REDIS_PASSWORD"
+
+
+def test_redis_data_lives_in_a_named_volume(
+    services: dict[str, Any], compose: dict[str, Any]
+) -> None:
+    mounts = [str(v).split(":") for v in services["redis"]["volumes"]]
+    named = [source for source, target, *_ in mounts if target == "/data"]
+    assert named, "nothing is mounted on /data, where redis:7 keeps its AOF"
+    assert named[0] in (compose.get("volumes") or {}), "the /data volume is not a named volume"
+
+
+def test_redis_healthcheck_pings_with_the_password(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    test = redis["healthcheck"]["test"]
+    command = test if isinstance(test, str) else " ".join(test)
+    assert "redis-cli" in command
+    assert "ping" in command.lower()
+    # The password reaches redis-cli from the container's environment ($$ escapes compose).
+    assert "$$REDIS_PASSWORD" in command or "REDISCLI_AUTH" in environment(redis)
+    assert REQUIRED_VARIABLE.match(environment(redis).get("REDIS_PASSWORD", ""))
+
+
+def test_worker_is_built_from_the_dockerfile_and_runs_prefsync_worker(
+    services: dict[str, Any],
+) -> None:
+    worker = services["worker"]
+    build = worker["build"]
+    context = build if isinstance(build, str) else build.get("context", ".")
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    assert (ROOT / context / dockerfile).resolve() == ROOT / "Dockerfile"
+    assert argv(worker)[:2] == ["prefsync", "worker"]
+
+
+def test_worker_command_options_are_options_of_prefsync_worker(
+    services: dict[str, Any],
+) -> None:
+    # Every --option the compose file passes must be one `prefsync worker` declares, or it
+    # would silently go on to Celery (the command forwards unknown options).
+    declared = {
+        opt for param in cli_main.commands["worker"].params for opt in param.opts
+    }  # fmt: skip
+    passed = [arg.split("=")[0] for arg in argv(services["worker"])[2:] if arg.startswith("-")]
+    assert passed, "the worker command sets no concurrency or log level"
+    assert set(passed) <= declared
+    assert {"--concurrency", "--loglevel"} <= set(passed)
+
+
+def test_worker_waits_for_a_healthy_redis(services: dict[str, Any]) -> None:
+    for name in ("worker", "flower"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_prefsync_worker_command_exists() -> None:
+    result = CliRunner().invoke(cli_main, ["worker", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--concurrency" in result.output
+    assert "--loglevel" in result.output
+
+
+def test_worker_and_flower_share_one_redis_url_with_the_password(
+    services: dict[str, Any],
+) -> None:
+    worker_url = environment(services["worker"])["PREFSYNC_REDIS_URL"]
+    assert environment(services["flower"])["PREFSYNC_REDIS_URL"] == worker_url
+    match = re.fullmatch(r"redis://:(?P<password>[^@]+)@redis:6379/\d+", worker_url)
+    assert match, worker_url
+    password = REQUIRED_VARIABLE.match(match["password"])
+    assert password and password.group(1) == "REDIS_PASSWORD"
+
+
+def test_flower_publishes_5555_with_basic_auth_and_a_persistent_db(
+    services: dict[str, Any],
+) -> None:
+    flower = services["flower"]
+    args = argv(flower)
+    assert args[:4] == ["celery", "-A", "worker", "flower"]
+    assert option_value(args, "--port") == "5555"
+    assert "5555:5555" in [str(p) for p in flower["ports"]]
+    auth = (
+        option_value(args, "--basic-auth")
+        or option_value(args, "--basic_auth")
+        or environment(flower).get("FLOWER_BASIC_AUTH")
+    )
+    assert auth is not None, "Flower would be open to anyone who reaches port 5555"
+    assert re.fullmatch(r"\$\{FLOWER_USER[^}]*\}:\$\{FLOWER_PASSWORD[^}]*\}", auth), auth
+    assert option_value(args, "--persistent") == "True"
+    db = option_value(args, "--db") or ""
+    mounted = [str(v).split(":")[1] for v in flower["volumes"]]
+    assert any(db.startswith(f"{target.rstrip('/')}/") for target in mounted), (db, mounted)
+
+
+def test_flower_comes_with_the_image() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    ops = pyproject["project"]["optional-dependencies"]["ops"]
+    assert any(re.match(r"flower\b", requirement) for requirement in ops)
+    assert re.search(r"pip install ['\"]?\.\[ops\]", (ROOT / "Dockerfile").read_text())
+
+
+def test_flower_and_fake_destinations_use_the_worker_image(services: dict[str, Any]) -> None:
+    image = services["worker"]["image"]
+    for name in ("flower", "fake-destinations"):
+        assert services[name]["image"] == image, name
+
+
+def test_fake_destinations_is_a_demo_only_service(services: dict[str, Any]) -> None:
+    fake = services["fake-destinations"]
+    assert fake["profiles"] == ["demo"]
+    assert argv(fake)[:3] == ["python", "-m", "tests.fakes.destinations"]
+    for name in SERVICES - {"fake-destinations"}:
+        assert "profiles" not in services[name], f"{name} would not start by default"
+
+
+def test_fake_destinations_accepts_its_command_and_listens_on_every_interface(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the module the container runs, with its server and signal waits stubbed
+    destinations = importlib.import_module("tests.fakes.destinations")
+    started: list[tuple[Any, ...]] = []
+
+    class Recorder:
+        url = "http://stub"
+
+        def __init__(self, *args: Any) -> None:
+            started.append(args)
+
+        def start(self) -> Recorder:
+            return self
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(destinations, "FakeDestinations", Recorder)
+    monkeypatch.setattr(destinations.signal, "signal", lambda *a: None)
+    monkeypatch.setattr(destinations.signal, "pause", lambda: None)
+
+    # When it runs with the compose file's arguments
+    destinations.main(argv(services["fake-destinations"])[3:])
+
+    # Then it serves on 0.0.0.0 (other containers reach it) and the port the demo names
+    host, port = started[0][:2]
+    assert host == "0.0.0.0"
+    assert f"fake-destinations:{port}" in env_example_text()
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+def test_every_password_is_a_required_variable_never_a_literal(
+    services: dict[str, Any], compose_text: str
+) -> None:
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|BASIC_AUTH|API_KEY", key):
+                # Nothing but variables (and the ":" of user:password) may remain.
+                literal = COMPOSE_VARIABLE.sub("", re.sub(r"\$\{[^}]*\}", "", value))
+                assert literal in ("", ":"), f"{name}.{key} holds a literal secret"
+                for variable in re.findall(r"\$\{[^}]*\}", value):
+                    assert REQUIRED_VARIABLE.match(variable), f"{name}.{key}: {variable}"
+    for password in re.findall(r"redis://:([^@]*)@", compose_text):
+        assert REQUIRED_VARIABLE.match(password), password
+    assert "requirepass" in compose_text
+
+
+def test_every_compose_variable_is_in_env_example(compose_text: str) -> None:
+    used = set(COMPOSE_VARIABLE.findall(compose_text))
+    assert {"REDIS_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD"} <= used
+    assert used - env_example_names() == set()
+
+
+def test_env_example_offers_the_demo_settings() -> None:
+    names = env_example_names()
+    assert {"PREFSYNC_ALLOW_HOSTS", "PREFSYNC_SENDINBLUE_API_URL"} <= names
+    text = env_example_text()
+    assert re.search(r"^#\s*PREFSYNC_ALLOW_HOSTS=fake-destinations:8080$", text, re.M)
+    assert re.search(
+        r"^#\s*PREFSYNC_SENDINBLUE_API_URL=http://fake-destinations:8080/v3$", text, re.M
+    )
+
+
+def test_image_runs_as_a_non_root_user_without_secrets() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    lines = [
+        line.strip()
+        for line in dockerfile.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines[0].startswith("FROM python:3.11-slim")
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert not re.search(r"^(ENV|ARG)\b.*(PASSWORD|API_KEY|SECRET)", dockerfile, re.M)
+    assert re.search(r'^CMD \["prefsync", "worker"\]$', dockerfile, re.M)
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".env", ".venv", ".git"} <= set(ignored)
+
+
+def test_image_holds_the_fake_destinations_package() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert "tests/__init__.py" in copied
+    assert any(source.rstrip("/") == "tests/fakes" for source in copied)
+    assert any(source.rstrip("/") == "worker" for source in copied)
+
+
+# -- the README tells the same story ---------------------------------------------------
+
+
+def test_readme_opens_with_make_run_and_make_test(readme: str) -> None:
+    before_quick_start = readme.split("## Quick start")[0]
+    assert "make run" in before_quick_start
+    assert "make test" in before_quick_start
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^run:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+
+
+def test_readme_names_the_compose_ports_and_commands(readme: str) -> None:
+    for text in (
+        "5555",
+        "docker compose up",
+        "docker compose --profile demo up",
+        "python -m tests.fakes.destinations",
+        "cp .env.example .env",
+    ):
+        assert text in readme, text
+
+
+def readme_code(readme: str) -> str:
+    """The README's code: fenced blocks and `inline` spans, where commands are shown."""
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", readme, flags=re.M | re.S)
+    prose = re.sub(r"^```[^\n]*\n.*?^```", "", readme, flags=re.M | re.S)
+    return "\n".join([*fenced, *re.findall(r"`([^`\n]+)`", prose)])
+
+
+def test_every_prefsync_command_in_the_readme_exists(readme: str) -> None:
+    ctx = click.Context(cli_main)
+    code = readme_code(readme)
+    # A command starts a line or follows .venv/bin/ or `docker compose exec [-T] worker`.
+    shown = re.findall(
+        r"(?:^\s*|\.venv/bin/|exec (?:-T )?worker )prefsync ([a-z]+)(?: ([a-z]+))?",
+        code,
+        flags=re.M,
+    )
+    assert len(shown) >= 10
+    for name, sub in shown:
+        command = cli_main.get_command(ctx, name)
+        assert command is not None, f"prefsync {name}"
+        if isinstance(command, click.Group):
+            assert command.get_command(ctx, sub) is not None, f"prefsync {name} {sub}"
+
+
+def test_readme_lists_every_setting_with_its_default(readme: str) -> None:
+    for name, field in Settings.model_fields.items():
+        env = f"PREFSYNC_{name.upper()}"
+        rows = [line for line in readme.splitlines() if line.startswith(f"| `{env}`")]
+        assert rows, f"{env} is missing from the README's configuration table"
+        default = field.default
+        if isinstance(default, tuple):
+            shown = ",".join(f"{v:g}" for v in default) if default else "(empty)"
+        else:
+            shown = str(default)
+        assert shown in rows[0], f"{env}: the README does not show its default {shown!r}"
+
+
+def test_readme_layout_names_every_worker_module(readme: str) -> None:
+    layout = readme.split("```text\nworker/")[-1].split("```")[0]
+    listed = set(re.findall(r"^\s+([\w/]+\.py)\b", layout, flags=re.M))
+    present = {
+        path.relative_to(ROOT / "worker").as_posix().replace("connectors/", "")
+        for path in (ROOT / "worker").rglob("*.py")
+    }
+    assert present <= listed, f"modules missing from the README layout: {present - listed}"
