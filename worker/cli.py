@@ -81,6 +81,13 @@ def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) ->
 # ---------------------------------------------------------------- enqueue
 
 
+def read_text(file: click.utils.LazyFile) -> str:
+    try:
+        return file.read()
+    except UnicodeDecodeError as exc:
+        fail(f"{file.name}: not UTF-8 text (byte {exc.start})", 1)
+
+
 def read_payloads(text: str) -> Iterator[tuple[str, Any, str | None]]:
     """Yield (label, payload, error) for each event of a JSON object, JSON array or
     JSON Lines text; labels are "item N" (array) or "line N" (JSON Lines), 1-based."""
@@ -120,7 +127,7 @@ def enqueue(file: click.utils.LazyFile) -> None:
     from worker.producer import enqueue as enqueue_one
 
     enqueued = invalid = 0
-    for label, payload, error in read_payloads(file.read()):
+    for label, payload, error in read_payloads(read_text(file)):
         if error is None:
             try:
                 enqueue_one(payload)
@@ -152,7 +159,7 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
     from worker.configs import parse_config
 
     try:
-        raw = json.loads(file.read())
+        raw = json.loads(read_text(file))
     except json.JSONDecodeError as exc:
         fail(f"{file.name}: not valid JSON ({exc.msg} at line {exc.lineno})", 1)
     try:
@@ -306,18 +313,29 @@ def preview(tenant: str, event_file: click.utils.LazyFile, as_json: bool) -> Non
     gives its mappings and the exact HTTP requests the worker would send (keys masked), or
     why it would skip. Nothing is sent. A request listed second is a fallback (Brevo's
     create after a 404 when upsert is on)."""
-    from worker.events import parse_event
+    from worker.preview import broken
     from worker.preview import preview as make_preview
+    from worker.producer import validate
 
+    text = read_text(event_file)
     try:
-        event = parse_event(json.loads(event_file.read()))
+        event = validate(json.loads(text))
     except json.JSONDecodeError as exc:
         fail(f"{event_file.name}: not valid JSON ({exc.msg} at line {exc.lineno})", 1)
     except InvalidEvent as exc:
         fail(f"{event_file.name}: {exc}", 1)
     if event.tenant != tenant:
         fail(f"the event belongs to tenant {event.tenant!r}, not {tenant!r}", 1)
-    previews = make_preview(event, _runtime().configs.list(tenant))
+    store = _runtime().configs
+    previews = []
+    for connector_id in store.ids(tenant):
+        try:
+            config = store.get(tenant, connector_id)
+        except InvalidConfig as exc:
+            previews.append(broken(connector_id, exc))
+            continue
+        if config is not None:
+            previews.append(make_preview(event, config))
     if as_json:
         click.echo(json.dumps([p.as_dict() for p in previews], indent=2, ensure_ascii=False))
         return

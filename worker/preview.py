@@ -11,6 +11,7 @@ from typing import Any
 
 from worker.configs import ConnectorConfig
 from worker.delivery import plan
+from worker.errors import InvalidConfig, PermanentError
 from worker.events import PreferenceEvent
 from worker.outcomes import Outcome
 
@@ -33,23 +34,25 @@ class Preview:
         }
 
 
-def preview(event: PreferenceEvent, configs: list[ConnectorConfig]) -> list[Preview]:
-    previews = []
-    for config in configs:
-        resolved = plan(event, config)
-        if isinstance(resolved, Outcome):
-            reason = f"{resolved.reason}: {resolved.detail}" if resolved.detail else resolved.reason
-            previews.append(Preview(config.id, config.type_id, {}, [], skipped=reason))
-            continue
-        values = {name: value for name, (_, value) in resolved.items()}
+def preview(event: PreferenceEvent, config: ConnectorConfig) -> Preview:
+    resolved = plan(event, config)
+    if isinstance(resolved, Outcome):
+        reason = f"{resolved.reason}: {resolved.detail}" if resolved.detail else resolved.reason
+        return Preview(config.id, config.type_id, {}, [], skipped=reason)
+    values = {name: value for name, (_, value) in resolved.items()}
+    try:
         sent = config.connector.requests(config, event.user, values)
-        previews.append(
-            Preview(
-                config.id,
-                config.type_id,
-                values,
-                [request.redacted() for request in sent],
-                skipped="" if sent else "no_mapped_values: the values map to no field",
-            )
-        )
-    return previews
+    except PermanentError as exc:  # a mapping that cannot take this value: the worker
+        return Preview(config.id, config.type_id, values, [], skipped=f"refused: {exc}")
+    return Preview(
+        config.id,
+        config.type_id,
+        values,
+        [request.redacted() for request in sent],
+        skipped="" if sent else "no_mapped_values: the values map to no field",
+    )
+
+
+def broken(connector_id: str, error: InvalidConfig) -> Preview:
+    """The preview of a stored config that no longer validates: the worker refuses it."""
+    return Preview(connector_id, "?", {}, [], skipped=str(error))
