@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery, signals
 
 from worker.logging import configure as configure_logging
+from worker.redis_client import SENTINEL_KWARGS
 from worker.settings import Settings, get_settings
 
 
@@ -37,6 +38,9 @@ def make_app(settings: Settings) -> Celery:
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
             "health_check_interval": 25,
+            # With a sentinel:// URL: which master to ask for, and how (redis_client.py).
+            "master_name": settings.redis_sentinel_master,
+            "sentinel_kwargs": SENTINEL_KWARGS,
         },
         broker_connection_retry_on_startup=True,
         # After a reconnect, tasks still running can no longer ack their old messages, which

@@ -62,9 +62,11 @@ def main() -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) -> None:
     """Run a worker (same as `celery -A worker worker`); extra options go to Celery."""
+    from worker.redis_client import connect
+
     settings = get_settings()
     try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+        connect(settings, socket_connect_timeout=3).ping()
     except redis.exceptions.RedisError:
         fail(_redis_help(settings.redis_url))
     from worker.logging import uses_console

@@ -18,6 +18,7 @@ from worker.connectors.base import Transport
 from worker.deadletter import DeadLetterStore
 from worker.delivery import Deliverer
 from worker.recorder import OutcomeRecorder
+from worker.redis_client import connect
 from worker.settings import Settings, get_settings
 from worker.state import StateStore
 
@@ -28,12 +29,7 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.settings.redis_url,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=25,
-        )
+        return connect(self.settings)
 
     @cached_property
     def configs(self) -> ConfigStore:

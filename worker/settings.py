@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREFSYNC_", extra="ignore")
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_sentinel_master: str = "mymaster"  # with a sentinel:// URL only
     sendinblue_api_url: str = "https://api.brevo.com/v3"
     http_timeout: float = Field(10.0, gt=0)
     task_time_limit: int = Field(60, gt=0)

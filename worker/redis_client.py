@@ -1,0 +1,47 @@
+"""Connecting to the Redis of PREFSYNC_REDIS_URL: a plain redis:// URL, or Sentinels."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from worker.settings import Settings
+
+#: How to ask a Sentinel for the master (ours and kombu's): one try each, no backoff, so a
+#: Sentinel that is down costs a refused connection, not redis-py's default seconds of
+#: retrying, before the next one is asked.
+SENTINEL_KWARGS: dict[str, Any] = {
+    "socket_connect_timeout": 1,
+    "socket_timeout": 1,
+    "retry": Retry(NoBackoff(), 0),
+}
+
+
+def connect(settings: Settings, **options: Any) -> redis.Redis:
+    """A client for PREFSYNC_REDIS_URL, the same Redis Celery uses as its broker.
+
+    ``sentinel://[:password@]host:port[;sentinel://host:port…][/db]`` asks those Sentinels
+    for the current master of ``PREFSYNC_REDIS_SENTINEL_MASTER`` (as kombu does for the
+    broker), so a failover moves our data and the queue together.
+    """
+    options = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 25,
+        **options,
+    }
+    if not settings.redis_url.startswith("sentinel://"):
+        return redis.Redis.from_url(settings.redis_url, **options)
+    parts = [urlsplit(url) for url in settings.redis_url.split(";")]
+    sentinels = [(part.hostname or "localhost", part.port or 26379) for part in parts]
+    first, last = parts[0], parts[-1]
+    db = int(last.path.strip("/") or 0)
+    sentinel = Sentinel(
+        sentinels, sentinel_kwargs=SENTINEL_KWARGS, password=first.password, db=db, **options
+    )
+    return sentinel.master_for(settings.redis_sentinel_master)
