@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint format
+.PHONY: install run test demo lint format
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ run: install
 ## test: unit and end-to-end tests (end-to-end ones start their own redis-server)
 test: install
 	$(BIN)/python -m pytest
+
+## demo: own redis-server, fake Braze/Brevo and a worker; deliver the examples, show the calls
+demo: install
+	$(BIN)/python -m tests.demo
 
 lint: install
 	$(BIN)/ruff check .

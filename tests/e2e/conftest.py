@@ -12,7 +12,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.e2e.helpers import wait_until
+from tests.e2e.helpers import free_port, tail, wait_until
 from tests.fakes.destinations import FakeDestinations
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,17 +33,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_DIR in Path(item.path).parents:
             item.add_marker(pytest.mark.e2e)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # -- Redis ------------------------------------------------------------------------------------
@@ -102,7 +90,7 @@ class RedisServer:
                 lambda: self._answers_ping(probe),
                 timeout=timeout,
                 interval=0.01,
-                message=lambda: f"redis-server did not answer PING:\n{_tail(self.log_path)}",
+                message=lambda: f"redis-server did not answer PING:\n{tail(self.log_path)}",
             )
         finally:
             probe.close()
@@ -111,7 +99,7 @@ class RedisServer:
         assert self._proc is not None
         if self._proc.poll() is not None:
             raise RuntimeError(
-                f"redis-server exited with {self._proc.returncode}:\n{_tail(self.log_path)}"
+                f"redis-server exited with {self._proc.returncode}:\n{tail(self.log_path)}"
             )
         try:
             return bool(probe.ping())
@@ -162,7 +150,7 @@ def redis_binary() -> str:
 def redis_server(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(redis_binary, _free_port(), directory)
+    server = RedisServer(redis_binary, free_port(), directory)
     server.start()
     yield server
     server.close()
@@ -226,7 +214,7 @@ class WorkerProcess:
             if not self.running:
                 raise RuntimeError(
                     f"worker {self.name} exited with {self.proc.returncode} before logging "
-                    f"{text!r}:\n{_tail(self.log_path)}"
+                    f"{text!r}:\n{tail(self.log_path)}"
                 )
             return False
 
@@ -234,7 +222,7 @@ class WorkerProcess:
             seen,
             timeout=timeout,
             interval=0.05,
-            message=lambda: f"worker {self.name} never logged {text!r}:\n{_tail(self.log_path)}",
+            message=lambda: f"worker {self.name} never logged {text!r}:\n{tail(self.log_path)}",
         )
 
     def kill(self) -> None:

@@ -9,13 +9,12 @@ import subprocess
 import pytest
 import redis
 
-from tests.e2e.conftest import _free_port
-from tests.e2e.helpers import braze_config, consent_event, jsonl, wait_until
+from tests.e2e.helpers import braze_config, consent_event, free_port, jsonl, wait_until
 
 
 @pytest.fixture
 def sentinel_url(redis_binary, redis_server, tmp_path):
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(
         f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
@@ -31,7 +30,7 @@ def sentinel_url(redis_binary, redis_server, tmp_path):
     try:
         wait_until(lambda: _knows_master(probe), timeout=10)
         # A second, unreachable Sentinel first in the list: clients must move on to the next.
-        yield f"sentinel://127.0.0.1:{_free_port()};sentinel://127.0.0.1:{port}/0"
+        yield f"sentinel://127.0.0.1:{free_port()};sentinel://127.0.0.1:{port}/0"
     finally:
         probe.close()
         proc.kill()

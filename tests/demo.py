@@ -1,0 +1,194 @@
+"""``make demo``: the whole pipeline on this machine, no Docker, nothing to set up by hand.
+
+Runs ``python -m tests.demo`` from the repository root. It starts its own redis-server on a
+free port (data in a temporary directory; a Redis on 6379 is never touched), the fake
+Braze/Brevo of ``tests/fakes/destinations.py`` in a thread, and one Celery worker allowed to
+talk to that fake. Through the real CLI it stores the example connector configs for tenant
+``acme`` (the Braze ``server`` pointed at the fake, placeholder keys kept) and enqueues the
+two example events, one after the other. It then prints what each destination received,
+``prefsync audit acme`` and ``prefsync stats --tenant acme``.
+
+Everything it started is stopped on the way out, also after an error or Ctrl+C. Exit 0 on
+success, 1 with a one-line reason (and the worker log tail when it matters) otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+from tests.e2e.helpers import EXAMPLES, example, free_port, tail, wait_until
+from tests.fakes.destinations import FakeDestinations
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TENANT = "acme"
+EVENTS = ("event-created.json", "user-updated.json")
+TIMEOUT = 30.0  # seconds for the deliveries, in total
+WORKER = [
+    sys.executable, "-m", "celery", "-A", "worker", "--quiet", "worker", "--loglevel=INFO",
+    "--concurrency=1", "--without-heartbeat", "--without-gossip", "--without-mingle",
+]  # fmt: skip
+
+
+def spawn(
+    started: list[subprocess.Popen], name: str, command: list[str], log: Path, env: dict | None
+) -> subprocess.Popen:
+    """Start ``command`` in its own process group (Ctrl+C reaches only us), output to ``log``;
+    add it to ``started`` before anything else can fail."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    started.append(proc)
+    print(f"started {name} pid {proc.pid}")
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (a worker shuts down warm), then SIGKILL whatever is left of its group."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_for_log(proc: subprocess.Popen, log: Path, text: str, what: str) -> None:
+    def seen() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(log)}")
+        return text in log.read_text(errors="replace")
+
+    wait_until(seen, timeout=TIMEOUT, message=lambda: f"{what} not ready:\n{tail(log)}")
+
+
+def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    """Run ``python -m worker.cli ARGS``; its stdout, or RuntimeError with its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=REPO_ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"prefsync {' '.join(args)} failed:\n{done.stderr.strip()}")
+    return done.stdout
+
+
+def store_configs(env: dict[str, str], fake: FakeDestinations) -> None:
+    braze = example("connectors", "braze.json")
+    braze["authentication"]["server"] = fake.url  # keep the placeholder key
+    brevo = example("connectors", "sendinblue.json")
+    for config in (braze, brevo):
+        print(cli(env, "connectors", "put", TENANT, "-", stdin=json.dumps(config)), end="")
+
+
+def received(fake: FakeDestinations) -> str:
+    """The calls the fake answered so far: ``service METHOD path -> status``, ``; `` between."""
+    calls = [f"{c.service} {c.method} {c.path} -> {c.status}" for c in fake.calls()]
+    return "; ".join(calls) or "none"
+
+
+def deliver_examples(env: dict[str, str], fake: FakeDestinations, worker_log: Path) -> None:
+    """Enqueue each example event and wait until both destinations accepted it."""
+    deadline = time.monotonic() + TIMEOUT
+
+    def accepted(service: str) -> int:
+        return sum(call.status < 300 for call in fake.calls(service))
+
+    for number, name in enumerate(EVENTS, start=1):
+        print(cli(env, "enqueue", str(EXAMPLES / "events" / name)), end="")
+        wait_until(
+            lambda n=number: accepted("braze") >= n and accepted("brevo") >= n,
+            timeout=max(0.0, deadline - time.monotonic()),
+            message=lambda n=name: (
+                f"{n} did not reach both destinations. calls received: {received(fake)}\n"
+                f"worker log:\n{tail(worker_log)}"
+            ),
+        )
+    wait_until(  # the audit entry is written just after the destination answered
+        lambda: "delivered\t4" in cli(env, "stats", "--tenant", TENANT).splitlines(),
+        timeout=max(1.0, deadline - time.monotonic()),
+        interval=0.2,
+        message=lambda: f"4 deliveries not recorded:\n{cli(env, 'stats', '--tenant', TENANT)}",
+    )
+
+
+def show_calls(fake: FakeDestinations) -> None:
+    for service, title in (("braze", "Braze"), ("brevo", "Brevo")):
+        print(f"\n{title} received:")
+        for call in fake.calls(service):
+            query = f"?{urlencode(call.query)}" if call.query else ""
+            print(f"  {call.method} {call.path}{query}  -> {call.status}")
+            print("    " + json.dumps(call.body, indent=2).replace("\n", "\n    "))
+
+
+def run(workdir: Path, redis_binary: str) -> None:
+    port, redis_log, started = free_port(), workdir / "redis.log", []
+    try:
+        redis = spawn(
+            started, "redis-server",
+            [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            redis_log, None,
+        )  # fmt: skip
+        wait_for_log(redis, redis_log, "Ready to accept connections", "redis-server")
+        with FakeDestinations() as fake:
+            print(f"fake Braze on {fake.url}, fake Brevo on {fake.url}/v3")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFSYNC_")}
+            env.update(
+                PREFSYNC_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                PREFSYNC_ALLOW_HOSTS=fake.host_port,
+                PREFSYNC_SENDINBLUE_API_URL=f"{fake.url}/v3",
+                PREFSYNC_LOG_FORMAT="json",
+                PYTHONUNBUFFERED="1",
+            )
+            worker_log = workdir / "worker.log"
+            worker = spawn(started, "worker", WORKER, worker_log, env)
+            wait_for_log(worker, worker_log, " ready.", "the worker")
+            store_configs(env, fake)
+            deliver_examples(env, fake, worker_log)
+            show_calls(fake)
+            print(f"\n$ prefsync audit {TENANT}\n{cli(env, 'audit', TENANT)}", end="")
+            print(f"\n$ prefsync stats --tenant {TENANT}\n{cli(env, 'stats', '--tenant', TENANT)}")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl+C must not leak them
+            signal.signal(signum, signal.SIG_IGN)
+        for proc in reversed(started):  # the worker first, then redis-server
+            stop(proc)
+        print("stopped the worker, the fake destinations and redis-server")
+
+
+def main() -> int:
+    redis_binary = shutil.which("redis-server")
+    if redis_binary is None:
+        print(
+            "demo failed: redis-server is not on PATH (apt-get install redis-server)",
+            file=sys.stderr,
+        )
+        return 1
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up as on Ctrl+C
+    try:
+        with tempfile.TemporaryDirectory(prefix="prefsync-demo-") as workdir:
+            run(Path(workdir), redis_binary)
+    except KeyboardInterrupt:
+        print("demo interrupted", file=sys.stderr)
+        return 130
+    except (AssertionError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
