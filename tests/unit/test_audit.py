@@ -4,17 +4,15 @@ bounded stream, and `prefsync audit` answers what each destination was told, and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 import responses
 from click.testing import CliRunner
 
+from tests.unit.conftest import install_runtime
 from worker import pipeline
-from worker import runtime as runtime_module
 from worker.cli import main
 from worker.configs import parse_config
 from worker.deadletter import Attempt
@@ -31,9 +29,7 @@ JANE = "jane.doe@example.com"
 
 @pytest.fixture
 def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
-    runtime = Runtime(Settings(audit_maxlen=5))
-    runtime.__dict__["redis"] = fakeredis.FakeRedis()
-    monkeypatch.setattr(runtime_module, "_runtime", (os.getpid(), runtime))
+    runtime = install_runtime(monkeypatch, Settings(audit_maxlen=5))
     config = json.loads((EXAMPLES / "connectors" / "braze.json").read_text())
     config["authentication"]["api_key"] = KEY
     runtime.configs.put("acme", parse_config(config))

@@ -4,32 +4,20 @@ the output), enqueue's per-event errors, and the dead-letter commands."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 from click.testing import CliRunner, Result
 
-from worker import runtime as runtime_module
 from worker import tasks
 from worker.cli import main
 from worker.deadletter import Attempt
 from worker.runtime import Runtime
-from worker.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BRAZE_KEY = "braze-rest-key-abcdef-0123456789"
 BREVO_KEY = "xkeysib-0123456789abcdef-WXYZ"
-
-
-@pytest.fixture
-def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
-    runtime = Runtime(Settings())
-    runtime.__dict__["redis"] = fakeredis.FakeRedis()
-    monkeypatch.setattr(runtime_module, "_runtime", (os.getpid(), runtime))
-    return runtime
 
 
 @pytest.fixture

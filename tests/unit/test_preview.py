@@ -6,22 +6,19 @@ registered, so that any HTTP call would fail the test."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 import requests
 import responses
 from click.testing import CliRunner, Result
 
-from worker import runtime as runtime_module
 from worker.cli import main
 from worker.configs import KEY_PREFIX, parse_config
 from worker.runtime import Runtime
-from worker.settings import Settings, get_settings
+from worker.settings import get_settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BRAZE_KEY = "braze-rest-key-abcdef-0123456789"
@@ -44,14 +41,6 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
-
-
-@pytest.fixture
-def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
-    runtime = Runtime(Settings())
-    runtime.__dict__["redis"] = fakeredis.FakeRedis()
-    monkeypatch.setattr(runtime_module, "_runtime", (os.getpid(), runtime))
-    return runtime
 
 
 def braze_config(**changes: Any) -> dict[str, Any]:

@@ -36,12 +36,6 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def mocked() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock() as rsps:
-        yield rsps
-
-
 def config(
     *mapping_ids: str, upsert_mode: bool = False, list_id: int | None = None
 ) -> ConnectorConfig:

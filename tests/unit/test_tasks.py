@@ -236,12 +236,6 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def mocked() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock() as rsps:
-        yield rsps
-
-
-@pytest.fixture
 def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
     rt = Runtime(get_settings())
     rt.__dict__["redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer())

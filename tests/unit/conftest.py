@@ -1,0 +1,34 @@
+"""Fixtures shared by the unit tests: mocked HTTP, and the process runtime on fakeredis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import responses
+
+from worker import runtime as runtime_module
+from worker.runtime import Runtime
+from worker.settings import Settings
+
+
+@pytest.fixture
+def mocked() -> Iterator[responses.RequestsMock]:
+    """HTTP mocked by `responses`; a request to an unregistered URL fails the test."""
+    with responses.RequestsMock() as rsps:
+        yield rsps
+
+
+def install_runtime(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Runtime:
+    """Make a Runtime on fakeredis the one `worker.runtime.runtime()` returns (the CLI's)."""
+    rt = Runtime(settings)
+    rt.__dict__["redis"] = fakeredis.FakeRedis()
+    monkeypatch.setattr(runtime_module, "_runtime", (os.getpid(), rt))
+    return rt
+
+
+@pytest.fixture
+def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    return install_runtime(monkeypatch, Settings())
