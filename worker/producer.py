@@ -24,15 +24,15 @@ def enqueue(payload: Any) -> str:
     """Validate ``payload`` and enqueue it for every connector of its tenant; returns the
     task id. Raises ``InvalidEvent`` for a malformed event and a kombu/redis error when
     the broker cannot be reached (after retrying for about ten seconds)."""
-    from worker.tasks import route
+    from worker.tasks import publish, route
 
     validate(payload)
-    return route.apply_async(args=[payload]).id
+    return publish(route, [payload])
 
 
 def redeliver(payload: Any, connector_id: str) -> str:
     """Enqueue ``payload`` for one connector only (dead-letter replay)."""
-    from worker.tasks import deliver
+    from worker.tasks import deliver, publish
 
     validate(payload)
-    return deliver.apply_async(args=[payload, connector_id]).id
+    return publish(deliver, [payload, connector_id])

@@ -17,6 +17,7 @@ from worker.configs import ConfigStore
 from worker.connectors.base import Transport
 from worker.deadletter import DeadLetterStore
 from worker.delivery import Deliverer
+from worker.outbox import Outbox
 from worker.recorder import OutcomeRecorder
 from worker.redis_client import connect
 from worker.settings import Settings, get_settings
@@ -44,6 +45,10 @@ class Runtime:
             lock_ttl=self.settings.lock_ttl,
             lock_wait=self.settings.lock_ttl,
         )
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(self.redis, grace=self.settings.visibility_timeout)
 
     @cached_property
     def deadletters(self) -> DeadLetterStore:

@@ -12,8 +12,9 @@ from typing import Any
 
 import redis
 import structlog
-from celery import Task, signals
+from celery import Task, bootsteps, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.utils import uuid
 
 from worker import pipeline
 from worker.app import app
@@ -81,6 +82,8 @@ class ScheduledTask(Task):
             )
             log.info("retry scheduled", countdown=round(countdown, 3), error=attempts[-1].error)
         kwargs = {**(self.request.kwargs or {}), "attempts": [a.model_dump() for a in attempts]}
+        if countdown is not None:
+            runtime().outbox.rescheduled(self.request.id, kwargs, clock(), countdown)
         try:
             return super().retry(
                 args=self.request.args, kwargs=kwargs, exc=exc, throw=throw,
@@ -90,12 +93,17 @@ class ScheduledTask(Task):
             # Celery could not publish the retry and would drop the message: keep it as a
             # dead letter instead, or, if even that fails, put the message back.
             try:
-                self.dead_letter(self.request.args, attempts, rejected.reason)
+                self.dead_letter(self.request.id, self.request.args, attempts, rejected.reason)
             except Exception:
                 raise Reject(rejected.reason, requeue=True) from None
             raise
 
-    def dead_letter(self, args: tuple, attempts: list[Attempt], exc: BaseException) -> None:
+    def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
+        runtime().outbox.done(task_id)
+
+    def dead_letter(
+        self, task_id: str, args: tuple, attempts: list[Attempt], exc: BaseException
+    ) -> None:
         pipeline.dead_letter(
             runtime(),
             payload=args[0] if args else None,
@@ -104,11 +112,54 @@ class ScheduledTask(Task):
             exc=exc,
             now=clock(),
         )
+        runtime().outbox.done(task_id)
+
+
+def publish(task: ScheduledTask, args: list[Any]) -> str:
+    """Publish a task, written to the outbox first (worker.outbox says why)."""
+    task_id = uuid()
+    runtime().outbox.add(task_id, task.name, args, {}, clock())
+    task.apply_async(args=args, task_id=task_id)
+    return task_id
+
+
+def _publish_again(task_id: str, name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    # The attempts carried in kwargs say how many retries the lost message had used.
+    retries = max(0, len(kwargs.get("attempts") or []))
+    app.tasks[name].apply_async(args=args, kwargs=kwargs, task_id=task_id, retries=retries)
+    log.warning("published again: not ended by its due time", task_id=task_id, task=name)
+
+
+class OutboxSweep(bootsteps.StartStopStep):
+    """Each worker sweeps the outbox for tasks the broker lost, every little while."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.tref = None
+
+    def start(self, worker: Any) -> None:
+        interval = max(1.0, min(60.0, get_settings().visibility_timeout / 4))
+        self.tref = worker.timer.call_repeatedly(interval, self.sweep)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+    def sweep(self) -> None:
+        try:
+            runtime().outbox.sweep(clock(), _publish_again)
+        except redis.exceptions.RedisError as exc:  # the next round tries again
+            log.warning("outbox sweep failed", error=f"{type(exc).__name__}: {exc}")
+
+
+app.steps["worker"].add(OutboxSweep)
 
 
 @signals.task_failure.connect
 def _dead_letter_failures(
     sender: Any = None,
+    task_id: str = "",
     exception: BaseException | None = None,
     args: tuple = (),
     kwargs: dict | None = None,
@@ -124,14 +175,14 @@ def _dead_letter_failures(
         if isinstance(exception, Reject):
             return
         attempts = sender.attempts(exception, kwargs)
-        sender.dead_letter(tuple(args or ()), attempts, exception)
+        sender.dead_letter(task_id, tuple(args or ()), attempts, exception)
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.route")
 def route(self: ScheduledTask, payload: Any, attempts: list | None = None) -> int:
     """Validate a preference event and fan it out: one delivery per connector."""
     return pipeline.route(
-        runtime(), payload, lambda p, connector_id: deliver.apply_async(args=[p, connector_id])
+        runtime(), payload, lambda p, connector_id: publish(deliver, [p, connector_id])
     )
 
 

@@ -265,12 +265,6 @@ def test_a_retry_countdown_shorter_than_the_visibility_timeout_runs_once(
     assert [c.status for c in fake.calls("braze")] == [503, 201]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 3 note): kombu's Redis transport pops a message with BRPOP before "
-    "it records it as unacked, so a SIGKILL in between loses it; seen once in 200 events. "
-    "Fix planned: an outbox of unfinished tasks in Redis, swept after the visibility timeout.",
-)
 def test_worker_killed_mid_load_loses_nothing_after_restart(
     prefsync_env, braze_tenant, start_worker, run_cli
 ):
@@ -305,3 +299,27 @@ def test_worker_killed_mid_load_loses_nothing_after_restart(
     repeated = sum(n - 1 for n in users_delivered(fake).values())
     assert repeated <= 2
     assert dead_letters(run_cli, env) == []
+
+
+def test_a_message_the_broker_lost_is_published_again_from_the_outbox(
+    prefsync_env, braze_tenant, redis_server, start_worker, run_cli
+):
+    # The window the outbox closes: Redis has handed the message out (BRPOP) and the
+    # worker dies before recording it as unacknowledged. Emptying the queue is that loss.
+    fake = braze_tenant
+    env = {
+        **prefsync_env,
+        "PREFSYNC_TASK_TIME_LIMIT": "2",
+        "PREFSYNC_RATE_LIMIT_MAX_WAIT": "1",
+        "PREFSYNC_VISIBILITY_TIMEOUT": "4",
+    }
+    event = consent_event("e-lost", "u-lost", "2026-11-20T09:00:00Z", NEWSLETTER_ON)
+    enqueue(run_cli, env, [event])
+    broker = redis_server.client()
+    assert broker.delete("celery") == 1  # the one message is gone from the queue
+
+    worker = start_worker(env)
+
+    wait_until(lambda: users_delivered(fake) == Counter({"u-lost": 1}), timeout=20)
+    assert "published again" in worker.log()
+    wait_until(lambda: broker.zcard("prefsync:outbox:due") == 0, timeout=5)

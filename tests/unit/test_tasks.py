@@ -192,9 +192,9 @@ class Worker:
         self.runs.append(run)
         return run
 
-    def send(self, task: ScheduledTask, *args: Any, **kwargs: Any) -> None:
-        """A producer's publish: the first attempt of a message."""
-        self.broker.publish(task, args, kwargs)
+    def send(self, task: ScheduledTask, *args: Any) -> None:
+        """A producer's publish: the first attempt of a message, through the outbox."""
+        worker.tasks.publish(task, list(args))
 
     def drain(self, limit: int = 50) -> list[Run]:
         """Run every queued message, earliest due first, moving the clock to its due time."""
@@ -362,6 +362,7 @@ def test_a_failing_destination_gets_six_attempts_inside_five_minutes_then_one_de
     assert entry.dead_lettered_at == harness.clock()
     counts = harness.rt.recorder.counts(TENANT, connector_id)
     assert counts == {"dead_lettered": 1}
+    assert harness.rt.outbox.pending() == 0  # ended: nothing for the sweep to publish again
 
 
 def test_slow_attempts_do_not_push_the_last_attempt_past_five_minutes(
@@ -556,6 +557,26 @@ def test_route_fans_a_valid_event_out_to_a_delivery_per_connector(
     assert runs[1].message.args == (event(), connector_id)
     assert len(mocked.calls) == 1
     assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
+    assert harness.rt.outbox.pending() == 0
+
+
+def test_a_task_waiting_for_its_retry_stays_in_the_outbox_until_it_is_due(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(503, UNAVAILABLE, {})])
+    harness.worker.send(deliver, event(), connector_id)
+    first = harness.worker.execute(harness.broker.queue.pop())  # fails; its retry is queued
+    published = []
+
+    def record(task_id: str, *_: Any) -> None:
+        published.append(task_id)
+
+    # The retry waits 10 s: until then plus the grace (the visibility timeout), it is not lost.
+    grace = harness.rt.settings.visibility_timeout
+    assert harness.rt.outbox.sweep(harness.clock() + 9 + grace, record) == 0
+    assert harness.rt.outbox.sweep(harness.clock() + 10 + grace, record) == 1
+    assert published == [first.message.task_id]
 
 
 # -- settings ----------------------------------------------------------------------------------

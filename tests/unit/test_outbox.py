@@ -1,0 +1,75 @@
+"""The outbox: a task stays listed until it ends; what is overdue is published again, once
+per sweep round, and a retry's wait postpones its due time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fakeredis
+import pytest
+
+from worker.outbox import SWEEPER, Outbox
+
+ARGS = [{"type": "event.created"}, "braze"]
+
+
+@pytest.fixture
+def outbox() -> Outbox:
+    return Outbox(fakeredis.FakeRedis(), grace=100)
+
+
+class Published(list):
+    def __call__(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.append((task_id, name, args, kwargs))
+
+
+def test_only_overdue_tasks_are_published_again_with_what_they_carried(outbox: Outbox) -> None:
+    outbox.add("t1", "prefsync.deliver", ARGS, {}, now=1000)
+    outbox.add("t2", "prefsync.route", ARGS[:1], {}, now=1050)
+    published = Published()
+
+    assert outbox.sweep(1099, published) == 0
+    assert outbox.sweep(1100, published) == 1
+
+    assert published == [("t1", "prefsync.deliver", ARGS, {})]
+    # Published again, it is due once more a grace period later, not at every sweep.
+    assert outbox.sweep(1101, published) == 0
+    assert outbox.sweep(1150, published) == 1  # t2
+    assert outbox.sweep(1200, published) == 1  # t1 again: it still has not ended
+    assert outbox.pending() == 2
+
+
+def test_an_ended_task_is_never_published_again(outbox: Outbox) -> None:
+    outbox.add("t1", "prefsync.deliver", ARGS, {}, now=1000)
+    outbox.done("t1")
+    published = Published()
+
+    assert outbox.sweep(5000, published) == 0
+    assert published == [] and outbox.pending() == 0
+
+
+def test_a_retry_postpones_its_due_time_and_carries_its_attempts(outbox: Outbox) -> None:
+    outbox.add("t1", "prefsync.deliver", ARGS, {}, now=1000)
+    attempts = {"attempts": [{"at": 1000.0, "status": 503, "error": "down"}]}
+    outbox.rescheduled("t1", attempts, now=1010, wait=110)
+    published = Published()
+
+    assert outbox.sweep(1219, published) == 0  # 1010 + 110 + 100 = 1220
+    assert outbox.sweep(1220, published) == 1
+    assert published[0][3] == attempts
+
+
+def test_a_retry_of_a_task_the_outbox_never_saw_is_ignored(outbox: Outbox) -> None:
+    outbox.rescheduled("old", {"attempts": []}, now=1, wait=1)
+    assert outbox.pending() == 0
+
+
+def test_one_sweep_at_a_time_across_workers(outbox: Outbox) -> None:
+    outbox.add("t1", "prefsync.deliver", ARGS, {}, now=0)
+    outbox.redis.set(SWEEPER, 1)  # another worker is sweeping
+    published = Published()
+
+    assert outbox.sweep(1000, published) == 0
+    outbox.redis.delete(SWEEPER)
+    assert outbox.sweep(1000, published) == 1
+    assert not outbox.redis.exists(SWEEPER)  # released after the round

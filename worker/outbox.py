@@ -1,0 +1,77 @@
+"""Unfinished tasks, kept in Redis until they end, so that the broker cannot lose one.
+
+Celery's Redis transport takes a message off its queue (BRPOP) before it records it as
+unacknowledged: a worker killed in between loses the message for good (seen in the crash
+test: one event in 200). So every prefsync task is written here before it is published, and
+removed when it ends (delivered, skipped or dead-lettered). Whatever has not ended, nor been
+rescheduled, by its due time (publish time + the broker's visibility timeout, by which
+Redis would have handed an unacknowledged message out again) is published again by the
+sweep that workers run. A copy costs nothing: idempotency absorbs it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+ENTRIES = "prefsync:outbox"  # task id -> {"name", "args", "kwargs"} (JSON)
+DUE = "prefsync:outbox:due"  # task id -> when it counts as lost (epoch seconds)
+SWEEPER = "prefsync:outbox:sweeper"  # one sweep at a time across workers
+
+Publish = Callable[[str, str, list[Any], dict[str, Any]], None]
+
+
+class Outbox:
+    def __init__(self, client: redis.Redis, grace: float) -> None:
+        self.redis = client
+        self.grace = grace
+
+    def add(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], now: float):
+        entry = json.dumps({"name": name, "args": args, "kwargs": kwargs})
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(ENTRIES, task_id, entry)
+            pipe.zadd(DUE, {task_id: now + self.grace})
+            pipe.execute()
+
+    def rescheduled(self, task_id: str, kwargs: dict[str, Any], now: float, wait: float) -> None:
+        """A retry was published: it carries new kwargs and may wait ``wait`` seconds."""
+        raw = self.redis.hget(ENTRIES, task_id)
+        if raw is None:  # published before the outbox existed, or already swept and ended
+            return
+        entry = {**json.loads(raw), "kwargs": kwargs}
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(ENTRIES, task_id, json.dumps(entry))
+            pipe.zadd(DUE, {task_id: now + wait + self.grace})
+            pipe.execute()
+
+    def done(self, task_id: str) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(ENTRIES, task_id)
+            pipe.zrem(DUE, task_id)
+            pipe.execute()
+
+    def pending(self) -> int:
+        return int(self.redis.zcard(DUE))
+
+    def sweep(self, now: float, publish: Publish, limit: int = 1000) -> int:
+        """Publish again every task overdue at ``now`` (at most ``limit``); returns how many.
+        Skips the round when another worker is sweeping."""
+        if not self.redis.set(SWEEPER, 1, nx=True, ex=max(1, int(self.grace))):
+            return 0
+        try:
+            overdue = self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit)
+            for raw_id in overdue:
+                task_id = raw_id.decode()
+                raw = self.redis.hget(ENTRIES, task_id)
+                if raw is None:
+                    self.redis.zrem(DUE, task_id)
+                    continue
+                entry = json.loads(raw)
+                publish(task_id, entry["name"], entry["args"], entry["kwargs"])
+                self.redis.zadd(DUE, {task_id: now + self.grace}, xx=True)
+            return len(overdue)
+        finally:
+            self.redis.delete(SWEEPER)
