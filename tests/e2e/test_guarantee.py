@@ -23,6 +23,13 @@ from tests.e2e.helpers import (
 )
 
 NEWSLETTER_ON = {"newsletter": True}
+# A visibility timeout of seconds (and the limits it must outlast): what a crashed worker
+# held, or the broker lost, is back in seconds rather than an hour.
+QUICK_RECOVERY = {
+    "PREFSYNC_TASK_TIME_LIMIT": "2",
+    "PREFSYNC_RATE_LIMIT_MAX_WAIT": "1",
+    "PREFSYNC_VISIBILITY_TIMEOUT": "4",
+}
 
 
 @pytest.fixture
@@ -269,12 +276,7 @@ def test_worker_killed_mid_load_loses_nothing_after_restart(
     prefsync_env, braze_tenant, start_worker, run_cli
 ):
     fake = braze_tenant
-    env = {
-        **prefsync_env,
-        "PREFSYNC_TASK_TIME_LIMIT": "2",
-        "PREFSYNC_RATE_LIMIT_MAX_WAIT": "1",
-        "PREFSYNC_VISIBILITY_TIMEOUT": "4",
-    }
+    env = {**prefsync_env, **QUICK_RECOVERY}
     users = [f"crash-{n}" for n in range(200)]
     fake.set_delay("braze", 0.01)
     fake.fail_next("braze", 30, status=503)  # some tasks wait for a retry when the kill comes
@@ -307,12 +309,7 @@ def test_a_message_the_broker_lost_is_published_again_from_the_outbox(
     # The window the outbox closes: Redis has handed the message out (BRPOP) and the
     # worker dies before recording it as unacknowledged. Emptying the queue is that loss.
     fake = braze_tenant
-    env = {
-        **prefsync_env,
-        "PREFSYNC_TASK_TIME_LIMIT": "2",
-        "PREFSYNC_RATE_LIMIT_MAX_WAIT": "1",
-        "PREFSYNC_VISIBILITY_TIMEOUT": "4",
-    }
+    env = {**prefsync_env, **QUICK_RECOVERY}
     event = consent_event("e-lost", "u-lost", "2026-11-20T09:00:00Z", NEWSLETTER_ON)
     enqueue(run_cli, env, [event])
     broker = redis_server.client()
