@@ -20,6 +20,9 @@ import redis
 ENTRIES = "prefsync:outbox"  # task id -> {"name", "args", "kwargs"} (JSON)
 DUE = "prefsync:outbox:due"  # task id -> when it counts as lost (epoch seconds)
 SWEEPER = "prefsync:outbox:sweeper"  # one sweep at a time across workers
+# A sweep of up to 1,000 entries takes well under this; should a worker die mid-sweep, the
+# others take over after it rather than after a whole visibility timeout.
+SWEEPER_EXPIRY = 60
 
 Publish = Callable[[str, str, list[Any], dict[str, Any]], None]
 
@@ -29,7 +32,9 @@ class Outbox:
         self.redis = client
         self.grace = grace
 
-    def add(self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], now: float):
+    def add(
+        self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], now: float
+    ) -> None:
         entry = json.dumps({"name": name, "args": args, "kwargs": kwargs})
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(ENTRIES, task_id, entry)
@@ -57,21 +62,22 @@ class Outbox:
         return int(self.redis.zcard(DUE))
 
     def sweep(self, now: float, publish: Publish, limit: int = 1000) -> int:
-        """Publish again every task overdue at ``now`` (at most ``limit``); returns how many.
-        Skips the round when another worker is sweeping."""
-        if not self.redis.set(SWEEPER, 1, nx=True, ex=max(1, int(self.grace))):
+        """Publish again every task overdue at ``now`` (at most ``limit``); returns how many
+        were published. Skips the round when another worker is sweeping."""
+        if not self.redis.set(SWEEPER, 1, nx=True, ex=SWEEPER_EXPIRY):
             return 0
+        published = 0
         try:
-            overdue = self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit)
-            for raw_id in overdue:
+            for raw_id in self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit):
                 task_id = raw_id.decode()
                 raw = self.redis.hget(ENTRIES, task_id)
-                if raw is None:
+                if raw is None:  # ended between the two reads
                     self.redis.zrem(DUE, task_id)
                     continue
                 entry = json.loads(raw)
                 publish(task_id, entry["name"], entry["args"], entry["kwargs"])
                 self.redis.zadd(DUE, {task_id: now + self.grace}, xx=True)
-            return len(overdue)
+                published += 1
+            return published
         finally:
             self.redis.delete(SWEEPER)

@@ -125,7 +125,7 @@ def publish(task: ScheduledTask, args: list[Any]) -> str:
 
 def _publish_again(task_id: str, name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     # The attempts carried in kwargs say how many retries the lost message had used.
-    retries = max(0, len(kwargs.get("attempts") or []))
+    retries = len(kwargs.get("attempts") or [])
     app.tasks[name].apply_async(args=args, kwargs=kwargs, task_id=task_id, retries=retries)
     log.warning("published again: not ended by its due time", task_id=task_id, task=name)
 

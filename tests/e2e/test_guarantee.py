@@ -62,6 +62,16 @@ def dead_letters(run_cli, env) -> list[str]:
     return listed.stdout.splitlines()[:-1]
 
 
+def older_and_newer(user: str) -> tuple[dict, dict]:
+    """Two events of one user: the older opts in to the newsletter and product updates, the
+    newer (an hour later) opts out of the newsletter only."""
+    older = consent_event(
+        f"a-{user}", user, "2026-11-20T09:00:00Z", {"newsletter": True, "product_updates": True}
+    )
+    newer = consent_event(f"b-{user}", user, "2026-11-20T10:00:00Z", {"newsletter": False})
+    return older, newer
+
+
 def load_during_outage(fake, env, start_worker, run_cli, prefix: str) -> list[str]:
     """Braze down (503), a worker with two processes, one event each for ten users."""
     users = [f"{prefix}-{n}@example.com" for n in range(10)]
@@ -150,10 +160,7 @@ def test_an_older_event_retried_after_a_newer_one_delivers_only_its_other_fields
     prefsync_env, braze_tenant, start_worker, run_cli
 ):
     fake = braze_tenant
-    older = consent_event(
-        "a", "u-1", "2026-11-20T09:00:00Z", {"newsletter": True, "product_updates": True}
-    )
-    newer = consent_event("b", "u-1", "2026-11-20T10:00:00Z", {"newsletter": False})
+    older, newer = older_and_newer("u-1")
     # The older event's first attempt fails; the newer one is delivered before its retry.
     env = {**prefsync_env, "PREFSYNC_RETRY_COUNTDOWNS": "3,1"}
     fake.fail_next("braze", 1, status=503)
@@ -174,10 +181,7 @@ def test_a_replayed_older_event_never_overwrites_newer_consent(
     prefsync_env, braze_tenant, start_worker, run_cli
 ):
     fake = braze_tenant
-    older = consent_event(
-        "a", "u-1", "2026-11-20T09:00:00Z", {"newsletter": True, "product_updates": True}
-    )
-    newer = consent_event("b", "u-1", "2026-11-20T10:00:00Z", {"newsletter": False})
+    older, newer = older_and_newer("u-1")
     fake.fail_next("braze", 1, status=400)  # the older one is dead-lettered
     start_worker(prefsync_env)
     enqueue(run_cli, prefsync_env, [older])
@@ -201,17 +205,8 @@ def test_concurrent_older_and_newer_events_always_end_with_the_newer_value(
     events = []
     for user in users:
         # Newer first in the queue, so the older one often runs at the same time or after.
-        events.append(
-            consent_event(f"b-{user}", user, "2026-11-20T10:00:00Z", {"newsletter": False})
-        )
-        events.append(
-            consent_event(
-                f"a-{user}",
-                user,
-                "2026-11-20T09:00:00Z",
-                {"newsletter": True, "product_updates": True},
-            )
-        )
+        older, newer = older_and_newer(user)
+        events += [newer, older]
     enqueue(run_cli, prefsync_env, events)
 
     def groups_delivered() -> set[str]:

@@ -8,7 +8,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from worker.outbox import SWEEPER, Outbox
+from worker.outbox import SWEEPER, SWEEPER_EXPIRY, Outbox
 
 ARGS = [{"type": "event.created"}, "braze"]
 
@@ -73,3 +73,25 @@ def test_one_sweep_at_a_time_across_workers(outbox: Outbox) -> None:
     outbox.redis.delete(SWEEPER)
     assert outbox.sweep(1000, published) == 1
     assert not outbox.redis.exists(SWEEPER)  # released after the round
+
+
+def test_a_sweep_round_whose_worker_died_blocks_the_others_for_a_minute_at_most(
+    outbox: Outbox,
+) -> None:
+    outbox.add("t1", "prefsync.deliver", ARGS, {}, now=0)
+
+    def die(*_: Any) -> None:
+        raise KeyboardInterrupt  # the worker stops mid-sweep
+
+    with pytest.raises(KeyboardInterrupt):
+        outbox.redis.delete = lambda *_: 0  # and never gets to release the round
+        outbox.sweep(1000, die)
+    assert 0 < outbox.redis.ttl(SWEEPER) <= SWEEPER_EXPIRY <= 60
+
+
+def test_an_entry_that_ended_between_reads_is_not_counted_or_published(outbox: Outbox) -> None:
+    outbox.redis.zadd("prefsync:outbox:due", {"gone": 0})
+    published = Published()
+
+    assert outbox.sweep(1000, published) == 0
+    assert published == [] and outbox.pending() == 0
