@@ -7,6 +7,7 @@ received, never a credential: the connector is named by its id and re-read on re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterable
@@ -41,13 +42,16 @@ class DeadLetterStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
-    def add(self, **fields: Any) -> DeadLetter:
-        entry = DeadLetter(id=f"dl-{uuid.uuid4().hex[:16]}", **fields)
+    def add(self, *, once: str | None = None, **fields: Any) -> DeadLetter | None:
+        """Keep a new entry. With ``once``, a second entry for the same key is not kept
+        (returns None): Celery reports some failures twice (a hard time limit, say)."""
+        suffix = hashlib.sha256(once.encode()).hexdigest() if once else uuid.uuid4().hex
+        entry = DeadLetter(id=f"dl-{suffix[:16]}", **fields)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(ENTRIES, entry.id, entry.model_dump_json())
-            pipe.zadd(ORDER, {entry.id: entry.dead_lettered_at})
-            pipe.execute()
-        return entry
+            pipe.hsetnx(ENTRIES, entry.id, entry.model_dump_json())
+            pipe.zadd(ORDER, {entry.id: entry.dead_lettered_at}, nx=True)
+            created, _ = pipe.execute()
+        return entry if created else None
 
     def get(self, entry_id: str) -> DeadLetter | None:
         raw = self.redis.hget(ENTRIES, entry_id)

@@ -92,7 +92,10 @@ def dead_letter(
     attempts: Sequence[Attempt],
     exc: BaseException,
     now: float,
-) -> DeadLetter:
+    once: str | None = None,
+) -> DeadLetter | None:
+    """Keep a failed delivery for an operator, and record the outcome; nothing when an
+    entry for ``once`` was already kept (worker.deadletter)."""
     tenant, user = describe_payload_owner(payload)
     try:
         event_key = parse_event(payload).event_key
@@ -107,7 +110,10 @@ def dead_letter(
         attempts=list(attempts),
         reason=final_reason(exc, attempts),
         dead_lettered_at=now,
+        once=once,
     )
+    if entry is None:
+        return None
     outcome = Outcome(OutcomeKind.DEAD_LETTERED, reason=entry.reason, status=attempts[-1].status)
     rt.recorder.record(
         tenant=tenant, connector_id=connector_id, event_key=event_key, user=user, outcome=outcome

@@ -39,6 +39,8 @@ class ScheduledTask(Task):
     # Expected endings: Celery logs them in one line, without a traceback (which is for bugs).
     throws = (PermanentError, InvalidEvent, InvalidConfig)
     max_retries = len(get_settings().retry_countdowns)
+    # A pool child lost mid-task is retried by Celery itself after this long.
+    default_retry_delay = get_settings().retry_countdowns[0]
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         self.request.attempt_started_at = clock()
@@ -52,11 +54,17 @@ class ScheduledTask(Task):
 
     def attempts(self, exc: BaseException, kwargs: dict | None = None) -> list[Attempt]:
         """The attempts carried in the message (``kwargs``, else the running request's),
-        plus the one that just failed."""
-        carried = (self.request.kwargs if kwargs is None else kwargs) or {}
-        earlier = [Attempt.model_validate(a) for a in carried.get("attempts") or []]
+        plus the one that just failed.
+
+        A retry Celery publishes itself after a pool child was lost cannot carry the lost
+        attempt; each such attempt is counted as one without a record, so the history
+        never claims fewer attempts than were made."""
+        carried = carried_attempts(self.request.kwargs if kwargs is None else kwargs)
+        earlier = [Attempt.model_validate(a) for a in carried]
         started = getattr(self.request, "attempt_started_at", None) or clock()
-        return [*earlier, pipeline.attempt_from(exc, started)]
+        unrecorded = Attempt(at=started, error="worker lost during this attempt (no record)")
+        missing = max(0, (self.request.retries or 0) - len(earlier))
+        return [*earlier, *[unrecorded] * missing, pipeline.attempt_from(exc, started)]
 
     def retry(
         self,
@@ -93,7 +101,10 @@ class ScheduledTask(Task):
             # Celery could not publish the retry and would drop the message: keep it as a
             # dead letter instead, or, if even that fails, put the message back.
             try:
-                self.dead_letter(self.request.id, self.request.args, attempts, rejected.reason)
+                self.dead_letter(
+                    self.request.id, self.request.args, attempts, rejected.reason,
+                    once=once_key(self.request.id, self.request.kwargs),
+                )  # fmt: skip
             except Exception:
                 raise Reject(rejected.reason, requeue=True) from None
             raise
@@ -102,7 +113,7 @@ class ScheduledTask(Task):
         runtime().outbox.done(task_id)
 
     def dead_letter(
-        self, task_id: str, args: tuple, attempts: list[Attempt], exc: BaseException
+        self, task_id: str, args: tuple, attempts: list[Attempt], exc: BaseException, once: str
     ) -> None:
         pipeline.dead_letter(
             runtime(),
@@ -111,8 +122,19 @@ class ScheduledTask(Task):
             attempts=attempts,
             exc=exc,
             now=clock(),
+            once=once,
         )
         runtime().outbox.done(task_id)
+
+
+def carried_attempts(kwargs: dict | None) -> list[Any]:
+    return (kwargs or {}).get("attempts") or []
+
+
+def once_key(task_id: str, kwargs: dict | None) -> str:
+    """One dead letter per run of a message: Celery reports a hard time limit twice (the
+    timeout, then the killed pool child), with the same task id and carried attempts."""
+    return f"{task_id}:{len(carried_attempts(kwargs))}"
 
 
 def publish(task: ScheduledTask, args: list[Any]) -> str:
@@ -175,7 +197,8 @@ def _dead_letter_failures(
         if isinstance(exception, Reject):
             return
         attempts = sender.attempts(exception, kwargs)
-        sender.dead_letter(task_id, tuple(args or ()), attempts, exception)
+        once = once_key(task_id, kwargs)
+        sender.dead_letter(task_id, tuple(args or ()), attempts, exception, once)
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.route")

@@ -29,6 +29,8 @@ import fakeredis
 import pytest
 import redis
 import responses
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import TimeLimitExceeded
 from celery import signals, states
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.contrib.testing.mocks import TaskMessage
@@ -638,13 +640,51 @@ def test_a_hard_time_limit_is_dead_lettered_with_the_attempts_the_message_carrie
         countdown=None,
         published_at=START + 20,
     )
+    harness.rt.outbox.add(message.task_id, message.task, list(message.args), carried, START)
     harness.clock.now = START + 100
     settle: list[tuple[str, bool]] = []
-    # The pool child was killed at the hard limit; the worker's parent reports it.
-    harness.worker.request(message, settle).on_timeout(soft=False, timeout=60)
+    request = harness.worker.request(message, settle)
+    # The pool child is killed at the hard limit and the worker's parent reports it twice,
+    # as billiard's on_hard_timeout does: the job's TimeLimitExceeded result (on_failure),
+    # then the timeout callback.
+    try:
+        raise TimeLimitExceeded(60)
+    except TimeLimitExceeded:
+        request.on_failure(ExceptionInfo())
+    request.on_timeout(soft=False, timeout=60)
 
     [entry] = harness.dead_letters()
     assert entry.connector_id == connector_id
     assert [(a.at, a.status) for a in entry.attempts[:2]] == [(START, 503), (START + 10, None)]
     assert len(entry.attempts) == 3
     assert "TimeLimitExceeded" in entry.reason
+    assert settle == [("ack", False)]  # not requeued: a message that hangs does not loop
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"dead_lettered": 1}
+    assert harness.rt.outbox.pending() == 0
+
+
+def test_attempts_lost_with_their_pool_child_are_counted_in_the_dead_letter(
+    harness: Harness,
+) -> None:
+    connector_id = braze_config(harness)
+    # Celery republished this message twice after a lost pool child (retries 1 and 2),
+    # which cannot add to the carried attempts: only the first attempt is on record.
+    message = Message(
+        task=deliver.name,
+        args=(event(), "no-such-connector"),
+        kwargs={"attempts": [{"at": START, "status": 503, "error": "HTTP 503"}]},
+        retries=3,
+        task_id=str(uuid.uuid4()),
+        countdown=None,
+        published_at=START + 50,
+    )
+    harness.clock.now = START + 50
+    harness.worker.execute(message)
+
+    [entry] = harness.dead_letters()
+    assert [a.error for a in entry.attempts[1:3]] == [
+        "worker lost during this attempt (no record)"
+    ] * 2
+    assert len(entry.attempts) == 4
+    assert "not configured" in entry.reason
+    assert connector_id != entry.connector_id
