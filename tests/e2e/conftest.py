@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -153,7 +154,51 @@ def redis_server(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(redis_binary, free_port(), directory)
     server.start()
     yield server
-    server.close()
+    try:
+        if server.running:
+            assert_no_secret("Redis (task arguments, dead letters, audit, outbox)", dump(server))
+    finally:
+        server.close()
+
+
+# -- Secrets -----------------------------------------------------------------------------------
+
+# Every API key the end-to-end tests use has this shape (tests.e2e.helpers); what a test
+# captured — worker logs, CLI output, everything in Redis but the stored configs — is
+# scanned for it after the test.
+SECRET = re.compile(rb"test-key-[0-9]{4}")
+CONFIGS = b"prefsync:connectors:"  # where the keys are kept, by design
+
+
+def assert_no_secret(where: str, data: bytes) -> None:
+    found = SECRET.search(data)
+    if found is not None:
+        context = data[max(0, found.start() - 120) : found.end() + 40]
+        pytest.fail(f"an API key leaked into {where}: ...{context!r}...", pytrace=False)
+
+
+def dump(server: RedisServer) -> bytes:
+    """Every key and value in Redis except the connector configs, as one blob."""
+    client = redis.Redis(port=server.port)
+    readers = {
+        b"string": client.get,
+        b"hash": client.hgetall,
+        b"list": lambda k: client.lrange(k, 0, -1),
+        b"set": client.smembers,
+        b"zset": lambda k: client.zrange(k, 0, -1),
+        b"stream": lambda k: client.xrange(k),
+    }
+    parts: list[bytes] = []
+    try:
+        for db in range(16):
+            client.execute_command("SELECT", db)
+            for name in client.scan_iter(count=1000):
+                if not name.startswith(CONFIGS):
+                    value = readers.get(client.type(name), lambda _: b"")(name)
+                    parts += [name, repr(value).encode()]
+    finally:
+        client.close()
+    return b"\n".join(parts)
 
 
 # -- Fake destinations and the environment of prefsync processes ---------------------------------
@@ -289,6 +334,8 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     yield start
     for worker in workers:
         worker.kill()
+    for worker in workers:
+        assert_no_secret(f"the log of worker {worker.name}", worker.log_path.read_bytes())
 
 
 # -- The prefsync command ------------------------------------------------------------------------
@@ -304,7 +351,7 @@ def run_cli() -> RunCli:
     def run(
         env: Mapping[str, str], *args: str, input: str | None = None, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "worker.cli", *args],
             cwd=REPO_ROOT,
             env=dict(env),
@@ -313,5 +360,8 @@ def run_cli() -> RunCli:
             text=True,
             timeout=timeout,
         )
+        output = f"{done.stdout}\n{done.stderr}".encode()
+        assert_no_secret(f"the output of `prefsync {' '.join(args)}`", output)
+        return done
 
     return run
