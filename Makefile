@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test demo lint format
+.PHONY: install run test demo lint format audit
 
 install: $(VENV)/.installed
 
@@ -32,3 +32,9 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## audit: pip-audit the installed dependencies; --strict fails when one cannot be checked.
+## Needs PyPI's vulnerability data (or OSV): not part of .ci/run, whose machine may lack it.
+audit: install
+	$(BIN)/python -m pip install --quiet pip-audit
+	$(BIN)/pip-audit --strict --skip-editable
