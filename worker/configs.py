@@ -132,6 +132,13 @@ class ConnectorConfig(_Common):
     def connector(self) -> Connector:
         return CONNECTORS[self.type_id]
 
+    @property
+    def credentials(self) -> str:
+        """Every credential of the config, joined: together they name the destination
+        account a rate limit counts (worker.pacing keeps only a digest)."""
+        secrets = self.options.model_dump().values()
+        return "\n".join(v.get_secret_value() for v in secrets if isinstance(v, SecretStr))
+
     def accepts_regulation(self, regulation: str | None) -> bool:
         """Whether an event of ``regulation`` reaches this connector: an event naming none
         does, and a connector limited to none takes every regulation."""
@@ -182,7 +189,7 @@ def parse_config(
     problems = [f"{key}: unknown field" for key in raw if key not in _TOP_LEVEL_KEYS]
     connector = _connector(raw.get("type_id"), problems)
     if connector is None:
-        raise InvalidConfig("\n".join(problems))
+        raise _refusal(problems, _credentials(raw, None))
 
     shape = _Shape.of(raw, problems)
     options = _options(connector, shape, allow_hosts, problems)
@@ -198,7 +205,7 @@ def parse_config(
     except ValidationError as exc:
         problems += _describe(exc, lambda loc: "")
     if problems:
-        raise InvalidConfig("\n".join(_scrub(problems, connector, shape.options)))
+        raise _refusal(problems, _credentials(raw, connector))
     return ConnectorConfig(
         **dict(common), type_id=connector.type_id, mappings=mappings, options=options
     )
@@ -213,7 +220,9 @@ def _connector(type_id: object, problems: list[str]) -> Connector | None:
         return None
     connector = get_connector(type_id)
     if connector is None:
-        problems.append(f"type_id: unknown {type_id[:40]!r} (known: {', '.join(KNOWN_TYPE_IDS)})")
+        # Quoted whole or not at all: the masking below cannot find a truncated key.
+        shown = repr(type_id) if len(type_id) <= 40 else f"name of {len(type_id)} characters"
+        problems.append(f"type_id: unknown {shown} (known: {', '.join(KNOWN_TYPE_IDS)})")
     return connector
 
 
@@ -354,14 +363,40 @@ def _message(kind: str, message: str) -> str:
     return message[:1].lower() + message[1:]
 
 
-def _scrub(problems: list[str], connector: Connector, options: dict[str, Any] | None) -> list[str]:
+def _refusal(problems: list[str], secrets: list[str]) -> InvalidConfig:
+    # Masked first, then escaped: a line break in a quoted name or value must not split
+    # one problem into two lines, and escaping first could hide a key from the masking.
+    return InvalidConfig("\n".join(_printable(line) for line in _scrub(problems, secrets)))
+
+
+def _printable(line: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
+
+
+#: Shorter values are not masked: no destination issues such keys, and masking a value
+#: like "T" or "id" wherever it occurs would garble every message, field names included.
+_SHORTEST_SECRET = 8
+
+
+def _credentials(raw: dict[str, Any], connector: Connector | None) -> list[str]:
+    """The credentials ``raw`` gives, wherever a shape keeps options (read from ``raw``
+    itself: a refused config may have no usable shape). Without a connector, the value of
+    any connector's credential field counts. Stripped, as the options models strip them
+    before a validator may quote them."""
+    known = CONNECTORS.values() if connector is None else [connector]
+    names = set().union(*(_secret_names(each.options_model) for each in known))
+    return [
+        value.strip()
+        for source in (raw.get(part) for part in ("authentication", "properties", "config"))
+        if isinstance(source, dict)
+        for name, value in source.items()
+        if name in names and isinstance(value, str) and len(value.strip()) >= _SHORTEST_SECRET
+    ]
+
+
+def _scrub(problems: list[str], secrets: list[str]) -> list[str]:
     """Mask credentials in messages: a key pasted into the wrong field (say, as the server)
     would otherwise be quoted back by that field's message."""
-    secrets = [
-        value
-        for name, value in (options or {}).items()
-        if name in _secret_names(connector.options_model) and isinstance(value, str) and value
-    ]
     for secret in secrets:
         # Without case: a validator may have lower-cased what it quotes (a host name).
         pattern = re.compile(re.escape(secret), re.IGNORECASE)

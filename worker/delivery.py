@@ -8,10 +8,13 @@ connector. It returns an ``Outcome`` (delivered or skipped) or raises ``Retryabl
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from worker.configs import ConnectorConfig
 from worker.connectors.base import Delivered, Transport, Value
 from worker.events import PreferenceEvent
 from worker.outcomes import Outcome, OutcomeKind, SkipReason
+from worker.pacing import PacedTransport, Pacer, account_key
 from worker.state import StateStore
 
 
@@ -41,9 +44,31 @@ def plan(event: PreferenceEvent, config: ConnectorConfig) -> Outcome | Resolved:
 
 
 class Deliverer:
-    def __init__(self, state: StateStore, transport: Transport) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        transport: Transport,
+        pacer: Pacer,
+        rates: Mapping[str, float],
+        max_sleep: float,
+    ) -> None:
         self.state = state
         self.transport = transport
+        self.pacer = pacer
+        self.rates = rates
+        self.max_sleep = max_sleep
+
+    def paced(self, config: ConnectorConfig) -> Transport:
+        """The transport for one delivery: paced by the rate limit of its account."""
+        connector = config.connector
+        return PacedTransport(
+            self.transport,
+            self.pacer,
+            account_key(config.type_id, config.credentials),
+            self.rates.get(config.type_id, connector.default_rate),
+            connector.quota,
+            self.max_sleep,
+        )
 
     def deliver(self, event: PreferenceEvent, config: ConnectorConfig) -> Outcome:
         resolved = plan(event, config)
@@ -70,7 +95,7 @@ class Deliverer:
             if not values:
                 outcome = skipped(SkipReason.STALE)
             else:
-                result = config.connector.deliver(self.transport, config, user, values)
+                result = config.connector.deliver(self.paced(config), config, user, values)
                 if isinstance(result, Delivered):
                     outcome = Outcome(
                         OutcomeKind.DELIVERED, status=result.status, fields=result.fields

@@ -15,6 +15,15 @@ class InvalidConfig(PrefsyncError):
     """A connector config is refused; the message names the field."""
 
 
+class Deferred(PrefsyncError):
+    """Not now: run the delivery again in ``wait`` seconds (a destination's rate limit, a
+    user another delivery holds). Not a failure: it uses none of the retry schedule."""
+
+    def __init__(self, message: str, *, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
 class DeliveryError(PrefsyncError):
     """A destination did not take the change.
 

@@ -33,12 +33,19 @@ class Outbox:
         self.grace = grace
 
     def add(
-        self, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any], now: float
+        self,
+        task_id: str,
+        name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        now: float,
+        wait: float = 0.0,
     ) -> None:
+        """A task about to be published, to run in ``wait`` seconds."""
         entry = json.dumps({"name": name, "args": args, "kwargs": kwargs})
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(ENTRIES, task_id, entry)
-            pipe.zadd(DUE, {task_id: now + self.grace})
+            pipe.zadd(DUE, {task_id: now + wait + self.grace})
             pipe.execute()
 
     def rescheduled(self, task_id: str, kwargs: dict[str, Any], now: float, wait: float) -> None:

@@ -18,6 +18,7 @@ from worker.connectors.base import Transport
 from worker.deadletter import DeadLetterStore
 from worker.delivery import Deliverer
 from worker.outbox import Outbox
+from worker.pacing import Pacer
 from worker.recorder import OutcomeRecorder
 from worker.redis_client import connect
 from worker.settings import Settings, get_settings
@@ -43,7 +44,7 @@ class Runtime:
             state_ttl=self.settings.state_ttl,
             idempotency_ttl=self.settings.idempotency_ttl,
             lock_ttl=self.settings.lock_ttl,
-            lock_wait=self.settings.lock_ttl,
+            lock_wait=self.settings.pacing_max_sleep,
         )
 
     @cached_property
@@ -64,7 +65,13 @@ class Runtime:
 
     @cached_property
     def deliverer(self) -> Deliverer:
-        return Deliverer(self.state, Transport(self.settings.http_timeout))
+        return Deliverer(
+            self.state,
+            Transport(self.settings.http_timeout),
+            Pacer(self.redis, max_hold=self.settings.rate_limit_max_wait),
+            self.settings.rate_limits,
+            self.settings.pacing_max_sleep,
+        )
 
 
 _runtime: tuple[int, Runtime] | None = None

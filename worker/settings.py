@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     retry_countdowns: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_COUNTDOWNS
     retry_jitter: float = Field(0.1, ge=0, lt=1)
     rate_limit_max_wait: float = Field(60.0, ge=0)
+    # Calls per second per destination account, by connector type (JSON: {"sendinblue": 20});
+    # a type not named keeps its connector's default (Braze 1,000, Brevo 10).
+    rate_limits: dict[str, Annotated[float, Field(gt=0)]] = {}
+    # The longest a worker process sleeps for a rate-limit slot or a busy user before it
+    # defers the delivery instead.
+    pacing_max_sleep: float = Field(0.5, ge=0)
     idempotency_ttl: int = Field(7 * 24 * 3600, gt=0)
     state_ttl: int = Field(90 * 24 * 3600, gt=0)
     max_event_bytes: int = Field(256 * 1024, gt=0)
@@ -55,6 +61,19 @@ class Settings(BaseSettings):
         if not countdowns or any(c <= 0 for c in countdowns):
             raise ValueError("retry_countdowns must be one or more positive numbers of seconds")
         return countdowns
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _known_connectors(cls, limits: dict[str, float]) -> dict[str, float]:
+        from worker.connectors import get_connector  # connectors read settings when used
+
+        resolved: dict[str, float] = {}
+        for name, rate in limits.items():
+            connector = get_connector(name)
+            if connector is None:
+                raise ValueError(f"rate_limits names {name!r}, which is not a connector type")
+            resolved[connector.type_id] = rate
+        return resolved
 
     @model_validator(mode="after")
     def _visibility_outlasts_retries(self) -> Settings:

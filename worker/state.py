@@ -28,7 +28,7 @@ from contextlib import contextmanager
 
 import redis
 
-from worker.errors import RetryableError
+from worker.errors import Deferred
 from worker.events import OrderingKey, Value
 
 # Entries are "timestamp_us \t version \t value_json \t event_key". JSON never contains a raw
@@ -78,8 +78,8 @@ def key(kind: str, *parts: str) -> str:
     return f"prefsync:{kind}:{json.dumps(parts, ensure_ascii=False, separators=(',', ':'))}"
 
 
-class UserBusy(RetryableError):
-    """Another delivery to this destination user is still in flight."""
+class UserBusy(Deferred):
+    """Another delivery to this destination user is still in flight: come back shortly."""
 
 
 class StateStore:
@@ -147,7 +147,7 @@ class StateStore:
         deadline = time.monotonic() + self.lock_wait
         while not self.redis.set(name, token, nx=True, px=self.lock_ttl_ms):
             if time.monotonic() >= deadline:
-                raise UserBusy("another delivery to this user is still in flight")
+                raise UserBusy("another delivery to this user is still in flight", wait=1.0)
             time.sleep(0.02)
         try:
             yield

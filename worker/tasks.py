@@ -8,6 +8,7 @@ payload and ids only — never a credential, since Flower shows arguments.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import redis
@@ -19,7 +20,7 @@ from celery.utils import uuid
 from worker import pipeline
 from worker.app import app
 from worker.deadletter import Attempt
-from worker.errors import InvalidConfig, InvalidEvent, PermanentError, RetryableError
+from worker.errors import Deferred, InvalidConfig, InvalidEvent, PermanentError, RetryableError
 from worker.retries import clock, retry_countdown
 from worker.runtime import runtime
 from worker.settings import get_settings
@@ -109,6 +110,23 @@ class ScheduledTask(Task):
                 raise Reject(rejected.reason, requeue=True) from None
             raise
 
+    def defer(self, deferred: Deferred) -> str:
+        """Run this message again in ``deferred.wait`` seconds, as a new message carrying
+        the same attempts and retries: waiting for a slot is not a failed attempt. The wait
+        is capped like a rate-limited retry's, which the visibility timeout outlasts."""
+        settings = get_settings()
+        wait = min(deferred.wait, settings.rate_limit_max_wait)
+        wait *= 1 + random.uniform(0, settings.retry_jitter)  # not all back at once
+        publish(
+            self,
+            list(self.request.args),
+            self.request.kwargs,
+            countdown=wait,
+            retries=self.request.retries,
+        )
+        log.info("deferred", wait=round(wait, 3), why=str(deferred))
+        return "deferred"
+
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         runtime().outbox.done(task_id)
 
@@ -137,11 +155,20 @@ def once_key(task_id: str, kwargs: dict | None) -> str:
     return f"{task_id}:{len(carried_attempts(kwargs))}"
 
 
-def publish(task: ScheduledTask, args: list[Any]) -> str:
+def publish(
+    task: ScheduledTask,
+    args: list[Any],
+    kwargs: dict[str, Any] | None = None,
+    countdown: float = 0.0,
+    retries: int = 0,
+) -> str:
     """Publish a task, written to the outbox first (worker.outbox says why)."""
     task_id = uuid()
-    runtime().outbox.add(task_id, task.name, args, {}, clock())
-    task.apply_async(args=args, task_id=task_id)
+    kwargs = kwargs or {}
+    runtime().outbox.add(task_id, task.name, args, kwargs, clock(), wait=countdown)
+    task.apply_async(
+        args=args, kwargs=kwargs, task_id=task_id, countdown=countdown or None, retries=retries
+    )
     return task_id
 
 
@@ -214,4 +241,7 @@ def deliver(
     self: ScheduledTask, payload: Any, connector_id: str, attempts: list | None = None
 ) -> str:
     """Deliver one preference event to one connector."""
-    return str(pipeline.deliver(runtime(), payload, connector_id).kind)
+    try:
+        return str(pipeline.deliver(runtime(), payload, connector_id).kind)
+    except Deferred as deferred:
+        return self.defer(deferred)

@@ -6,6 +6,7 @@ import time
 import fakeredis
 import pytest
 
+from worker.errors import Deferred
 from worker.events import OrderingKey
 from worker.state import StateStore, UserBusy, key
 
@@ -110,13 +111,15 @@ def test_lock_admits_one_holder_at_a_time(store):
     assert overlaps == []
 
 
-def test_lock_held_elsewhere_makes_the_delivery_retryable_after_waiting(store):
+def test_lock_held_elsewhere_defers_the_delivery_after_a_short_wait(store):
     with (
         store.lock("acme", "braze", "u1"),
-        pytest.raises(UserBusy),
+        pytest.raises(UserBusy) as busy,
         store.lock("acme", "braze", "u1"),
     ):
         pass
+    assert isinstance(busy.value, Deferred)  # not a failure: it uses no retry
+    assert busy.value.wait > 0
     # Other users and other connectors are not blocked.
     with (
         store.lock("acme", "braze", "u1"),

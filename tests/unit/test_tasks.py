@@ -21,7 +21,7 @@ import types
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,14 @@ from celery.contrib.testing.mocks import TaskMessage
 from celery.worker.request import Request
 
 import worker.connectors.braze
+import worker.pacing
 import worker.tasks
 from worker.app import app
 from worker.configs import parse_config
 from worker.deadletter import DeadLetter
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
+from worker.state import key as state_key
 from worker.tasks import ScheduledTask, deliver, route
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events" / "event-created.json"
@@ -247,6 +249,7 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
     monkeypatch.setattr(worker.tasks, "clock", clock)
     # Braze's X-RateLimit-Reset is an epoch time, read against the connector's own clock.
     monkeypatch.setattr(worker.connectors.braze, "clock", clock)
+    monkeypatch.setattr(worker.pacing, "clock", clock)  # rate-limit slots
 
     def apply_async(task: ScheduledTask, args: Any = None, kwargs: Any = None, **options: Any):
         return broker.publish(task, args, kwargs, **options)
@@ -303,7 +306,7 @@ def brevo_config(harness: Harness) -> str:
 def answers(
     harness: Harness,
     mocked: responses.RequestsMock,
-    replies: list[tuple[int, dict[str, Any], dict[str, Any]]],
+    replies: list[tuple[int, dict[str, Any] | None, dict[str, Any]]],
     *,
     method: str = "POST",
     url: Any = TRACK,
@@ -316,7 +319,8 @@ def answers(
         harness.http_calls_at.append(harness.clock())
         status, body, headers = replies[min(len(harness.http_calls_at), len(replies)) - 1]
         harness.clock.advance(takes)
-        return status, {"Content-Type": "application/json", **headers}, json.dumps(body)
+        text = "" if body is None else json.dumps(body)
+        return status, {"Content-Type": "application/json", **headers}, text
 
     mocked.add_callback(method, url, callback=reply)
 
@@ -503,6 +507,8 @@ def test_a_rate_limited_retry_waits_for_the_reset_up_to_the_configured_maximum(
 ) -> None:
     monkeypatch.setenv("PREFSYNC_RATE_LIMIT_MAX_WAIT", str(max_wait))
     get_settings.cache_clear()
+    harness.rt.settings = get_settings()  # the pacer's longest hold is this maximum too
+    harness.rt.__dict__.pop("deliverer", None)
     connector_id = braze_config(harness)
     limited = {"X-RateLimit-Reset": str(int(START + reset_in)), "X-RateLimit-Remaining": "0"}
     answers(harness, mocked, [(429, {"message": "rate limited"}, limited), (201, SUCCESS, {})])
@@ -688,3 +694,85 @@ def test_attempts_lost_with_their_pool_child_are_counted_in_the_dead_letter(
     assert len(entry.attempts) == 4
     assert "not configured" in entry.reason
     assert connector_id != entry.connector_id
+
+
+# -- pacing: rate limits and busy users defer, they use no retry ----------------------------------
+
+
+def event_of(user: str) -> dict[str, Any]:
+    payload = event()
+    entity = payload["parameters"]["entity"]
+    entity["id"] = f"e-{user}"
+    entity["user"]["organization_user_id"] = user
+    return payload
+
+
+@pytest.fixture
+def no_sleep(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clock is frozen, so a sleeping worker would wait for nothing: defer at once.
+    monkeypatch.setattr(harness.rt.settings, "pacing_max_sleep", 0.0)
+    harness.rt.__dict__.pop("deliverer", None)
+
+
+def test_calls_to_one_brevo_account_are_spaced_by_its_rate_without_using_retries(
+    harness: Harness, mocked: responses.RequestsMock, no_sleep: None
+) -> None:
+    connector_id = brevo_config(harness)
+    answers(harness, mocked, [(204, None, {})], method="PUT", url=BREVO_UPDATE)
+    for n in range(4):
+        harness.worker.send(deliver, event_of(f"user{n}@example.com"), connector_id)
+
+    harness.worker.drain()
+
+    offsets = harness.offsets()
+    assert len(offsets) == 4
+    gaps = [b - a for a, b in pairwise(offsets)]
+    assert all(gap >= 0.1 for gap in gaps), gaps  # Brevo's default: 10 calls per second
+    assert harness.broker.retries() == []
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 4}
+    assert harness.rt.outbox.pending() == 0
+
+
+def test_a_spent_quota_in_the_answer_holds_the_next_call_until_the_window_resets(
+    harness: Harness, mocked: responses.RequestsMock, no_sleep: None
+) -> None:
+    connector_id = brevo_config(harness)
+    spent = {"x-sib-ratelimit-limit": "10", "x-sib-ratelimit-remaining": "0"}
+    answers(
+        harness,
+        mocked,
+        [(204, None, {**spent, "x-sib-ratelimit-reset": "5"}), (204, None, {})],
+        method="PUT",
+        url=BREVO_UPDATE,
+    )
+    harness.worker.send(deliver, event_of("a@example.com"), connector_id)
+    harness.worker.send(deliver, event_of("b@example.com"), connector_id)
+
+    harness.worker.drain()
+
+    assert harness.offsets()[1] >= 5.0
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 2}
+
+
+def test_a_user_another_delivery_holds_is_deferred_with_its_attempts_not_retried(
+    harness: Harness, mocked: responses.RequestsMock, no_sleep: None
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(503, UNAVAILABLE, {}), (201, SUCCESS, {})])
+    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.execute(harness.broker.queue.pop())  # 503: a retry is scheduled
+    lock = state_key("lock", TENANT, connector_id, USER)
+    harness.rt.redis.set(lock, "another-worker", px=60_000)
+
+    [retry] = harness.broker.queue
+    harness.clock.now = retry.due
+    harness.worker.execute(harness.broker.queue.pop())
+    [deferred] = harness.broker.queue
+    assert (deferred.retries, deferred.kwargs) == (retry.retries, retry.kwargs)
+    assert len(mocked.calls) == 1
+
+    harness.rt.redis.delete(lock)
+    harness.worker.drain()
+    assert len(mocked.calls) == 2
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
+    assert harness.rt.outbox.pending() == 0

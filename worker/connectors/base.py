@@ -9,6 +9,7 @@ turns the answers into a ``Delivered``/``Skipped`` result or a ``RetryableError`
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,15 @@ class Skipped:
 
 
 Result = Delivered | Skipped
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What a destination's rate-limit headers say about the current window."""
+
+    limit: int | None
+    remaining: int
+    reset_in: float  # seconds until the window resets
 
 
 def mask(secret: str) -> str:
@@ -123,6 +133,13 @@ class Connector(ABC):
     aliases: ClassVar[tuple[str, ...]] = ()
     #: credentials and destination options; validated when a config is stored
     options_model: ClassVar[type[BaseModel]]
+    #: calls per second per account unless PREFSYNC_RATE_LIMITS says otherwise
+    default_rate: ClassVar[float]
+
+    def quota(self, headers: Mapping[str, str]) -> Quota | None:
+        """What the rate-limit headers of an answer say is left, if the destination sends
+        any: it slows the calls down before the quota is spent (worker.pacing)."""
+        return None
 
     def mapping_problem(self, mapping_id: str) -> str | None:
         """Why a mapping with this id cannot be accepted (checked when a config is stored),
@@ -149,3 +166,19 @@ class Connector(ABC):
         ``values`` maps a mapping's PMP property name (as written in the config) to its
         value; properties without a value are not in it.
         """
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by its lower-case name: HTTP/2 sends names in lower case, HTTP/1.1 servers
+    as they please."""
+    return next((value for key, value in headers.items() if key.lower() == name), None)
+
+
+def header_number(headers: Mapping[str, str], name: str) -> float | None:
+    """A header's finite number, or None when it is missing or not a number."""
+    raw = header(headers, name)
+    try:
+        number = float(raw) if raw is not None else math.nan
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import re
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -36,10 +35,13 @@ from worker.connectors.base import (
     Delivered,
     HttpRequest,
     HttpResponse,
+    Quota,
     Result,
     Skipped,
     Transport,
     Value,
+    header,
+    header_number,
     mask,
 )
 from worker.errors import PermanentError, RetryableError
@@ -211,6 +213,16 @@ class Options(BaseModel):
 class BrazeConnector(Connector):
     type_id = "braze"
     options_model = Options
+    # /users/track: 3,000 calls per 3 s per workspace (braze.md).
+    default_rate = 1000.0
+
+    def quota(self, headers: Mapping[str, str]) -> Quota | None:
+        remaining = header_number(headers, "x-ratelimit-remaining")
+        reset = header_number(headers, "x-ratelimit-reset")
+        if remaining is None or reset is None:
+            return None
+        limit = header_number(headers, "x-ratelimit-limit")
+        return Quota(int(limit) if limit else None, int(remaining), max(reset - clock(), 0.0))
 
     def mapping_problem(self, mapping_id: str) -> str | None:
         if mapping_id.lower() in _OWN_KEYS:
@@ -327,7 +339,7 @@ def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Option
             )
         return Delivered(status, fields)
     if 300 <= status < 400:
-        location = _header(response.headers, "location") or "nowhere"
+        location = header(response.headers, "location") or "nowhere"
         raise PermanentError(
             f"Braze answered HTTP {status}, a redirect to {location}, which is not followed: "
             f"check that {options.server} is still the workspace's REST endpoint; {reason}",
@@ -379,18 +391,7 @@ def _reason(body: Any, secret: str) -> str:
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds until ``X-RateLimit-Reset`` (epoch seconds), within [0, rate_limit_max_wait]."""
-    raw = _header(headers, "x-ratelimit-reset")
-    if raw is None:
-        return None
-    try:
-        reset = float(raw)
-    except ValueError:
-        return None
-    if not math.isfinite(reset):
+    reset = header_number(headers, "x-ratelimit-reset")
+    if reset is None:
         return None
     return min(max(reset - clock(), 0.0), get_settings().rate_limit_max_wait)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # HTTP/2 sends header names in lower case; HTTP/1.1 servers as they please.
-    return next((value for key, value in headers.items() if key.lower() == name), None)

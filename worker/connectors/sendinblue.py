@@ -21,7 +21,6 @@ and local stacks can point it elsewhere.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -43,10 +42,13 @@ from worker.connectors.base import (
     Delivered,
     HttpRequest,
     HttpResponse,
+    Quota,
     Result,
     Skipped,
     Transport,
     Value,
+    header,
+    header_number,
     mask,
 )
 from worker.errors import PermanentError, RetryableError
@@ -106,6 +108,16 @@ class SendinblueConnector(Connector):
     type_id = "sendinblue"
     aliases = ("brevo",)
     options_model = Options
+    # Contact calls: 10 per second per account on every plan (sendinblue.md).
+    default_rate = 10.0
+
+    def quota(self, headers: Mapping[str, str]) -> Quota | None:
+        remaining = header_number(headers, "x-sib-ratelimit-remaining")
+        reset_in = _reset_in(headers)
+        if remaining is None or reset_in is None:
+            return None
+        limit = header_number(headers, "x-sib-ratelimit-limit")
+        return Quota(int(limit) if limit else None, int(remaining), reset_in)
 
     def mapping_problem(self, mapping_id: str) -> str | None:
         if mapping_id.upper() == "EMAIL":
@@ -238,7 +250,7 @@ def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Option
             status=status,
         )
     if 300 <= status < 400:
-        location = _header(response.headers, "location") or "nowhere"
+        location = header(response.headers, "location") or "nowhere"
         raise PermanentError(
             f"Brevo answered HTTP {status}, a redirect to {location}, which is not followed: "
             f"check the Brevo API URL setting ({_base_url()}); {reason}",
@@ -295,22 +307,17 @@ def _reason(body: Any, secret: str) -> str:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds until ``x-sib-ratelimit-reset`` says the window resets (a relative value),
-    within [0, rate_limit_max_wait]."""
-    raw = _header(headers, "x-sib-ratelimit-reset")
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        return None
-    if not math.isfinite(seconds):
+    """Seconds until ``x-sib-ratelimit-reset`` says the window resets, within
+    [0, rate_limit_max_wait]."""
+    seconds = _reset_in(headers)
+    return None if seconds is None else min(seconds, get_settings().rate_limit_max_wait)
+
+
+def _reset_in(headers: Mapping[str, str]) -> float | None:
+    # A relative value in seconds; some answers give milliseconds (sendinblue.md).
+    seconds = header_number(headers, "x-sib-ratelimit-reset")
+    if seconds is None:
         return None
     if seconds > _LONGEST_WINDOW:
         seconds /= 1000
-    return min(max(seconds, 0.0), get_settings().rate_limit_max_wait)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # HTTP/2 sends header names in lower case; HTTP/1.1 servers as they please.
-    return next((value for key, value in headers.items() if key.lower() == name), None)
+    return max(seconds, 0.0)
