@@ -101,6 +101,11 @@ def dead_letter(
         event_key = parse_event(payload).event_key
     except InvalidEvent:
         event_key = ""
+    if connector_id and event_key and rt.state.is_done(tenant, connector_id, event_key):
+        # The delivery ended after all: Celery can report a task it cut off (a lost Redis
+        # connection, then a hard time limit) whose work was done. Nothing to hand over.
+        log.warning("not dead-lettered: the delivery had ended", error=describe_error(exc))
+        return None
     entry = rt.deadletters.add(
         tenant=tenant,
         connector_id=connector_id,

@@ -197,7 +197,8 @@ class OutboxSweep(bootsteps.StartStopStep):
 
     def sweep(self) -> None:
         try:
-            runtime().outbox.sweep(clock(), _publish_again)
+            queued = runtime().redis.llen(app.conf.task_default_queue)
+            runtime().outbox.sweep(clock(), _publish_again, queued=queued)
         except redis.exceptions.RedisError as exc:  # the next round tries again
             log.warning("outbox sweep failed", error=f"{type(exc).__name__}: {exc}")
 

@@ -113,3 +113,27 @@ def test_cli_audit_filters_by_user_limits_and_prints_json(rt: Runtime) -> None:
     (only,) = [json.loads(line) for line in as_json.splitlines()]
     assert (only["user"], only["event_key"]) == ("b", "k-1")
     assert runner.invoke(main, ["audit", "globex"]).output == ""
+
+
+@responses.activate
+def test_a_failure_reported_for_a_delivery_that_had_ended_is_not_dead_lettered(
+    rt: Runtime,
+) -> None:
+    # Celery cut the task off (a lost Redis connection) after it delivered, then reported a
+    # hard time limit for it: the person's change reached Braze, nothing to hand over.
+    responses.post(TRACK, status=201, json={"message": "success"})
+    payload = event("e-1", newsletter=True)
+    pipeline.deliver(rt, payload, "braze")
+
+    kept = pipeline.dead_letter(
+        rt,
+        payload=payload,
+        connector_id="braze",
+        attempts=[Attempt(at=1.0, status=None, error="TimeLimitExceeded(6)")],
+        exc=RuntimeError("TimeLimitExceeded(6)"),
+        now=2.0,
+    )
+
+    assert kept is None
+    assert rt.deadletters.count() == 0
+    assert [e.outcome for e in rt.audit.query("acme")] == ["delivered"]

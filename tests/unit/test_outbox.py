@@ -95,3 +95,14 @@ def test_an_entry_that_ended_between_reads_is_not_counted_or_published(outbox: O
 
     assert outbox.sweep(1000, published) == 0
     assert published == [] and outbox.pending() == 0
+
+
+def test_an_overdue_task_is_not_copied_while_messages_wait_in_the_queue(outbox: Outbox) -> None:
+    # A backlog older than the visibility timeout: the task may well be one of the queued
+    # messages. Copying it would only grow the backlog; once the queue drains, it is sent.
+    outbox.add("t1", "prefsync.deliver", ARGS, {}, now=1000)
+    published = Published()
+
+    assert outbox.sweep(5000, published, queued=3) == 0
+    assert published == []
+    assert outbox.sweep(5000, published, queued=0) == 1
