@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test demo lint format audit
+.PHONY: install run test demo lint format audit bench
 
 install: $(VENV)/.installed
 
@@ -21,9 +21,22 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+## chaos: the fault tests (tests/e2e/test_faults.py) with ten times the events and longer
+## faults, printing what each measured; minutes, not in `make test` (which runs them short)
+.PHONY: chaos
+chaos: install
+	PREFSYNC_CHAOS=1 $(BIN)/python -m pytest tests/e2e/test_faults.py -rP -v
+
 ## demo: own redis-server, fake Braze/Brevo and a worker; deliver the examples, show the calls
 demo: install
 	$(BIN)/python -m tests.demo
+
+## bench: throughput/latency benchmark (not in `make test`): own redis-server, fast fake
+## Braze/Brevo, the worker and a naive baseline; writes bench/RESULTS.md.
+## BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="--scale 0.01 --runs 1"
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any, NoReturn
@@ -90,46 +91,83 @@ def read_text(file: click.utils.LazyFile) -> str:
         fail(f"{file.name}: not UTF-8 text (byte {exc.start})", 1)
 
 
-def read_payloads(text: str) -> Iterator[tuple[str, Any, str | None]]:
+def read_payloads(data: bytes) -> Iterator[tuple[str, Any, str | None]]:
     """Yield (label, payload, error) for each event of a JSON object, JSON array or
-    JSON Lines text; labels are "item N" (array) or "line N" (JSON Lines), 1-based."""
+    JSON Lines input; labels are "item N" (array) or "line N" (JSON Lines), 1-based.
+
+    JSON Lines are judged one line at a time, so a line that is not UTF-8 or not JSON
+    costs that line only."""
+    # Undecodable bytes become lone surrogates, which valid UTF-8 text never holds, so a
+    # line can still tell that it had one, and where.
+    text = data.decode("utf-8", errors="surrogateescape")
     stripped = text.strip()
     if not stripped:
         yield "input", None, "no event found (empty input)"
         return
+    one_line = "\n" not in stripped
     try:
         document = json.loads(stripped)
-    except json.JSONDecodeError as exc:
-        if "\n" not in stripped:
-            yield "line 1", None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except (ValueError, RecursionError) as exc:
+        if one_line:
+            yield "line 1", None, _utf8_error(stripped) or _json_error(exc)
             return
-        document = None
-    if isinstance(document, list):
-        for number, item in enumerate(document, start=1):
-            yield f"item {number}", item, None
+        document = _JSON_LINES
+    if document is not _JSON_LINES:
+        if error := _utf8_error(stripped):
+            yield "line 1" if one_line else "input", None, error
+        elif isinstance(document, list):
+            for number, item in enumerate(document, start=1):
+                yield f"item {number}", item, None
+        else:
+            yield "event", document, None
         return
-    if document is not None:
-        yield "event", document, None
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines() also splits at U+2028, U+0085 and other
+    # characters a JSON string may hold as they are, which would cut one event in two.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
+            continue
+        if error := _utf8_error(line):
+            yield f"line {number}", None, error
             continue
         try:
             yield f"line {number}", json.loads(line), None
-        except json.JSONDecodeError as exc:
-            yield f"line {number}", None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+        except (ValueError, RecursionError) as exc:
+            yield f"line {number}", None, _json_error(exc)
+
+
+_JSON_LINES = object()  # the input is not one JSON document
+
+
+def _json_error(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "not valid JSON (nested too deeply)"
+    # An integer longer than Python converts (sys.get_int_max_str_digits()).
+    return f"not valid JSON ({str(exc).split(';')[0]})"
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # what surrogateescape made of a bad byte
+
+
+def _utf8_error(text: str) -> str | None:
+    if bad := _UNDECODED.search(text):
+        offset = len(text[: bad.start()].encode("utf-8", errors="surrogateescape"))
+        return f"not UTF-8 text (byte {offset})"
+    return None
 
 
 @main.command()
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.File("rb"))
 def enqueue(file: click.utils.LazyFile) -> None:
     """Validate and enqueue the events of FILE (`-` for stdin): a JSON object, a JSON array
     or JSON Lines. Each invalid event is reported with its line or item number; the valid
     ones are enqueued all the same. Exits 1 if any was invalid."""
+    from worker.errors import BrokerUnavailable
     from worker.producer import enqueue as enqueue_one
 
     enqueued = invalid = 0
-    for label, payload, error in read_payloads(read_text(file)):
+    for label, payload, error in read_payloads(file.read()):
         if error is None:
             try:
                 enqueue_one(payload)
@@ -137,6 +175,12 @@ def enqueue(file: click.utils.LazyFile) -> None:
                 continue
             except InvalidEvent as exc:
                 error = str(exc)
+            except BrokerUnavailable as exc:
+                # Say where it stopped: what came before is enqueued, so a caller can resume
+                # there (or resend everything: copies are skipped as duplicates).
+                click.echo(f"enqueued {enqueued} event(s), {invalid} invalid")
+                rest = "the event was" if label == "event" else f"{label} and all after it were"
+                fail(f"{exc}; {rest} not enqueued")
         invalid += 1
         click.echo(f"{label}: {error}", err=True)
     click.echo(f"enqueued {enqueued} event(s), {invalid} invalid")

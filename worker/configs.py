@@ -29,7 +29,7 @@ import builtins
 import json
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 from pydantic import (
@@ -186,6 +186,10 @@ def parse_config(
     """
     if not isinstance(raw, dict):
         raise InvalidConfig(f"config: must be a JSON object, not {type(raw).__name__}")
+    # Before any validator sees them: pydantic raises UnicodeEncodeError, not a validation
+    # error, when a message quotes such a string (a server "\ud800", say).
+    if lone := [f"{path}: not UTF-8 text (a lone surrogate)" for path in _not_utf8(raw)]:
+        raise _refusal(lone, _credentials(raw, None))
     problems = [f"{key}: unknown field" for key in raw if key not in _TOP_LEVEL_KEYS]
     connector = _connector(raw.get("type_id"), problems)
     if connector is None:
@@ -361,6 +365,36 @@ def _message(kind: str, message: str) -> str:
     if kind == "value_error":
         return message.removeprefix("Value error, ")
     return message[:1].lower() + message[1:]
+
+
+def _not_utf8(raw: dict[str, Any]) -> Iterator[str]:
+    """The path of every key or text in ``raw`` that UTF-8 cannot encode (JSON's
+    "\\ud800" escapes give such lone surrogates); iterative, for any nesting."""
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and not _utf8(value):
+            yield path
+        elif isinstance(value, dict):
+            children = [
+                (f"{path}.{key}" if path else str(key), key, child) for key, child in value.items()
+            ]
+            # Pushed in reverse so that they pop in the config's order; a bad key is pushed
+            # as a text of its own path, to be reported just before its value.
+            for child_path, key, child in reversed(children):
+                stack.append((child_path, child))
+                if isinstance(key, str) and not _utf8(key):
+                    stack.append((child_path, key))
+        elif isinstance(value, list):
+            stack.extend(reversed([(f"{path}[{i}]", child) for i, child in enumerate(value)]))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refusal(problems: list[str], secrets: list[str]) -> InvalidConfig:

@@ -48,23 +48,21 @@ class DeadLetterStore:
         suffix = hashlib.sha256(once.encode()).hexdigest() if once else uuid.uuid4().hex
         entry = DeadLetter(id=f"dl-{suffix[:16]}", **fields)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(ENTRIES, entry.id, entry.model_dump_json())
+            pipe.hsetnx(ENTRIES, entry.id, _encode(entry))
             pipe.zadd(ORDER, {entry.id: entry.dead_lettered_at}, nx=True)
             created, _ = pipe.execute()
         return entry if created else None
 
     def get(self, entry_id: str) -> DeadLetter | None:
         raw = self.redis.hget(ENTRIES, entry_id)
-        return DeadLetter.model_validate_json(raw) if raw else None
+        return _decode(raw) if raw else None
 
     def list(self, tenant: str | None = None, connector_id: str | None = None) -> list[DeadLetter]:
         """Entries oldest first, filtered by tenant and/or connector id."""
         ids = self.redis.zrange(ORDER, 0, -1)
         if not ids:
             return []
-        entries = [
-            DeadLetter.model_validate_json(raw) for raw in self.redis.hmget(ENTRIES, ids) if raw
-        ]
+        entries = [_decode(raw) for raw in self.redis.hmget(ENTRIES, ids) if raw]
         return [
             e
             for e in entries
@@ -113,10 +111,37 @@ def describe_payload_owner(payload: Any) -> tuple[str, str]:
         user = entity.get("organization_user_id") or (entity.get("user") or {}).get(
             "organization_user_id", ""
         )
-        return (tenant if isinstance(tenant, str) else "", user if isinstance(user, str) else "")
+        return _storable(tenant), _storable(user)
     except (TypeError, KeyError, AttributeError):
         return "", ""
 
 
+def _storable(value: object) -> str:
+    # Both end up in Redis keys and streams, which take UTF-8 only: a lone surrogate
+    # (JSON's "\ud800") would make recording the dead letter fail.
+    return value if isinstance(value, str) and _utf8(value) else ""
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _encode(entry: DeadLetter) -> str:
+    # The json module, not pydantic: the payload kept is whatever the route task refused,
+    # and pydantic can neither write a lone surrogate (json escapes it, \ud800) nor read
+    # back more than about 200 levels of nesting (a poison entry would break every list).
+    return json.dumps(entry.model_dump())
+
+
+def _decode(raw: bytes | str) -> DeadLetter:
+    return DeadLetter.model_validate(json.loads(raw))
+
+
 def dumps(entry: DeadLetter) -> str:
-    return json.dumps(entry.model_dump(), indent=2, ensure_ascii=False)
+    text = json.dumps(entry.model_dump(), indent=2, ensure_ascii=False)
+    # A lone surrogate in a refused payload cannot be printed: escaped, as JSON allows.
+    return text if _utf8(text) else json.dumps(entry.model_dump(), indent=2)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import redis
+from kombu.exceptions import OperationalError
+
 
 class PrefsyncError(Exception):
     """Base of every error a user or a destination can cause (a traceback is for bugs)."""
@@ -61,3 +64,12 @@ class PermanentError(DeliveryError):
     ) -> None:
         super().__init__(message, status=status)
         self.operator_action = operator_action
+
+
+class BrokerUnavailable(PrefsyncError, redis.exceptions.ConnectionError, OperationalError):
+    """Redis, the broker, could not take the event: it was not acknowledged; enqueue it
+    again later (a copy that did get through is skipped as a duplicate).
+
+    Also a redis ``ConnectionError`` and a kombu ``OperationalError``: producers written
+    against the errors ``enqueue`` used to raise still catch it.
+    """

@@ -156,7 +156,9 @@ class _Consents(_Model):
         seen: set[str] = set()
         for item in items or ():
             if item.id in seen:
-                raise PydanticCustomError("duplicate_id", "duplicate id '{id}'", {"id": item.id})
+                raise PydanticCustomError(
+                    "duplicate_id", "duplicate id {id}", {"id": _preview(item.id)}
+                )
             seen.add(item.id)
         return items
 
@@ -399,10 +401,13 @@ def parse_event(payload: object, *, max_bytes: int | None = None) -> PreferenceE
     """
     if not isinstance(payload, Mapping):
         raise InvalidEvent(f"event must be a JSON object, not {type(payload).__name__}")
-    if max_bytes is not None:
-        size = _encoded_size(payload)
-        if size > max_bytes:
-            raise InvalidEvent(f"event is {size} bytes, larger than the limit of {max_bytes}")
+    # Encoded even without a limit: what cannot be JSON in UTF-8 cannot be carried, stored
+    # or recorded (a dead letter's event key goes to Redis), whatever its size.
+    size = _encoded_size(payload)
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidEvent(f"event is {size} bytes, larger than the limit of {max_bytes}")
+    if _depth(payload) > MAX_DEPTH:
+        raise InvalidEvent(_TOO_DEEP)
 
     if "type" not in payload:
         raise InvalidEvent("type: field required")
@@ -478,13 +483,45 @@ def _check_same_person(old: _ConsentEvent | _User, new: _ConsentEvent | _User) -
 _MAX_ERRORS_SHOWN = 3
 _MAX_PREVIEW = 60
 
+#: A PMP payload nests about 8 levels. A fixed limit, well above that, refuses a deeper
+#: one the same way everywhere: left to Python's recursion limit, whether it passed
+#: would depend on how deep the stack of the caller (producer, worker) already was.
+MAX_DEPTH = 64
+_TOO_DEEP = f"event is nested deeper than {MAX_DEPTH} levels"
+
 
 def _encoded_size(payload: Mapping[str, Any]) -> int:
     try:
-        encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        # NaN and Infinity are not JSON: the dead-letter store would keep them as null.
+        encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return len(encoded.encode("utf-8"))
+    except RecursionError:
+        raise InvalidEvent(_TOO_DEEP) from None
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud800" in JSON) has no UTF-8 form: Redis could not store it.
+        raise InvalidEvent(
+            "event is not JSON-encodable: a string holds a lone surrogate, which is not UTF-8"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"event is not JSON-encodable: {exc}") from None
-    return len(encoded.encode("utf-8"))
+
+
+def _depth(payload: Mapping[str, Any]) -> int:
+    """How many objects and lists deep ``payload`` goes; it is JSON-encodable, so a tree.
+    Iterative, so that a deep one cannot exhaust the stack."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _preview(value: object) -> str:
@@ -497,12 +534,19 @@ def _preview(value: object) -> str:
     return text if len(text) <= _MAX_PREVIEW else text[: _MAX_PREVIEW - 1] + "…"
 
 
+def _loc_part(part: int | str) -> str:
+    # A location can be a key of the payload (a preference id): a line break or a huge
+    # key would break the one-line message, so such a key is shown as a short repr.
+    text = str(part)
+    return text if len(text) <= _MAX_PREVIEW and text.isprintable() else _preview(text)
+
+
 def _describe(exc: ValidationError, *, prefix: str = "") -> str:
     """One line per pydantic error, e.g. ``parameters.entity.organization_id: field required``."""
     errors = exc.errors(include_url=False)
     lines = []
     for error in errors[:_MAX_ERRORS_SHOWN]:
-        where = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
+        where = ".".join(_loc_part(part) for part in (prefix, *error["loc"]) if part != "")
         message = error["msg"][:1].lower() + error["msg"][1:]
         if error["type"] != "missing":
             message += f" (got {_preview(error['input'])})"

@@ -9,10 +9,27 @@ with it; the worker validates it again (a message can reach Redis some other way
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import redis
+from kombu.exceptions import OperationalError
+
+from worker.errors import BrokerUnavailable
 from worker.events import PreferenceEvent, parse_event
 from worker.settings import get_settings
+
+# What an unreachable, stopped or hung Redis raises: from our outbox write (redis-py) or
+# from Celery's publish once its retries are used up (kombu).
+_BROKER_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OperationalError,
+)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<userinfo>[^/;?#]*)@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&;]*", re.IGNORECASE)
 
 
 def validate(payload: Any) -> PreferenceEvent:
@@ -22,12 +39,13 @@ def validate(payload: Any) -> PreferenceEvent:
 
 def enqueue(payload: Any) -> str:
     """Validate ``payload`` and enqueue it for every connector of its tenant; returns the
-    task id. Raises ``InvalidEvent`` for a malformed event and a kombu/redis error when
-    the broker cannot be reached (after retrying for about ten seconds)."""
+    task id. Raises ``InvalidEvent`` for a malformed event and ``BrokerUnavailable`` when
+    Redis cannot take it (publishing retries for about ten seconds first; a Redis that
+    refuses connections fails at once)."""
     from worker.tasks import publish, route
 
     validate(payload)
-    return publish(route, [payload])
+    return _to_broker(lambda: publish(route, [payload]))
 
 
 def redeliver(payload: Any, connector_id: str) -> str:
@@ -35,4 +53,30 @@ def redeliver(payload: Any, connector_id: str) -> str:
     from worker.tasks import deliver, publish
 
     validate(payload)
-    return publish(deliver, [payload, connector_id])
+    return _to_broker(lambda: publish(deliver, [payload, connector_id]))
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as it may be shown or logged: any password replaced by ``***``."""
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        # Without a colon the whole user info may be the password (redis://secret@host).
+        return f"{match['scheme']}{user + colon if colon else ''}***@"
+
+    return _QUERY_PASSWORD.sub(r"\g<key>***", _URL_PASSWORD.sub(userinfo, url))
+
+
+def _to_broker(publish: Callable[[], str]) -> str:
+    try:
+        return publish()
+    except _BROKER_ERRORS as exc:
+        url = get_settings().redis_url
+        reason = redacted_url(str(exc).rstrip(".") or type(exc).__name__)
+        for part in url.split(";"):
+            password = urlsplit(part).password
+            if password:  # should a driver ever echo it outside a URL
+                reason = reason.replace(password, "***")
+        raise BrokerUnavailable(
+            f"cannot reach Redis (the broker) at {redacted_url(url)}: {reason}"
+        ) from exc

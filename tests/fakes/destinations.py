@@ -26,6 +26,7 @@ which is then driven through its control API::
     POST /_fake/fail_next     {"service": "brevo", "count": 2, "status": 429, "headers": {...},
                                "body": {...}}
     POST /_fake/delay         {"service": "braze", "seconds": 1.5}
+    POST /_fake/throttle      {"service": "braze", "seconds": 2}   429 until then (0 lifts it)
     GET  /_fake/brevo_contacts                   {"strict": bool, "contacts": [...]}
     POST /_fake/brevo_contacts {"identifier": "u-1"}
     POST /_fake/strict_contacts {"strict": true}
@@ -34,10 +35,10 @@ Brevo contacts: by default every contact is known, so ``PUT /v3/contacts/{id}`` 
 With ``strict_contacts`` only contacts added with :meth:`FakeDestinations.add_brevo_contact`
 or created by ``POST /v3/contacts`` are known; any other answers 404 ``document_not_found``.
 
-A scripted answer (``fail_next``, ``outage``) replaces the normal one, before any check of
-credentials or body.  Status 0 closes the connection without answering (a network error).
-A delayed answer has already taken effect when the delay starts, as when a real service
-processes a request whose client then times out.
+A scripted answer (``fail_next``, ``outage``, ``throttle``) replaces the normal one, before
+any check of credentials or body.  Status 0 closes the connection without answering (a
+network error).  A delayed answer has already taken effect when the delay starts, as when a
+real service processes a request whose client then times out.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Call:
     at: float
     status: int
     identifier: str | None = None  # Brevo contact calls: the URL-decoded identifier
+    answer_headers: dict[str, str] = field(default_factory=dict)  # what the fake answered
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +157,7 @@ class FakeDestinations:
         self._scripted: dict[str, deque[Answer]] = {s: deque() for s in SERVICES}
         self._outages: dict[str, int] = {}
         self._delays: dict[str, float] = {}
+        self._throttled_until: dict[str, float] = {}  # epoch seconds
         self._windows: dict[str, tuple[float, int]] = {}
         self._contacts: dict[str, int] = {}  # identifier -> Brevo contact id
         self._next_contact_id = 1
@@ -241,6 +244,16 @@ class FakeDestinations:
         with self._lock:
             self._outages.pop(_check_service(service), None)
 
+    def throttle(self, service: str, seconds: float) -> None:
+        """For the next ``seconds``, every call of ``service`` answers 429 with rate-limit
+        headers whose reset is the end of that time (0 lifts it): a 429 storm that tells
+        clients exactly when to come back."""
+        with self._lock:
+            if seconds > 0:
+                self._throttled_until[_check_service(service)] = time.time() + seconds
+            else:
+                self._throttled_until.pop(_check_service(service), None)
+
     def set_delay(self, service: str, seconds: float) -> None:
         """Answer every call of ``service`` after ``seconds`` (0 for no delay)."""
         with self._lock:
@@ -288,6 +301,7 @@ class FakeDestinations:
                 at=time.time(),
                 status=answer.status,
                 identifier=identifier,
+                answer_headers=dict(answer.headers),
             )
             self._calls.append(call)
             return answer, self._delays.get(service, 0.0)
@@ -296,6 +310,9 @@ class FakeDestinations:
         if service in self._outages:
             status = self._outages[service]
             return Answer(status, _error_body(service, status) if status else None)
+        until = self._throttled_until.get(service, 0.0)
+        if time.time() < until:
+            return Answer(429, _error_body(service, 429), self._reset_headers(service, until))
         if self._scripted[service]:
             scripted = self._scripted[service].popleft()
             return Answer(scripted.status, scripted.body, dict(scripted.headers))
@@ -324,6 +341,15 @@ class FakeDestinations:
             "x-sib-ratelimit-limit": str(limit),
             "x-sib-ratelimit-remaining": str(remaining),
             "x-sib-ratelimit-reset": str(math.ceil(start + window - now)),
+        }
+
+    @staticmethod
+    def _reset_headers(service: str, until: float) -> dict[str, str]:
+        if service == "braze":  # epoch seconds, as Braze sends them
+            return {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(math.ceil(until))}
+        return {  # seconds from now, as Brevo sends them
+            "x-sib-ratelimit-remaining": "0",
+            "x-sib-ratelimit-reset": str(math.ceil(until - time.time())),
         }
 
     def _braze(self, method: str, path: str, headers: dict[str, str], body: Any) -> Answer:
@@ -413,6 +439,7 @@ class FakeDestinations:
                     body.get("body"),
                 ),
                 "/_fake/delay": lambda: self.set_delay(body["service"], body["seconds"]),
+                "/_fake/throttle": lambda: self.throttle(body["service"], body["seconds"]),
                 "/_fake/brevo_contacts": lambda: self.add_brevo_contact(body["identifier"]),
                 "/_fake/strict_contacts": lambda: setattr(
                     self, "strict_contacts", bool(body["strict"])

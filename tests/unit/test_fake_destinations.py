@@ -138,6 +138,32 @@ def test_outage_lasts_until_recover(fake):
     assert update_contact(fake, "u-1").status_code == 204
 
 
+def test_throttle_answers_429_naming_its_end_as_the_reset_and_records_the_answer(fake):
+    before = time.time()
+    fake.throttle("braze", 30)
+    fake.throttle("brevo", 30)
+
+    braze, brevo = track(fake, {"attributes": []}), update_contact(fake, "u-1")
+
+    assert (braze.status_code, brevo.status_code) == (429, 429)
+    # Braze gives the reset as epoch seconds, Brevo as seconds from now; both name the end.
+    assert before + 30 <= int(braze.headers["X-RateLimit-Reset"]) <= time.time() + 31
+    assert 29 <= int(brevo.headers["x-sib-ratelimit-reset"]) <= 30
+    assert braze.headers["X-RateLimit-Remaining"] == brevo.headers["x-sib-ratelimit-remaining"]
+    recorded = fake.calls()
+    assert [c.status for c in recorded] == [429, 429]
+    assert recorded[0].answer_headers["X-RateLimit-Reset"] == braze.headers["X-RateLimit-Reset"]
+    assert recorded[1].answer_headers == {
+        name.lower(): value for name, value in brevo.headers.items() if name.startswith("x-sib")
+    }
+
+    fake.throttle("braze", 0)
+    assert track(fake, {"attributes": []}).status_code == 201
+    assert update_contact(fake, "u-1").status_code == 429  # only the lifted service recovers
+    assert requests.post(f"{fake.url}/_fake/throttle", json={"service": "brevo", "seconds": 0}).ok
+    assert update_contact(fake, "u-1").status_code == 204
+
+
 def test_delay_slows_answers(fake):
     fake.set_delay("braze", 0.3)
 
