@@ -1,6 +1,8 @@
 """Hostile conditions: a worker killed with a queue of events in flight, Redis restarted under
-load, producers while Redis is down or hung, a 429 storm, and a destination slower than the
-HTTP timeout. Real Redis, real worker processes, the local Braze/Brevo look-alike.
+load, producers while Redis is down or hung, a 429 storm, a destination slower than the
+HTTP timeout, a backlog older than the visibility timeout, and (a known gap, xfail) a
+delivery cut off by a Redis outage. Real Redis, real worker processes, the local Braze/Brevo
+look-alike.
 
 Not repeated here, see test_guarantee.py: a destination outage shorter and longer than the
 retry window, a lone worker crash (200 events) and a message the broker lost.
@@ -136,7 +138,7 @@ def test_worker_killed_with_a_queue_in_flight_loses_nothing_and_the_newest_value
 ):
     fake = fake_destinations
     concurrency = 2
-    users = [f"crash-{n}@example.com" for n in range(200 * SCALE)]
+    users = [f"crash-{n}@example.com" for n in range(1000 * SCALE)]  # 2,000 events
     events = pairs(users)
     env = {
         **prefsync_env,
@@ -303,12 +305,12 @@ def test_redis_restarted_under_load_delivers_every_acknowledged_event_and_produc
     events = [
         consent_event(f"e-{u}", u, "2026-11-20T09:00:00Z", {"newsletter": True}) for u in users
     ]
-    producer = Producer(env, events, pace=0.01)
+    producer = Producer(env, events, pace=0.02)
     try:
         wait_until(
-            lambda: len(producer.seen("ok")) >= len(events) // 3 and braze_sends(fake),
+            lambda: len(producer.seen("ok")) >= len(events) // 3,
             timeout=60,
-            message=lambda: f"{len(producer.lines)} enqueued, {len(braze_sends(fake))} sent",
+            message=lambda: f"only {len(producer.lines)} enqueued",
         )
         redis_server.kill()  # a crash: only what the append-only file holds survives
         down_at = time.monotonic()
@@ -403,7 +405,8 @@ def test_enqueue_to_a_redis_that_never_answers_fails_in_bounded_time(
     assert "the event was not enqueued" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert REDIS_PASSWORD not in refused.stdout + refused.stderr
-    assert took < 15
+    # Bounded by the 10 s socket timeout, plus the command's start on a loaded machine.
+    assert took < 20
     report(f"hung redis: enqueue gave up after {took:.1f} s")
 
 
@@ -501,8 +504,14 @@ def test_a_destination_slower_than_the_timeout_for_a_while_gets_everything_once_
     fake = fake_destinations
     # Attempts at +0, 0.5, 1.5, 3.5, 6.5 and 10.5 s (three times that for chaos): room for a
     # slow spell in which every attempt takes a pool process for the whole HTTP timeout.
-    countdowns = ",".join(str(step * (3 if CHAOS else 1)) for step in (0.5, 1, 2, 3, 4))
-    env = {**prefsync_env, **SLOW, "PREFSYNC_RETRY_COUNTDOWNS": countdowns}
+    stretch = 3 if CHAOS else 1
+    countdowns = ",".join(str(step * stretch) for step in (0.5, 1, 2, 3, 4))
+    env = {
+        **prefsync_env,
+        **SLOW,
+        "PREFSYNC_RETRY_COUNTDOWNS": countdowns,
+        "PREFSYNC_VISIBILITY_TIMEOUT": str(20 + 5 * stretch),  # > longest step + time limit
+    }
     put_connector(run_cli, env, braze_config(fake.url))
     users = [f"slow-{n}@example.com" for n in range(6 * SCALE)]
     events = pairs(users)
@@ -624,6 +633,7 @@ def test_a_backlog_older_than_the_visibility_timeout_is_not_copied_but_lost_mess
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="a delivery whose answer came while Redis was down cannot be marked done and "
     "fails; Celery cut it off (lost connection, late ack), and if the worker's reconnect "
     "takes longer than the soft time limit its parent process reports a hard time limit, "
@@ -636,7 +646,7 @@ def test_a_delivery_cut_off_by_a_redis_outage_is_not_dead_lettered(
 ):
     # Soft limit 1 s, hard 6 s; the worker tries to reconnect at once, then 2 s and 6 s
     # after the loss, so an outage of 3 s outlasts the soft limit. In production: 55 s and
-    # 60 s against attempts 0, 2, 6, 12, 20, 30, 42, 56 s after the loss, an outage of 42 s.
+    # 60 s against attempts 0, 2, 6, 12, 20, 30, 42, 56 s after the loss: 42 s or more.
     fake = fake_destinations
     redis_server.stop()
     redis_server.start(["--appendonly", "yes", "--appendfsync", "always"])
