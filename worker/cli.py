@@ -33,8 +33,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _redis_help(url: str) -> str:
+    from worker.producer import redacted_url
+
     return (
-        f"nothing answers at {url}. Start a Redis first: `redis-server` "
+        f"nothing answers at {redacted_url(url)}. Start a Redis first: `redis-server` "
         "(or `docker compose up redis`), or point PREFSYNC_REDIS_URL at one."
     )
 

@@ -208,3 +208,23 @@ def test_dlq_purge_needs_ids_or_all(rt: Runtime) -> None:
     assert run("dlq", "purge", a).output.strip() == "purged 1 dead letter(s)"
     assert run("dlq", "purge", "--all").output.strip() == "purged 1 dead letter(s)"
     assert rt.deadletters.count() == 0
+
+
+@pytest.mark.parametrize("args", [("stats",), ("dlq", "list"), ("connectors", "list", "acme")])
+def test_an_unreachable_redis_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    from worker import runtime as runtime_module
+    from worker.settings import get_settings
+
+    monkeypatch.setenv("PREFSYNC_REDIS_URL", "redis://:s3cret-pw@127.0.0.1:1/0")
+    monkeypatch.setattr(runtime_module, "_runtime", None)
+    get_settings.cache_clear()
+    try:
+        result = run(*args)
+    finally:
+        get_settings.cache_clear()
+
+    assert result.exit_code == 2
+    assert "nothing answers at redis://:***@127.0.0.1:1/0" in result.output
+    assert "s3cret-pw" not in result.output
