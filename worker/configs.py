@@ -47,6 +47,7 @@ from pydantic import (
 from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, get_connector
 from worker.connectors.base import Connector, mask
 from worker.errors import InvalidConfig
+from worker.events import is_utf8
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -373,7 +374,7 @@ def _not_utf8(raw: dict[str, Any]) -> Iterator[str]:
     stack: list[tuple[str, Any]] = [("", raw)]
     while stack:
         path, value = stack.pop()
-        if isinstance(value, str) and not _utf8(value):
+        if isinstance(value, str) and not is_utf8(value):
             yield path
         elif isinstance(value, dict):
             children = [
@@ -383,18 +384,10 @@ def _not_utf8(raw: dict[str, Any]) -> Iterator[str]:
             # as a text of its own path, to be reported just before its value.
             for child_path, key, child in reversed(children):
                 stack.append((child_path, child))
-                if isinstance(key, str) and not _utf8(key):
+                if isinstance(key, str) and not is_utf8(key):
                     stack.append((child_path, key))
         elif isinstance(value, list):
             stack.extend(reversed([(f"{path}[{i}]", child) for i, child in enumerate(value)]))
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _refusal(problems: list[str], secrets: list[str]) -> InvalidConfig:

@@ -16,6 +16,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
+from worker.events import is_utf8
+
 ENTRIES = "prefsync:deadletters"
 ORDER = "prefsync:deadletters:order"
 
@@ -119,15 +121,7 @@ def describe_payload_owner(payload: Any) -> tuple[str, str]:
 def _storable(value: object) -> str:
     # Both end up in Redis keys and streams, which take UTF-8 only: a lone surrogate
     # (JSON's "\ud800") would make recording the dead letter fail.
-    return value if isinstance(value, str) and _utf8(value) else ""
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return value if isinstance(value, str) and is_utf8(value) else ""
 
 
 def _encode(entry: DeadLetter) -> str:
@@ -144,4 +138,4 @@ def _decode(raw: bytes | str) -> DeadLetter:
 def dumps(entry: DeadLetter) -> str:
     text = json.dumps(entry.model_dump(), indent=2, ensure_ascii=False)
     # A lone surrogate in a refused payload cannot be printed: escaped, as JSON allows.
-    return text if _utf8(text) else json.dumps(entry.model_dump(), indent=2)
+    return text if is_utf8(text) else json.dumps(entry.model_dump(), indent=2)

@@ -490,6 +490,16 @@ MAX_DEPTH = 64
 _TOO_DEEP = f"event is nested deeper than {MAX_DEPTH} levels"
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 form (Redis takes nothing else): a lone surrogate, as
+    JSON's "\\ud800" decodes to, has none."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _encoded_size(payload: Mapping[str, Any]) -> int:
     try:
         # NaN and Infinity are not JSON: the dead-letter store would keep them as null.
