@@ -33,7 +33,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _redis_help(url: str) -> str:
-    from worker.producer import redacted_url
+    from worker.redis_client import redacted_url
 
     return (
         f"nothing answers at {redacted_url(url)}. Start a Redis first: `redis-server` "

@@ -9,7 +9,6 @@ with it; the worker validates it again (a message can reach Redis some other way
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ from kombu.exceptions import OperationalError
 
 from worker.errors import BrokerUnavailable
 from worker.events import PreferenceEvent, parse_event
+from worker.redis_client import redacted_url
 from worker.settings import get_settings
 
 # What an unreachable, stopped or hung Redis raises: from our outbox write (redis-py) or
@@ -28,8 +28,6 @@ _BROKER_ERRORS = (
     redis.exceptions.TimeoutError,
     OperationalError,
 )
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<userinfo>[^/;?#]*)@", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&;]*", re.IGNORECASE)
 
 
 def validate(payload: Any) -> PreferenceEvent:
@@ -54,17 +52,6 @@ def redeliver(payload: Any, connector_id: str) -> str:
 
     validate(payload)
     return _to_broker(lambda: publish(deliver, [payload, connector_id]))
-
-
-def redacted_url(url: str) -> str:
-    """``url`` as it may be shown or logged: any password replaced by ``***``."""
-
-    def userinfo(match: re.Match[str]) -> str:
-        user, colon, _ = match["userinfo"].partition(":")
-        # Without a colon the whole user info may be the password (redis://secret@host).
-        return f"{match['scheme']}{user + colon if colon else ''}***@"
-
-    return _QUERY_PASSWORD.sub(r"\g<key>***", _URL_PASSWORD.sub(userinfo, url))
 
 
 def _to_broker(publish: Callable[[], str]) -> str:

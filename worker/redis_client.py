@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,3 +46,18 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
         sentinels, sentinel_kwargs=SENTINEL_KWARGS, password=first.password, db=db, **options
     )
     return sentinel.master_for(settings.redis_sentinel_master)
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+.-]+://)(?P<userinfo>[^/;?#]*)@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&;]*", re.IGNORECASE)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as it may be shown or logged: any password replaced by ``***``."""
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        # Without a colon the whole user info may be the password (redis://secret@host).
+        return f"{match['scheme']}{user + colon if colon else ''}***@"
+
+    return _QUERY_PASSWORD.sub(r"\g<key>***", _URL_PASSWORD.sub(userinfo, url))

@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError
 from worker import producer, tasks
 from worker.cli import main
 from worker.errors import BrokerUnavailable, PrefsyncError
+from worker.redis_client import redacted_url
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -50,7 +51,7 @@ def password_url(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_redacted_url_hides_every_password(url: str, shown: str) -> None:
-    assert producer.redacted_url(url) == shown
+    assert redacted_url(url) == shown
 
 
 @pytest.mark.parametrize(
