@@ -2,7 +2,7 @@
 
 A destination counts calls per account (a Brevo API key, a Braze workspace), whichever
 worker makes them, so the limit lives in Redis: a GCRA bucket per account. Each call takes
-a slot ``1/rate`` seconds after the previous one; with a burst of 1 the calls are evenly
+a slot ``1/rate`` seconds after the previous one, with no burst: the calls are evenly
 spread, which is what keeps a per-second window (Brevo's) from ever seeing an eleventh.
 
 When a destination's rate-limit headers say its quota is nearly spent (another client
@@ -29,12 +29,9 @@ from worker.retries import clock
 _TAKE = """
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local free_at = tat - (burst - 1) * interval
-if free_at > now then return tostring(free_at - now) end
-local next_tat = tat + interval
+if tat > now then return tostring(tat - now) end
+local next_tat = now + interval
 redis.call('SET', KEYS[1], string.format('%.6f', next_tat),
            'PX', math.ceil((next_tat - now) * 1000) + 1000)
 return '0'
@@ -71,10 +68,10 @@ class Pacer:
         self._take = client.register_script(_TAKE)
         self._hold = client.register_script(_HOLD)
 
-    def take(self, bucket: str, rate: float, burst: int = 1) -> float:
+    def take(self, bucket: str, rate: float) -> float:
         """Take the next call's slot: 0.0 when taken, else the seconds to wait before
         asking again (nothing is taken then). ``rate`` is in calls per second."""
-        wait = self._take(keys=[bucket], args=[clock(), 1.0 / rate, max(1, burst)])
+        wait = self._take(keys=[bucket], args=[clock(), 1.0 / rate])
         return float(wait)
 
     def slow_down(self, bucket: str, quota: Quota) -> None:

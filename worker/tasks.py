@@ -151,7 +151,8 @@ def carried_attempts(kwargs: dict | None) -> list[Any]:
 
 def once_key(task_id: str, kwargs: dict | None) -> str:
     """One dead letter per run of a message: Celery reports a hard time limit twice (the
-    timeout, then the killed pool child), with the same task id and carried attempts."""
+    job's TimeLimitExceeded result, then the timeout callback), with the same task id and
+    carried attempts."""
     return f"{task_id}:{len(carried_attempts(kwargs))}"
 
 
