@@ -48,7 +48,9 @@ class AuditTrail:
         user: str,
         outcome: Outcome,
         at: float,
+        client: redis.Redis | None = None,
     ) -> None:
+        """Append one entry (through ``client``, a pipeline say, when given)."""
         entry: Mapping[str, str] = {
             "at": repr(at),
             "connector_id": connector_id,
@@ -60,7 +62,9 @@ class AuditTrail:
             "fields": json.dumps(dict(outcome.fields), ensure_ascii=False),
         }
         # An exact bound (not "~"): operators size Redis by it.
-        self.redis.xadd(key("audit", tenant), dict(entry), maxlen=self.maxlen, approximate=False)
+        (client or self.redis).xadd(
+            key("audit", tenant), dict(entry), maxlen=self.maxlen, approximate=False
+        )
 
     def query(self, tenant: str, user: str | None = None, limit: int = 50) -> list[AuditEntry]:
         """The newest ``limit`` entries of a tenant (of one user, if given), newest first."""

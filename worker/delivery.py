@@ -1,21 +1,24 @@
-"""Delivering one event to one connector: plain Python, testable without Celery.
+"""Delivering a batch of events to one connector: plain Python, testable without Celery.
 
-``Deliverer.deliver`` decides whether the event has anything to say to this connector,
-keeps it from overwriting newer information (worker.state) and hands the rest to the
-connector. It returns an ``Outcome`` (delivered or skipped) or raises ``RetryableError`` /
-``PermanentError`` for the task to retry or dead-letter.
+``Deliverer.deliver`` decides whether each event has anything to say to this connector,
+keeps it from overwriting newer information (worker.state), coalesces the events of each
+user and hands one change per user to the connector. Outcomes (delivered or skipped) are
+recorded as they come; what has not ended is returned for the task to retry, defer or
+dead-letter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from worker.configs import ConnectorConfig
-from worker.connectors.base import Delivered, Transport, Value
+from worker.connectors.base import Change, Delivered, Skipped, Transport, Value
+from worker.errors import Deferred, DeliveryError, PrefsyncError, RetryableError
 from worker.events import PreferenceEvent
 from worker.outcomes import Outcome, OutcomeKind, SkipReason
 from worker.pacing import PacedTransport, Pacer, account_key
-from worker.state import StateStore
+from worker.recorder import Ended, OutcomeRecorder
+from worker.state import StateStore, UserBusy, Write
 
 
 def skipped(reason: SkipReason, detail: str = "") -> Outcome:
@@ -43,16 +46,33 @@ def plan(event: PreferenceEvent, config: ConnectorConfig) -> Outcome | Resolved:
     return resolved or skipped(SkipReason.NO_MAPPED_VALUES)
 
 
+#: why an event of a batch has not ended yet, by its index in the batch: a
+#: ``RetryableError`` (retry it), ``Deferred`` (run it again shortly) or a refusal
+#: (``PermanentError``, ``InvalidEvent``, ``InvalidConfig``: dead-letter it)
+Unfinished = dict[int, PrefsyncError]
+
+
 class Deliverer:
+    """Delivers a batch of events of one tenant to one connector.
+
+    Every event ends in an outcome recorded here (delivered or skipped), or comes back in
+    ``Unfinished`` for the task to retry, defer or dead-letter. Several events of one user
+    are coalesced: the destination gets one change per user, holding for each property
+    the newest value known (worker.state), and every event that contributed a value is
+    delivered by it.
+    """
+
     def __init__(
         self,
         state: StateStore,
+        recorder: OutcomeRecorder,
         transport: Transport,
         pacer: Pacer,
         rates: Mapping[str, float],
         max_sleep: float,
     ) -> None:
         self.state = state
+        self.recorder = recorder
         self.transport = transport
         self.pacer = pacer
         self.rates = rates
@@ -70,37 +90,142 @@ class Deliverer:
             self.max_sleep,
         )
 
-    def deliver(self, event: PreferenceEvent, config: ConnectorConfig) -> Outcome:
-        resolved = plan(event, config)
-        if isinstance(resolved, Outcome):
-            return resolved
-
-        tenant, user = event.tenant, event.user
-        if self.state.is_done(tenant, config.id, event.event_key):
-            return skipped(SkipReason.DUPLICATE)
-        with self.state.lock(tenant, config.id, user):
-            # Checked again under the lock: a duplicate copy may have finished meanwhile.
-            if self.state.is_done(tenant, config.id, event.event_key):
-                return skipped(SkipReason.DUPLICATE)
-            owned = self.state.merge(
-                tenant,
-                user,
-                event.event_key,
-                event.ordering,
-                dict(resolved.values()),
-            )
-            values = {
-                name: value for name, (canonical, value) in resolved.items() if canonical in owned
-            }
-            if not values:
-                outcome = skipped(SkipReason.STALE)
+    def deliver(
+        self, tenant: str, events: Sequence[PreferenceEvent], config: ConnectorConfig
+    ) -> Unfinished:
+        """Deliver ``events`` (all of ``tenant``) to ``config``'s destination."""
+        ended: dict[int, Outcome] = {}
+        plans: dict[int, Resolved] = {}
+        first_copy: dict[str, int] = {}
+        for index, event in enumerate(events):
+            resolved = plan(event, config)
+            if isinstance(resolved, Outcome):
+                ended[index] = resolved
+            elif event.event_key in first_copy:
+                ended[index] = skipped(SkipReason.DUPLICATE, "a copy earlier in the batch")
             else:
-                result = config.connector.deliver(self.paced(config), config, user, values)
-                if isinstance(result, Delivered):
-                    outcome = Outcome(
-                        OutcomeKind.DELIVERED, status=result.status, fields=result.fields
+                first_copy[event.event_key] = index
+                plans[index] = resolved
+        self._record(tenant, config, events, ended, mark_done=False)
+
+        by_user: dict[str, list[int]] = {}
+        for index in plans:
+            by_user.setdefault(events[index].user, []).append(index)
+        unfinished: Unfinished = {}
+        with self.state.locks(tenant, config.id, by_user) as busy:
+            for user in busy:
+                for index in by_user.pop(user):
+                    unfinished[index] = UserBusy(
+                        "another delivery to this user is still in flight", wait=1.0
                     )
+            unfinished |= self._deliver_held(tenant, events, config, plans, by_user)
+        return unfinished
+
+    def _deliver_held(
+        self,
+        tenant: str,
+        events: Sequence[PreferenceEvent],
+        config: ConnectorConfig,
+        plans: Mapping[int, Resolved],
+        by_user: Mapping[str, list[int]],
+    ) -> Unfinished:
+        """The rest of ``deliver``, with the lock of every user of ``by_user`` held."""
+        # Checked under the lock: a copy delivered elsewhere may have finished meanwhile.
+        indexes = [index for group in by_user.values() for index in group]
+        done = self.state.done_among(tenant, config.id, [events[i].event_key for i in indexes])
+        duplicates = {
+            i: skipped(SkipReason.DUPLICATE) for i in indexes if events[i].event_key in done
+        }
+        self._record(tenant, config, events, duplicates, mark_done=False)
+
+        writes = {
+            user: [_write(events[i], plans[i]) for i in group if i not in duplicates]
+            for user, group in by_user.items()
+        }
+        owners = self.state.merge(tenant, writes)
+        stale: dict[int, Outcome] = {}
+        changes: list[Change] = []
+        senders: dict[str, list[int]] = {}  # user -> the events their change carries
+        for user, group in by_user.items():
+            values: dict[str, Value] = {}
+            for index in group:
+                if index in duplicates:
+                    continue
+                event_key = events[index].event_key
+                mine = {
+                    name: value
+                    for name, (canonical, value) in plans[index].items()
+                    if owners[user].get(canonical) == event_key
+                }
+                if mine:
+                    values |= mine
+                    senders.setdefault(user, []).append(index)
                 else:
-                    outcome = skipped(SkipReason(result.reason), result.detail)
-            self.state.mark_done(tenant, config.id, event.event_key)
-        return outcome
+                    stale[index] = skipped(SkipReason.STALE)
+            if values:
+                changes.append(Change(user, values))
+        self._record(tenant, config, events, stale, mark_done=True)
+        return self._send(tenant, events, config, changes, senders)
+
+    def _send(
+        self,
+        tenant: str,
+        events: Sequence[PreferenceEvent],
+        config: ConnectorConfig,
+        changes: Sequence[Change],
+        senders: Mapping[str, list[int]],
+    ) -> Unfinished:
+        """Send ``changes`` a batch at a time; each batch's outcomes are recorded (and its
+        events marked done) as soon as it is answered, so a worker killed mid-way repeats
+        as little as possible. After a transient failure or a deferral nothing more is
+        sent: the changes left share its answer."""
+        connector = config.connector
+        transport = self.paced(config)
+        unfinished: Unfinished = {}
+        stop: DeliveryError | Deferred | None = None
+        size = connector.batch_size
+        for start in range(0, len(changes), size):
+            batch = changes[start : start + size]
+            answers = (
+                [stop] * len(batch)
+                if stop is not None
+                else connector.deliver_many(transport, config, batch)
+            )
+            ended: dict[int, Outcome] = {}
+            for change, answer in zip(batch, answers, strict=True):
+                for index in senders[change.user]:
+                    if isinstance(answer, Delivered):
+                        ended[index] = Outcome(
+                            OutcomeKind.DELIVERED, status=answer.status, fields=answer.fields
+                        )
+                    elif isinstance(answer, Skipped):
+                        ended[index] = skipped(SkipReason(answer.reason), answer.detail)
+                    else:
+                        unfinished[index] = answer
+                        if isinstance(answer, RetryableError | Deferred):
+                            stop = answer
+            self._record(tenant, config, events, ended, mark_done=True)
+        return unfinished
+
+    def _record(
+        self,
+        tenant: str,
+        config: ConnectorConfig,
+        events: Sequence[PreferenceEvent],
+        ended: Mapping[int, Outcome],
+        *,
+        mark_done: bool,
+    ) -> None:
+        if not ended:
+            return
+        if mark_done:
+            self.state.mark_done(tenant, config.id, [events[i].event_key for i in ended])
+        self.recorder.record(
+            tenant,
+            config.id,
+            [Ended(events[i].event_key, events[i].user, outcome) for i, outcome in ended.items()],
+        )
+
+
+def _write(event: PreferenceEvent, resolved: Resolved) -> Write:
+    return Write(event.event_key, event.ordering, dict(resolved.values()))

@@ -49,12 +49,15 @@ class Outbox:
             pipe.zadd(DUE, {task_id: now + wait + self.grace})
             pipe.execute()
 
-    def rescheduled(self, task_id: str, kwargs: dict[str, Any], now: float, wait: float) -> None:
-        """A retry was published: it carries new kwargs and may wait ``wait`` seconds."""
+    def rescheduled(
+        self, task_id: str, args: list[Any], kwargs: dict[str, Any], now: float, wait: float
+    ) -> None:
+        """A retry was published: it carries new args (the events left of a batch) and
+        kwargs (the attempts), and may wait ``wait`` seconds."""
         raw = self.redis.hget(ENTRIES, task_id)
         if raw is None:  # published before the outbox existed, or already swept and ended
             return
-        entry = {**json.loads(raw), "kwargs": kwargs}
+        entry = {**json.loads(raw), "args": args, "kwargs": kwargs}
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(ENTRIES, task_id, json.dumps(entry))
             pipe.zadd(DUE, {task_id: now + wait + self.grace})

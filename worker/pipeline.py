@@ -1,7 +1,8 @@
 """The steps the Celery tasks run, as plain functions of a Runtime (no Celery here).
 
-route:        validate a payload and fan it out, one delivery per connector of its tenant;
-deliver:      deliver one event to one connector and record the outcome;
+route:        validate a batch of payloads and fan it out: per tenant, one delivery batch
+              per connector of the tenant;
+deliver:      deliver a batch of events to one connector (worker.delivery records outcomes);
 dead_letter:  keep a delivery that ended in failure, with every attempt, for an operator.
 """
 
@@ -13,52 +14,82 @@ from typing import Any
 import structlog
 
 from worker.deadletter import Attempt, DeadLetter, describe_payload_owner
+from worker.delivery import Unfinished
 from worker.errors import InvalidConfig, InvalidEvent, PermanentError, PrefsyncError
-from worker.events import parse_event
+from worker.events import PreferenceEvent, parse_event
 from worker.logging import redact
 from worker.outcomes import Outcome, OutcomeKind
+from worker.recorder import Ended
 from worker.runtime import Runtime
 
 log = structlog.get_logger("prefsync.pipeline")
 
 
-def route(rt: Runtime, payload: Any, enqueue_delivery: Callable[[Any, str], None]) -> int:
-    """Validate ``payload`` and enqueue one delivery per connector of its tenant.
+def route(
+    rt: Runtime, payloads: Any, enqueue_delivery: Callable[[list[Any], str], None]
+) -> Unfinished:
+    """Validate a batch of payloads and enqueue, for each tenant in it, one delivery batch
+    per connector of that tenant. The invalid payloads come back, to be dead-lettered.
 
     Every connector is fanned out to, disabled or broken ones included, so that each
     (event, connector) pair ends in a recorded outcome of its own.
     """
-    event = parse_event(payload, max_bytes=rt.settings.max_event_bytes)
-    structlog.contextvars.bind_contextvars(
-        tenant=event.tenant, event_key=event.event_key, user=event.user
-    )
-    connector_ids = rt.configs.ids(event.tenant)
-    if not connector_ids:
-        log.warning("tenant has no connectors: nothing to deliver")
-    for connector_id in connector_ids:
-        enqueue_delivery(payload, connector_id)
-    return len(connector_ids)
+    batch = as_batch(payloads)
+    unfinished, by_tenant = parse_batch(rt, batch)
+    for tenant, events in by_tenant.items():
+        connector_ids = rt.configs.ids(tenant)
+        if not connector_ids:
+            log.warning("tenant has no connectors: nothing to deliver", tenant=tenant)
+        for connector_id in connector_ids:
+            enqueue_delivery([batch[index] for index in events], connector_id)
+    return unfinished
 
 
-def deliver(rt: Runtime, payload: Any, connector_id: str) -> Outcome:
-    event = parse_event(payload, max_bytes=rt.settings.max_event_bytes)
-    structlog.contextvars.bind_contextvars(
-        tenant=event.tenant, event_key=event.event_key, user=event.user
-    )
-    config = rt.configs.get(event.tenant, connector_id)
-    if config is None:
-        raise PermanentError(
-            f"connector {connector_id!r} is not configured for tenant {event.tenant!r}"
-        )
-    outcome = rt.deliverer.deliver(event, config)
-    rt.recorder.record(
-        tenant=event.tenant,
-        connector_id=connector_id,
-        event_key=event.event_key,
-        user=event.user,
-        outcome=outcome,
-    )
-    return outcome
+def deliver(rt: Runtime, payloads: Any, connector_id: str) -> Unfinished:
+    """Deliver a batch of payloads to one connector of their tenant (a batch may mix
+    tenants: each gets its own config). What has not ended comes back by index."""
+    unfinished, by_tenant = parse_batch(rt, as_batch(payloads))
+    for tenant, by_index in by_tenant.items():
+        indexes, events = list(by_index), list(by_index.values())
+        structlog.contextvars.bind_contextvars(tenant=tenant)
+        try:
+            config = rt.configs.get(tenant, connector_id)
+        except InvalidConfig as exc:
+            unfinished |= dict.fromkeys(indexes, exc)
+            continue
+        if config is None:
+            missing = PermanentError(
+                f"connector {connector_id!r} is not configured for tenant {tenant!r}"
+            )
+            unfinished |= dict.fromkeys(indexes, missing)
+            continue
+        for index, why in rt.deliverer.deliver(tenant, events, config).items():
+            unfinished[indexes[index]] = why
+    return unfinished
+
+
+def parse_batch(
+    rt: Runtime, batch: list[Any]
+) -> tuple[Unfinished, dict[str, dict[int, PreferenceEvent]]]:
+    """The payloads of ``batch`` that are not valid events (by index), and the events,
+    by tenant and then by their index in the batch."""
+    invalid: Unfinished = {}
+    by_tenant: dict[str, dict[int, PreferenceEvent]] = {}
+    for index, payload in enumerate(batch):
+        try:
+            event = parse_event(payload, max_bytes=rt.settings.max_event_bytes)
+        except InvalidEvent as exc:
+            invalid[index] = exc
+            continue
+        by_tenant.setdefault(event.tenant, {})[index] = event
+    return invalid, by_tenant
+
+
+def as_batch(payloads: Any) -> list[Any]:
+    """The events a message carries: a task's first argument is a list of payloads."""
+    if not isinstance(payloads, list):
+        raise InvalidEvent(f"a message must carry a list of events, not {type(payloads).__name__}")
+    return payloads
 
 
 def attempt_from(exc: BaseException, at: float) -> Attempt:
@@ -120,12 +151,14 @@ def dead_letter(
     if entry is None:
         return None
     outcome = Outcome(OutcomeKind.DEAD_LETTERED, reason=entry.reason, status=attempts[-1].status)
-    rt.recorder.record(
-        tenant=tenant, connector_id=connector_id, event_key=event_key, user=user, outcome=outcome
-    )
+    rt.recorder.record(tenant, connector_id, [Ended(event_key, user, outcome)])
     operator_action = getattr(exc, "operator_action", False)
     (log.error if operator_action else log.warning)(
         "dead-lettered",
+        tenant=tenant,
+        connector_id=connector_id,
+        event_key=event_key,
+        user=user,
         deadletter_id=entry.id,
         reason=entry.reason,
         attempts=len(attempts),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import redis
 import structlog
 
@@ -15,39 +19,63 @@ TOTALS = "prefsync:stats"
 log = structlog.get_logger("prefsync.outcome")
 
 
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """How one event ended for one connector."""
+
+    event_key: str
+    user: str
+    outcome: Outcome
+
+
+def _counted(outcome: Outcome) -> list[str]:
+    names = [str(outcome.kind)]
+    if outcome.reason and outcome.kind is OutcomeKind.SKIPPED:
+        names.append(f"{outcome.kind}:{outcome.reason}")
+    return names
+
+
 class OutcomeRecorder:
     def __init__(self, client: redis.Redis, audit: AuditTrail) -> None:
         self.redis = client
         self.audit = audit
 
-    def record(
-        self, *, tenant: str, connector_id: str, event_key: str, user: str, outcome: Outcome
-    ) -> None:
-        fields = [str(outcome.kind)]
-        if outcome.reason and outcome.kind is OutcomeKind.SKIPPED:
-            fields.append(f"{outcome.kind}:{outcome.reason}")
+    def record(self, tenant: str, connector_id: str, ended: Sequence[Ended]) -> None:
+        """Count, audit and log how each of ``ended`` ended, in one Redis round trip."""
+        if not ended:
+            return
+        totals = Counter(name for item in ended for name in _counted(item.outcome))
+        now = clock()
         with self.redis.pipeline(transaction=False) as pipe:
-            for name in fields:
-                pipe.hincrby(TOTALS, name, 1)
-                pipe.hincrby(key("stats", tenant), name, 1)
-                pipe.hincrby(key("stats", tenant, connector_id), name, 1)
+            for name, count in totals.items():
+                pipe.hincrby(TOTALS, name, count)
+                pipe.hincrby(key("stats", tenant), name, count)
+                pipe.hincrby(key("stats", tenant, connector_id), name, count)
+            if tenant:  # an event refused before its tenant was known has no trail to join
+                for item in ended:
+                    self.audit.append(
+                        tenant=tenant,
+                        connector_id=connector_id,
+                        event_key=item.event_key,
+                        user=item.user,
+                        outcome=item.outcome,
+                        at=now,
+                        client=pipe,
+                    )
             pipe.execute()
-        if tenant:  # an event refused before its tenant was known has no trail to join
-            self.audit.append(
+        for item in ended:
+            outcome = item.outcome
+            log.info(
+                str(outcome.kind),
                 tenant=tenant,
                 connector_id=connector_id,
-                event_key=event_key,
-                user=user,
-                outcome=outcome,
-                at=clock(),
+                event_key=item.event_key,
+                user=item.user,
+                outcome=str(outcome.kind),
+                reason=outcome.reason or None,
+                detail=outcome.detail or None,
+                status=outcome.status,
             )
-        log.info(
-            str(outcome.kind),
-            outcome=str(outcome.kind),
-            reason=outcome.reason or None,
-            detail=outcome.detail or None,
-            status=outcome.status,
-        )
 
     def counts(self, tenant: str | None = None, connector_id: str | None = None) -> dict[str, int]:
         if tenant is None:

@@ -67,6 +67,7 @@ class Runtime:
     def deliverer(self) -> Deliverer:
         return Deliverer(
             self.state,
+            self.recorder,
             Transport(self.settings.http_timeout),
             Pacer(self.redis, max_hold=self.settings.rate_limit_max_wait),
             self.settings.rate_limits,

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # Calls per second per destination account, by connector type (JSON: {"sendinblue": 20});
     # a type not named keeps its connector's default (Braze 1,000, Brevo 10).
     rate_limits: dict[str, Annotated[float, Field(gt=0)]] = {}
+    # Users per Braze /users/track call: 75 is Braze's cap, 50 the cap on newer contracts.
+    braze_batch_size: int = Field(50, ge=1, le=75)
     # The longest a worker process sleeps for a rate-limit slot or a busy user before it
     # defers the delivery instead.
     pacing_max_sleep: float = Field(0.5, ge=0)
@@ -93,9 +95,9 @@ class Settings(BaseSettings):
 
     @property
     def lock_ttl(self) -> float:
-        """How long a (connector, user) lock may live: a delivery makes at most two HTTP
-        calls (Brevo's create after a 404), each bounded by the HTTP timeout."""
-        return 2 * self.http_timeout + 5
+        """How long a (connector, user) lock may live: longer than a task may run (its hard
+        time limit), so a lock only ever expires once its holder is gone."""
+        return self.task_time_limit + 5
 
 
 @lru_cache(maxsize=1)

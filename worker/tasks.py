@@ -9,6 +9,7 @@ payload and ids only — never a credential, since Flower shows arguments.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -19,11 +20,22 @@ from celery.utils import uuid
 
 from worker import pipeline
 from worker.app import app
-from worker.deadletter import Attempt
-from worker.errors import Deferred, InvalidConfig, InvalidEvent, PermanentError, RetryableError
+from worker.deadletter import Attempt, describe_payload_owner
+from worker.delivery import Unfinished
+from worker.errors import (
+    Deferred,
+    InvalidConfig,
+    InvalidEvent,
+    PermanentError,
+    PrefsyncError,
+    RetryableError,
+)
+from worker.events import parse_event
+from worker.pipeline import as_batch
 from worker.retries import clock, retry_countdown
 from worker.runtime import runtime
 from worker.settings import get_settings
+from worker.state import key as state_key
 
 log = structlog.get_logger("prefsync.tasks")
 
@@ -51,6 +63,7 @@ class ScheduledTask(Task):
             task=self.name,
             attempt=self.request.retries + 1,
             connector_id=args[1] if len(args) > 1 else None,
+            events=len(args[0]) if args and isinstance(args[0], list) else None,
         )
 
     def attempts(self, exc: BaseException, kwargs: dict | None = None) -> list[Attempt]:
@@ -80,6 +93,7 @@ class ScheduledTask(Task):
     ):
         settings = get_settings()
         attempts = self.attempts(exc)
+        args = self.request.args if args is None else args
         if self.request.retries < len(settings.retry_countdowns):
             countdown = retry_countdown(
                 retries_done=self.request.retries,
@@ -89,13 +103,19 @@ class ScheduledTask(Task):
                 jitter=settings.retry_jitter,
                 retry_after=getattr(exc, "retry_after", None),
             )
-            log.info("retry scheduled", countdown=round(countdown, 3), error=attempts[-1].error)
+            for ids in event_ids(args):
+                log.info(
+                    "retry scheduled",
+                    countdown=round(countdown, 3),
+                    error=attempts[-1].error,
+                    **ids,
+                )
         kwargs = {**(self.request.kwargs or {}), "attempts": [a.model_dump() for a in attempts]}
         if countdown is not None:
-            runtime().outbox.rescheduled(self.request.id, kwargs, clock(), countdown)
+            runtime().outbox.rescheduled(self.request.id, list(args), kwargs, clock(), countdown)
         try:
             return super().retry(
-                args=self.request.args, kwargs=kwargs, exc=exc, throw=throw,
+                args=args, kwargs=kwargs, exc=exc, throw=throw,
                 countdown=countdown, max_retries=max_retries, **options,
             )  # fmt: skip
         except Reject as rejected:
@@ -103,46 +123,125 @@ class ScheduledTask(Task):
             # dead letter instead, or, if even that fails, put the message back.
             try:
                 self.dead_letter(
-                    self.request.id, self.request.args, attempts, rejected.reason,
+                    args, attempts, rejected.reason,
                     once=once_key(self.request.id, self.request.kwargs),
                 )  # fmt: skip
+                runtime().outbox.done(self.request.id)
             except Exception:
                 raise Reject(rejected.reason, requeue=True) from None
             raise
 
-    def defer(self, deferred: Deferred) -> str:
-        """Run this message again in ``deferred.wait`` seconds, as a new message carrying
-        the same attempts and retries: waiting for a slot is not a failed attempt. The wait
-        is capped like a rate-limited retry's, which the visibility timeout outlasts."""
-        settings = get_settings()
-        wait = min(deferred.wait, settings.rate_limit_max_wait)
-        wait *= 1 + random.uniform(0, settings.retry_jitter)  # not all back at once
-        publish(
-            self,
-            list(self.request.args),
-            self.request.kwargs,
-            countdown=wait,
-            retries=self.request.retries,
+    def run_batch(self, work: Callable[[], Unfinished]) -> str:
+        """Run ``work`` on this message's events, then settle what did not end. A batch
+        that overruns the soft time limit as a whole is split (``split``)."""
+        try:
+            unfinished = work()
+        except SoftTimeLimitExceeded as exc:
+            if self.split(self.request.id, list(self.request.args), self.request.kwargs, exc):
+                return "split: the batch ran out of time"
+            raise
+        return self.settle(unfinished)
+
+    def split(self, task_id: str, args: list[Any], kwargs: dict | None, why: BaseException) -> bool:
+        """Publish each event of a batch that failed as a whole, for no reason tied to one
+        event (a bug, a hang, the time limit), as a message of its own: a poison event
+        then costs only itself. Each carries the attempts made before this run, which is
+        not counted against it. False for a message of one event: nothing to split.
+
+        Split once per run, however often Celery reports its end (a hard time limit is
+        reported twice)."""
+        payloads = payloads_of(args)
+        if len(payloads) < 2:
+            return False
+        once = state_key("split", once_key(task_id, kwargs))
+        if not runtime().redis.set(once, 1, nx=True, ex=get_settings().visibility_timeout):
+            return True
+        retries = len(carried_attempts(kwargs))
+        for payload in payloads:
+            publish(self, [[payload], *args[1:]], dict(kwargs or {}), retries=retries)
+        log.warning("batch split", events=len(payloads), error=pipeline.describe_error(why))
+        return True
+
+    def settle(self, unfinished: Unfinished) -> str:
+        """Act on the events of this message that did not end in this run: dead-letter
+        the refused ones now, defer the ones that must wait (a new message), retry the
+        ones that failed transiently (the retry carries only them). Returns a summary."""
+        args = list(self.request.args)
+        payloads, rest = as_batch(args[0]), args[1:]
+        refused, deferred, failed = {}, {}, {}
+        for index, why in sorted(unfinished.items()):
+            kind = failed if isinstance(why, RetryableError) else refused
+            (deferred if isinstance(why, Deferred) else kind)[index] = why
+        once = once_key(self.request.id, self.request.kwargs)
+        for index, why in refused.items():
+            self.dead_letter([[payloads[index]], *rest], self.attempts(why), why, f"{once}:{index}")
+        if deferred:
+            wait = min(why.wait for why in deferred.values())
+            self.defer(
+                [[payloads[i] for i in deferred], *rest], wait, next(iter(deferred.values()))
+            )
+        summary = (
+            f"{len(payloads) - len(unfinished)} ended, {len(refused)} dead-lettered, "
+            f"{len(deferred)} deferred, {len(failed)} to retry"
         )
-        log.info("deferred", wait=round(wait, 3), why=str(deferred))
-        return "deferred"
+        if failed:
+            # The reset furthest away: no retry may come before the destination's reset.
+            worst = max(failed.values(), key=lambda why: getattr(why, "retry_after", None) or 0)
+            if self.request.retries < self.max_retries:
+                raise self.retry(args=[[payloads[i] for i in failed], *rest], exc=worst)
+            for index, why in failed.items():
+                self.dead_letter(
+                    [[payloads[index]], *rest], self.attempts(why), why, f"{once}:{index}"
+                )
+        return summary
+
+    def defer(self, args: list[Any], wait: float, why: Deferred) -> None:
+        """Run ``args`` again in ``wait`` seconds, as a new message carrying the same
+        attempts and retries: waiting for a slot is not a failed attempt. The wait is
+        capped like a rate-limited retry's, which the visibility timeout outlasts."""
+        settings = get_settings()
+        wait = min(wait, settings.rate_limit_max_wait)
+        wait *= 1 + random.uniform(0, settings.retry_jitter)  # not all back at once
+        publish(self, args, self.request.kwargs, countdown=wait, retries=self.request.retries)
+        log.info("deferred", wait=round(wait, 3), why=str(why), events=len(args[0]))
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         runtime().outbox.done(task_id)
 
     def dead_letter(
-        self, task_id: str, args: tuple, attempts: list[Attempt], exc: BaseException, once: str
+        self, args: list[Any], attempts: list[Attempt], exc: BaseException, once: str
     ) -> None:
-        pipeline.dead_letter(
-            runtime(),
-            payload=args[0] if args else None,
-            connector_id=args[1] if len(args) > 1 else "",
-            attempts=attempts,
-            exc=exc,
-            now=clock(),
-            once=once,
-        )
-        runtime().outbox.done(task_id)
+        """Dead-letter every event ``args`` carries (one entry each, once per ``once``)."""
+        connector_id = args[1] if len(args) > 1 else ""
+        for index, payload in enumerate(payloads_of(args)):
+            pipeline.dead_letter(
+                runtime(),
+                payload=payload,
+                connector_id=connector_id,
+                attempts=attempts,
+                exc=exc,
+                now=clock(),
+                once=f"{once}:{index}",
+            )
+
+
+def payloads_of(args: list[Any] | tuple[Any, ...]) -> list[Any]:
+    """The payloads a message carries; a message that is not a batch is kept whole."""
+    batch = args[0] if args else None
+    return batch if isinstance(batch, list) else [batch]
+
+
+def event_ids(args: list[Any] | tuple[Any, ...]) -> list[dict[str, str]]:
+    """Tenant, user and event key of each payload ``args`` carries, for log lines."""
+    ids = []
+    for payload in payloads_of(args):
+        tenant, user = describe_payload_owner(payload)
+        try:
+            event_key = parse_event(payload).event_key
+        except InvalidEvent:
+            event_key = ""
+        ids.append({"tenant": tenant, "user": user, "event_key": event_key})
+    return ids
 
 
 def carried_attempts(kwargs: dict | None) -> list[Any]:
@@ -225,25 +324,34 @@ def _dead_letter_failures(
     if isinstance(sender, ScheduledTask) and exception is not None:
         if isinstance(exception, Reject):
             return
+        # Transient errors that used up the schedule, and refusals, are the events' own;
+        # anything else (a bug, a hard time limit, a lost worker) may be one event's doing.
+        if not isinstance(exception, (PrefsyncError, *TRANSIENT)) and sender.split(
+            task_id, list(args or ()), kwargs, exception
+        ):
+            runtime().outbox.done(task_id)
+            return
         attempts = sender.attempts(exception, kwargs)
-        once = once_key(task_id, kwargs)
-        sender.dead_letter(task_id, tuple(args or ()), attempts, exception, once)
+        sender.dead_letter(list(args or ()), attempts, exception, once_key(task_id, kwargs))
+        runtime().outbox.done(task_id)
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.route")
-def route(self: ScheduledTask, payload: Any, attempts: list | None = None) -> int:
-    """Validate a preference event and fan it out: one delivery per connector."""
-    return pipeline.route(
-        runtime(), payload, lambda p, connector_id: publish(deliver, [p, connector_id])
+def route(self: ScheduledTask, payloads: list[Any], attempts: list | None = None) -> str:
+    """Validate a batch of preference events and fan it out: per tenant, one delivery
+    batch per connector."""
+    return self.run_batch(
+        lambda: pipeline.route(
+            runtime(),
+            payloads,
+            lambda batch, connector_id: publish(deliver, [batch, connector_id]),
+        )
     )
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.deliver")
 def deliver(
-    self: ScheduledTask, payload: Any, connector_id: str, attempts: list | None = None
+    self: ScheduledTask, payloads: list[Any], connector_id: str, attempts: list | None = None
 ) -> str:
-    """Deliver one preference event to one connector."""
-    try:
-        return str(pipeline.deliver(runtime(), payload, connector_id).kind)
-    except Deferred as deferred:
-        return self.defer(deferred)
+    """Deliver a batch of preference events to one connector."""
+    return self.run_batch(lambda: pipeline.deliver(runtime(), payloads, connector_id))

@@ -18,6 +18,7 @@ from worker.configs import parse_config
 from worker.deadletter import Attempt
 from worker.errors import PermanentError
 from worker.outcomes import Outcome, OutcomeKind
+from worker.recorder import Ended
 from worker.runtime import Runtime
 from worker.settings import Settings
 
@@ -50,8 +51,9 @@ def event(event_id: str = "e-1", user: str = JANE, **purposes: bool) -> dict[str
 def test_delivered_skipped_and_dead_lettered_outcomes_are_each_audited(rt: Runtime) -> None:
     responses.post(TRACK, status=201, json={"message": "success"})
 
-    pipeline.deliver(rt, event("e-1", newsletter=True), "braze")
-    pipeline.deliver(rt, event("e-1", newsletter=True), "braze")  # the same event again
+    assert pipeline.deliver(rt, [event("e-1", newsletter=True)], "braze") == {}
+    # the same event again
+    assert pipeline.deliver(rt, [event("e-1", newsletter=True)], "braze") == {}
     pipeline.dead_letter(
         rt,
         payload=event("e-2", newsletter=False),
@@ -79,29 +81,24 @@ def test_delivered_skipped_and_dead_lettered_outcomes_are_each_audited(rt: Runti
 
 
 def test_the_stream_stays_within_its_bound_keeping_the_newest(rt: Runtime) -> None:
-    for n in range(12):
-        rt.recorder.record(
-            tenant="acme",
-            connector_id="braze",
-            event_key=f"k-{n}",
-            user=f"u-{n}",
-            outcome=Outcome(OutcomeKind.SKIPPED, reason="no_mapped_values"),
-        )
+    skipped = Outcome(OutcomeKind.SKIPPED, reason="no_mapped_values")
+    for n in range(10):
+        rt.recorder.record("acme", "braze", [Ended(f"k-{n}", f"u-{n}", skipped)])
+    # Several outcomes in one call land in order, within the bound all the same.
+    rt.recorder.record("acme", "braze", [Ended(f"k-{n}", f"u-{n}", skipped) for n in (10, 11)])
     assert rt.audit.length("acme") == 5
     assert [e.event_key for e in rt.audit.query("acme")] == [f"k-{n}" for n in range(11, 6, -1)]
 
 
 def test_cli_audit_filters_by_user_limits_and_prints_json(rt: Runtime) -> None:
-    for n, user in enumerate(["a", "b", "a", "a"]):
-        rt.recorder.record(
-            tenant="acme",
-            connector_id="braze",
-            event_key=f"k-{n}",
-            user=user,
-            outcome=Outcome(
-                OutcomeKind.DELIVERED, status=201, fields={"email_subscribe": "unsubscribed"}
-            ),
-        )
+    delivered = Outcome(
+        OutcomeKind.DELIVERED, status=201, fields={"email_subscribe": "unsubscribed"}
+    )
+    rt.recorder.record(
+        "acme",
+        "braze",
+        [Ended(f"k-{n}", user, delivered) for n, user in enumerate(["a", "b", "a", "a"])],
+    )
     runner = CliRunner()
 
     text = runner.invoke(main, ["audit", "acme", "--user", "a", "--limit", "2"]).output
@@ -123,7 +120,7 @@ def test_a_failure_reported_for_a_delivery_that_had_ended_is_not_dead_lettered(
     # hard time limit for it: the person's change reached Braze, nothing to hand over.
     responses.post(TRACK, status=201, json={"message": "success"})
     payload = event("e-1", newsletter=True)
-    pipeline.deliver(rt, payload, "braze")
+    assert pipeline.deliver(rt, [payload], "braze") == {}
 
     kept = pipeline.dead_letter(
         rt,

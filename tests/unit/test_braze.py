@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import requests
 import responses
+from pydantic import ValidationError
 
 from worker.configs import ConnectorConfig, parse_config
-from worker.connectors.base import Delivered, Skipped, Transport
-from worker.errors import PermanentError, RetryableError
+from worker.connectors.base import (
+    Change,
+    Delivered,
+    HttpRequest,
+    HttpResponse,
+    Skipped,
+    Transport,
+)
+from worker.errors import Deferred, PermanentError, RetryableError
 from worker.outcomes import SkipReason
-from worker.settings import get_settings
+from worker.settings import Settings, get_settings
 
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
 SERVER = "https://rest.fra-01.braze.eu"
@@ -373,3 +381,273 @@ def test_timeout_is_retried(mocked: responses.RequestsMock) -> None:
 
     with pytest.raises(RetryableError, match="timed out"):
         deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+def users(count: int) -> list[str]:
+    return [f"u-{number}" for number in range(count)]
+
+
+def opt_ins(*names: str) -> list[Change]:
+    return [Change(name, {"p_OPTED_IN": True}) for name in names]
+
+
+def deliver_many(changes: list[Change], transport: Transport | None = None) -> list[Any]:
+    cfg = config("OPTED_IN")
+    return cfg.connector.deliver_many(transport or Transport(timeout=5), cfg, changes)
+
+
+def success(errors: Any) -> dict[str, Any]:
+    """A 201 body from Braze that accepted the call but lists ``errors``."""
+    return {"message": "success", "errors": errors}
+
+
+def sent_ids(request: requests.PreparedRequest) -> list[str]:
+    return [obj["external_id"] for obj in json.loads(request.body)["attributes"]]
+
+
+def sent_users(mocked: responses.RequestsMock) -> list[list[str]]:
+    return [sent_ids(call.request) for call in mocked.calls]
+
+
+OPTED_IN = {"email_subscribe": "opted_in"}
+
+
+def test_changes_are_packed_in_calls_of_the_batch_size(mocked: responses.RequestsMock) -> None:
+    accept(mocked)
+    names = users(120)
+
+    answers = deliver_many(opt_ins(*names))
+
+    assert sent_users(mocked) == [names[:50], names[50:100], names[100:]]
+    assert sent(mocked, 2) == {
+        "attributes": [
+            {"external_id": name, "_update_existing_only": True, **OPTED_IN} for name in names[100:]
+        ]
+    }
+    assert answers == [Delivered(201, OPTED_IN)] * 120
+
+
+def test_batch_size_setting_is_respected(
+    mocked: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFSYNC_BRAZE_BATCH_SIZE", "75")
+    get_settings.cache_clear()
+    accept(mocked)
+    names = users(120)
+
+    deliver_many(opt_ins(*names))
+
+    assert sent_users(mocked) == [names[:75], names[75:]]
+    assert config("OPTED_IN").connector.batch_size == 75
+
+
+@pytest.mark.parametrize("size", ["0", "76"])
+def test_batch_size_beyond_brazes_cap_is_refused(
+    monkeypatch: pytest.MonkeyPatch, size: str
+) -> None:
+    monkeypatch.setenv("PREFSYNC_BRAZE_BATCH_SIZE", size)
+
+    with pytest.raises(ValidationError, match="braze_batch_size"):
+        Settings()
+
+
+def test_201_errors_refuse_only_the_objects_they_index(mocked: responses.RequestsMock) -> None:
+    mocked.post(
+        TRACK,
+        status=201,
+        json=success(
+            [
+                {"type": "'external_id' is blacklisted", "input_array": "attributes", "index": 1},
+                {"type": "invalid attribute value", "index": 3},
+                {"type": "about an event", "input_array": "events", "index": 0},
+            ]
+        ),
+    )
+    # The first change maps to nothing: Braze's indexes count the objects sent, not changes.
+    changes = [Change("nothing", {"unrelated": True}), *opt_ins(*users(5))]
+
+    answers = deliver_many(changes)
+
+    assert sent_users(mocked) == [users(5)]
+    assert isinstance(answers[0], Skipped)
+    assert [type(answer) for answer in answers[1:]] == [
+        Delivered,
+        PermanentError,
+        Delivered,
+        PermanentError,
+        Delivered,
+    ]
+    assert "HTTP 201" in str(answers[2])
+    assert "'external_id' is blacklisted" in str(answers[2])
+    assert "invalid attribute value" in str(answers[4])
+    assert "about an event" not in str(answers[2]) + str(answers[4])
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (201, success([{"type": "no index"}]), RetryableError),
+        (201, success([{"type": "text", "index": "1"}]), RetryableError),
+        (201, success([{"type": "bool", "index": True}]), RetryableError),
+        (201, success([{"type": "beyond", "index": 2}]), RetryableError),
+        (201, success([{"type": "negative", "index": -1}]), RetryableError),
+        (201, success("something failed"), RetryableError),
+        (200, {"message": "queued"}, RetryableError),
+        (400, {"message": "Invalid 'attributes' field"}, PermanentError),
+        (401, {"message": "Invalid API key"}, PermanentError),
+    ],
+)
+def test_answer_for_a_whole_call_stays_with_that_call(
+    mocked: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    body: Any,
+    error: type[Exception],
+) -> None:
+    monkeypatch.setenv("PREFSYNC_BRAZE_BATCH_SIZE", "2")
+    get_settings.cache_clear()
+    accept(mocked)
+    mocked.post(TRACK, status=status, json=body)
+    accept(mocked)
+
+    answers = deliver_many(opt_ins(*users(5)))
+
+    assert sent_users(mocked) == [["u-0", "u-1"], ["u-2", "u-3"], ["u-4"]]
+    assert answers[:2] == [Delivered(201, OPTED_IN)] * 2
+    assert isinstance(answers[2], error)
+    assert answers[2].status == status
+    assert answers[3] is answers[2]
+    assert answers[4] == Delivered(201, OPTED_IN)
+
+
+def too_large_when(
+    predicate: Callable[[list[str]], bool],
+) -> Callable[[requests.PreparedRequest], tuple[int, dict[str, str], str]]:
+    """A Braze that answers 413 to the calls whose users ``predicate`` holds for."""
+
+    def answer(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        if predicate(sent_ids(request)):
+            return 413, {}, json.dumps({"message": "Payload too large"})
+        return 201, {}, json.dumps({"message": "success"})
+
+    return answer
+
+
+def test_413_splits_the_call_until_the_halves_fit(mocked: responses.RequestsMock) -> None:
+    mocked.add_callback(responses.POST, TRACK, callback=too_large_when(lambda ids: len(ids) > 12))
+    names = users(50)
+
+    answers = deliver_many(opt_ins(*names))
+
+    assert sent_users(mocked) == [
+        names,
+        names[:25],
+        names[:12],
+        names[12:25],
+        names[12:18],
+        names[18:25],
+        names[25:],
+        names[25:37],
+        names[37:],
+        names[37:43],
+        names[43:],
+    ]
+    assert answers == [Delivered(201, OPTED_IN)] * 50
+
+
+def test_one_object_still_too_large_is_refused(mocked: responses.RequestsMock) -> None:
+    mocked.add_callback(responses.POST, TRACK, callback=too_large_when(lambda ids: "u-0" in ids))
+
+    answers = deliver_many(opt_ins(*users(4)))
+
+    assert sent_users(mocked) == [users(4), ["u-0", "u-1"], ["u-0"], ["u-1"], ["u-2", "u-3"]]
+    assert isinstance(answers[0], PermanentError)
+    assert answers[0].status == 413
+    assert "cannot be split further" in str(answers[0])
+    assert answers[1:] == [Delivered(201, OPTED_IN)] * 3
+
+
+@pytest.mark.parametrize(
+    ("second", "retry_after"),
+    [
+        ({"status": 429, "json": {"message": "Too many requests"}}, 12.0),
+        ({"status": 503, "json": {"message": "Unavailable"}}, None),
+        ({"body": requests.ConnectionError("refused")}, None),
+    ],
+)
+def test_retryable_answer_ends_the_batch(
+    mocked: responses.RequestsMock, second: dict[str, Any], retry_after: float | None
+) -> None:
+    accept(mocked)
+    mocked.post(TRACK, headers={"X-RateLimit-Reset": str(time.time() + 12)}, **second)
+
+    answers = deliver_many(opt_ins(*users(120)))
+
+    assert len(mocked.calls) == 2  # the third call is never sent
+    assert answers[:50] == [Delivered(201, OPTED_IN)] * 50
+    stop = answers[50]
+    assert isinstance(stop, RetryableError)
+    assert stop.retry_after == pytest.approx(retry_after, abs=1.0)
+    assert all(answer is stop for answer in answers[50:])
+    assert len(answers) == 120
+
+
+class DeferredAfterFirstCall(Transport):
+    """A paced transport whose account has no slot left after the first call."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=5)
+        self.deferred = Deferred("paced: next call to this account in 2.00s", wait=2.0)
+        self.sends = 0
+
+    def send(self, request: HttpRequest) -> HttpResponse:
+        self.sends += 1
+        if self.sends > 1:
+            raise self.deferred
+        return super().send(request)
+
+
+def test_deferred_call_ends_the_batch(mocked: responses.RequestsMock) -> None:
+    accept(mocked)
+    transport = DeferredAfterFirstCall()
+
+    answers = deliver_many(opt_ins(*users(120)), transport)
+
+    assert transport.sends == 2
+    assert len(mocked.calls) == 1
+    assert answers[:50] == [Delivered(201, OPTED_IN)] * 50
+    assert all(answer is transport.deferred for answer in answers[50:])
+    assert len(answers) == 120
+
+
+def test_changes_not_sent_answer_in_their_place(mocked: responses.RequestsMock) -> None:
+    accept(mocked)
+    changes = [
+        Change("u-0", {"p_OPTED_IN": True}),
+        Change("u-1", {"p_OPTED_IN": "yes"}),
+        Change("u-2", {"p_OPTED_IN": False}),
+        Change("u-3", {}),
+        Change("u-4", {"p_OPTED_IN": True}),
+    ]
+
+    answers = deliver_many(changes)
+
+    assert sent_users(mocked) == [["u-0", "u-2", "u-4"]]
+    assert answers[0] == Delivered(201, OPTED_IN)
+    assert isinstance(answers[1], PermanentError)
+    assert answers[1].operator_action
+    assert "mapping OPTED_IN needs a true/false property" in str(answers[1])
+    assert answers[2] == Delivered(201, {"email_subscribe": "unsubscribed"})
+    assert answers[3] == Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
+    assert answers[4] == Delivered(201, OPTED_IN)
+
+
+def test_nothing_to_send_makes_no_call(mocked: responses.RequestsMock) -> None:
+    assert deliver_many([]) == []
+    assert deliver_many([Change("u-0", {})]) == [
+        Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
+    ]
+    assert len(mocked.calls) == 0

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from tests.unit.test_producer import broker
 from worker import tasks
 from worker.cli import main
 from worker.deadletter import Attempt
@@ -23,18 +24,7 @@ BREVO_KEY = "xkeysib-0123456789abcdef-WXYZ"
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
     """Messages the CLI publishes, instead of a broker: (task name, args)."""
-    sent: list[tuple[str, list[Any]]] = []
-
-    def capture(task):
-        def apply_async(args, **_: Any):
-            sent.append((task.name, args))
-            return type("AsyncResult", (), {"id": f"task-{len(sent)}"})()
-
-        return apply_async
-
-    for task in (tasks.route, tasks.deliver):
-        monkeypatch.setattr(task, "apply_async", capture(task))
-    return sent
+    return broker(monkeypatch)
 
 
 def run(*args: str, input: str | None = None) -> Result:
@@ -119,7 +109,36 @@ def test_enqueue_jsonl_names_each_invalid_line_and_enqueues_the_rest(
     assert errors[0].startswith("line 3: not valid JSON")
     assert errors[1].startswith("line 4: ") and "organization_id" in errors[1]
     assert "enqueued 2 event(s), 2 invalid" in result.output
-    assert published == [("prefsync.route", [event()]), ("prefsync.route", [event()])]
+    assert published == [("prefsync.route", [[event(), event()]])]
+
+
+def test_enqueue_sends_a_large_file_in_messages_of_100_and_names_its_invalid_lines(
+    rt: Runtime, published: list
+) -> None:
+    payloads = []
+    for n in range(250):
+        payload = event()
+        payload["parameters"]["entity"]["user"]["organization_user_id"] = f"u-{n}"
+        payloads.append(payload)
+    lines = [json.dumps(payload) for payload in payloads]
+    lines[6] = "[1, 2"
+    del payloads[149]["parameters"]["entity"]["organization_id"]
+    lines[149] = json.dumps(payloads[149])
+    valid = [payload for n, payload in enumerate(payloads) if n not in (6, 149)]
+
+    result = run("enqueue", "-", input="\n".join(lines))
+
+    assert result.exit_code == 1
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2
+    assert errors[0].startswith("line 7: not valid JSON")
+    assert errors[1].startswith("line 150: ") and "organization_id" in errors[1]
+    assert result.stdout.strip() == "enqueued 248 event(s), 2 invalid"
+    assert published == [
+        ("prefsync.route", [valid[:100]]),
+        ("prefsync.route", [valid[100:200]]),
+        ("prefsync.route", [valid[200:]]),
+    ]
 
 
 def test_enqueue_array_names_items_and_a_clean_file_exits_zero(
@@ -180,7 +199,8 @@ def test_dlq_replay_by_tenant_touches_only_that_tenant_and_removes_what_it_enque
 
     assert result.exit_code == 0
     assert [(name, args[1]) for name, args in published] == [("prefsync.deliver", "braze")]
-    assert published[0][1][0]["parameters"]["entity"]["organization_id"] == "acme"
+    [replayed] = published[0][1][0]
+    assert replayed["parameters"]["entity"]["organization_id"] == "acme"
     assert rt.deadletters.get(acme) is None
     assert rt.deadletters.get(globex) is not None
 

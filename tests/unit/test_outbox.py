@@ -10,7 +10,7 @@ import pytest
 
 from worker.outbox import SWEEPER, SWEEPER_EXPIRY, Outbox
 
-ARGS = [{"type": "event.created"}, "braze"]
+ARGS = [[{"type": "event.created", "n": 1}, {"type": "event.created", "n": 2}], "braze"]
 
 
 @pytest.fixture
@@ -51,16 +51,17 @@ def test_an_ended_task_is_never_published_again(outbox: Outbox) -> None:
 def test_a_retry_postpones_its_due_time_and_carries_its_attempts(outbox: Outbox) -> None:
     outbox.add("t1", "prefsync.deliver", ARGS, {}, now=1000)
     attempts = {"attempts": [{"at": 1000.0, "status": 503, "error": "down"}]}
-    outbox.rescheduled("t1", attempts, now=1010, wait=110)
+    left = [ARGS[0][1:], "braze"]  # the events of the batch still to deliver
+    outbox.rescheduled("t1", left, attempts, now=1010, wait=110)
     published = Published()
 
     assert outbox.sweep(1219, published) == 0  # 1010 + 110 + 100 = 1220
     assert outbox.sweep(1220, published) == 1
-    assert published[0][3] == attempts
+    assert published[0][2:] == (left, attempts)
 
 
 def test_a_retry_of_a_task_the_outbox_never_saw_is_ignored(outbox: Outbox) -> None:
-    outbox.rescheduled("old", {"attempts": []}, now=1, wait=1)
+    outbox.rescheduled("old", ARGS, {"attempts": []}, now=1, wait=1)
     assert outbox.pending() == 0
 
 

@@ -1,5 +1,7 @@
-"""The producer when Redis cannot take an event: one clear error naming the broker without
-its password, and `prefsync enqueue` saying where it stopped, never a traceback."""
+"""The producer: events published in order, MAX_BATCH a message, and nothing of a batch
+with an invalid event; when Redis cannot take a message, one clear error naming the broker
+without its password and saying how much went before, and `prefsync enqueue` saying where
+it stopped, never a traceback."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import redis
 from click.testing import CliRunner
 from kombu.exceptions import OperationalError
 
-from worker import producer, tasks
+from worker import outbox, producer, tasks
 from worker.cli import main
-from worker.errors import BrokerUnavailable, PrefsyncError
+from worker.errors import BrokerUnavailable, InvalidEvent, PrefsyncError
 from worker.redis_client import redacted_url
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -30,9 +32,115 @@ def event(user: str = "jane.doe@example.com") -> dict[str, Any]:
     return payload
 
 
+def invalid_event() -> dict[str, Any]:
+    payload = event()
+    del payload["parameters"]["entity"]["organization_id"]
+    return payload
+
+
 @pytest.fixture
 def password_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(producer, "get_settings", lambda: Settings(redis_url=URL))
+
+
+def broker(
+    monkeypatch: pytest.MonkeyPatch, refuse_from: int | None = None
+) -> list[tuple[str, list[Any]]]:
+    """Messages published as (task name, args) instead of to Redis; the message numbered
+    ``refuse_from`` (0-based) and every one after it are refused as Redis down would be."""
+    sent: list[tuple[str, list[Any]]] = []
+
+    def capture(task: Any) -> Any:
+        def apply_async(args: list[Any], **_: Any) -> Any:
+            if refuse_from is not None and len(sent) >= refuse_from:
+                raise OperationalError("Error 111 connecting. Connection refused.")
+            sent.append((task.name, args))
+            return type("AsyncResult", (), {"id": f"task-{len(sent)}"})()
+
+        return apply_async
+
+    for task in (tasks.route, tasks.deliver):
+        monkeypatch.setattr(task, "apply_async", capture(task))
+    return sent
+
+
+def outbox_args(rt: Runtime, task_id: str) -> list[Any]:
+    return json.loads(rt.redis.hget(outbox.ENTRIES, task_id))["args"]
+
+
+# -- what is published -------------------------------------------------------------------
+
+
+def test_enqueue_many_publishes_messages_of_max_batch_events_in_order(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = broker(monkeypatch)
+    payloads = [event(f"u-{n}") for n in range(250)]
+
+    task_ids = producer.enqueue_many(iter(payloads))
+
+    assert producer.MAX_BATCH == 100
+    assert sent == [
+        ("prefsync.route", [payloads[:100]]),
+        ("prefsync.route", [payloads[100:200]]),
+        ("prefsync.route", [payloads[200:]]),
+    ]
+    # One task id a message, in order, each written to the outbox before it was published.
+    assert [outbox_args(rt, task_id) for task_id in task_ids] == [args for _, args in sent]
+
+
+def test_enqueue_many_with_an_invalid_event_names_its_position_and_enqueues_nothing(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = broker(monkeypatch)
+    payloads = [event(), event(), invalid_event(), event(), invalid_event()]
+
+    with pytest.raises(InvalidEvent) as raised:
+        producer.enqueue_many(payloads)
+
+    assert str(raised.value).startswith("event 3: ")
+    assert "organization_id" in str(raised.value)
+    assert sent == []
+
+
+def test_enqueue_many_of_nothing_publishes_nothing(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = broker(monkeypatch)
+    assert producer.enqueue_many([]) == []
+    assert sent == []
+
+
+def test_enqueue_publishes_one_message_of_one_event_and_refuses_as_validate_does(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = broker(monkeypatch)
+    payload = event()
+
+    task_id = producer.enqueue(payload)
+
+    assert sent == [("prefsync.route", [[payload]])]
+    assert outbox_args(rt, task_id) == [[payload]]
+    with pytest.raises(InvalidEvent) as refused:
+        producer.enqueue(invalid_event())
+    with pytest.raises(InvalidEvent) as validated:
+        producer.validate(invalid_event())
+    assert str(refused.value) == str(validated.value)  # no "event 1:" for a single event
+    assert len(sent) == 1
+
+
+def test_redeliver_publishes_the_event_to_one_connector(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = broker(monkeypatch)
+    payload = event()
+
+    producer.redeliver(payload, "braze")
+
+    assert sent == [("prefsync.deliver", [[payload], "braze"])]
+
+
+# -- Redis unavailable -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -83,32 +191,46 @@ def test_enqueue_raises_broker_unavailable_naming_redis_without_its_password(
     message = str(raised.value)
     assert message.startswith("cannot reach Redis (the broker) at redis://:***@127.0.0.1:6390/0: ")
     assert PASSWORD not in message
+    assert "were enqueued" not in message and raised.value.enqueued == 0
     # Producers that caught what enqueue raised before still catch it.
     assert isinstance(raised.value, redis.exceptions.ConnectionError | OperationalError)
     assert isinstance(raised.value, PrefsyncError)
 
 
+def test_enqueue_many_says_how_many_events_went_before_the_broker_failed(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, password_url: None
+) -> None:
+    sent = broker(monkeypatch, refuse_from=1)
+    payloads = [event(f"u-{n}") for n in range(250)]
+
+    with pytest.raises(BrokerUnavailable) as raised:
+        producer.enqueue_many(payloads)
+
+    assert raised.value.enqueued == 100
+    message = str(raised.value)
+    assert message.startswith("cannot reach Redis (the broker) at redis://:***@127.0.0.1:6390/0: ")
+    assert message.endswith("; the first 100 event(s) were enqueued, the others were not")
+    assert PASSWORD not in message
+    assert sent == [("prefsync.route", [payloads[:100]])]
+
+
 def test_cli_enqueue_stops_at_an_unreachable_broker_and_says_what_was_enqueued(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch, password_url: None
 ) -> None:
-    sent: list[Any] = []
-
-    def publish_twice(args: list[Any], **_: Any) -> Any:
-        if len(sent) == 2:
-            raise OperationalError("Error 111 connecting. Connection refused.")
-        sent.append(args)
-        return type("AsyncResult", (), {"id": f"task-{len(sent)}"})()
-
-    monkeypatch.setattr(tasks.route, "apply_async", publish_twice)
-    lines = [json.dumps(event(f"u-{n}")) for n in range(4)]
+    sent = broker(monkeypatch, refuse_from=2)
+    lines = [json.dumps(event(f"u-{n}")) for n in range(250)]
+    lines[5] = "{not json"
 
     result = CliRunner().invoke(main, ["enqueue", "-"], input="\n".join(lines))
 
     assert result.exit_code == 2
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert result.stdout.strip() == "enqueued 2 event(s), 0 invalid"
-    assert result.stderr.startswith("error: cannot reach Redis (the broker) at redis://:***@")
-    assert "line 3 and all after it were not enqueued" in result.stderr
+    assert result.stdout.strip() == "enqueued 200 event(s), 1 invalid"
+    assert result.stderr.startswith("line 6: not valid JSON")
+    assert "\nerror: cannot reach Redis (the broker) at redis://:***@" in result.stderr
+    # Lines 1-201 hold 200 valid events: the third message starts at line 202.
+    assert "line 202 and all after it were not enqueued" in result.stderr
+    assert "were enqueued," not in result.stderr  # the CLI's own count, not the producer's
     assert PASSWORD not in result.output
     assert "Traceback" not in result.output
-    assert len(sent) == 2
+    assert [len(args[0]) for _, args in sent] == [100, 100]

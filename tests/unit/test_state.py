@@ -1,17 +1,20 @@
-"""Newest-wins state, idempotency markers and the per-user lock (fakeredis + Lua)."""
+"""Newest-wins state, idempotency markers and the per-user locks (fakeredis + Lua)."""
+
+from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 
 import fakeredis
 import pytest
 
-from worker.errors import Deferred
-from worker.events import OrderingKey
-from worker.state import StateStore, UserBusy, key
+from worker.events import OrderingKey, Value
+from worker.state import StateStore, Write, key
 
 NEWSLETTER = "consents_purposes_newsletter_enabled"
 PRODUCT = "consents_purposes_product_enabled"
+FREQUENCY = "consents_purposes_newsletter_values_frequency_value"
 
 
 @pytest.fixture
@@ -25,77 +28,192 @@ def at(seconds: int, version: int | None = None) -> OrderingKey:
     return OrderingKey(timestamp_us=seconds * 1_000_000, version=version)
 
 
+def merge_one(
+    store: StateStore,
+    tenant: str,
+    user: str,
+    event_key: str,
+    ordering: OrderingKey,
+    values: Mapping[str, Value],
+) -> set[str]:
+    """Merge one event alone; the properties it owns afterwards."""
+    owners = store.merge(tenant, {user: [Write(event_key, ordering, values)]})
+    assert set(owners) == {user}
+    assert set(owners[user].values()) <= {event_key}
+    return set(owners[user])
+
+
+# -- one event at a time ---------------------------------------------------------------------
+
+
 def test_first_event_owns_every_property_it_sets(store):
-    owned = store.merge("acme", "u1", "A", at(10), {NEWSLETTER: True, PRODUCT: False})
+    owned = merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True, PRODUCT: False})
     assert owned == {NEWSLETTER, PRODUCT}
     assert store.current("acme", "u1") == {NEWSLETTER: True, PRODUCT: False}
 
 
 def test_older_event_does_not_overwrite_a_newer_value_but_keeps_its_other_fields(store):
-    store.merge("acme", "u1", "B", at(20), {NEWSLETTER: False})
-    owned = store.merge("acme", "u1", "A", at(10), {NEWSLETTER: True, PRODUCT: True})
+    merge_one(store, "acme", "u1", "B", at(20), {NEWSLETTER: False})
+    owned = merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True, PRODUCT: True})
     assert owned == {PRODUCT}
     assert store.current("acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
 
 
 def test_newer_event_takes_over_and_the_older_one_no_longer_owns_it(store):
-    store.merge("acme", "u1", "A", at(10), {NEWSLETTER: True})
-    assert store.merge("acme", "u1", "B", at(20), {NEWSLETTER: False}) == {NEWSLETTER}
+    merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True})
+    assert merge_one(store, "acme", "u1", "B", at(20), {NEWSLETTER: False}) == {NEWSLETTER}
     # A retry of A after B merged: A owns nothing any more.
-    assert store.merge("acme", "u1", "A", at(10), {NEWSLETTER: True}) == set()
+    assert merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True}) == set()
     assert store.current("acme", "u1") == {NEWSLETTER: False}
 
 
 def test_the_same_event_merged_again_still_owns_its_values(store):
-    store.merge("acme", "u1", "A", at(10), {NEWSLETTER: True})
-    assert store.merge("acme", "u1", "A", at(10), {NEWSLETTER: True}) == {NEWSLETTER}
+    merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True})
+    assert merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True}) == {NEWSLETTER}
 
 
 def test_between_user_payloads_the_higher_version_wins_even_with_an_older_timestamp(store):
-    store.merge("acme", "u1", "v5", at(10, version=5), {NEWSLETTER: False})
-    assert store.merge("acme", "u1", "v4", at(99, version=4), {NEWSLETTER: True}) == set()
+    merge_one(store, "acme", "u1", "v5", at(10, version=5), {NEWSLETTER: False})
+    assert merge_one(store, "acme", "u1", "v4", at(99, version=4), {NEWSLETTER: True}) == set()
     assert store.current("acme", "u1") == {NEWSLETTER: False}
 
 
 def test_without_versions_on_both_sides_the_later_timestamp_wins(store):
-    store.merge("acme", "u1", "user", at(10, version=7), {NEWSLETTER: False})
-    assert store.merge("acme", "u1", "consent", at(11), {NEWSLETTER: True}) == {NEWSLETTER}
+    merge_one(store, "acme", "u1", "user", at(10, version=7), {NEWSLETTER: False})
+    assert merge_one(store, "acme", "u1", "consent", at(11), {NEWSLETTER: True}) == {NEWSLETTER}
+    assert store.current("acme", "u1") == {NEWSLETTER: True}
 
 
 def test_an_exact_tie_keeps_the_value_already_recorded(store):
-    store.merge("acme", "u1", "A", at(10), {NEWSLETTER: False})
-    assert store.merge("acme", "u1", "B", at(10), {NEWSLETTER: True}) == set()
+    merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: False})
+    assert merge_one(store, "acme", "u1", "B", at(10), {NEWSLETTER: True}) == set()
     assert store.current("acme", "u1") == {NEWSLETTER: False}
 
 
 def test_string_values_with_tabs_and_event_keys_with_tabs_survive(store):
-    owned = store.merge("acme", "u1", "key\twith\ttabs", at(10), {"p": "weekly\tdaily"})
+    owned = merge_one(store, "acme", "u1", "key\twith\ttabs", at(10), {"p": "weekly\tdaily"})
     assert owned == {"p"}
     assert store.current("acme", "u1") == {"p": "weekly\tdaily"}
-    assert store.merge("acme", "u1", "key\twith\ttabs", at(10), {"p": "weekly\tdaily"}) == {"p"}
+    again = merge_one(store, "acme", "u1", "key\twith\ttabs", at(10), {"p": "weekly\tdaily"})
+    assert again == {"p"}
+    # A newer event still compares against the stored entry correctly.
+    assert merge_one(store, "acme", "u1", "B\t", at(11), {"p": "never"}) == {"p"}
+    assert store.current("acme", "u1") == {"p": "never"}
 
 
 def test_tenants_and_users_with_separators_never_share_state(store):
-    store.merge("a:b", "c", "A", at(10), {NEWSLETTER: True})
-    store.merge("a", "b:c", "B", at(5), {NEWSLETTER: False})
+    merge_one(store, "a:b", "c", "A", at(10), {NEWSLETTER: True})
+    merge_one(store, "a", "b:c", "B", at(5), {NEWSLETTER: False})
     assert store.current("a:b", "c") == {NEWSLETTER: True}
     assert store.current("a", "b:c") == {NEWSLETTER: False}
 
 
+def test_merged_state_expires(store):
+    merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True})
+    assert 0 < store.redis.ttl(key("state", "acme", "u1")) <= 3600
+
+
+# -- several events and users in one call ----------------------------------------------------
+
+
+def test_two_events_of_one_user_in_one_call_newest_wins_per_property(store):
+    # Newer first, then older: whichever order the batch holds them in.
+    for order in ([0, 1], [1, 0]):
+        store.redis.flushall()
+        writes = [
+            Write("new", at(20), {NEWSLETTER: False}),
+            Write("old", at(10), {NEWSLETTER: True, PRODUCT: True}),
+        ]
+        owners = store.merge("acme", {"u1": [writes[i] for i in order]})
+        assert owners == {"u1": {NEWSLETTER: "new", PRODUCT: "old"}}
+        assert store.current("acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
+
+
+def test_a_tie_inside_one_call_keeps_the_value_written_first(store):
+    owners = store.merge(
+        "acme",
+        {"u1": [Write("A", at(10), {NEWSLETTER: False}), Write("B", at(10), {NEWSLETTER: True})]},
+    )
+    assert owners == {"u1": {NEWSLETTER: "A"}}
+    assert store.current("acme", "u1") == {NEWSLETTER: False}
+
+
+def test_a_property_owned_by_a_stored_newer_event_outside_the_call_is_not_returned(store):
+    merge_one(store, "acme", "u1", "stored", at(30), {NEWSLETTER: False})
+    owners = store.merge(
+        "acme",
+        {
+            "u1": [
+                Write("A", at(10), {NEWSLETTER: True, PRODUCT: True}),
+                Write("B", at(20), {NEWSLETTER: True, FREQUENCY: "weekly"}),
+            ]
+        },
+    )
+    # "stored" still owns NEWSLETTER; it is no write of this call, so it is not named.
+    assert owners == {"u1": {PRODUCT: "A", FREQUENCY: "B"}}
+    assert store.current("acme", "u1") == {
+        NEWSLETTER: False,
+        PRODUCT: True,
+        FREQUENCY: "weekly",
+    }
+
+
+def test_several_users_in_one_call_are_merged_apart(store):
+    merge_one(store, "acme", "u2", "u2-stored", at(50), {NEWSLETTER: True})
+    owners = store.merge(
+        "acme",
+        {
+            "u1": [Write("u1-a", at(10), {NEWSLETTER: True})],
+            "u2": [Write("u2-a", at(20), {NEWSLETTER: False, PRODUCT: False})],
+            "u3": [],  # nothing to write: still answered, owning nothing
+            "u4": [Write("u4-a", at(10), {})],
+        },
+    )
+    assert owners == {
+        "u1": {NEWSLETTER: "u1-a"},
+        "u2": {PRODUCT: "u2-a"},
+        "u3": {},
+        "u4": {},
+    }
+    assert store.current("acme", "u1") == {NEWSLETTER: True}
+    assert store.current("acme", "u2") == {NEWSLETTER: True, PRODUCT: False}
+    assert store.current("acme", "u3") == {}
+
+
+# -- done markers -----------------------------------------------------------------------------
+
+
 def test_done_markers_are_per_connector_and_expire(store):
-    store.mark_done("acme", "braze", "A")
+    store.mark_done("acme", "braze", ["A", "B"])
     assert store.is_done("acme", "braze", "A")
+    assert store.is_done("acme", "braze", "B")
     assert not store.is_done("acme", "sendinblue", "A")
     assert not store.is_done("other", "braze", "A")
-    ttl = store.redis.ttl(next(iter(store.redis.scan_iter("prefsync:done:*"))))
-    assert 0 < ttl <= 60
+    assert store.done_among("acme", "braze", ["A", "C", "B"]) == {"A", "B"}
+    assert store.done_among("acme", "sendinblue", ["A", "B"]) == set()
+    markers = list(store.redis.scan_iter("prefsync:done:*"))
+    assert len(markers) == 2
+    for marker in markers:
+        assert 0 < store.redis.ttl(marker) <= 60
+
+
+def test_marking_nothing_done_is_harmless(store):
+    store.mark_done("acme", "braze", [])
+    assert store.done_among("acme", "braze", []) == set()
+    assert list(store.redis.scan_iter("prefsync:done:*")) == []
+
+
+# -- locks ------------------------------------------------------------------------------------
 
 
 def test_lock_admits_one_holder_at_a_time(store):
-    inside, overlaps = [], []
+    inside, overlaps, refused = [], [], []
 
     def hold():
-        with store.lock("acme", "braze", "u1"):
+        with store.locks("acme", "braze", ["u1"]) as busy:
+            if busy:
+                refused.append(busy)
+                return
             inside.append(1)
             if len(inside) > 1:
                 overlaps.append(1)
@@ -109,29 +227,61 @@ def test_lock_admits_one_holder_at_a_time(store):
     for t in threads:
         t.join()
     assert overlaps == []
+    assert refused == []  # every thread got its turn within the wait
 
 
-def test_lock_held_elsewhere_defers_the_delivery_after_a_short_wait(store):
-    with (
-        store.lock("acme", "braze", "u1"),
-        pytest.raises(UserBusy) as busy,
-        store.lock("acme", "braze", "u1"),
-    ):
-        pass
-    assert isinstance(busy.value, Deferred)  # not a failure: it uses no retry
-    assert busy.value.wait > 0
-    # Other users and other connectors are not blocked.
-    with (
-        store.lock("acme", "braze", "u1"),
-        store.lock("acme", "braze", "u2"),
-        store.lock("acme", "sendinblue", "u1"),
-    ):
-        pass
+def test_lock_held_elsewhere_reports_the_user_busy_after_a_short_wait(store):
+    store.lock_wait = 0.1
+    with store.locks("acme", "braze", ["u1"]) as busy:
+        assert busy == set()
+        started = time.monotonic()
+        with store.locks("acme", "braze", ["u1", "u2"]) as again:
+            waited = time.monotonic() - started
+            # Only the held user is busy; the other one is held by this block.
+            assert again == {"u1"}
+            assert store.redis.exists(key("lock", "acme", "braze", "u2"))
+        assert 0.1 <= waited < 1.0
+        # Its lock was not taken over nor released by the block that did not get it.
+        assert store.redis.exists(key("lock", "acme", "braze", "u1"))
+        # Other users and other connectors are not blocked.
+        with (
+            store.locks("acme", "braze", ["u2"]) as other_user,
+            store.locks("acme", "sendinblue", ["u1"]) as other_connector,
+            store.locks("globex", "braze", ["u1"]) as other_tenant,
+        ):
+            assert other_user == other_connector == other_tenant == set()
+
+
+def test_locks_release_what_they_held_on_exit(store):
+    names = [key("lock", "acme", "braze", user) for user in ("u1", "u2")]
+    with store.locks("acme", "braze", ["u1", "u2"]) as busy:
+        assert busy == set()
+        assert all(store.redis.exists(name) for name in names)
+        assert 0 < store.redis.pttl(names[0]) <= 2000
+    assert not any(store.redis.exists(name) for name in names)
+
+
+def test_locks_release_what_they_held_when_the_body_raises(store):
+    store.lock_wait = 0.05
+    store.redis.set(key("lock", "acme", "braze", "u2"), "someone-else", px=60_000)
+    with pytest.raises(RuntimeError), store.locks("acme", "braze", ["u1", "u2"]) as busy:
+        assert busy == {"u2"}
+        raise RuntimeError("boom")
+    assert not store.redis.exists(key("lock", "acme", "braze", "u1"))
+    # The lock held elsewhere is left to its holder.
+    assert store.redis.get(key("lock", "acme", "braze", "u2")) == b"someone-else"
+    with store.locks("acme", "braze", ["u1"]) as busy:
+        assert busy == set()
+
+
+def test_locks_of_no_users_yield_nothing_busy(store):
+    with store.locks("acme", "braze", []) as busy:
+        assert busy == set()
 
 
 def test_a_lock_left_by_a_killed_worker_expires(store):
-    store.lock_ttl_ms = 100
     store.redis.set(key("lock", "acme", "braze", "u1"), "dead-worker", px=100)
     store.lock_wait = 1
-    with store.lock("acme", "braze", "u1"):
-        pass
+    with store.locks("acme", "braze", ["u1"]) as busy:
+        assert busy == set()
+        assert store.redis.get(key("lock", "acme", "braze", "u1")) != b"dead-worker"

@@ -34,6 +34,7 @@ from billiard.exceptions import TimeLimitExceeded
 from celery import signals, states
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.contrib.testing.mocks import TaskMessage
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
 import worker.connectors.braze
@@ -41,6 +42,7 @@ import worker.pacing
 import worker.tasks
 from worker.app import app
 from worker.configs import parse_config
+from worker.connectors.base import Delivered
 from worker.deadletter import DeadLetter
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
@@ -338,7 +340,7 @@ def test_a_failing_destination_gets_six_attempts_inside_five_minutes_then_one_de
     connector_id = braze_config(harness)
     answers(harness, mocked, [(503, UNAVAILABLE, {})])
 
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     runs = harness.worker.drain()
 
     assert len(mocked.calls) == 6
@@ -352,7 +354,7 @@ def test_a_failing_destination_gets_six_attempts_inside_five_minutes_then_one_de
     assert [m.retries for m in retries] == [1, 2, 3, 4, 5]
     assert {m.task_id for m in harness.broker.published} == {runs[0].message.task_id}
     assert [len(m.kwargs["attempts"]) for m in retries] == [1, 2, 3, 4, 5]
-    assert [r.state for r in runs] == [states.RETRY] * 5 + [states.FAILURE]
+    assert [r.state for r in runs] == [states.RETRY] * 5 + [states.SUCCESS]
     assert [r.settled for r in runs] == ["ack"] * 6  # each retry replaces its message
 
     [entry] = harness.dead_letters()
@@ -378,7 +380,7 @@ def test_slow_attempts_do_not_push_the_last_attempt_past_five_minutes(
     # Every attempt spends 20 s (a slow destination) before it fails.
     answers(harness, mocked, [(503, UNAVAILABLE, {})], takes=20.0)
 
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     harness.worker.drain()
 
     assert len(mocked.calls) == 6
@@ -404,7 +406,7 @@ def test_a_destination_that_recovers_after_four_failures_is_delivered(
     connector_id = braze_config(harness)
     answers(harness, mocked, [(503, UNAVAILABLE, {})] * 4 + [(201, SUCCESS, {})])
 
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     runs = harness.worker.drain()
 
     assert len(mocked.calls) == 5
@@ -453,12 +455,12 @@ def test_braze_permanent_errors_are_dead_lettered_at_once(
     connector_id = braze_config(harness)
     answers(harness, mocked, [(status, body, {})])
 
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     runs = harness.worker.drain()
 
     assert len(mocked.calls) == 1
     assert harness.broker.retries() == []
-    assert [(r.state, r.settled) for r in runs] == [(states.FAILURE, "ack")]
+    assert [(r.state, r.settled) for r in runs] == [(states.SUCCESS, "ack")]
     [entry] = harness.dead_letters()
     assert entry.reason.startswith("refused by the destination")
     assert message in entry.reason
@@ -474,7 +476,7 @@ def test_brevo_400_is_dead_lettered_at_once_with_brevos_code_and_message(
     refusal = {"code": "invalid_parameter", "message": "attributes should be an object"}
     answers(harness, mocked, [(400, refusal, {})], method="PUT", url=BREVO_UPDATE)
 
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     harness.worker.drain()
 
     assert len(mocked.calls) == 1
@@ -513,7 +515,7 @@ def test_a_rate_limited_retry_waits_for_the_reset_up_to_the_configured_maximum(
     limited = {"X-RateLimit-Reset": str(int(START + reset_in)), "X-RateLimit-Remaining": "0"}
     answers(harness, mocked, [(429, {"message": "rate limited"}, limited), (201, SUCCESS, {})])
 
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     harness.worker.drain()
 
     [retry] = harness.broker.retries()
@@ -535,10 +537,10 @@ def test_an_invalid_payload_given_to_route_is_dead_lettered_not_retried(
     payload = event()
     del payload["parameters"]["entity"]["organization_id"]
 
-    harness.worker.send(route, payload)
+    harness.worker.send(route, [payload])
     runs = harness.worker.drain()
 
-    assert [r.state for r in runs] == [states.FAILURE]
+    assert [r.state for r in runs] == [states.SUCCESS]
     assert harness.broker.published == [runs[0].message]  # no retry, no delivery
     assert len(mocked.calls) == 0
     [entry] = harness.dead_letters()
@@ -555,14 +557,14 @@ def test_route_fans_a_valid_event_out_to_a_delivery_per_connector(
     connector_id = braze_config(harness)
     answers(harness, mocked, [(201, SUCCESS, {})])
 
-    harness.worker.send(route, event())
+    harness.worker.send(route, [event()])
     runs = harness.worker.drain()
 
     assert [(r.message.task, r.state) for r in runs] == [
         ("prefsync.route", states.SUCCESS),
         ("prefsync.deliver", states.SUCCESS),
     ]
-    assert runs[1].message.args == (event(), connector_id)
+    assert runs[1].message.args == ([event()], connector_id)
     assert len(mocked.calls) == 1
     assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
     assert harness.rt.outbox.pending() == 0
@@ -573,7 +575,7 @@ def test_a_task_waiting_for_its_retry_stays_in_the_outbox_until_it_is_due(
 ) -> None:
     connector_id = braze_config(harness)
     answers(harness, mocked, [(503, UNAVAILABLE, {})])
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     first = harness.worker.execute(harness.broker.queue.pop())  # fails; its retry is queued
     published = []
 
@@ -607,7 +609,7 @@ def test_a_retry_that_cannot_be_published_is_dead_lettered_once_with_every_attem
 ) -> None:
     connector_id = braze_config(harness)
     answers(harness, mocked, [(503, UNAVAILABLE, {})])
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     harness.worker.execute(harness.broker.queue.pop())
     [first_retry] = harness.broker.queue
     harness.broker.queue.clear()
@@ -637,11 +639,28 @@ def test_a_hard_time_limit_is_dead_lettered_with_the_attempts_the_message_carrie
         {"at": START, "status": 503, "error": "Braze is unavailable (HTTP 503)"},
         {"at": START + 10, "status": None, "error": "timed out after 10.0s"},
     ]
+    settle = cut_off_by_the_hard_limit(harness, ([event()], connector_id), carried)
+
+    [entry] = harness.dead_letters()
+    assert entry.connector_id == connector_id
+    assert [(a.at, a.status) for a in entry.attempts[:2]] == [(START, 503), (START + 10, None)]
+    assert len(entry.attempts) == 3
+    assert "TimeLimitExceeded" in entry.reason
+    assert settle == [("ack", False)]  # not requeued: a message that hangs does not loop
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"dead_lettered": 1}
+    assert harness.rt.outbox.pending() == 0
+
+
+def cut_off_by_the_hard_limit(
+    harness: Harness, args: tuple, carried: list[dict[str, Any]]
+) -> list[tuple[str, bool]]:
+    """Run a deliver message (with ``carried`` attempts) that the hard time limit kills;
+    returns how the worker settled it."""
     message = Message(
         task=deliver.name,
-        args=(event(), connector_id),
+        args=args,
         kwargs={"attempts": carried},
-        retries=2,
+        retries=len(carried),
         task_id=str(uuid.uuid4()),
         countdown=None,
         published_at=START + 20,
@@ -658,15 +677,7 @@ def test_a_hard_time_limit_is_dead_lettered_with_the_attempts_the_message_carrie
     except TimeLimitExceeded:
         request.on_failure(ExceptionInfo())
     request.on_timeout(soft=False, timeout=60)
-
-    [entry] = harness.dead_letters()
-    assert entry.connector_id == connector_id
-    assert [(a.at, a.status) for a in entry.attempts[:2]] == [(START, 503), (START + 10, None)]
-    assert len(entry.attempts) == 3
-    assert "TimeLimitExceeded" in entry.reason
-    assert settle == [("ack", False)]  # not requeued: a message that hangs does not loop
-    assert harness.rt.recorder.counts(TENANT, connector_id) == {"dead_lettered": 1}
-    assert harness.rt.outbox.pending() == 0
+    return settle
 
 
 def test_attempts_lost_with_their_pool_child_are_counted_in_the_dead_letter(
@@ -677,7 +688,7 @@ def test_attempts_lost_with_their_pool_child_are_counted_in_the_dead_letter(
     # which cannot add to the carried attempts: only the first attempt is on record.
     message = Message(
         task=deliver.name,
-        args=(event(), "no-such-connector"),
+        args=([event()], "no-such-connector"),
         kwargs={"attempts": [{"at": START, "status": 503, "error": "HTTP 503"}]},
         retries=3,
         task_id=str(uuid.uuid4()),
@@ -720,7 +731,7 @@ def test_calls_to_one_brevo_account_are_spaced_by_its_rate_without_using_retries
     connector_id = brevo_config(harness)
     answers(harness, mocked, [(204, None, {})], method="PUT", url=BREVO_UPDATE)
     for n in range(4):
-        harness.worker.send(deliver, event_of(f"user{n}@example.com"), connector_id)
+        harness.worker.send(deliver, [event_of(f"user{n}@example.com")], connector_id)
 
     harness.worker.drain()
 
@@ -745,8 +756,8 @@ def test_a_spent_quota_in_the_answer_holds_the_next_call_until_the_window_resets
         method="PUT",
         url=BREVO_UPDATE,
     )
-    harness.worker.send(deliver, event_of("a@example.com"), connector_id)
-    harness.worker.send(deliver, event_of("b@example.com"), connector_id)
+    harness.worker.send(deliver, [event_of("a@example.com")], connector_id)
+    harness.worker.send(deliver, [event_of("b@example.com")], connector_id)
 
     harness.worker.drain()
 
@@ -759,7 +770,7 @@ def test_a_user_another_delivery_holds_is_deferred_with_its_attempts_not_retried
 ) -> None:
     connector_id = braze_config(harness)
     answers(harness, mocked, [(503, UNAVAILABLE, {}), (201, SUCCESS, {})])
-    harness.worker.send(deliver, event(), connector_id)
+    harness.worker.send(deliver, [event()], connector_id)
     harness.worker.execute(harness.broker.queue.pop())  # 503: a retry is scheduled
     lock = state_key("lock", TENANT, connector_id, USER)
     harness.rt.redis.set(lock, "another-worker", px=60_000)
@@ -775,4 +786,151 @@ def test_a_user_another_delivery_holds_is_deferred_with_its_attempts_not_retried
     harness.worker.drain()
     assert len(mocked.calls) == 2
     assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
+    assert harness.rt.outbox.pending() == 0
+
+
+# -- batches: what one event of a batch does to the others ------------------------------------
+
+
+def test_a_route_batch_dead_letters_its_invalid_event_and_routes_the_others(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = braze_config(harness)
+    invalid = event_of("b@example.com")
+    del invalid["parameters"]["entity"]["organization_id"]
+    valid = [event_of("a@example.com"), event_of("c@example.com")]
+    answers(harness, mocked, [(201, SUCCESS, {})])
+
+    harness.worker.send(route, [valid[0], invalid, valid[1]])
+    runs = harness.worker.drain()
+
+    assert [(r.message.task, r.state) for r in runs] == [
+        ("prefsync.route", states.SUCCESS),
+        ("prefsync.deliver", states.SUCCESS),
+    ]
+    assert runs[1].message.args == (valid, connector_id)
+    [entry] = harness.dead_letters()
+    assert entry.payload == invalid and entry.reason.startswith("invalid event")
+    assert [o["external_id"] for o in sent_body(mocked)["attributes"]] == [
+        "a@example.com",
+        "c@example.com",
+    ]
+    assert harness.rt.outbox.pending() == 0
+
+
+def test_a_transient_failure_retries_only_the_events_left_and_a_refusal_only_its_own(
+    harness: Harness, mocked: responses.RequestsMock, no_sleep: None
+) -> None:
+    connector_id = brevo_config(harness)
+    harness.rt.settings.rate_limits["sendinblue"] = 1e6  # no pacing in the way here
+    users = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+    # a: 204, b: 400 (refused), c: 503 (down): c and d are left for the retry.
+    refused = {"code": "invalid_parameter", "message": "bad attribute"}
+    answers(
+        harness,
+        mocked,
+        [(204, None, {}), (400, refused, {}), (503, None, {}), (204, None, {})],
+        method="PUT",
+        url=BREVO_UPDATE,
+        takes=0.01,  # the clock moves on, so the next pacing slot is free
+    )
+
+    harness.worker.send(deliver, [event_of(u) for u in users], connector_id)
+    runs = harness.worker.drain()
+
+    assert [r.state for r in runs] == [states.RETRY, states.SUCCESS]
+    retry = runs[1].message
+    assert retry.args == ([event_of("c@example.com"), event_of("d@example.com")], connector_id)
+    assert retry.retries == 1 and len(retry.kwargs["attempts"]) == 1
+    called = [call.request.url.split("/contacts/")[1].split("?")[0] for call in mocked.calls]
+    first_run, retry_run = ["a", "b", "c"], ["c", "d"]
+    assert called == [f"{u}%40example.com" for u in [*first_run, *retry_run]]
+    [entry] = harness.dead_letters()
+    assert entry.user == "b@example.com" and "bad attribute" in entry.reason
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {
+        "dead_lettered": 1,
+        "delivered": 3,
+    }
+    assert harness.rt.outbox.pending() == 0
+
+
+def test_a_bug_in_a_batch_splits_it_and_dead_letters_only_the_event_that_causes_it(
+    harness: Harness, mocked: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connector_id = braze_config(harness)
+    real = worker.connectors.braze.BrazeConnector.deliver_many
+
+    def poisoned(self: Any, transport: Any, config: Any, changes: Any) -> Any:
+        if any(change.user == "poison" for change in changes):
+            raise ZeroDivisionError("poisoned")
+        return real(self, transport, config, changes)
+
+    monkeypatch.setattr(worker.connectors.braze.BrazeConnector, "deliver_many", poisoned)
+    answers(harness, mocked, [(201, SUCCESS, {})], takes=0.01)  # a free pacing slot each
+    users = ["a@example.com", "poison", "c@example.com"]
+
+    harness.worker.send(deliver, [event_of(u) for u in users], connector_id)
+    runs = harness.worker.drain()
+
+    # The batch fails; of its three events, run alone, only the poison one fails again.
+    assert [r.state for r in runs] == [
+        states.FAILURE,
+        states.SUCCESS,
+        states.FAILURE,
+        states.SUCCESS,
+    ]
+    assert [r.message.args[0] for r in runs[1:]] == [[event_of(u)] for u in users]
+    assert all(r.message.retries == 0 for r in runs[1:])
+    [entry] = harness.dead_letters()
+    assert entry.user == "poison" and len(entry.attempts) == 1
+    assert entry.reason.startswith("unexpected error: ZeroDivisionError: poisoned")
+    delivered = [
+        o["external_id"]
+        for call in mocked.calls
+        for o in json.loads(call.request.body)["attributes"]
+    ]
+    assert delivered == ["a@example.com", "c@example.com"]
+    assert harness.rt.outbox.pending() == 0
+
+
+def test_a_batch_cut_off_by_the_hard_time_limit_is_split_not_dead_lettered(
+    harness: Harness,
+) -> None:
+    connector_id = braze_config(harness)
+    carried = [{"at": START, "status": 503, "error": "Braze is unavailable (HTTP 503)"}]
+    batch = [event_of("a@example.com"), event_of("b@example.com")]
+
+    settle = cut_off_by_the_hard_limit(harness, (batch, connector_id), carried)
+
+    assert settle == [("ack", False)]
+    assert harness.dead_letters() == []
+    split = harness.broker.published
+    assert [m.args for m in split] == [([p], connector_id) for p in batch]
+    assert all(m.kwargs == {"attempts": carried} and m.retries == 1 for m in split)
+    # The batch ended; each of its events is in the outbox on its own.
+    assert harness.rt.outbox.pending() == 2
+
+
+def test_a_batch_that_overruns_the_soft_time_limit_is_split(
+    harness: Harness, mocked: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connector_id = braze_config(harness)
+    calls = []
+
+    def slow_once(self: Any, transport: Any, config: Any, changes: Any) -> Any:
+        calls.append([change.user for change in changes])
+        if len(calls) == 1:
+            raise SoftTimeLimitExceeded()
+        return [Delivered(201, {})] * len(changes)
+
+    monkeypatch.setattr(worker.connectors.braze.BrazeConnector, "deliver_many", slow_once)
+    users = ["a@example.com", "b@example.com"]
+
+    harness.worker.send(deliver, [event_of(u) for u in users], connector_id)
+    runs = harness.worker.drain()
+
+    assert [r.state for r in runs] == [states.SUCCESS] * 3
+    assert calls == [users, ["a@example.com"], ["b@example.com"]]
+    assert harness.dead_letters() == []
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 2}
     assert harness.rt.outbox.pending() == 0

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 from pydantic import BaseModel
 
-from worker.errors import RetryableError
+from worker.errors import Deferred, DeliveryError, PermanentError, RetryableError
 from worker.events import Value
 
 if TYPE_CHECKING:
@@ -64,6 +64,21 @@ class Skipped:
 
 
 Result = Delivered | Skipped
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One user's update for one connector: mapped PMP property name (as the config writes
+    it) -> its newest value. Properties without a value are not in it."""
+
+    user: str
+    values: Mapping[str, Value]
+
+
+#: How one change of a batch ended: its result, or the error that ended it for now
+#: (``RetryableError``: try again later; ``PermanentError``: dead-letter it; ``Deferred``:
+#: not sent, come back in ``wait`` seconds).
+Answer = Result | DeliveryError | Deferred
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +151,12 @@ class Connector(ABC):
     #: calls per second per account unless PREFSYNC_RATE_LIMITS says otherwise
     default_rate: ClassVar[float]
 
+    @property
+    def batch_size(self) -> int:
+        """The most users' changes one ``deliver_many`` call takes; 1 when the destination
+        has no batch API (each change is its own call)."""
+        return 1
+
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
         """What the rate-limit headers of an answer say is left, if the destination sends
         any: it slows the calls down before the quota is spent (worker.pacing)."""
@@ -166,6 +187,27 @@ class Connector(ABC):
         ``values`` maps a mapping's PMP property name (as written in the config) to its
         value; properties without a value are not in it.
         """
+
+    def deliver_many(
+        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+    ) -> list[Answer]:
+        """Deliver the changes of several users (one change per user, at most
+        ``batch_size``); one answer per change, in order. A destination with a batch API
+        overrides this.
+
+        By default one ``deliver`` per change, stopping at the first transient failure or
+        deferral: the changes left get the same answer, unsent. A destination that just
+        failed a call would likely fail the next, each costing up to the HTTP timeout.
+        """
+        answers: list[Answer] = []
+        for sent, change in enumerate(changes):
+            try:
+                answers.append(self.deliver(transport, config, change.user, change.values))
+            except PermanentError as exc:
+                answers.append(exc)
+            except (RetryableError, Deferred) as exc:
+                return answers + [exc] * (len(changes) - sent)
+        return answers
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -1,5 +1,6 @@
-"""Braze: one ``POST {server}/users/track`` per change, carrying one attributes object for
-the user, whose ``external_id`` is the PMP's ``organization_user_id``.
+"""Braze: ``POST {server}/users/track`` calls of up to ``braze_batch_size`` attributes
+objects (worker.settings), one per change and so one per user, whose ``external_id`` is the
+PMP's ``organization_user_id``.
 
 How a mapping id becomes a field of that object (docs/reference braze.md):
 
@@ -17,6 +18,12 @@ it was.
 
 A mapping whose property has no value writes nothing; when no mapping has a value there is
 nothing to send and the change is skipped.
+
+Each change gets its own answer from a call's answer (braze.md): a 201 "success" delivers
+every object but those its ``errors`` list, which are refused; a 413 splits the call in
+halves; a refusal of the whole call refuses each of its objects; a rate limit (Braze's or
+our pacing's), an outage or a network error ends the batch, leaving that call's changes and
+every later one to retry.
 """
 
 from __future__ import annotations
@@ -24,13 +31,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
 
 from worker.connectors.base import (
+    Answer,
+    Change,
     Connector,
     Delivered,
     HttpRequest,
@@ -44,7 +56,7 @@ from worker.connectors.base import (
     header_number,
     mask,
 )
-from worker.errors import PermanentError, RetryableError
+from worker.errors import Deferred, DeliveryError, PermanentError, RetryableError
 from worker.outcomes import SkipReason
 from worker.retries import clock
 from worker.settings import get_settings
@@ -216,6 +228,10 @@ class BrazeConnector(Connector):
     # /users/track: 3,000 calls per 3 s per workspace (braze.md).
     default_rate = 1000.0
 
+    @property
+    def batch_size(self) -> int:
+        return get_settings().braze_batch_size
+
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
         remaining = header_number(headers, "x-ratelimit-remaining")
         reset = header_number(headers, "x-ratelimit-reset")
@@ -238,7 +254,7 @@ class BrazeConnector(Connector):
         self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
     ) -> list[HttpRequest]:
         fields = _fields(config, values)
-        return [_track_request(config, user, fields)] if fields else []
+        return [_track_request(config, [_attributes(config, user, fields)])] if fields else []
 
     def deliver(
         self,
@@ -247,11 +263,58 @@ class BrazeConnector(Connector):
         user: str,
         values: Mapping[str, Value],
     ) -> Result:
-        fields = _fields(config, values)
-        if not fields:
-            return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
-        response = transport.send(_track_request(config, user, fields))
-        return _classify(response, fields, _options(config))
+        (answer,) = self.deliver_many(transport, config, [Change(user, values)])
+        if isinstance(answer, DeliveryError | Deferred):
+            raise answer
+        return answer
+
+    def deliver_many(
+        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+    ) -> list[Answer]:
+        answers: dict[int, Answer] = {}
+        updates: list[_Update] = []
+        for position, change in enumerate(changes):
+            try:
+                fields = _fields(config, change.values)
+            except PermanentError as refused:
+                answers[position] = refused
+                continue
+            if fields:
+                attributes = _attributes(config, change.user, fields)
+                updates.append(_Update(position, attributes, fields))
+            else:
+                answers[position] = Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
+
+        size = get_settings().braze_batch_size
+        calls = deque(updates[start : start + size] for start in range(0, len(updates), size))
+        while calls:
+            call = calls.popleft()
+            try:
+                call_answers = _send(transport, config, call)
+            except (RetryableError, Deferred) as stop:
+                # Braze (or our pacing) takes no calls for now: later calls would fare no
+                # better, so they wait for the retry with this one.
+                for update in chain(call, *calls):
+                    answers[update.position] = stop
+                break
+            if call_answers is None:
+                half = len(call) // 2
+                # extendleft reverses what it is given: the first half goes out first.
+                calls.extendleft((call[half:], call[:half]))
+                continue
+            for update, answer in zip(call, call_answers, strict=True):
+                answers[update.position] = answer
+        return [answers[position] for position in range(len(changes))]
+
+
+@dataclass(frozen=True, slots=True)
+class _Update:
+    """One change as it goes to Braze: where its answer goes among the changes, the
+    attributes object sent, and the fields it writes (for the result)."""
+
+    position: int
+    attributes: dict[str, Any]
+    fields: dict[str, Any]
 
 
 def _options(config: ConnectorConfig) -> Options:
@@ -300,14 +363,17 @@ def _flag(mapping: MappingConfig, value: Value) -> bool:
     )
 
 
-def _track_request(config: ConnectorConfig, user: str, fields: Mapping[str, Any]) -> HttpRequest:
-    options = _options(config)
-    attributes = {
+def _attributes(config: ConnectorConfig, user: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {
         "external_id": user,
         # Braze creates unknown users unless told otherwise.
         "_update_existing_only": not config.upsert_mode,
         **fields,
     }
+
+
+def _track_request(config: ConnectorConfig, objects: Sequence[Mapping[str, Any]]) -> HttpRequest:
+    options = _options(config)
     return HttpRequest(
         method="POST",
         url=f"{options.server}/users/track",
@@ -315,39 +381,99 @@ def _track_request(config: ConnectorConfig, user: str, fields: Mapping[str, Any]
             "Authorization": f"Bearer {options.api_key.get_secret_value()}",
             "Content-Type": "application/json",
         },
-        json={"attributes": [attributes]},
+        json={"attributes": list(objects)},
     )
 
 
-def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Options) -> Delivered:
-    """Braze's answer as a result, or the error that says what to do about it."""
+def _send(
+    transport: Transport, config: ConnectorConfig, call: Sequence[_Update]
+) -> list[Answer] | None:
+    """One /users/track call and an answer per object of it, or None when Braze found it
+    too large and it can be split. Raises ``RetryableError`` or ``Deferred`` when Braze takes
+    no calls for now."""
+    response = transport.send(_track_request(config, [update.attributes for update in call]))
+    if response.status == 413 and len(call) > 1:
+        return None
+    options = _options(config)
+    if 200 <= response.status < 300:
+        return _accepted(response, [update.fields for update in call], options)
+    error = _refusal(response, options)
+    if isinstance(error, RetryableError):
+        raise error
+    return [error] * len(call)
+
+
+def _accepted(
+    response: HttpResponse, fields: Sequence[dict[str, Any]], options: Options
+) -> list[Answer]:
+    """The answer of each object of a call Braze answered with a 2xx."""
+    status = response.status
+    body = response.body
+    secret = options.api_key.get_secret_value()
+    if not isinstance(body, dict) or body.get("message") != "success":
+        # Only "success" says the update was queued; anything else is not proof of it.
+        unknown = RetryableError(
+            f"Braze answered HTTP {status} without a success message, so the update is "
+            f"not known to be applied: {_reason(body, secret)}",
+            status=status,
+        )
+        return [unknown] * len(fields)
+    refused = _refused_objects(body.get("errors") or [], len(fields))
+    if refused is None:
+        # Braze refused something this call cannot tell apart, so no object of it is known
+        # to be applied. A retry sends them again, which is harmless (it sets the same
+        # state); calling them delivered could leave a person's refusal unapplied.
+        unknown = RetryableError(
+            f"Braze answered HTTP {status} with errors that name no object of the call, so "
+            f"which updates were applied is unknown: {_reason(body, secret)}",
+            status=status,
+        )
+        return [unknown] * len(fields)
+    reasons = {index: _reason("; ".join(types), secret) for index, types in refused.items()}
+    return [
+        PermanentError(
+            f"Braze took the call (HTTP {status} success) but refused this user's update: "
+            f"{reasons[index]}",
+            status=status,
+        )
+        if index in reasons
+        else Delivered(status, object_fields)
+        for index, object_fields in enumerate(fields)
+    ]
+
+
+def _refused_objects(errors: Any, count: int) -> dict[int, list[str]] | None:
+    """Braze's error types by the index of the attributes object they refuse, or None when
+    an error names no object among the ``count`` sent."""
+    if not isinstance(errors, list):
+        return None
+    refused: dict[int, list[str]] = {}
+    for error in errors:
+        if not isinstance(error, dict):
+            return None
+        if error.get("input_array") not in (None, "attributes"):
+            continue  # about an array this connector never sends
+        index = error.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            return None
+        refused.setdefault(index, []).append(str(error.get("type", "no reason given")))
+    return refused
+
+
+def _refusal(response: HttpResponse, options: Options) -> DeliveryError:
+    """What a non-2xx answer from Braze means for every object of the call."""
     status = response.status
     reason = _reason(response.body, options.api_key.get_secret_value())
-    if 200 <= status < 300:
-        body = response.body
-        if not isinstance(body, dict) or body.get("message") != "success":
-            # Only "success" says the update was queued; anything else is not proof of it.
-            raise RetryableError(
-                f"Braze answered HTTP {status} without a success message, so the update is "
-                f"not known to be applied: {reason}",
-                status=status,
-            )
-        if body.get("errors"):
-            # A single-user request: the one attributes object listed is the whole change.
-            raise PermanentError(
-                f"Braze refused the update (HTTP {status}): {reason}", status=status
-            )
-        return Delivered(status, fields)
     if 300 <= status < 400:
         location = header(response.headers, "location") or "nowhere"
-        raise PermanentError(
+        return PermanentError(
             f"Braze answered HTTP {status}, a redirect to {location}, which is not followed: "
             f"check that {options.server} is still the workspace's REST endpoint; {reason}",
             status=status,
             operator_action=True,
         )
     if status in (401, 403):
-        raise PermanentError(
+        return PermanentError(
             f"Braze refused the credentials (HTTP {status}): the API key is wrong or revoked, "
             f"belongs to another instance than {options.server}, or lacks the users.track "
             f"permission; {reason}",
@@ -355,7 +481,7 @@ def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Option
             operator_action=True,
         )
     if status == 429:
-        raise RetryableError(
+        return RetryableError(
             f"Braze rate limit reached (HTTP 429): {reason}",
             status=status,
             retry_after=_retry_after(response.headers),
@@ -363,14 +489,14 @@ def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Option
     # 425 is not in Braze's tables, but it means "too early, ask again": treating it as
     # transient keeps a consent change from being given up on (the guarantee lists it).
     if status in (408, 425) or status >= 500:
-        raise RetryableError(f"Braze is unavailable (HTTP {status}): {reason}", status=status)
+        return RetryableError(f"Braze is unavailable (HTTP {status}): {reason}", status=status)
     if status == 413:
-        raise PermanentError(
+        return PermanentError(
             "Braze found the request too large (HTTP 413), and one user's update cannot be "
             f"split further: {reason}",
             status=status,
         )
-    raise PermanentError(f"Braze refused the update (HTTP {status}): {reason}", status=status)
+    return PermanentError(f"Braze refused the update (HTTP {status}): {reason}", status=status)
 
 
 def _reason(body: Any, secret: str) -> str:
