@@ -84,8 +84,9 @@ class Pacer:
 
 class PacedTransport(Transport):
     """The shared transport, taking each call's slot in ``bucket`` first and heeding the
-    quota each answer reports. Waits up to ``max_sleep`` seconds in all for a slot; a
-    longer wait defers the delivery rather than hold a worker process."""
+    quota each answer reports. One serves one batch, and sleeps up to ``max_sleep``
+    seconds in all for its calls' slots: a longer wait defers the rest of the batch rather
+    than hold a worker process (a batch of 100 Brevo users would hold it ten seconds)."""
 
     def __init__(
         self,
@@ -102,13 +103,15 @@ class PacedTransport(Transport):
         self.rate = rate
         self.quota = quota
         self.max_sleep = max_sleep
+        self.slept = 0.0
 
     def send(self, request: HttpRequest) -> HttpResponse:
-        deadline = time.monotonic() + self.max_sleep
         while (wait := self.pacer.take(self.bucket, self.rate)) > 0:
-            if time.monotonic() + wait > deadline:
+            if self.slept + wait > self.max_sleep:
                 raise Deferred(f"paced: next call to this account in {wait:.2f}s", wait=wait)
+            started = time.monotonic()
             time.sleep(wait)
+            self.slept += time.monotonic() - started
         response = super().send(request)
         quota = self.quota(response.headers)
         if quota is not None:

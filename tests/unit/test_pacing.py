@@ -6,10 +6,12 @@ import time
 
 import fakeredis
 import pytest
+import responses
 from pydantic import ValidationError
 
-from worker.connectors.base import Quota
-from worker.pacing import Pacer, account_key
+from worker.connectors.base import HttpRequest, Quota, Transport
+from worker.errors import Deferred
+from worker.pacing import PacedTransport, Pacer, account_key
 from worker.settings import Settings
 
 BUCKET = account_key("sendinblue", "xkeysib-TESTKEY-0123456789abcdef")
@@ -100,3 +102,27 @@ def test_rate_limits_are_read_by_connector_type_or_alias_and_unknown_names_refus
         Settings(rate_limits={"mailchimp": 5})
     with pytest.raises(ValidationError, match="greater than 0"):
         Settings(rate_limits={"braze": 0})
+
+
+def test_one_batch_sleeps_at_most_its_budget_in_all_then_defers_the_rest(
+    server, mocked: responses.RequestsMock
+) -> None:
+    mocked.post("https://api.example/call", status=204)
+    transport = PacedTransport(
+        Transport(timeout=1.0),
+        pacer(server),
+        BUCKET,
+        rate=10,  # a slot every 0.1 s
+        quota=lambda headers: None,
+        max_sleep=0.25,
+    )
+    request = HttpRequest("POST", "https://api.example/call", {})
+    started = time.monotonic()
+    for _ in range(3):  # the first slot is free, the next two cost about 0.1 s each
+        assert transport.send(request).status == 204
+    with pytest.raises(Deferred) as deferred:
+        transport.send(request)  # a third sleep would pass 0.25 s in all
+    assert 0 < deferred.value.wait <= 0.1
+    assert len(mocked.calls) == 3
+    assert 0.15 < time.monotonic() - started < 0.25
+    assert transport.slept <= 0.25
