@@ -9,6 +9,7 @@ dead-letter.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from worker.configs import ConnectorConfig
@@ -111,14 +112,29 @@ class Deliverer:
         by_user: dict[str, list[int]] = {}
         for index in plans:
             by_user.setdefault(events[index].user, []).append(index)
+        # One destination call's worth of users at a time: each group is locked, merged and
+        # sent on its own, so that what a deferral or a failure leaves unsent was never
+        # locked or merged (a Brevo batch sends a few users, then defers the rest).
+        transport = self.paced(config)
+        lock_deadline = time.monotonic() + self.state.lock_wait
+        users, size = list(by_user), config.connector.batch_size
         unfinished: Unfinished = {}
-        with self.state.locks(tenant, config.id, by_user) as busy:
-            for user in busy:
-                for index in by_user.pop(user):
-                    unfinished[index] = UserBusy(
-                        "another delivery to this user is still in flight", wait=1.0
-                    )
-            unfinished |= self._deliver_held(tenant, events, config, plans, by_user)
+        stop: DeliveryError | Deferred | None = None
+        for start in range(0, len(users), size):
+            group = {user: by_user[user] for user in users[start : start + size]}
+            if stop is not None:
+                unfinished |= {index: stop for indexes in group.values() for index in indexes}
+                continue
+            wait = max(0.0, lock_deadline - time.monotonic())
+            with self.state.locks(tenant, config.id, group, wait=wait) as busy:
+                for user in busy:
+                    for index in group.pop(user):
+                        unfinished[index] = UserBusy(
+                            "another delivery to this user is still in flight", wait=1.0
+                        )
+                left = self._deliver_held(tenant, events, config, plans, group, transport)
+            unfinished |= left
+            stop = next((why for why in left.values() if _stops_the_batch(why)), None)
         return unfinished
 
     def _deliver_held(
@@ -128,8 +144,9 @@ class Deliverer:
         config: ConnectorConfig,
         plans: Mapping[int, Resolved],
         by_user: Mapping[str, list[int]],
+        transport: Transport,
     ) -> Unfinished:
-        """The rest of ``deliver``, with the lock of every user of ``by_user`` held."""
+        """The rest of ``deliver`` for one group of users, with their locks held."""
         # Checked under the lock: a copy delivered elsewhere may have finished meanwhile.
         indexes = [index for group in by_user.values() for index in group]
         done = self.state.done_among(tenant, config.id, [events[i].event_key for i in indexes])
@@ -165,7 +182,7 @@ class Deliverer:
             if values:
                 changes.append(Change(user, values))
         self._record(tenant, config, events, stale, mark_done=True)
-        return self._send(tenant, events, config, changes, senders)
+        return self._send(tenant, events, config, changes, senders, transport)
 
     def _send(
         self,
@@ -174,37 +191,27 @@ class Deliverer:
         config: ConnectorConfig,
         changes: Sequence[Change],
         senders: Mapping[str, list[int]],
+        transport: Transport,
     ) -> Unfinished:
-        """Send ``changes`` a batch at a time; each batch's outcomes are recorded (and its
-        events marked done) as soon as it is answered, so a worker killed mid-way repeats
-        as little as possible. After a transient failure or a deferral nothing more is
-        sent: the changes left share its answer."""
-        connector = config.connector
-        transport = self.paced(config)
+        """Send one group's ``changes``; their outcomes are recorded (and the events marked
+        done) as soon as they are answered, so a worker killed mid-batch repeats as little
+        as possible."""
+        if not changes:
+            return {}
+        answers = config.connector.deliver_many(transport, config, changes)
         unfinished: Unfinished = {}
-        stop: DeliveryError | Deferred | None = None
-        size = connector.batch_size
-        for start in range(0, len(changes), size):
-            batch = changes[start : start + size]
-            answers = (
-                [stop] * len(batch)
-                if stop is not None
-                else connector.deliver_many(transport, config, batch)
-            )
-            ended: dict[int, Outcome] = {}
-            for change, answer in zip(batch, answers, strict=True):
-                for index in senders[change.user]:
-                    if isinstance(answer, Delivered):
-                        ended[index] = Outcome(
-                            OutcomeKind.DELIVERED, status=answer.status, fields=answer.fields
-                        )
-                    elif isinstance(answer, Skipped):
-                        ended[index] = skipped(SkipReason(answer.reason), answer.detail)
-                    else:
-                        unfinished[index] = answer
-                        if isinstance(answer, RetryableError | Deferred):
-                            stop = answer
-            self._record(tenant, config, events, ended, mark_done=True)
+        ended: dict[int, Outcome] = {}
+        for change, answer in zip(changes, answers, strict=True):
+            for index in senders[change.user]:
+                if isinstance(answer, Delivered):
+                    ended[index] = Outcome(
+                        OutcomeKind.DELIVERED, status=answer.status, fields=answer.fields
+                    )
+                elif isinstance(answer, Skipped):
+                    ended[index] = skipped(SkipReason(answer.reason), answer.detail)
+                else:
+                    unfinished[index] = answer
+        self._record(tenant, config, events, ended, mark_done=True)
         return unfinished
 
     def _record(
@@ -225,6 +232,13 @@ class Deliverer:
             config.id,
             [Ended(events[i].event_key, events[i].user, outcome) for i, outcome in ended.items()],
         )
+
+
+def _stops_the_batch(why: PrefsyncError) -> bool:
+    """After a transient failure or a rate-limit deferral nothing more is sent: a
+    destination that just failed a call would likely fail the next. A busy user or a
+    refused change concerns only its own events."""
+    return isinstance(why, RetryableError | Deferred) and not isinstance(why, UserBusy)
 
 
 def _write(event: PreferenceEvent, resolved: Resolved) -> Write:

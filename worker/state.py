@@ -175,10 +175,16 @@ class StateStore:
             pipe.execute()
 
     @contextmanager
-    def locks(self, tenant: str, connector_id: str, users: Collection[str]) -> Iterator[set[str]]:
+    def locks(
+        self,
+        tenant: str,
+        connector_id: str,
+        users: Collection[str],
+        wait: float | None = None,
+    ) -> Iterator[set[str]]:
         """Hold the (connector, user) lock of as many ``users`` as possible, waiting up to
-        ``lock_wait`` seconds for those held elsewhere; yields the users still busy (not
-        held). Their deliveries must come back later (``UserBusy``).
+        ``wait`` (default ``lock_wait``) seconds for those held elsewhere; yields the users
+        still busy (not held). Their deliveries must come back later (``UserBusy``).
 
         A lock expires by itself (``lock_ttl``) so a killed worker cannot hold a user
         forever; ``lock_ttl`` outlasts the longest a task may run (its hard time limit).
@@ -187,7 +193,7 @@ class StateStore:
         names = {user: key("lock", tenant, connector_id, user) for user in users}
         held: list[str] = []
         busy = set(users)
-        deadline = time.monotonic() + self.lock_wait
+        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
         try:
             while True:
                 with self.redis.pipeline(transaction=False) as pipe:
