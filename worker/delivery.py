@@ -223,14 +223,14 @@ class Deliverer:
         *,
         mark_done: bool,
     ) -> None:
-        if not ended:
-            return
-        if mark_done:
-            self.state.mark_done(tenant, config.id, [events[i].event_key for i in ended])
+        keys = [events[i].event_key for i in ended]
         self.recorder.record(
             tenant,
             config.id,
             [Ended(events[i].event_key, events[i].user, outcome) for i, outcome in ended.items()],
+            also=(lambda pipe: self.state.mark_done(tenant, config.id, keys, pipe))
+            if mark_done
+            else None,
         )
 
 

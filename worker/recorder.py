@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 import structlog
+from redis.client import Pipeline
 
 from worker.audit import AuditTrail
 from worker.outcomes import Outcome, OutcomeKind
@@ -40,13 +41,23 @@ class OutcomeRecorder:
         self.redis = client
         self.audit = audit
 
-    def record(self, tenant: str, connector_id: str, ended: Sequence[Ended]) -> None:
-        """Count, audit and log how each of ``ended`` ended, in one Redis round trip."""
+    def record(
+        self,
+        tenant: str,
+        connector_id: str,
+        ended: Sequence[Ended],
+        also: Callable[[Pipeline], object] | None = None,
+    ) -> None:
+        """Count, audit and log how each of ``ended`` ended, in one Redis transaction that
+        also holds ``also``'s commands: the done markers are written with the audit
+        entries or not at all, so no delivered event is ever audited only as a duplicate."""
         if not ended:
             return
         totals = Counter(name for item in ended for name in _counted(item.outcome))
         now = clock()
-        with self.redis.pipeline(transaction=False) as pipe:
+        with self.redis.pipeline(transaction=True) as pipe:
+            if also is not None:
+                also(pipe)
             for name, count in totals.items():
                 pipe.hincrby(TOTALS, name, count)
                 pipe.hincrby(key("stats", tenant), name, count)

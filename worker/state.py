@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 
 from worker.errors import Deferred
 from worker.events import OrderingKey, Value
@@ -168,11 +169,13 @@ class StateStore:
     def is_done(self, tenant: str, connector_id: str, event_key: str) -> bool:
         return bool(self.done_among(tenant, connector_id, [event_key]))
 
-    def mark_done(self, tenant: str, connector_id: str, event_keys: Iterable[str]) -> None:
-        with self.redis.pipeline(transaction=False) as pipe:
-            for event_key in event_keys:
-                pipe.set(key("done", tenant, connector_id, event_key), 1, ex=self.idempotency_ttl)
-            pipe.execute()
+    def mark_done(
+        self, tenant: str, connector_id: str, event_keys: Iterable[str], client: Pipeline
+    ) -> None:
+        """Queue the done markers of ``event_keys`` on ``client``, a pipeline the caller
+        executes (with the audit entries: OutcomeRecorder.record)."""
+        for event_key in event_keys:
+            client.set(key("done", tenant, connector_id, event_key), 1, ex=self.idempotency_ttl)
 
     @contextmanager
     def locks(

@@ -164,22 +164,25 @@ class ScheduledTask(Task):
 
     def settle(self, unfinished: Unfinished) -> str:
         """Act on the events of this message that did not end in this run: dead-letter
-        the refused ones now, defer the ones that must wait (a new message), retry the
-        ones that failed transiently (the retry carries only them). Returns a summary."""
+        the refused ones now (and the failed ones, once retries are used up), defer the
+        ones that must wait (a new message), retry the ones that failed transiently (the
+        retry carries only them). Returns a summary."""
         args = list(self.request.args)
         payloads, rest = as_batch(args[0]), args[1:]
         refused, deferred, failed = {}, {}, {}
         for index, why in sorted(unfinished.items()):
-            kind = failed if isinstance(why, RetryableError) else refused
-            (deferred if isinstance(why, Deferred) else kind)[index] = why
+            if isinstance(why, Deferred):
+                deferred[index] = why
+            elif isinstance(why, RetryableError) and self.request.retries < self.max_retries:
+                failed[index] = why
+            else:
+                refused[index] = why
         once = once_key(self.request.id, self.request.kwargs)
         for index, why in refused.items():
-            self.dead_letter([[payloads[index]], *rest], self.attempts(why), why, f"{once}:{index}")
+            self.dead_letter(args, self.attempts(why), why, once, only=index)
         if deferred:
-            wait = min(why.wait for why in deferred.values())
-            self.defer(
-                [[payloads[i] for i in deferred], *rest], wait, next(iter(deferred.values()))
-            )
+            soonest = min(deferred.values(), key=lambda why: why.wait)
+            self.defer([[payloads[i] for i in deferred], *rest], soonest)
         summary = (
             f"{len(payloads) - len(unfinished)} ended, {len(refused)} dead-lettered, "
             f"{len(deferred)} deferred, {len(failed)} to retry"
@@ -187,20 +190,15 @@ class ScheduledTask(Task):
         if failed:
             # The reset furthest away: no retry may come before the destination's reset.
             worst = max(failed.values(), key=lambda why: getattr(why, "retry_after", None) or 0)
-            if self.request.retries < self.max_retries:
-                raise self.retry(args=[[payloads[i] for i in failed], *rest], exc=worst)
-            for index, why in failed.items():
-                self.dead_letter(
-                    [[payloads[index]], *rest], self.attempts(why), why, f"{once}:{index}"
-                )
+            raise self.retry(args=[[payloads[i] for i in failed], *rest], exc=worst)
         return summary
 
-    def defer(self, args: list[Any], wait: float, why: Deferred) -> None:
-        """Run ``args`` again in ``wait`` seconds, as a new message carrying the same
+    def defer(self, args: list[Any], why: Deferred) -> None:
+        """Run ``args`` again in ``why.wait`` seconds, as a new message carrying the same
         attempts and retries: waiting for a slot is not a failed attempt. The wait is
         capped like a rate-limited retry's, which the visibility timeout outlasts."""
         settings = get_settings()
-        wait = min(wait, settings.rate_limit_max_wait)
+        wait = min(why.wait, settings.rate_limit_max_wait)
         wait *= 1 + random.uniform(0, settings.retry_jitter)  # not all back at once
         publish(self, args, self.request.kwargs, countdown=wait, retries=self.request.retries)
         log.info("deferred", wait=round(wait, 3), why=str(why), events=len(args[0]))
@@ -209,11 +207,19 @@ class ScheduledTask(Task):
         runtime().outbox.done(task_id)
 
     def dead_letter(
-        self, args: list[Any], attempts: list[Attempt], exc: BaseException, once: str
+        self,
+        args: list[Any],
+        attempts: list[Attempt],
+        exc: BaseException,
+        once: str,
+        only: int | None = None,
     ) -> None:
-        """Dead-letter every event ``args`` carries (one entry each, once per ``once``)."""
+        """Dead-letter every event ``args`` carries, or the one at index ``only``: one
+        entry per event and ``once`` (a run of a message), whichever path reports it."""
         connector_id = args[1] if len(args) > 1 else ""
         for index, payload in enumerate(payloads_of(args)):
+            if only is not None and index != only:
+                continue
             pipeline.dead_letter(
                 runtime(),
                 payload=payload,

@@ -303,29 +303,49 @@ def test_the_same_event_twice_in_a_batch_is_sent_once_and_the_copy_skipped(
     assert done(rt, "brevo", payload) == [True]
 
 
-def test_an_event_already_done_is_skipped_as_a_duplicate_and_not_sent(
-    rt: Runtime, brevo: ConnectorConfig, mocked: responses.RequestsMock
-) -> None:
-    payload = event("a", 1, newsletter=False)
-    rt.state.mark_done(TENANT, "brevo", [key_of(payload)])
-
-    assert deliver(rt, brevo, payload) == {}
-
-    assert len(mocked.calls) == 0
-    assert audited(rt) == {key_of(payload): ("skipped", "duplicate")}
-
-
-def test_an_event_done_for_another_connector_is_still_sent(
-    rt: Runtime, brevo: ConnectorConfig, mocked: responses.RequestsMock
+def test_an_event_is_marked_done_only_together_with_its_audit_entry(
+    rt: Runtime, brevo: ConnectorConfig, mocked: responses.RequestsMock, monkeypatch
 ) -> None:
     mocked.put(update_url("u1"), status=204)
     payload = event("a", 1, newsletter=False)
-    rt.state.mark_done(TENANT, "braze", [key_of(payload)])
+
+    def audit_fails(**_: Any) -> None:
+        raise RuntimeError("the audit write failed")
+
+    monkeypatch.setattr(rt.audit, "append", audit_fails)
+    with pytest.raises(RuntimeError):
+        deliver(rt, brevo, payload)
+
+    # Not done: a retry delivers and audits it, rather than skip it as a duplicate.
+    assert done(rt, "brevo", payload) == [False]
+
+
+@pytest.mark.parametrize(
+    ("done_for", "calls", "outcome"),
+    [
+        pytest.param("brevo", 0, ("skipped", "duplicate"), id="done-here-is-a-duplicate"),
+        pytest.param("braze", 1, ("delivered", ""), id="done-elsewhere-is-still-sent"),
+    ],
+)
+def test_an_event_done_for_this_connector_is_a_duplicate_and_for_another_is_sent(
+    rt: Runtime,
+    brevo: ConnectorConfig,
+    mocked: responses.RequestsMock,
+    done_for: str,
+    calls: int,
+    outcome: tuple[str, str],
+) -> None:
+    if calls:  # else any call fails the test: the URL is not mocked
+        mocked.put(update_url("u1"), status=204)
+    payload = event("a", 1, newsletter=False)
+    with rt.redis.pipeline() as pipe:
+        rt.state.mark_done(TENANT, done_for, [key_of(payload)], pipe)
+        pipe.execute()
 
     assert deliver(rt, brevo, payload) == {}
 
-    assert len(mocked.calls) == 1
-    assert audited(rt) == {key_of(payload): ("delivered", "")}
+    assert len(mocked.calls) == calls
+    assert audited(rt) == {key_of(payload): outcome}
 
 
 # -- busy users -----------------------------------------------------------------------------

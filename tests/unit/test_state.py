@@ -183,8 +183,14 @@ def test_several_users_in_one_call_are_merged_apart(store):
 # -- done markers -----------------------------------------------------------------------------
 
 
+def mark_done(store: StateStore, tenant: str, connector_id: str, keys: list[str]) -> None:
+    with store.redis.pipeline() as pipe:
+        store.mark_done(tenant, connector_id, keys, pipe)
+        pipe.execute()
+
+
 def test_done_markers_are_per_connector_and_expire(store):
-    store.mark_done("acme", "braze", ["A", "B"])
+    mark_done(store, "acme", "braze", ["A", "B"])
     assert store.is_done("acme", "braze", "A")
     assert store.is_done("acme", "braze", "B")
     assert not store.is_done("acme", "sendinblue", "A")
@@ -198,7 +204,7 @@ def test_done_markers_are_per_connector_and_expire(store):
 
 
 def test_marking_nothing_done_is_harmless(store):
-    store.mark_done("acme", "braze", [])
+    mark_done(store, "acme", "braze", [])
     assert store.done_among("acme", "braze", []) == set()
     assert list(store.redis.scan_iter("prefsync:done:*")) == []
 

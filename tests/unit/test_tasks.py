@@ -44,6 +44,7 @@ from worker.app import app
 from worker.configs import parse_config
 from worker.connectors.base import Delivered
 from worker.deadletter import DeadLetter
+from worker.errors import RetryableError
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
 from worker.state import key as state_key
@@ -852,6 +853,17 @@ def test_a_transient_failure_retries_only_the_events_left_and_a_refusal_only_its
         "delivered": 3,
     }
     assert harness.rt.outbox.pending() == 0
+    # Should Celery report that first run as failed too (a hard time limit after the
+    # answers came), b keeps its one entry: one per event and run, whichever path.
+    first = runs[0].message
+    worker.tasks._dead_letter_failures(
+        sender=deliver,
+        task_id=first.task_id,
+        exception=RetryableError("reported late"),
+        args=first.args,
+        kwargs=first.kwargs,
+    )
+    assert [e.id for e in harness.dead_letters()] == [entry.id]
 
 
 def test_a_bug_in_a_batch_splits_it_and_dead_letters_only_the_event_that_causes_it(
