@@ -10,7 +10,9 @@ dead-letter.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from redis.client import Pipeline
 
 from worker.configs import ConnectorConfig
 from worker.connectors.base import Change, Delivered, Skipped, Transport, Value
@@ -19,7 +21,7 @@ from worker.events import PreferenceEvent
 from worker.outcomes import Outcome, OutcomeKind, SkipReason
 from worker.pacing import PacedTransport, Pacer, account_key
 from worker.recorder import Ended, OutcomeRecorder
-from worker.state import StateStore, UserBusy, Write
+from worker.state import Claim, StateStore, UserBusy, Write
 
 
 def skipped(reason: SkipReason, detail: str = "") -> Outcome:
@@ -107,14 +109,14 @@ class Deliverer:
             else:
                 first_copy[event.event_key] = index
                 plans[index] = resolved
-        self._record(tenant, config, events, ended, mark_done=False)
+        self._record(tenant, config, events, ended)
 
         by_user: dict[str, list[int]] = {}
         for index in plans:
             by_user.setdefault(events[index].user, []).append(index)
-        # One destination call's worth of users at a time: each group is locked, merged and
-        # sent on its own, so that what a deferral or a failure leaves unsent was never
-        # locked or merged (a Brevo batch sends a few users, then defers the rest).
+        # One destination call's worth of users at a time: each group is claimed (locked and
+        # merged) and sent on its own, so that what a deferral or a failure leaves unsent
+        # was never locked or merged (a Brevo batch sends a few users, then defers the rest).
         transport = self.paced(config)
         lock_deadline = time.monotonic() + self.state.lock_wait
         users, size = list(by_user), config.connector.batch_size
@@ -125,93 +127,86 @@ class Deliverer:
             if stop is not None:
                 unfinished |= {index: stop for indexes in group.values() for index in indexes}
                 continue
+            writes = {
+                user: [_write(events[i], plans[i]) for i in indexes]
+                for user, indexes in group.items()
+            }
             wait = max(0.0, lock_deadline - time.monotonic())
-            with self.state.locks(tenant, config.id, group, wait=wait) as busy:
-                for user in busy:
-                    for index in group.pop(user):
-                        unfinished[index] = UserBusy(
-                            "another delivery to this user is still in flight", wait=1.0
-                        )
-                left = self._deliver_held(tenant, events, config, plans, group, transport)
+            with self.state.claim(tenant, config.id, writes, wait=wait) as claim:
+                left = self._deliver_claimed(tenant, events, config, plans, group, claim, transport)
             unfinished |= left
             stop = next((why for why in left.values() if _stops_the_batch(why)), None)
         return unfinished
 
-    def _deliver_held(
+    def _deliver_claimed(
         self,
         tenant: str,
         events: Sequence[PreferenceEvent],
         config: ConnectorConfig,
         plans: Mapping[int, Resolved],
-        by_user: Mapping[str, list[int]],
+        group: Mapping[str, list[int]],
+        claim: Claim,
         transport: Transport,
     ) -> Unfinished:
-        """The rest of ``deliver`` for one group of users, with their locks held."""
-        # Checked under the lock: a copy delivered elsewhere may have finished meanwhile.
-        indexes = [index for group in by_user.values() for index in group]
-        done = self.state.done_among(tenant, config.id, [events[i].event_key for i in indexes])
-        duplicates = {
-            i: skipped(SkipReason.DUPLICATE) for i in indexes if events[i].event_key in done
+        """The rest of ``deliver`` for one group of users, claimed: send each held user the
+        properties its events own, then record every outcome, mark the events done and
+        release the locks in one transaction."""
+        unfinished: Unfinished = {
+            index: UserBusy("another delivery to this user is still in flight", wait=1.0)
+            for user in claim.busy
+            for index in group[user]
         }
-        self._record(tenant, config, events, duplicates, mark_done=False)
-
-        writes = {
-            user: [_write(events[i], plans[i]) for i in group if i not in duplicates]
-            for user, group in by_user.items()
-        }
-        owners = self.state.merge(tenant, writes)
-        stale: dict[int, Outcome] = {}
+        ended: dict[int, Outcome] = {}
         changes: list[Change] = []
         senders: dict[str, list[int]] = {}  # user -> the events their change carries
-        for user, group in by_user.items():
+        for user in claim.held:
             values: dict[str, Value] = {}
-            for index in group:
-                if index in duplicates:
-                    continue
+            owners = claim.owners[user]
+            for index in group[user]:
                 event_key = events[index].event_key
+                if event_key in claim.done:  # checked under the lock: a copy ended meanwhile
+                    ended[index] = skipped(SkipReason.DUPLICATE)
+                    continue
                 mine = {
                     name: value
                     for name, (canonical, value) in plans[index].items()
-                    if owners[user].get(canonical) == event_key
+                    if owners.get(canonical) == event_key
                 }
                 if mine:
                     values |= mine
                     senders.setdefault(user, []).append(index)
                 else:
-                    stale[index] = skipped(SkipReason.STALE)
+                    ended[index] = skipped(SkipReason.STALE)
             if values:
                 changes.append(Change(user, values))
-        self._record(tenant, config, events, stale, mark_done=True)
-        return self._send(tenant, events, config, changes, senders, transport)
-
-    def _send(
-        self,
-        tenant: str,
-        events: Sequence[PreferenceEvent],
-        config: ConnectorConfig,
-        changes: Sequence[Change],
-        senders: Mapping[str, list[int]],
-        transport: Transport,
-    ) -> Unfinished:
-        """Send one group's ``changes``; their outcomes are recorded (and the events marked
-        done) as soon as they are answered, so a worker killed mid-batch repeats as little
-        as possible."""
-        if not changes:
-            return {}
-        answers = config.connector.deliver_many(transport, config, changes)
-        unfinished: Unfinished = {}
-        ended: dict[int, Outcome] = {}
-        for change, answer in zip(changes, answers, strict=True):
-            for index in senders[change.user]:
-                if isinstance(answer, Delivered):
-                    ended[index] = Outcome(
-                        OutcomeKind.DELIVERED, status=answer.status, fields=answer.fields
-                    )
-                elif isinstance(answer, Skipped):
-                    ended[index] = skipped(SkipReason(answer.reason), answer.detail)
-                else:
-                    unfinished[index] = answer
-        self._record(tenant, config, events, ended, mark_done=True)
+        try:
+            if changes:
+                answers = config.connector.deliver_many(transport, config, changes)
+                for change, answer in zip(changes, answers, strict=True):
+                    for index in senders[change.user]:
+                        if isinstance(answer, Delivered):
+                            ended[index] = Outcome(
+                                OutcomeKind.DELIVERED, status=answer.status, fields=answer.fields
+                            )
+                        elif isinstance(answer, Skipped):
+                            ended[index] = skipped(SkipReason(answer.reason), answer.detail)
+                        else:
+                            unfinished[index] = answer
+        finally:
+            # Recorded as soon as answered, so a worker killed mid-batch repeats as little
+            # as possible. A duplicate was marked done by the copy that ended.
+            done_by_user: dict[str, list[str]] = {}
+            for index in ended:
+                event = events[index]
+                if event.event_key not in claim.done:
+                    done_by_user.setdefault(event.user, []).append(event.event_key)
+            self._record(
+                tenant,
+                config,
+                events,
+                ended,
+                also=lambda pipe: self.state.finish(claim, done_by_user, pipe),
+            )
         return unfinished
 
     def _record(
@@ -220,17 +215,13 @@ class Deliverer:
         config: ConnectorConfig,
         events: Sequence[PreferenceEvent],
         ended: Mapping[int, Outcome],
-        *,
-        mark_done: bool,
+        also: Callable[[Pipeline], object] | None = None,
     ) -> None:
-        keys = [events[i].event_key for i in ended]
         self.recorder.record(
             tenant,
             config.id,
             [Ended(events[i].event_key, events[i].user, outcome) for i, outcome in ended.items()],
-            also=(lambda pipe: self.state.mark_done(tenant, config.id, keys, pipe))
-            if mark_done
-            else None,
+            also=also,
         )
 
 

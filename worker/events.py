@@ -403,10 +403,13 @@ def parse_event(payload: object, *, max_bytes: int | None = None) -> PreferenceE
         raise InvalidEvent(f"event must be a JSON object, not {type(payload).__name__}")
     # Encoded even without a limit: what cannot be JSON in UTF-8 cannot be carried, stored
     # or recorded (a dead letter's event key goes to Redis), whatever its size.
-    size = _encoded_size(payload)
+    encoded = _encoded(payload)
+    size = len(encoded)
     if max_bytes is not None and size > max_bytes:
         raise InvalidEvent(f"event is {size} bytes, larger than the limit of {max_bytes}")
-    if _depth(payload) > MAX_DEPTH:
+    # Nesting needs one bracket per level: with fewer brackets in all than the limit (as
+    # in any ordinary event), the walk over the tree can be skipped.
+    if encoded.count(b"{") + encoded.count(b"[") > MAX_DEPTH and _depth(payload) > MAX_DEPTH:
         raise InvalidEvent(_TOO_DEEP)
 
     if "type" not in payload:
@@ -500,11 +503,17 @@ def is_utf8(text: str) -> bool:
     return True
 
 
-def _encoded_size(payload: Mapping[str, Any]) -> int:
+# NaN and Infinity are not JSON: the dead-letter store would keep them as null. Built once:
+# json.dumps with options builds a new encoder at every call.
+_encode_compact = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def _encoded(payload: Mapping[str, Any]) -> bytes:
+    """``payload`` as compact UTF-8 JSON, as it is carried and stored."""
     try:
-        # NaN and Infinity are not JSON: the dead-letter store would keep them as null.
-        encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return len(encoded.encode("utf-8"))
+        return _encode_compact(payload).encode("utf-8")
     except RecursionError:
         raise InvalidEvent(_TOO_DEEP) from None
     except UnicodeEncodeError:

@@ -1,4 +1,5 @@
-"""Newest-wins state, idempotency markers and the per-user locks (fakeredis + Lua)."""
+"""Newest-wins state, idempotency markers and the per-user locks: StateStore.claim and
+finish (fakeredis + Lua)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import fakeredis
 import pytest
 
 from worker.events import OrderingKey, Value
-from worker.state import StateStore, Write, key
+from worker.state import Owners, StateStore, Write, key
 
 NEWSLETTER = "consents_purposes_newsletter_enabled"
 PRODUCT = "consents_purposes_product_enabled"
@@ -28,6 +29,13 @@ def at(seconds: int, version: int | None = None) -> OrderingKey:
     return OrderingKey(timestamp_us=seconds * 1_000_000, version=version)
 
 
+def merge(store: StateStore, tenant: str, writes_by_user: Mapping[str, list[Write]]) -> Owners:
+    """Claim the users (locks free), which merges their writes; the owners it reports."""
+    with store.claim(tenant, "braze", writes_by_user) as claim:
+        assert claim.busy == set()
+        return claim.owners
+
+
 def merge_one(
     store: StateStore,
     tenant: str,
@@ -37,7 +45,7 @@ def merge_one(
     values: Mapping[str, Value],
 ) -> set[str]:
     """Merge one event alone; the properties it owns afterwards."""
-    owners = store.merge(tenant, {user: [Write(event_key, ordering, values)]})
+    owners = merge(store, tenant, {user: [Write(event_key, ordering, values)]})
     assert set(owners) == {user}
     assert set(owners[user].values()) <= {event_key}
     return set(owners[user])
@@ -124,13 +132,14 @@ def test_two_events_of_one_user_in_one_call_newest_wins_per_property(store):
             Write("new", at(20), {NEWSLETTER: False}),
             Write("old", at(10), {NEWSLETTER: True, PRODUCT: True}),
         ]
-        owners = store.merge("acme", {"u1": [writes[i] for i in order]})
+        owners = merge(store, "acme", {"u1": [writes[i] for i in order]})
         assert owners == {"u1": {NEWSLETTER: "new", PRODUCT: "old"}}
         assert store.current("acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
 
 
 def test_a_tie_inside_one_call_keeps_the_value_written_first(store):
-    owners = store.merge(
+    owners = merge(
+        store,
         "acme",
         {"u1": [Write("A", at(10), {NEWSLETTER: False}), Write("B", at(10), {NEWSLETTER: True})]},
     )
@@ -140,7 +149,8 @@ def test_a_tie_inside_one_call_keeps_the_value_written_first(store):
 
 def test_a_property_owned_by_a_stored_newer_event_outside_the_call_is_not_returned(store):
     merge_one(store, "acme", "u1", "stored", at(30), {NEWSLETTER: False})
-    owners = store.merge(
+    owners = merge(
+        store,
         "acme",
         {
             "u1": [
@@ -160,7 +170,8 @@ def test_a_property_owned_by_a_stored_newer_event_outside_the_call_is_not_return
 
 def test_several_users_in_one_call_are_merged_apart(store):
     merge_one(store, "acme", "u2", "u2-stored", at(50), {NEWSLETTER: True})
-    owners = store.merge(
+    owners = merge(
+        store,
         "acme",
         {
             "u1": [Write("u1-a", at(10), {NEWSLETTER: True})],
@@ -183,30 +194,57 @@ def test_several_users_in_one_call_are_merged_apart(store):
 # -- done markers -----------------------------------------------------------------------------
 
 
-def mark_done(store: StateStore, tenant: str, connector_id: str, keys: list[str]) -> None:
-    with store.redis.pipeline() as pipe:
-        store.mark_done(tenant, connector_id, keys, pipe)
+def finish(store: StateStore, tenant: str, connector_id: str, done: dict[str, list[str]]) -> None:
+    """Claim the users of ``done`` and mark their events done, as a delivery does."""
+    with (
+        store.claim(tenant, connector_id, {user: [] for user in done}) as claim,
+        store.redis.pipeline() as pipe,
+    ):
+        store.finish(claim, done, pipe)
         pipe.execute()
 
 
 def test_done_markers_are_per_connector_and_expire(store):
-    mark_done(store, "acme", "braze", ["A", "B"])
+    finish(store, "acme", "braze", {"u1": ["A"], "u2": ["B"]})
     assert store.is_done("acme", "braze", "A")
     assert store.is_done("acme", "braze", "B")
     assert not store.is_done("acme", "sendinblue", "A")
     assert not store.is_done("other", "braze", "A")
-    assert store.done_among("acme", "braze", ["A", "C", "B"]) == {"A", "B"}
-    assert store.done_among("acme", "sendinblue", ["A", "B"]) == set()
     markers = list(store.redis.scan_iter("prefsync:done:*"))
     assert len(markers) == 2
     for marker in markers:
         assert 0 < store.redis.ttl(marker) <= 60
 
 
-def test_marking_nothing_done_is_harmless(store):
-    mark_done(store, "acme", "braze", [])
-    assert store.done_among("acme", "braze", []) == set()
+def test_a_claim_reports_the_events_already_done_and_merges_only_the_others(store):
+    finish(store, "acme", "braze", {"u1": ["A"]})
+    writes = {"u1": [Write("A", at(20), {NEWSLETTER: False}), Write("B", at(10), {PRODUCT: True})]}
+    with store.claim("acme", "braze", writes) as claim:
+        assert claim.done == {"A"}
+        # A's newer value was not merged again (it ended already): B owns only its own.
+        assert claim.owners == {"u1": {PRODUCT: "B"}}
+    assert store.current("acme", "u1") == {PRODUCT: True}
+    # Done for braze, not for another connector: there, A is merged and owns its value.
+    with store.claim("acme", "sendinblue", writes) as claim:
+        assert claim.done == set()
+        assert claim.owners == {"u1": {NEWSLETTER: "A", PRODUCT: "B"}}
+
+
+def test_finishing_with_nothing_done_only_releases(store):
+    finish(store, "acme", "braze", {"u1": []})
     assert list(store.redis.scan_iter("prefsync:done:*")) == []
+    assert not store.redis.exists(key("lock", "acme", "braze", "u1"))
+
+
+def test_finish_marks_done_even_when_the_lock_was_taken_over_but_leaves_that_lock(store):
+    lock = key("lock", "acme", "braze", "u1")
+    with store.claim("acme", "braze", {"u1": []}) as claim:
+        store.redis.set(lock, "next-holder")  # ours expired; another worker took it
+        with store.redis.pipeline() as pipe:
+            store.finish(claim, {"u1": ["A"]}, pipe)
+            pipe.execute()
+    assert store.is_done("acme", "braze", "A")
+    assert store.redis.get(lock) == b"next-holder"
 
 
 # -- locks ------------------------------------------------------------------------------------
@@ -216,9 +254,9 @@ def test_lock_admits_one_holder_at_a_time(store):
     inside, overlaps, refused = [], [], []
 
     def hold():
-        with store.locks("acme", "braze", ["u1"]) as busy:
-            if busy:
-                refused.append(busy)
+        with store.claim("acme", "braze", {"u1": []}) as claim:
+            if claim.busy:
+                refused.append(claim.busy)
                 return
             inside.append(1)
             if len(inside) > 1:
@@ -238,30 +276,43 @@ def test_lock_admits_one_holder_at_a_time(store):
 
 def test_lock_held_elsewhere_reports_the_user_busy_after_a_short_wait(store):
     store.lock_wait = 0.1
-    with store.locks("acme", "braze", ["u1"]) as busy:
-        assert busy == set()
+    with store.claim("acme", "braze", {"u1": []}) as claim:
+        assert claim.busy == set()
         started = time.monotonic()
-        with store.locks("acme", "braze", ["u1", "u2"]) as again:
+        with store.claim("acme", "braze", {"u1": [], "u2": []}) as again:
             waited = time.monotonic() - started
             # Only the held user is busy; the other one is held by this block.
-            assert again == {"u1"}
+            assert again.busy == {"u1"}
             assert store.redis.exists(key("lock", "acme", "braze", "u2"))
         assert 0.1 <= waited < 1.0
         # Its lock was not taken over nor released by the block that did not get it.
         assert store.redis.exists(key("lock", "acme", "braze", "u1"))
         # Other users and other connectors are not blocked.
         with (
-            store.locks("acme", "braze", ["u2"]) as other_user,
-            store.locks("acme", "sendinblue", ["u1"]) as other_connector,
-            store.locks("globex", "braze", ["u1"]) as other_tenant,
+            store.claim("acme", "braze", {"u2": []}) as other_user,
+            store.claim("acme", "sendinblue", {"u1": []}) as other_connector,
+            store.claim("globex", "braze", {"u1": []}) as other_tenant,
         ):
-            assert other_user == other_connector == other_tenant == set()
+            assert other_user.busy == other_connector.busy == other_tenant.busy == set()
+
+
+def test_a_busy_user_is_neither_checked_nor_merged(store):
+    store.lock_wait = 0.05
+    store.redis.set(key("lock", "acme", "braze", "u1"), "someone-else", px=60_000)
+    store.redis.set(key("done", "acme", "braze", "A"), 1)
+    writes = {"u1": [Write("A", at(10), {NEWSLETTER: True}), Write("B", at(20), {PRODUCT: True})]}
+    with store.claim("acme", "braze", writes) as claim:
+        assert claim.busy == {"u1"}
+        assert claim.held == []
+        assert claim.done == set()
+        assert claim.owners == {}
+    assert store.current("acme", "u1") == {}
 
 
 def test_locks_release_what_they_held_on_exit(store):
     names = [key("lock", "acme", "braze", user) for user in ("u1", "u2")]
-    with store.locks("acme", "braze", ["u1", "u2"]) as busy:
-        assert busy == set()
+    with store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
+        assert claim.busy == set()
         assert all(store.redis.exists(name) for name in names)
         assert 0 < store.redis.pttl(names[0]) <= 2000
     assert not any(store.redis.exists(name) for name in names)
@@ -270,24 +321,24 @@ def test_locks_release_what_they_held_on_exit(store):
 def test_locks_release_what_they_held_when_the_body_raises(store):
     store.lock_wait = 0.05
     store.redis.set(key("lock", "acme", "braze", "u2"), "someone-else", px=60_000)
-    with pytest.raises(RuntimeError), store.locks("acme", "braze", ["u1", "u2"]) as busy:
-        assert busy == {"u2"}
+    with pytest.raises(RuntimeError), store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
+        assert claim.busy == {"u2"}
         raise RuntimeError("boom")
     assert not store.redis.exists(key("lock", "acme", "braze", "u1"))
     # The lock held elsewhere is left to its holder.
     assert store.redis.get(key("lock", "acme", "braze", "u2")) == b"someone-else"
-    with store.locks("acme", "braze", ["u1"]) as busy:
-        assert busy == set()
+    with store.claim("acme", "braze", {"u1": []}) as claim:
+        assert claim.busy == set()
 
 
 def test_locks_of_no_users_yield_nothing_busy(store):
-    with store.locks("acme", "braze", []) as busy:
-        assert busy == set()
+    with store.claim("acme", "braze", {}) as claim:
+        assert claim.busy == set()
 
 
 def test_a_lock_left_by_a_killed_worker_expires(store):
     store.redis.set(key("lock", "acme", "braze", "u1"), "dead-worker", px=100)
     store.lock_wait = 1
-    with store.locks("acme", "braze", ["u1"]) as busy:
-        assert busy == set()
+    with store.claim("acme", "braze", {"u1": []}) as claim:
+        assert claim.busy == set()
         assert store.redis.get(key("lock", "acme", "braze", "u1")) != b"dead-worker"
