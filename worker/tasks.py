@@ -2,23 +2,31 @@
 
 ``ScheduledTask`` is where Celery meets our delivery guarantee: it carries the attempt
 history in the message, aims every retry at its offset from the first attempt
-(worker.retries), and dead-letters whatever fails for good. Task arguments are the event
-payload and ids only — never a credential, since Flower shows arguments.
+(worker.retries), waits out a Redis restart rather than fail for it, and dead-letters
+whatever fails for good. Task arguments are the event payload and ids only — never a
+credential, since Flower shows arguments.
 """
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Callable
-from typing import Any
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from time import monotonic, sleep
+from typing import Any, TypeVar
 
 import redis
 import structlog
 from celery import Task, bootsteps, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.utils import uuid
+from kombu.exceptions import OperationalError
 
-from worker import pipeline
+from worker import outbox, pipeline
 from worker.app import app
 from worker.deadletter import Attempt, describe_payload_owner
 from worker.delivery import Unfinished
@@ -39,12 +47,15 @@ from worker.state import key as state_key
 
 log = structlog.get_logger("prefsync.tasks")
 
-TRANSIENT = (
-    RetryableError,
-    SoftTimeLimitExceeded,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
+T = TypeVar("T")
+
+# Redis unreachable (down, restarting, still loading its data, or hung).
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# How long the writes that settle a failed attempt wait for Redis: a restart takes a second
+# or a few, and a publish waits about as long (task_publish_retry_policy, worker/app.py).
+REDIS_PATIENCE = 15.0
+
+TRANSIENT = (RetryableError, SoftTimeLimitExceeded, *REDIS_DOWN)
 
 
 class ScheduledTask(Task):
@@ -111,25 +122,48 @@ class ScheduledTask(Task):
                     **ids,
                 )
         kwargs = {**(self.request.kwargs or {}), "attempts": [a.model_dump() for a in attempts]}
-        if countdown is not None:
-            runtime().outbox.rescheduled(self.request.id, list(args), kwargs, clock(), countdown)
+        celery_retry = partial(
+            super().retry, args=args, kwargs=kwargs, exc=exc, throw=throw,
+            countdown=countdown, max_retries=max_retries, **options,
+        )  # fmt: skip
+        if countdown is None:  # no retry left: Celery raises exc, a failure to dead-letter
+            return celery_retry()
+        # Until the retry is written (outbox, then broker), a Redis outage must not fail
+        # the task: that would acknowledge its message and leave its events to the outbox
+        # sweep, a visibility timeout (an hour by default) later. So the writes wait for
+        # Redis; if it stays away longer, or the soft time limit comes first, the message
+        # is put back instead (Reject with requeue: never acknowledged, never dead-lettered).
         try:
-            return super().retry(
-                args=args, kwargs=kwargs, exc=exc, throw=throw,
-                countdown=countdown, max_retries=max_retries, **options,
-            )  # fmt: skip
+            with cancellation_held():
+                patiently(
+                    lambda: runtime().outbox.rescheduled(
+                        self.request.id, list(args), kwargs, clock(), countdown
+                    )
+                )
+                return celery_retry()
+        except (SoftTimeLimitExceeded, *REDIS_DOWN) as error:
+            raise self.put_back(error) from None
         except Reject as rejected:
+            if isinstance(rejected.reason, (OperationalError, *REDIS_DOWN)):
+                # Celery gave up publishing with Redis unreachable (its retry policy):
+                # Redis is to blame, not the events.
+                raise self.put_back(rejected.reason) from None
             # Celery could not publish the retry and would drop the message: keep it as a
             # dead letter instead, or, if even that fails, put the message back.
+            reason, once = rejected.reason, once_key(self.request.id, self.request.kwargs)
             try:
-                self.dead_letter(
-                    args, attempts, rejected.reason,
-                    once=once_key(self.request.id, self.request.kwargs),
-                )  # fmt: skip
-                runtime().outbox.done(self.request.id)
+                patiently(lambda: self.dead_letter(args, attempts, reason, once))
+                patiently(lambda: runtime().outbox.done(self.request.id))
             except Exception:
-                raise Reject(rejected.reason, requeue=True) from None
+                raise self.put_back(reason) from None
             raise
+
+    def put_back(self, why: BaseException) -> Reject:
+        """The Reject that puts this message back on the queue, unacknowledged: it runs again
+        with the attempts it carries. With Redis still down, the worker cannot requeue it
+        either: the message stays unacknowledged in Redis until the visibility timeout."""
+        log.warning("message put back, to run again", error=pipeline.describe_error(why))
+        return Reject(why, requeue=True)
 
     def run_batch(self, work: Callable[[], Unfinished]) -> str:
         """Run ``work`` on this message's events, then settle what did not end. A batch
@@ -204,7 +238,8 @@ class ScheduledTask(Task):
         log.info("deferred", wait=round(wait, 3), why=str(why), events=len(args[0]))
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
-        runtime().outbox.done(task_id)
+        # Should Redis stay away longer, the sweep publishes the task again: all duplicates.
+        patiently(lambda: runtime().outbox.done(task_id))
 
     def dead_letter(
         self,
@@ -229,6 +264,55 @@ class ScheduledTask(Task):
                 now=clock(),
                 once=f"{once}:{index}",
             )
+
+
+def patiently(write: Callable[[], T]) -> T:
+    """``write`` (idempotent Redis writes), tried again while Redis is unreachable, for up to
+    REDIS_PATIENCE seconds; then its error is raised."""
+    deadline = monotonic() + REDIS_PATIENCE
+    pause = 0.2
+    while True:
+        try:
+            return write()
+        except REDIS_DOWN:
+            if monotonic() + pause > deadline:
+                raise
+            sleep(pause)
+            pause = min(2 * pause, 2.0)
+
+
+@contextmanager
+def cancellation_held() -> Iterator[None]:
+    """SIGTERM held off until the block is done, then let through.
+
+    When its broker connection drops, the worker terminates (SIGTERM) the tasks still
+    running, which could no longer acknowledge their messages, and leaves those messages
+    to come back after the visibility timeout. A task writing its retry finishes that first,
+    so the retry runs as soon as Redis is back."""
+    previous = signal.getsignal(signal.SIGTERM)
+    # Only the main thread takes signals (and a threads pool terminates no task); a handler
+    # that was not set from Python cannot be put back.
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if held:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def retry_written(task_id: str, kwargs: dict | None) -> bool:
+    """Whether the run of a message carrying ``kwargs`` wrote its retry: ScheduledTask.retry
+    writes it to the outbox, with one attempt more, before publishing it."""
+    raw = runtime().redis.hget(outbox.ENTRIES, task_id)
+    if raw is None:
+        return False
+    written = carried_attempts(json.loads(raw)["kwargs"])
+    return len(written) > len(carried_attempts(kwargs))
 
 
 def payloads_of(args: list[Any] | tuple[Any, ...]) -> list[Any]:
@@ -327,19 +411,29 @@ def _dead_letter_failures(
     # without the task's request, so the carried attempts are read from the signal.
     # A Reject comes from ScheduledTask.retry, which already dead-lettered the message
     # (or requeued it): the worker reports it here a second time.
+    # The Redis writes here wait for Redis (patiently): a failure is acknowledged whatever
+    # happens here, and left undone its events wait for the outbox sweep.
     if isinstance(sender, ScheduledTask) and exception is not None:
         if isinstance(exception, Reject):
+            return
+        if patiently(lambda: retry_written(task_id, kwargs)):
+            # Reported after the run had written its retry: a hard time limit the parent
+            # reports late, for a child that ended while the worker reconnected to Redis
+            # (its result waited). The retry carries the events on.
+            error = pipeline.describe_error(exception)
+            log.warning("failure reported after the retry was written: ignored", error=error)
             return
         # Transient errors that used up the schedule, and refusals, are the events' own;
         # anything else (a bug, a hard time limit, a lost worker) may be one event's doing.
         if not isinstance(exception, (PrefsyncError, *TRANSIENT)) and sender.split(
             task_id, list(args or ()), kwargs, exception
         ):
-            runtime().outbox.done(task_id)
+            patiently(lambda: runtime().outbox.done(task_id))
             return
         attempts = sender.attempts(exception, kwargs)
-        sender.dead_letter(list(args or ()), attempts, exception, once_key(task_id, kwargs))
-        runtime().outbox.done(task_id)
+        once = once_key(task_id, kwargs)
+        patiently(lambda: sender.dead_letter(list(args or ()), attempts, exception, once))
+        patiently(lambda: runtime().outbox.done(task_id))
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.route")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import types
 import uuid
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from pathlib import Path
+from signal import SIGTERM, raise_signal
+from signal import signal as set_signal_handler
 from typing import Any
 
 import fakeredis
@@ -34,10 +37,12 @@ from billiard.exceptions import TimeLimitExceeded
 from celery import signals, states
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.contrib.testing.mocks import TaskMessage
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, WorkerTerminate
 from celery.worker.request import Request
+from kombu.exceptions import EncodeError, OperationalError
 
 import worker.connectors.braze
+import worker.outbox
 import worker.pacing
 import worker.tasks
 from worker.app import app
@@ -48,7 +53,7 @@ from worker.errors import RetryableError
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
 from worker.state import key as state_key
-from worker.tasks import ScheduledTask, deliver, route
+from worker.tasks import REDIS_PATIENCE, ScheduledTask, deliver, route
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events" / "event-created.json"
 TENANT = "acme"
@@ -166,7 +171,7 @@ class Worker:
             hostname="celery@test",
             connection_errors=(),
             on_ack=lambda *_, **__: settle.append(("ack", False)),
-            on_reject=lambda *_, requeue=False, **__: settle.append(("reject", requeue)),
+            on_reject=lambda _log, _errors, requeue: settle.append(("reject", requeue)),
         )
 
     def execute(self, message: Message) -> Run:
@@ -219,6 +224,7 @@ class Worker:
 @dataclass
 class Harness:
     rt: Runtime
+    server: fakeredis.FakeServer  # our Redis data
     clock: Clock
     broker: Broker
     worker: Worker
@@ -245,7 +251,8 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
     rt = Runtime(get_settings())
-    rt.__dict__["redis"] = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    server = fakeredis.FakeServer()
+    rt.__dict__["redis"] = fakeredis.FakeRedis(server=server)
     clock = Clock(START)
     broker = Broker(clock)
     monkeypatch.setattr(worker.tasks, "runtime", lambda: rt)
@@ -262,7 +269,40 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
         monkeypatch.setattr(app.tasks[task.name], "__trace__", None)
     # Every publish of route/deliver (a retry, route's fan-out) goes to the recorder.
     monkeypatch.setattr(ScheduledTask, "apply_async", apply_async)
-    return Harness(rt, clock, broker, Worker(clock, broker), [])
+    return Harness(rt, server, clock, broker, Worker(clock, broker), [])
+
+
+@dataclass
+class Outage:
+    """Our Redis (fakeredis) down from ``begin()`` until the tasks have waited ``lasts``
+    seconds for it, on the clock of their waits (worker.tasks' sleep and monotonic, faked);
+    the soft time limit comes after ``soft_limit`` seconds of waiting."""
+
+    server: fakeredis.FakeServer
+    lasts: float = 3.0
+    soft_limit: float = math.inf
+    waits: list[float] = field(default_factory=list)
+
+    def begin(self) -> None:
+        self.server.connected = False
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.monotonic() >= self.soft_limit:
+            raise SoftTimeLimitExceeded()
+        if self.monotonic() >= self.lasts:
+            self.server.connected = True
+
+    def monotonic(self) -> float:
+        return sum(self.waits)
+
+
+@pytest.fixture
+def outage(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Outage:
+    outage = Outage(harness.server)
+    monkeypatch.setattr(worker.tasks, "sleep", outage.sleep)
+    monkeypatch.setattr(worker.tasks, "monotonic", outage.monotonic)
+    return outage
 
 
 def event() -> dict[str, Any]:
@@ -605,9 +645,14 @@ def test_retry_countdowns_longer_than_the_visibility_timeout_allows_are_refused(
 # -- failures the worker's parent process reports ----------------------------------------------
 
 
-def test_a_retry_that_cannot_be_published_is_dead_lettered_once_with_every_attempt(
-    harness: Harness, mocked: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def second_attempt_whose_retry_cannot_be_published(
+    harness: Harness,
+    mocked: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> Run:
+    """Run the second attempt of a failing delivery, whose retry Celery cannot publish
+    (``error``): it rejects the message, which it would otherwise lose."""
     connector_id = braze_config(harness)
     answers(harness, mocked, [(503, UNAVAILABLE, {})])
     harness.worker.send(deliver, [event()], connector_id)
@@ -615,33 +660,68 @@ def test_a_retry_that_cannot_be_published_is_dead_lettered_once_with_every_attem
     [first_retry] = harness.broker.queue
     harness.broker.queue.clear()
 
-    def broker_down(*_: Any, **__: Any) -> None:
-        raise redis.exceptions.ConnectionError("Error 111 connecting to redis:6379")
+    def cannot_publish(*_: Any, **__: Any) -> None:
+        raise error
 
-    # Redis is gone when the second attempt's retry is published: Celery rejects the
-    # message (it would be lost), and the worker's parent reports that as a failure too.
-    monkeypatch.setattr(ScheduledTask, "apply_async", broker_down)
+    monkeypatch.setattr(ScheduledTask, "apply_async", cannot_publish)
     harness.clock.now = first_retry.due
-    run = harness.worker.execute(first_retry)
+    return harness.worker.execute(first_retry)
+
+
+def test_a_retry_celery_cannot_publish_is_dead_lettered_once_with_every_attempt(
+    harness: Harness, mocked: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # For a reason of its own, not Redis: the worker's parent reports the rejection as a
+    # failure too, and it stays one dead letter.
+    error = EncodeError("cannot serialize the retry")
+    run = second_attempt_whose_retry_cannot_be_published(harness, mocked, monkeypatch, error)
 
     assert len(mocked.calls) == 2
     assert (run.settled, run.requeue) == ("reject", False)
     [entry] = harness.dead_letters()
     assert [a.status for a in entry.attempts] == [503, 503]
-    assert "ConnectionError" in entry.reason
-    assert harness.rt.recorder.counts(TENANT, connector_id) == {"dead_lettered": 1}
+    assert "EncodeError" in entry.reason
+    assert harness.rt.recorder.counts(TENANT, "braze-eu") == {"dead_lettered": 1}
+    assert harness.rt.outbox.pending() == 0
 
 
-def test_a_hard_time_limit_is_dead_lettered_with_the_attempts_the_message_carried(
+@pytest.mark.parametrize(
+    "error",
+    [
+        # What kombu raises once its publish retry policy gave up.
+        OperationalError("Error 111 connecting to redis:6379. Connection refused."),
+        redis.exceptions.ConnectionError("Error 111 connecting to redis:6379"),
+    ],
+    ids=["kombu", "redis"],
+)
+def test_a_retry_that_cannot_be_published_while_redis_is_down_puts_the_message_back(
     harness: Harness,
+    mocked: responses.RequestsMock,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> None:
+    run = second_attempt_whose_retry_cannot_be_published(harness, mocked, monkeypatch, error)
+
+    # Unacknowledged, to run again with the attempts it carries: Redis is to blame.
+    assert (run.state, run.settled, run.requeue) == (states.REJECTED, "reject", True)
+    assert harness.dead_letters() == []
+    assert harness.rt.outbox.pending() == 1
+
+
+@pytest.mark.parametrize("redis_restarts", [False, True], ids=["", "while-redis-restarts"])
+def test_a_hard_time_limit_is_dead_lettered_with_the_attempts_the_message_carried(
+    harness: Harness, outage: Outage, redis_restarts: bool
 ) -> None:
     connector_id = braze_config(harness)
     carried = [
         {"at": START, "status": 503, "error": "Braze is unavailable (HTTP 503)"},
         {"at": START + 10, "status": None, "error": "timed out after 10.0s"},
     ]
-    settle = cut_off_by_the_hard_limit(harness, ([event()], connector_id), carried)
+    settle = cut_off_by_the_hard_limit(
+        harness, ([event()], connector_id), carried, outage if redis_restarts else None
+    )
 
+    assert bool(outage.waits) == redis_restarts  # it waited for Redis to write the entry
     [entry] = harness.dead_letters()
     assert entry.connector_id == connector_id
     assert [(a.at, a.status) for a in entry.attempts[:2]] == [(START, 503), (START + 10, None)]
@@ -653,10 +733,11 @@ def test_a_hard_time_limit_is_dead_lettered_with_the_attempts_the_message_carrie
 
 
 def cut_off_by_the_hard_limit(
-    harness: Harness, args: tuple, carried: list[dict[str, Any]]
+    harness: Harness, args: tuple, carried: list[dict[str, Any]], outage: Outage | None = None
 ) -> list[tuple[str, bool]]:
-    """Run a deliver message (with ``carried`` attempts) that the hard time limit kills;
-    returns how the worker settled it."""
+    """Run a deliver message (with ``carried`` attempts) that the hard time limit kills,
+    reported while Redis restarts if there is an ``outage``; returns how the worker settled
+    it."""
     message = Message(
         task=deliver.name,
         args=args,
@@ -666,8 +747,16 @@ def cut_off_by_the_hard_limit(
         countdown=None,
         published_at=START + 20,
     )
-    harness.rt.outbox.add(message.task_id, message.task, list(message.args), carried, START)
+    harness.rt.outbox.add(message.task_id, message.task, list(message.args), message.kwargs, START)
     harness.clock.now = START + 100
+    if outage is not None:
+        outage.begin()
+    return report_hard_limit(harness, message)
+
+
+def report_hard_limit(harness: Harness, message: Message) -> list[tuple[str, bool]]:
+    """The worker's parent reports a hard time limit for a run of ``message``; returns how
+    it settled the message."""
     settle: list[tuple[str, bool]] = []
     request = harness.worker.request(message, settle)
     # The pool child is killed at the hard limit and the worker's parent reports it twice,
@@ -706,6 +795,124 @@ def test_attempts_lost_with_their_pool_child_are_counted_in_the_dead_letter(
     assert len(entry.attempts) == 4
     assert "not configured" in entry.reason
     assert connector_id != entry.connector_id
+
+
+# -- Redis down while an attempt is settled ----------------------------------------------------
+
+
+def braze_takes_the_call_as_redis_dies(
+    harness: Harness, mocked: responses.RequestsMock, outage: Outage
+) -> str:
+    """A Braze connector whose call Braze takes while Redis dies: nothing after the call can
+    be recorded. Returns the connector id."""
+
+    def reply(request: Any) -> tuple[int, dict[str, str], str]:
+        outage.begin()
+        return 201, {"Content-Type": "application/json"}, json.dumps(SUCCESS)
+
+    mocked.add_callback("POST", TRACK, callback=reply)
+    return braze_config(harness)
+
+
+def test_a_retry_written_while_redis_restarts_waits_for_redis_and_nothing_is_dead_lettered(
+    harness: Harness, mocked: responses.RequestsMock, outage: Outage
+) -> None:
+    connector_id = braze_takes_the_call_as_redis_dies(harness, mocked, outage)
+    harness.worker.send(deliver, [event()], connector_id)
+
+    run = harness.worker.execute(harness.broker.queue.pop())
+
+    # The attempt failed on Redis; its retry waited for Redis and was written, outbox first.
+    assert (run.state, run.settled) == (states.RETRY, "ack")  # replaced by its retry
+    assert outage.lasts <= sum(outage.waits) <= REDIS_PATIENCE
+    [retry] = harness.broker.retries()
+    [attempt] = retry.kwargs["attempts"]
+    assert "connection error" in attempt["error"].lower()
+    entry = json.loads(harness.rt.redis.hget(worker.outbox.ENTRIES, retry.task_id))
+    assert entry["kwargs"] == retry.kwargs
+    assert harness.dead_letters() == []
+
+
+@pytest.mark.parametrize(
+    ("lasts", "soft_limit"),
+    [(math.inf, math.inf), (math.inf, 1.0)],
+    ids=["redis-stays-down", "soft-time-limit-first"],
+)
+def test_a_retry_that_cannot_be_written_puts_the_message_back_unacknowledged(
+    harness: Harness,
+    mocked: responses.RequestsMock,
+    outage: Outage,
+    lasts: float,
+    soft_limit: float,
+) -> None:
+    outage.lasts, outage.soft_limit = lasts, soft_limit
+    connector_id = braze_takes_the_call_as_redis_dies(harness, mocked, outage)
+    harness.worker.send(deliver, [event()], connector_id)
+
+    run = harness.worker.execute(harness.broker.queue.pop())
+
+    # Neither acknowledged nor a failure: the message runs again with what it carries.
+    assert (run.state, run.settled, run.requeue) == (states.REJECTED, "reject", True)
+    assert sum(outage.waits) <= REDIS_PATIENCE
+    assert harness.broker.retries() == []
+    harness.server.connected = True
+    assert harness.dead_letters() == []
+    assert harness.rt.outbox.pending() == 1
+
+
+def test_a_sigterm_while_the_retry_waits_for_redis_is_let_through_once_it_is_written(
+    harness: Harness,
+    mocked: responses.RequestsMock,
+    outage: Outage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worker terminates the tasks still running when its broker connection drops; in a
+    # pool process, billiard's SIGTERM handler exits. Here it notes the retries published,
+    # and exits with what the solo pool lets through.
+    published_at_exit: list[int] = []
+
+    def exit_pool_process(signum: int, _: Any) -> None:
+        published_at_exit.append(len(harness.broker.retries()))
+        raise WorkerTerminate(signum)
+
+    def sleep(seconds: float) -> None:
+        if not outage.waits:
+            raise_signal(SIGTERM)
+        outage.sleep(seconds)
+
+    monkeypatch.setattr(worker.tasks, "sleep", sleep)
+    connector_id = braze_takes_the_call_as_redis_dies(harness, mocked, outage)
+    harness.worker.send(deliver, [event()], connector_id)
+    previous = set_signal_handler(SIGTERM, exit_pool_process)
+    try:
+        with pytest.raises(WorkerTerminate):
+            harness.worker.execute(harness.broker.queue.pop())
+    finally:
+        set_signal_handler(SIGTERM, previous)
+
+    assert published_at_exit == [1]
+    assert harness.broker.retries()[0].kwargs["attempts"]  # ours, with the attempt
+
+
+def test_a_hard_time_limit_reported_after_the_run_wrote_its_retry_is_not_dead_lettered(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(503, UNAVAILABLE, {}), (201, SUCCESS, {})])
+    harness.worker.send(deliver, [event()], connector_id)
+    first = harness.broker.queue[0]
+    harness.worker.execute(first)  # 503: its retry is written and published
+
+    # The worker's parent had not read that result when its timer of the hard limit fired
+    # (it was reconnecting to Redis): it reports the run as cut off.
+    report_hard_limit(harness, first)
+    assert harness.dead_letters() == []
+
+    harness.broker.queue.remove(first)
+    harness.worker.drain()
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
+    assert harness.dead_letters() == []
+    assert harness.rt.outbox.pending() == 0
 
 
 # -- pacing: rate limits and busy users defer, they use no retry ----------------------------------
