@@ -207,6 +207,7 @@ class Deliverer:
                 ended,
                 also=lambda pipe: self.state.finish(claim, done_by_user, pipe),
             )
+            claim.finished = True
         return unfinished
 
     def _record(

@@ -51,7 +51,7 @@ class OutcomeRecorder:
         """Count, audit and log how each of ``ended`` ended, in one Redis transaction that
         also holds ``also``'s commands: the done markers are written with the audit
         entries or not at all, so no delivered event is ever audited only as a duplicate."""
-        if not ended:
+        if not ended and also is None:
             return
         totals = Counter(name for item in ended for name in _counted(item.outcome))
         now = clock()

@@ -151,7 +151,7 @@ class Claim:
     done: set[str] = field(default_factory=set)
     #: per held user, the properties one of the claimed (not done) events owns
     owners: Owners = field(default_factory=dict)
-    #: ``StateStore.finish`` queued the release of the locks
+    #: the release of the locks was written (``StateStore.finish``, once its transaction ran)
     finished: bool = False
 
 
@@ -204,6 +204,7 @@ class StateStore:
                 with self.redis.pipeline(transaction=False) as pipe:
                     self.finish(claim, {}, pipe)
                     pipe.execute()
+                claim.finished = True
 
     def _claim_busy(self, claim: Claim, writes_by_user: Mapping[str, Sequence[Write]]) -> None:
         """One try at the users of ``claim`` still busy."""
@@ -236,7 +237,8 @@ class StateStore:
     ) -> None:
         """Queue on ``client`` (a pipeline the caller executes, with the audit entries:
         OutcomeRecorder.record) the done markers of the events that ended, by user, and
-        the release of every lock ``claim`` holds."""
+        the release of every lock ``claim`` holds. Once it ran, the caller sets
+        ``claim.finished``; until then the claim releases its locks itself on exit."""
         for user in claim.held:
             keys = [key("lock", claim.tenant, claim.connector_id, user)]
             keys += [
@@ -244,7 +246,6 @@ class StateStore:
                 for event_key in done_by_user.get(user, ())
             ]
             self._finish(keys=keys, args=[claim.token, self.idempotency_ttl], client=client)
-        claim.finished = True
 
     def current(self, tenant: str, user: str) -> dict[str, Value]:
         """The merged newest value of every property known for a user (for operators)."""

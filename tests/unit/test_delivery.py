@@ -319,6 +319,8 @@ def test_an_event_is_marked_done_only_together_with_its_audit_entry(
 
     # Not done: a retry delivers and audits it, rather than skip it as a duplicate.
     assert done(rt, "brevo", payload) == [False]
+    # Nor left locked until the lock expires: the retry finds the user free.
+    assert not rt.redis.exists(key("lock", TENANT, "brevo", "u1"))
 
 
 @pytest.mark.parametrize(
