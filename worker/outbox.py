@@ -49,15 +49,20 @@ class Outbox:
             pipe.zadd(DUE, {task_id: now + wait + self.grace})
             pipe.execute()
 
+    def entry(self, task_id: str) -> dict[str, Any] | None:
+        """The task as last written: {"name", "args", "kwargs"}; None once it ended."""
+        raw = self.redis.hget(ENTRIES, task_id)
+        return None if raw is None else json.loads(raw)
+
     def rescheduled(
         self, task_id: str, args: list[Any], kwargs: dict[str, Any], now: float, wait: float
     ) -> None:
         """A retry was published: it carries new args (the events left of a batch) and
         kwargs (the attempts), and may wait ``wait`` seconds."""
-        raw = self.redis.hget(ENTRIES, task_id)
-        if raw is None:  # published before the outbox existed, or already swept and ended
+        written = self.entry(task_id)
+        if written is None:  # published before the outbox existed, or already swept and ended
             return
-        entry = {**json.loads(raw), "args": args, "kwargs": kwargs}
+        entry = {**written, "args": args, "kwargs": kwargs}
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(ENTRIES, task_id, json.dumps(entry))
             pipe.zadd(DUE, {task_id: now + wait + self.grace})

@@ -204,7 +204,6 @@ class StateStore:
                 with self.redis.pipeline(transaction=False) as pipe:
                     self.finish(claim, {}, pipe)
                     pipe.execute()
-                claim.finished = True
 
     def _claim_busy(self, claim: Claim, writes_by_user: Mapping[str, Sequence[Write]]) -> None:
         """One try at the users of ``claim`` still busy."""

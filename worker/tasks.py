@@ -9,7 +9,6 @@ credential, since Flower shows arguments.
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import threading
@@ -26,7 +25,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
-from worker import outbox, pipeline
+from worker import pipeline
 from worker.app import app
 from worker.deadletter import Attempt, describe_payload_owner
 from worker.delivery import Unfinished
@@ -308,11 +307,10 @@ def cancellation_held() -> Iterator[None]:
 def retry_written(task_id: str, kwargs: dict | None) -> bool:
     """Whether the run of a message carrying ``kwargs`` wrote its retry: ScheduledTask.retry
     writes it to the outbox, with one attempt more, before publishing it."""
-    raw = runtime().redis.hget(outbox.ENTRIES, task_id)
-    if raw is None:
+    entry = runtime().outbox.entry(task_id)
+    if entry is None:
         return False
-    written = carried_attempts(json.loads(raw)["kwargs"])
-    return len(written) > len(carried_attempts(kwargs))
+    return len(carried_attempts(entry["kwargs"])) > len(carried_attempts(kwargs))
 
 
 def payloads_of(args: list[Any] | tuple[Any, ...]) -> list[Any]:

@@ -828,7 +828,7 @@ def test_a_retry_written_while_redis_restarts_waits_for_redis_and_nothing_is_dea
     [retry] = harness.broker.retries()
     [attempt] = retry.kwargs["attempts"]
     assert "connection error" in attempt["error"].lower()
-    entry = json.loads(harness.rt.redis.hget(worker.outbox.ENTRIES, retry.task_id))
+    entry = harness.rt.outbox.entry(retry.task_id)
     assert entry["kwargs"] == retry.kwargs
     assert harness.dead_letters() == []
 
