@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from redis.client import Pipeline
 
 from worker.configs import ConnectorConfig
-from worker.connectors.base import Change, Delivered, Skipped, Transport, Value
-from worker.errors import Deferred, DeliveryError, PrefsyncError, RetryableError
-from worker.events import PreferenceEvent
+from worker.connectors.base import (
+    Change,
+    Delivered,
+    Skipped,
+    Transport,
+    Value,
+    fed_fields,
+    own_fields,
+)
+from worker.errors import Deferred, DeliveryError, PermanentError, PrefsyncError, RetryableError
+from worker.events import PreferenceEvent, canonical_name
 from worker.outcomes import Outcome, OutcomeKind, SkipReason
 from worker.pacing import PacedTransport, Pacer, account_key
 from worker.recorder import Ended, OutcomeRecorder
@@ -99,15 +108,15 @@ class Deliverer:
         """Deliver ``events`` (all of ``tenant``) to ``config``'s destination."""
         ended: dict[int, Outcome] = {}
         plans: dict[int, Resolved] = {}
-        first_copy: dict[str, int] = {}
+        first_copy: set[tuple[str, str]] = set()  # (user, event key): one event
         for index, event in enumerate(events):
             resolved = plan(event, config)
             if isinstance(resolved, Outcome):
                 ended[index] = resolved
-            elif event.event_key in first_copy:
+            elif (event.user, event.event_key) in first_copy:
                 ended[index] = skipped(SkipReason.DUPLICATE, "a copy earlier in the batch")
             else:
-                first_copy[event.event_key] = index
+                first_copy.add((event.user, event.event_key))
                 plans[index] = resolved
         self._record(tenant, config, events, ended)
 
@@ -128,7 +137,7 @@ class Deliverer:
                 unfinished |= {index: stop for indexes in group.values() for index in indexes}
                 continue
             writes = {
-                user: [_write(events[i], plans[i]) for i in indexes]
+                user: [_write(events[i], plans[i], config) for i in indexes]
                 for user, indexes in group.items()
             }
             wait = max(0.0, lock_deadline - time.monotonic())
@@ -161,30 +170,45 @@ class Deliverer:
         senders: dict[str, list[int]] = {}  # user -> the events their change carries
         for user in claim.held:
             values: dict[str, Value] = {}
+            changed: dict[str, str] = {}  # mapped property name -> canonical, owned
             owners = claim.owners[user]
             for index in group[user]:
                 event_key = events[index].event_key
-                if event_key in claim.done:  # checked under the lock: a copy ended meanwhile
+                if (user, event_key) in claim.done:  # checked under the lock: a copy ended
                     ended[index] = skipped(SkipReason.DUPLICATE)
                     continue
                 mine = {
-                    name: value
+                    name: (canonical, value)
                     for name, (canonical, value) in plans[index].items()
                     if owners.get(canonical) == event_key
                 }
                 if mine:
-                    values |= mine
+                    values |= {name: value for name, (_, value) in mine.items()}
+                    changed |= {name: canonical for name, (canonical, _) in mine.items()}
                     senders.setdefault(user, []).append(index)
                 else:
                     ended[index] = skipped(SkipReason.STALE)
-            if values:
-                changes.append(Change(user, values))
+            if user not in senders:
+                continue
+            try:
+                fed = _fed_to_send(config, changed, claim.current[user], claim.delivered[user])
+            except PermanentError as refused:
+                unfinished |= dict.fromkeys(senders.pop(user), refused)
+                continue
+            change = Change(user, values, fed)
+            if fed or own_fields(config, values):
+                changes.append(change)
+            else:
+                why = "every field it feeds already holds this state at the destination"
+                ended |= dict.fromkeys(senders.pop(user), skipped(SkipReason.UNCHANGED, why))
+        delivered: dict[str, dict[str, Any]] = {}  # user -> the fed fields delivered
         try:
             if changes:
                 answers = config.connector.deliver_many(transport, config, changes)
                 for change, answer in zip(changes, answers, strict=True):
                     for index in senders[change.user]:
                         if isinstance(answer, Delivered):
+                            delivered[change.user] = dict(change.fed)
                             ended[index] = Outcome(
                                 OutcomeKind.DELIVERED, status=answer.status, fields=answer.fields
                             )
@@ -198,14 +222,14 @@ class Deliverer:
             done_by_user: dict[str, list[str]] = {}
             for index in ended:
                 event = events[index]
-                if event.event_key not in claim.done:
+                if (event.user, event.event_key) not in claim.done:
                     done_by_user.setdefault(event.user, []).append(event.event_key)
             self._record(
                 tenant,
                 config,
                 events,
                 ended,
-                also=lambda pipe: self.state.finish(claim, done_by_user, pipe),
+                also=lambda pipe: self.state.finish(claim, done_by_user, delivered, pipe),
             )
             claim.finished = True
         return unfinished
@@ -233,5 +257,43 @@ def _stops_the_batch(why: PrefsyncError) -> bool:
     return isinstance(why, RetryableError | Deferred) and not isinstance(why, UserBusy)
 
 
-def _write(event: PreferenceEvent, resolved: Resolved) -> Write:
-    return Write(event.event_key, event.ordering, dict(resolved.values()))
+def _write(event: PreferenceEvent, resolved: Resolved, config: ConnectorConfig) -> Write:
+    """What ``event`` tells the state. A user payload states every property it carries, so
+    a ``user.updated`` also writes the values it did not change: they are not sent (that
+    could undo a change made in the destination since), but a field they feed together
+    with a changed one is computed from them."""
+    values = dict(resolved.values())
+    if event.previous is not None:
+        for mapping in config.mappings:
+            found = event.properties.get(mapping.value)
+            if found is not None:
+                values.setdefault(*found)
+    return Write(event.event_key, event.ordering, values)
+
+
+def _fed_to_send(
+    config: ConnectorConfig,
+    changed: Mapping[str, str],
+    current: Mapping[str, Value],
+    delivered: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The fed fields (worker.connectors.base.Feed) a change must carry: those fed by a
+    property it changes, computed from the person's current value of every property
+    feeding them, unless the connector was last told that same value.
+
+    ``changed``: mapped property name -> canonical name, for the properties the change's
+    events own; ``current``: canonical name -> newest known value."""
+    feeds = [(mapping.value, config.connector.feed(mapping.id)) for mapping in config.mappings]
+    feeding = {feed.field for name, feed in feeds if feed is not None and name in changed}
+    if not feeding:
+        return {}
+    now: dict[str, Value] = {}
+    for mapping in config.mappings:
+        canonical = changed.get(mapping.value) or canonical_name(mapping.value)
+        if canonical in current:
+            now[mapping.value] = current[canonical]
+    return {
+        name: value
+        for name, value in fed_fields(config, now).items()
+        if name in feeding and delivered.get(name) != value
+    }

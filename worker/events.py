@@ -259,6 +259,13 @@ def _preference_value_pattern(purpose: str, preference: str) -> re.Pattern[str]:
     return re.compile(f"{prefix}{_SEPARATOR}(?P<value>.+?){_SEPARATOR}enabled")
 
 
+def canonical_name(name: str) -> str:
+    """The canonical spelling of a mapping's property name (parts joined by single ``_``),
+    for looking it up in the state when no payload at hand carries it. Exact for every id
+    that does not itself contain ``__``."""
+    return name.replace("__", "_")
+
+
 def _chosen(listed: str) -> frozenset[str]:
     return frozenset(part.strip() for part in listed.split(",")) - {""}
 
@@ -461,6 +468,20 @@ def parse_event(payload: object, *, max_bytes: int | None = None) -> PreferenceE
         properties=FlatProperties(entity.consents),
         previous=previous,
     )
+
+
+def refuse_future(event: PreferenceEvent, now: float, max_skew: float) -> None:
+    """Raise ``InvalidEvent`` when ``event`` is dated more than ``max_skew`` seconds after
+    ``now`` (Redis's clock): the future is not newer, and a mis-dated event would outrank
+    every later change of the person (events.md, "The future is not newer")."""
+    ahead = event.ordering.timestamp_us / 1e6 - now
+    if ahead > max_skew:
+        moment = (_EPOCH + event.ordering.timestamp_us * _MICROSECOND).isoformat()
+        raise InvalidEvent(
+            f"updated_at: {moment} is {ahead:,.0f} s ahead of the clock, more than "
+            f"PREFSYNC_MAX_CLOCK_SKEW ({max_skew:g} s): a mis-dated event would outrank "
+            "every later change of this person"
+        )
 
 
 def _check_same_person(old: _ConsentEvent | _User, new: _ConsentEvent | _User) -> None:

@@ -16,6 +16,7 @@ class OutcomeKind(StrEnum):
 
 class SkipReason(StrEnum):
     STALE = "stale"  # every field it touched already holds newer information
+    UNCHANGED = "unchanged"  # what it changed leaves every field as the destination has it
     NO_MAPPED_VALUES = "no_mapped_values"  # none of the connector's mappings has a value
     CONTACT_UNKNOWN = "contact_unknown"  # destination does not know the user; upsert is off
     PENDING = "pending"  # pending_approval: not consent yet

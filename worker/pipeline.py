@@ -16,7 +16,7 @@ import structlog
 from worker.deadletter import Attempt, DeadLetter, describe_payload_owner
 from worker.delivery import Unfinished
 from worker.errors import InvalidConfig, InvalidEvent, PermanentError, PrefsyncError
-from worker.events import PreferenceEvent, parse_event
+from worker.events import PreferenceEvent, parse_event, refuse_future
 from worker.logging import redact
 from worker.outcomes import Outcome, OutcomeKind
 from worker.recorder import Ended
@@ -75,9 +75,11 @@ def parse_batch(
     by tenant and then by their index in the batch."""
     invalid: Unfinished = {}
     by_tenant: dict[str, dict[int, PreferenceEvent]] = {}
+    now, max_skew = rt.clock.now(), rt.settings.max_clock_skew
     for index, payload in enumerate(batch):
         try:
             event = parse_event(payload, max_bytes=rt.settings.max_event_bytes)
+            refuse_future(event, now, max_skew)
         except InvalidEvent as exc:
             invalid[index] = exc
             continue
@@ -132,7 +134,7 @@ def dead_letter(
         event_key = parse_event(payload).event_key
     except InvalidEvent:
         event_key = ""
-    if connector_id and event_key and rt.state.is_done(tenant, connector_id, event_key):
+    if connector_id and event_key and rt.state.is_done(tenant, connector_id, user, event_key):
         # The delivery ended after all: Celery can report a task it cut off (a lost Redis
         # connection, then a hard time limit) whose work was done. Nothing to hand over.
         log.warning("not dead-lettered: the delivery had ended", error=describe_error(exc))

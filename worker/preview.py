@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.configs import ConnectorConfig
+from worker.connectors.base import standalone_change
 from worker.delivery import plan
 from worker.errors import InvalidConfig, PermanentError
 from worker.events import PreferenceEvent
@@ -41,7 +42,9 @@ def preview(event: PreferenceEvent, config: ConnectorConfig) -> Preview:
         return Preview(config.id, config.type_id, {}, [], skipped=reason)
     values = {name: value for name, (_, value) in resolved.items()}
     try:
-        sent = config.connector.requests(config, event.user, values)
+        # Fed fields from this event's values alone: the person's other values are in
+        # the worker's state, which a preview does not read.
+        sent = config.connector.requests(config, standalone_change(config, event.user, values))
     except PermanentError as exc:  # a mapping that cannot take this value: the worker
         return Preview(config.id, config.type_id, values, [], skipped=f"refused: {exc}")
     return Preview(

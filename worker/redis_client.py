@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +22,31 @@ SENTINEL_KWARGS: dict[str, Any] = {
     "socket_timeout": 1,
     "retry": Retry(NoBackoff(), 0),
 }
+
+
+class RedisClock:
+    """Redis's clock (``TIME``): the one clock every process shares, whatever its own says.
+
+    Read at most once per ``refresh`` seconds and carried forward on the local monotonic
+    clock in between, so it costs no round trip per event. When Redis cannot be asked,
+    the local clock stands in (the worker checks again with Redis's).
+    """
+
+    def __init__(self, client: redis.Redis, refresh: float = 30.0) -> None:
+        self.client = client
+        self.refresh = refresh
+        self._read: tuple[float, float] | None = None  # (Redis time, monotonic) when read
+
+    def now(self) -> float:
+        """Seconds since the epoch, by Redis."""
+        mono = time.monotonic()
+        if self._read is None or mono - self._read[1] > self.refresh:
+            try:
+                seconds, microseconds = self.client.time()
+            except redis.RedisError:
+                return time.time()
+            self._read = (seconds + microseconds / 1e6, mono)
+        return self._read[0] + mono - self._read[1]
 
 
 def connect(settings: Settings, **options: Any) -> redis.Redis:

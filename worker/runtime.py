@@ -20,7 +20,7 @@ from worker.delivery import Deliverer
 from worker.outbox import Outbox
 from worker.pacing import Pacer
 from worker.recorder import OutcomeRecorder
-from worker.redis_client import connect
+from worker.redis_client import RedisClock, connect
 from worker.settings import Settings, get_settings
 from worker.state import StateStore
 
@@ -32,6 +32,10 @@ class Runtime:
     @cached_property
     def redis(self) -> redis.Redis:
         return connect(self.settings)
+
+    @cached_property
+    def clock(self) -> RedisClock:
+        return RedisClock(self.redis)
 
     @cached_property
     def configs(self) -> ConfigStore:

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     idempotency_ttl: int = Field(7 * 24 * 3600, gt=0)
     state_ttl: int = Field(90 * 24 * 3600, gt=0)
     max_event_bytes: int = Field(256 * 1024, gt=0)
+    # How far ahead of Redis's clock an event's timestamp may be before it is refused: one
+    # mis-dated event would otherwise outrank every later change of that person.
+    max_clock_skew: float = Field(300.0, ge=0)
     audit_maxlen: int = Field(1_000_000, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

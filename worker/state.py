@@ -7,12 +7,17 @@ How the three fit together (delivery.py runs them for a group of users at a time
    round trip, each atomic:
    - take the (connector, user) lock, so that requests for one user reach the destination
      one at a time; a user held elsewhere is *busy* and nothing else is done for it;
-   - note which of the user's events already ended for this connector (duplicates);
+   - note which of the user's events already ended for this connector (duplicates: the
+     done markers name the tenant, connector, user and event key);
    - merge the other events' property values into the per-(tenant, user) state, keeping
-     for each property the value from the newest ordering key, and return which event
-     *owns* each property (its value is the newest known). Only those are sent.
-2. ``finish`` after the destination answered: the done markers of the events that ended
-   and the release of the locks, queued on the transaction that records the outcomes.
+     for each property the value from the newest ordering key, and return the state: which
+     event *owns* each property (its value is the newest known; only those are sent) and
+     the current value of every property, from which the fields several properties feed
+     (Braze ``email_subscribe``) are computed — with the values last delivered for those
+     fields, so that an unchanged derived value is not sent again.
+2. ``finish`` after the destination answered: the done markers of the events that ended,
+   the derived values delivered and the release of the locks, queued on the transaction
+   that records the outcomes.
 
 Why this gives "newest wins" per field: merges only ever move a property forward, and the
 merge plus the send happen under the lock. If event B is newer than A on property f, then
@@ -33,6 +38,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from redis.client import Pipeline
@@ -43,11 +49,15 @@ from worker.events import OrderingKey, Value
 # Entries are "timestamp_us \t version \t value_json \t event_key". JSON never contains a raw
 # tab, so the first three fields split unambiguously; the event key (free text) goes last.
 #
-# KEYS: the user's lock, the user's state, then the done marker of each event.
+# KEYS: the user's lock, the user's state, the values last delivered to this connector for
+# the user, then two done markers per event: today's (with the user) and the older shape
+# (without it), still read until it expires.
 # ARGV: the lock token, the lock TTL (ms), the state TTL (s), then per event: its key and
 # how many property writes follow, then those writes (name, timestamp_us, version, entry).
 # Returns false when the lock is held elsewhere (nothing done); else {the keys of the
-# events already done, {name, key of the event whose value is now the newest, ...}}.
+# events already done, the state after the merge, the values last delivered} (both as
+# HGETALL gives them). Only a write that wins refreshes the state's expiry: a merge that
+# loses must not keep alive the state it lost to.
 _CLAIM = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 local function newer(ts, ver, cts, cver)
@@ -56,51 +66,45 @@ local function newer(ts, ver, cts, cver)
   end
   return tonumber(ts) > tonumber(cts)
 end
-local done, owners, names = {}, {}, {}
-local merged = false
+local done = {}
+local changed = false
 local at = 4
-for event = 1, #KEYS - 2 do
+for marker = 4, #KEYS, 2 do
   local event_key, count = ARGV[at], tonumber(ARGV[at + 1])
   at = at + 2
-  if redis.call('EXISTS', KEYS[2 + event]) == 1 then
+  if redis.call('EXISTS', KEYS[marker], KEYS[marker + 1]) > 0 then
     done[#done + 1] = event_key
   else
-    merged = true
     for i = at, at + 4 * (count - 1), 4 do
       local name, ts, ver, entry = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
       local current = redis.call('HGET', KEYS[2], name)
-      local owner = event_key
+      local wins = true
       if current then
         local cts, cver, _, ckey = string.match(current, '^(%-?%d+)\\t(%-?%d*)\\t([^\\t]*)\\t(.*)$')
-        if ckey ~= event_key then
-          if newer(ts, ver, cts, cver) then
-            redis.call('HSET', KEYS[2], name, entry)
-          else
-            owner = ckey
-          end
-        end
-      else
-        redis.call('HSET', KEYS[2], name, entry)
+        wins = ckey ~= event_key and newer(ts, ver, cts, cver)
       end
-      if owners[name] == nil then names[#names + 1] = name end
-      owners[name] = owner
+      if wins then
+        redis.call('HSET', KEYS[2], name, entry)
+        changed = true
+      end
     end
   end
   at = at + 4 * count
 end
-if merged then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-local out = {}
-for _, name in ipairs(names) do
-  out[#out + 1] = name
-  out[#out + 1] = owners[name]
-end
-return {done, out}
+if changed then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return {done, redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3])}
 """
 
-# KEYS: the user's lock, then the done markers to set. ARGV: the lock token, the markers'
-# TTL (s). Markers are set whoever holds the lock now: the events did end.
+# KEYS: the user's lock, the values last delivered to the connector, then the done markers
+# to set. ARGV: the lock token, the markers' TTL (s), the state TTL (s), then the delivered
+# fields and their JSON values. Markers are set whoever holds the lock now: the events did
+# end.
 _FINISH = """
-for i = 2, #KEYS do redis.call('SET', KEYS[i], 1, 'EX', ARGV[2]) end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], 1, 'EX', ARGV[2]) end
+if #ARGV > 3 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
@@ -147,12 +151,27 @@ class Claim:
     held: list[str] = field(default_factory=list)
     #: users whose lock is held elsewhere: nothing was done for them
     busy: set[str] = field(default_factory=set)
-    #: keys of the held users' events that already ended for this connector (duplicates)
-    done: set[str] = field(default_factory=set)
+    #: (user, event key) of the held users' events that already ended for this connector
+    done: set[tuple[str, str]] = field(default_factory=set)
     #: per held user, the properties one of the claimed (not done) events owns
     owners: Owners = field(default_factory=dict)
+    #: per held user, the newest known value of every property, after the merge
+    current: dict[str, dict[str, Value]] = field(default_factory=dict)
+    #: per held user, the fields fed by several properties as last delivered to this
+    #: connector (worker.connectors.base.Feed): a derived value is sent when it differs
+    delivered: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the release of the locks was written (``StateStore.finish``, once its transaction ran)
     finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What prefsync believes about one property of a person (``prefsync state show``)."""
+
+    value: Value
+    timestamp_us: int
+    version: int | None
+    event_key: str  # the event the value came from
 
 
 class StateStore:
@@ -202,7 +221,7 @@ class StateStore:
         finally:
             if not claim.finished and claim.held:
                 with self.redis.pipeline(transaction=False) as pipe:
-                    self.finish(claim, {}, pipe)
+                    self.finish(claim, {}, {}, pipe)
                     pipe.execute()
 
     def _claim_busy(self, claim: Claim, writes_by_user: Mapping[str, Sequence[Write]]) -> None:
@@ -212,8 +231,13 @@ class StateStore:
         with self.redis.pipeline(transaction=False) as pipe:
             for user in waiting:
                 writes = writes_by_user[user]
-                keys = [key("lock", tenant, connector_id, user), key("state", tenant, user)]
-                keys += [key("done", tenant, connector_id, write.event_key) for write in writes]
+                keys = [
+                    key("lock", tenant, connector_id, user),
+                    key("state", tenant, user),
+                    key("sent", tenant, connector_id, user),
+                ]
+                for write in writes:
+                    keys += _done_keys(tenant, connector_id, user, write.event_key)
                 args = [claim.token, self.lock_ttl_ms, self.state_ttl, *_claim_args(writes)]
                 self._claim(keys=keys, args=args, client=pipe)
             answers = pipe.execute()
@@ -222,42 +246,83 @@ class StateStore:
                 continue
             claim.busy.discard(user)
             claim.held.append(user)
-            done, pairs = ([_text(part) for part in part_list] for part_list in answer)
-            claim.done.update(done)
-            ours = {write.event_key for write in writes_by_user[user]} - set(done)
-            claim.owners[user] = {
-                name: owner
-                for name, owner in zip(pairs[::2], pairs[1::2], strict=True)
-                if owner in ours
-            }
+            done_raw, state_raw, sent_raw = answer
+            done = {_text(event_key) for event_key in done_raw}
+            claim.done |= {(user, event_key) for event_key in done}
+            ours = {write.event_key for write in writes_by_user[user]} - done
+            owners: dict[str, str] = {}
+            current: dict[str, Value] = {}
+            for name, entry in _pairs(state_raw):
+                known = _known(entry)
+                current[name] = known.value
+                if known.event_key in ours:
+                    owners[name] = known.event_key
+            claim.owners[user] = owners
+            claim.current[user] = current
+            claim.delivered[user] = {name: json.loads(raw) for name, raw in _pairs(sent_raw)}
 
     def finish(
-        self, claim: Claim, done_by_user: Mapping[str, Iterable[str]], client: Pipeline
+        self,
+        claim: Claim,
+        done_by_user: Mapping[str, Iterable[str]],
+        delivered_by_user: Mapping[str, Mapping[str, Any]],
+        client: Pipeline,
     ) -> None:
         """Queue on ``client`` (a pipeline the caller executes, with the audit entries:
-        OutcomeRecorder.record) the done markers of the events that ended, by user, and
-        the release of every lock ``claim`` holds. Once it ran, the caller sets
-        ``claim.finished``; until then the claim releases its locks itself on exit."""
+        OutcomeRecorder.record) the done markers of the events that ended and the derived
+        fields delivered, by user, and the release of every lock ``claim`` holds. Once it
+        ran, the caller sets ``claim.finished``; until then the claim releases its locks
+        itself on exit."""
+        tenant, connector_id = claim.tenant, claim.connector_id
         for user in claim.held:
-            keys = [key("lock", claim.tenant, claim.connector_id, user)]
+            keys = [
+                key("lock", tenant, connector_id, user),
+                key("sent", tenant, connector_id, user),
+            ]
             keys += [
-                key("done", claim.tenant, claim.connector_id, event_key)
+                key("done", tenant, connector_id, user, event_key)
                 for event_key in done_by_user.get(user, ())
             ]
-            self._finish(keys=keys, args=[claim.token, self.idempotency_ttl], client=client)
+            args: list[Any] = [claim.token, self.idempotency_ttl, self.state_ttl]
+            for name, value in delivered_by_user.get(user, {}).items():
+                args += [name, json.dumps(value)]
+            self._finish(keys=keys, args=args, client=client)
 
     def current(self, tenant: str, user: str) -> dict[str, Value]:
-        """The merged newest value of every property known for a user (for operators)."""
-        raw = self.redis.hgetall(key("state", tenant, user))
-        out: dict[str, Value] = {}
-        for name, entry in raw.items():
-            value_json = entry.decode().split("\t", 3)[2]
-            out[name.decode()] = json.loads(value_json)
-        return out
+        """The merged newest value of every property known for a user."""
+        return {name: known.value for name, known in self.known(tenant, user).items()}
 
-    def is_done(self, tenant: str, connector_id: str, event_key: str) -> bool:
+    def known(self, tenant: str, user: str) -> dict[str, Known]:
+        """Everything the newest-wins state holds for a user, by canonical property name."""
+        raw = self.redis.hgetall(key("state", tenant, user))
+        return {_text(name): _known(entry) for name, entry in raw.items()}
+
+    def delivered(self, tenant: str, connector_id: str, user: str) -> dict[str, Any]:
+        """The derived fields as last delivered to a connector for a user."""
+        raw = self.redis.hgetall(key("sent", tenant, connector_id, user))
+        return {_text(name): json.loads(value) for name, value in raw.items()}
+
+    def forget(self, tenant: str, user: str, connector_ids: Iterable[str]) -> int:
+        """Drop what prefsync believes about a user (the newest-wins state and the derived
+        fields delivered to each connector); how many keys there were. Done markers stay
+        until they expire: an event that ended is not sent again."""
+        names = [key("state", tenant, user)]
+        names += [key("sent", tenant, connector_id, user) for connector_id in connector_ids]
+        return int(self.redis.delete(*names))
+
+    def is_done(self, tenant: str, connector_id: str, user: str, event_key: str) -> bool:
         """Whether the event already ended for this connector."""
-        return bool(self.redis.exists(key("done", tenant, connector_id, event_key)))
+        return bool(self.redis.exists(*_done_keys(tenant, connector_id, user, event_key)))
+
+
+def _done_keys(tenant: str, connector_id: str, user: str, event_key: str) -> list[str]:
+    """An event's done markers: today's, which names the user (two people's events with
+    one id and time are two events), and the older shape without the user, still read
+    until it expires so that an upgrade does not send a week of events again."""
+    return [
+        key("done", tenant, connector_id, user, event_key),
+        key("done", tenant, connector_id, event_key),
+    ]
 
 
 def _claim_args(writes: Sequence[Write]) -> list[str | int]:
@@ -270,6 +335,19 @@ def _claim_args(writes: Sequence[Write]) -> list[str | int]:
             entry = f"{ordering.timestamp_us}\t{version}\t{json.dumps(value)}\t{write.event_key}"
             args += [name, ordering.timestamp_us, version, entry]
     return args
+
+
+def _known(entry: bytes | str) -> Known:
+    timestamp_us, version, value_json, event_key = _text(entry).split("\t", 3)
+    return Known(
+        json.loads(value_json), int(timestamp_us), int(version) if version else None, event_key
+    )
+
+
+def _pairs(flat: Iterable[bytes | str]) -> Iterator[tuple[str, bytes | str]]:
+    """(name, raw value) pairs of a flat HGETALL answer, names decoded."""
+    items = iter(flat)
+    return ((_text(name), value) for name, value in zip(items, items, strict=True))
 
 
 def _text(part: bytes | str) -> str:

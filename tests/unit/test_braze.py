@@ -21,6 +21,7 @@ from worker.connectors.base import (
     HttpResponse,
     Skipped,
     Transport,
+    standalone_change,
 )
 from worker.errors import Deferred, PermanentError, RetryableError
 from worker.outcomes import SkipReason
@@ -55,7 +56,7 @@ def config(*mapping_ids: str, upsert_mode: bool = False) -> ConnectorConfig:
 
 
 def deliver(cfg: ConnectorConfig, values: dict[str, Any], user: str = USER) -> Any:
-    return cfg.connector.deliver(Transport(timeout=5), cfg, user, values)
+    return cfg.connector.deliver(Transport(timeout=5), cfg, standalone_change(cfg, user, values))
 
 
 def sent(mocked: responses.RequestsMock, index: int = 0) -> dict[str, Any]:
@@ -190,7 +191,7 @@ def test_mapping_without_value_writes_nothing(mocked: responses.RequestsMock) ->
 def test_nothing_mapped_sends_nothing_and_skips(mocked: responses.RequestsMock) -> None:
     cfg = config("OPTED_IN")
 
-    assert cfg.connector.requests(cfg, USER, {"unrelated": True}) == []
+    assert cfg.connector.requests(cfg, standalone_change(cfg, USER, {"unrelated": True})) == []
     assert deliver(cfg, {"unrelated": True}) == Skipped(
         SkipReason.NO_MAPPED_VALUES, "no mapping has a value"
     )
@@ -202,7 +203,7 @@ def test_requests_preview_is_what_deliver_sends(mocked: responses.RequestsMock) 
     cfg = config("OPTED_IN", GROUP)
     values = {"p_OPTED_IN": False, f"p_{GROUP}": True}
 
-    (preview,) = cfg.connector.requests(cfg, USER, values)
+    (preview,) = cfg.connector.requests(cfg, standalone_change(cfg, USER, values))
     deliver(cfg, values)
 
     assert (preview.method, preview.url, preview.json) == ("POST", TRACK, sent(mocked))
@@ -396,6 +397,7 @@ def opt_ins(*names: str) -> list[Change]:
 
 def deliver_many(changes: list[Change], transport: Transport | None = None) -> list[Any]:
     cfg = config("OPTED_IN")
+    changes = [standalone_change(cfg, change.user, change.values) for change in changes]
     return cfg.connector.deliver_many(transport or Transport(timeout=5), cfg, changes)
 
 
@@ -627,7 +629,6 @@ def test_changes_not_sent_answer_in_their_place(mocked: responses.RequestsMock) 
     accept(mocked)
     changes = [
         Change("u-0", {"p_OPTED_IN": True}),
-        Change("u-1", {"p_OPTED_IN": "yes"}),
         Change("u-2", {"p_OPTED_IN": False}),
         Change("u-3", {}),
         Change("u-4", {"p_OPTED_IN": True}),
@@ -637,12 +638,17 @@ def test_changes_not_sent_answer_in_their_place(mocked: responses.RequestsMock) 
 
     assert sent_users(mocked) == [["u-0", "u-2", "u-4"]]
     assert answers[0] == Delivered(201, OPTED_IN)
-    assert isinstance(answers[1], PermanentError)
-    assert answers[1].operator_action
-    assert "mapping OPTED_IN needs a true/false property" in str(answers[1])
-    assert answers[2] == Delivered(201, {"email_subscribe": "unsubscribed"})
-    assert answers[3] == Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
-    assert answers[4] == Delivered(201, OPTED_IN)
+    assert answers[1] == Delivered(201, {"email_subscribe": "unsubscribed"})
+    assert answers[2] == Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
+    assert answers[3] == Delivered(201, OPTED_IN)
+
+
+def test_text_in_a_subscription_property_is_refused_for_the_operator() -> None:
+    with pytest.raises(PermanentError) as refused:
+        standalone_change(config("OPTED_IN"), "u-1", {"p_OPTED_IN": "yes"})
+
+    assert refused.value.operator_action
+    assert "mapping OPTED_IN needs a true/false property" in str(refused.value)
 
 
 def test_nothing_to_send_makes_no_call(mocked: responses.RequestsMock) -> None:

@@ -16,7 +16,7 @@ import responses
 from tests.unit.conftest import install_runtime
 from worker import pipeline
 from worker.configs import ConnectorConfig, parse_config
-from worker.connectors.base import Change, Delivered, Transport
+from worker.connectors.base import Delivered, Transport, standalone_change
 from worker.delivery import Unfinished
 from worker.errors import Deferred, InvalidEvent, PermanentError, RetryableError
 from worker.events import parse_event
@@ -146,7 +146,8 @@ def audited(rt: Runtime) -> dict[str, tuple[str, str]]:
 
 
 def done(rt: Runtime, connector_id: str, *payloads: dict[str, Any]) -> list[bool]:
-    return [rt.state.is_done(TENANT, connector_id, key_of(p)) for p in payloads]
+    events = [parse_event(p) for p in payloads]
+    return [rt.state.is_done(TENANT, connector_id, e.user, e.event_key) for e in events]
 
 
 def bodies(mocked: responses.RequestsMock) -> list[Any]:
@@ -592,7 +593,7 @@ def test_the_default_deliver_many_stops_at_a_transient_failure_but_not_at_a_refu
     mocked.put(update_url("u1"), status=400, json=BAD_REQUEST)
     mocked.put(update_url("u2"), status=204)
     mocked.put(update_url("u3"), status=503, json=UNAVAILABLE)
-    changes = [Change(f"u{n}", {NEWSLETTER: False}) for n in (1, 2, 3, 4)]
+    changes = [standalone_change(brevo, f"u{n}", {NEWSLETTER: False}) for n in (1, 2, 3, 4)]
 
     answers = brevo.connector.deliver_many(Transport(timeout=5), brevo, changes)
 

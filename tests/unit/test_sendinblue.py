@@ -13,7 +13,7 @@ import requests
 import responses
 
 from worker.configs import ConnectorConfig, parse_config
-from worker.connectors.base import Delivered, Skipped, Transport
+from worker.connectors.base import Delivered, Skipped, Transport, standalone_change
 from worker.errors import PermanentError, RetryableError
 from worker.outcomes import SkipReason
 from worker.settings import get_settings
@@ -53,7 +53,7 @@ def config(
 
 
 def deliver(cfg: ConnectorConfig, values: dict[str, Any], user: str = USER) -> Any:
-    return cfg.connector.deliver(Transport(timeout=5), cfg, user, values)
+    return cfg.connector.deliver(Transport(timeout=5), cfg, standalone_change(cfg, user, values))
 
 
 def sent(mocked: responses.RequestsMock, index: int = 0) -> Any:
@@ -105,7 +105,7 @@ def test_full_example_request(mocked: responses.RequestsMock) -> None:
 def test_nothing_mapped_sends_nothing_and_skips(mocked: responses.RequestsMock) -> None:
     cfg = config("EMAIL_NOTIFICATION", upsert_mode=True)
 
-    assert cfg.connector.requests(cfg, USER, {}) == []
+    assert cfg.connector.requests(cfg, standalone_change(cfg, USER, {})) == []
     assert deliver(cfg, {"unrelated": True}) == Skipped(
         SkipReason.NO_MAPPED_VALUES, "no mapping has a value"
     )
@@ -216,8 +216,10 @@ def test_requests_preview_lists_the_create_only_with_upsert() -> None:
     with_upsert = config("EMAIL_NOTIFICATION", upsert_mode=True, list_id=3)
     values = {"p_EMAIL_NOTIFICATION": True}
 
-    (update,) = without.connector.requests(without, USER, values)
-    update_again, create = with_upsert.connector.requests(with_upsert, USER, values)
+    (update,) = without.connector.requests(without, standalone_change(without, USER, values))
+    update_again, create = with_upsert.connector.requests(
+        with_upsert, standalone_change(with_upsert, USER, values)
+    )
 
     assert (update.method, update.url, update.json) == (
         "PUT",

@@ -200,16 +200,16 @@ def finish(store: StateStore, tenant: str, connector_id: str, done: dict[str, li
         store.claim(tenant, connector_id, {user: [] for user in done}) as claim,
         store.redis.pipeline() as pipe,
     ):
-        store.finish(claim, done, pipe)
+        store.finish(claim, done, {}, pipe)
         pipe.execute()
 
 
 def test_done_markers_are_per_connector_and_expire(store):
     finish(store, "acme", "braze", {"u1": ["A"], "u2": ["B"]})
-    assert store.is_done("acme", "braze", "A")
-    assert store.is_done("acme", "braze", "B")
-    assert not store.is_done("acme", "sendinblue", "A")
-    assert not store.is_done("other", "braze", "A")
+    assert store.is_done("acme", "braze", "u1", "A")
+    assert store.is_done("acme", "braze", "u2", "B")
+    assert not store.is_done("acme", "sendinblue", "u1", "A")
+    assert not store.is_done("other", "braze", "u1", "A")
     markers = list(store.redis.scan_iter("prefsync:done:*"))
     assert len(markers) == 2
     for marker in markers:
@@ -220,7 +220,7 @@ def test_a_claim_reports_the_events_already_done_and_merges_only_the_others(stor
     finish(store, "acme", "braze", {"u1": ["A"]})
     writes = {"u1": [Write("A", at(20), {NEWSLETTER: False}), Write("B", at(10), {PRODUCT: True})]}
     with store.claim("acme", "braze", writes) as claim:
-        assert claim.done == {"A"}
+        assert claim.done == {("u1", "A")}
         # A's newer value was not merged again (it ended already): B owns only its own.
         assert claim.owners == {"u1": {PRODUCT: "B"}}
     assert store.current("acme", "u1") == {PRODUCT: True}
@@ -228,6 +228,70 @@ def test_a_claim_reports_the_events_already_done_and_merges_only_the_others(stor
     with store.claim("acme", "sendinblue", writes) as claim:
         assert claim.done == set()
         assert claim.owners == {"u1": {NEWSLETTER: "A", PRODUCT: "B"}}
+
+
+def test_one_event_key_of_two_users_is_two_events(store):
+    finish(store, "acme", "braze", {"u1": ["A"]})
+    assert not store.is_done("acme", "braze", "u2", "A")
+    writes = {"u2": [Write("A", at(10), {NEWSLETTER: False})]}
+    with store.claim("acme", "braze", writes) as claim:
+        assert claim.done == set()
+        assert claim.owners == {"u2": {NEWSLETTER: "A"}}
+
+
+def test_a_done_marker_of_the_older_shape_still_counts_until_it_expires(store):
+    # Written by the previous release, whose markers did not name the user.
+    store.redis.set(key("done", "acme", "braze", "A"), 1, ex=60)
+    assert store.is_done("acme", "braze", "u1", "A")
+    with store.claim("acme", "braze", {"u1": [Write("A", at(10), {NEWSLETTER: True})]}) as claim:
+        assert claim.done == {("u1", "A")}
+    assert store.current("acme", "u1") == {}
+
+
+def test_a_losing_merge_does_not_extend_the_state_it_lost_to(store):
+    merge_one(store, "acme", "u1", "future", at(99), {NEWSLETTER: True})
+    state = key("state", "acme", "u1")
+    store.redis.expire(state, 100)
+    assert merge_one(store, "acme", "u1", "old", at(10), {NEWSLETTER: False}) == set()
+    assert store.redis.ttl(state) <= 100
+    assert merge_one(store, "acme", "u1", "new", at(200), {PRODUCT: False}) == {PRODUCT}
+    assert store.redis.ttl(state) > 100
+
+
+def test_derived_fields_delivered_are_kept_per_connector_and_user(store):
+    with store.claim("acme", "braze", {"u1": []}) as claim, store.redis.pipeline() as pipe:
+        assert claim.delivered == {"u1": {}}
+        store.finish(claim, {}, {"u1": {"email_subscribe": "opted_in", "g": "subscribed"}}, pipe)
+        pipe.execute()
+    with store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
+        assert claim.delivered == {
+            "u1": {"email_subscribe": "opted_in", "g": "subscribed"},
+            "u2": {},
+        }
+    assert store.delivered("acme", "sendinblue", "u1") == {}
+    assert 0 < store.redis.ttl(key("sent", "acme", "braze", "u1")) <= 3600
+
+
+def test_a_claim_returns_the_current_value_of_every_property(store):
+    merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True, PRODUCT: True})
+    with store.claim("acme", "braze", {"u1": [Write("B", at(20), {PRODUCT: False})]}) as claim:
+        assert claim.current == {"u1": {NEWSLETTER: True, PRODUCT: False}}
+        assert claim.owners == {"u1": {PRODUCT: "B"}}
+
+
+def test_forget_drops_the_state_and_what_each_connector_was_told(store):
+    merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True})
+    with store.claim("acme", "braze", {"u1": []}) as claim, store.redis.pipeline() as pipe:
+        store.finish(claim, {"u1": ["A"]}, {"u1": {"email_subscribe": "opted_in"}}, pipe)
+        pipe.execute()
+    merge_one(store, "acme", "u2", "B", at(10), {NEWSLETTER: True})
+
+    assert store.forget("acme", "u1", ["braze", "sendinblue"]) == 2
+
+    assert store.known("acme", "u1") == {}
+    assert store.delivered("acme", "braze", "u1") == {}
+    assert store.current("acme", "u2") == {NEWSLETTER: True}
+    assert store.is_done("acme", "braze", "u1", "A")  # an event that ended is not re-sent
 
 
 def test_finishing_with_nothing_done_only_releases(store):
@@ -241,9 +305,9 @@ def test_finish_marks_done_even_when_the_lock_was_taken_over_but_leaves_that_loc
     with store.claim("acme", "braze", {"u1": []}) as claim:
         store.redis.set(lock, "next-holder")  # ours expired; another worker took it
         with store.redis.pipeline() as pipe:
-            store.finish(claim, {"u1": ["A"]}, pipe)
+            store.finish(claim, {"u1": ["A"]}, {}, pipe)
             pipe.execute()
-    assert store.is_done("acme", "braze", "A")
+    assert store.is_done("acme", "braze", "u1", "A")
     assert store.redis.get(lock) == b"next-holder"
 
 

@@ -68,11 +68,80 @@ Result = Delivered | Skipped
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One user's update for one connector: mapped PMP property name (as the config writes
-    it) -> its newest value. Properties without a value are not in it."""
+    """One user's update for one connector.
+
+    ``values``: mapped PMP property name (as the config writes it) -> its newest value, for
+    the mappings that write a field of their own (properties without a value are not in
+    it). ``fed``: the fields several mappings feed together (``Feed``) that must be sent,
+    already computed from the person's whole current state -> their value.
+    """
 
     user: str
     values: Mapping[str, Value]
+    fed: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """A destination field that mappings feed together: Braze ``email_subscribe`` from
+    ``OPTED_IN`` and ``UNSUBSCRIBED``, Brevo ``emailBlacklisted``... Each mapping with a value
+    gives the field one state (``if_true`` or ``if_false``); the field takes the strongest
+    of them (a refusal beats a consent). It is computed from the current value of every
+    property feeding it, never from one event alone: a standing refusal must survive a
+    later event that only opts in to something else (braze.md, "derived fields")."""
+
+    field: str
+    if_true: Any
+    if_false: Any
+    strongest_first: tuple[Any, ...]
+
+
+def fed_fields(config: ConnectorConfig, current: Mapping[str, Value]) -> dict[str, Any]:
+    """The value of every field the config's mappings feed (``Connector.feed``), from
+    ``current``: a mapping's property name (as the config writes it) -> its current value.
+    A field none of whose properties has a value is left out. Raises ``PermanentError``
+    when a feeding property holds text (the config maps the wrong property)."""
+    states: dict[str, list[Any]] = {}
+    order: dict[str, tuple[Any, ...]] = {}
+    for mapping in config.mappings:
+        feed = config.connector.feed(mapping.id)
+        value = current.get(mapping.value)
+        if feed is None or value is None:
+            continue
+        states.setdefault(feed.field, []).append(
+            feed.if_true if flag(mapping.id, mapping.value, value) else feed.if_false
+        )
+        order[feed.field] = feed.strongest_first
+    return {name: min(found, key=order[name].index) for name, found in states.items()}
+
+
+def standalone_change(config: ConnectorConfig, user: str, values: Mapping[str, Value]) -> Change:
+    """The change ``values`` make on their own, fed fields computed from them alone: what
+    the dry-run preview shows (the worker computes fed fields from the whole state)."""
+    return Change(user, values, fed_fields(config, values))
+
+
+def own_fields(config: ConnectorConfig, values: Mapping[str, Value]) -> dict[str, Value]:
+    """Mapping id -> value, for the mappings with a value that write a field of their own
+    (not a ``Feed``): custom attributes, as the mapping id names them."""
+    connector = config.connector
+    return {
+        mapping.id: values[mapping.value]
+        for mapping in config.mappings
+        if values.get(mapping.value) is not None and connector.feed(mapping.id) is None
+    }
+
+
+def flag(mapping_id: str, property_name: str, value: Value) -> bool:
+    """A consent property's true/false; ``PermanentError`` when it holds text."""
+    if isinstance(value, bool):
+        return value
+    # A subscription state cannot be guessed from text: the config maps the wrong property.
+    raise PermanentError(
+        f"mapping {mapping_id} needs a true/false property, but {property_name} holds text; "
+        "map it to an ..._enabled property",
+        operator_action=True,
+    )
 
 
 #: How one change of a batch ended: its result, or the error that ended it for now
@@ -167,26 +236,19 @@ class Connector(ABC):
         or None when it can."""
         return None
 
+    def feed(self, mapping_id: str) -> Feed | None:
+        """The field a mapping with this id feeds together with others, or None when it
+        writes a field of its own (a custom attribute)."""
+        return None
+
     @abstractmethod
-    def requests(
-        self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
-    ) -> list[HttpRequest]:
+    def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
         """Every request ``deliver`` may send, in order (fallbacks such as a create after a
-        404 included). Empty when the values map to nothing. Used by the dry-run preview."""
+        404 included). Empty when the change maps to nothing. Used by the dry-run preview."""
 
     @abstractmethod
-    def deliver(
-        self,
-        transport: Transport,
-        config: ConnectorConfig,
-        user: str,
-        values: Mapping[str, Value],
-    ) -> Result:
-        """Send the change and classify the answer, or raise Retryable/PermanentError.
-
-        ``values`` maps a mapping's PMP property name (as written in the config) to its
-        value; properties without a value are not in it.
-        """
+    def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
+        """Send the change and classify the answer, or raise Retryable/PermanentError."""
 
     def deliver_many(
         self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
@@ -202,7 +264,7 @@ class Connector(ABC):
         answers: list[Answer] = []
         for sent, change in enumerate(changes):
             try:
-                answers.append(self.deliver(transport, config, change.user, change.values))
+                answers.append(self.deliver(transport, config, change))
             except PermanentError as exc:
                 answers.append(exc)
             except (RetryableError, Deferred) as exc:

@@ -7,17 +7,18 @@ How a mapping id becomes a field of that object (docs/reference braze.md):
 - ``OPTED_IN``: true gives ``email_subscribe: "opted_in"``, false ``"unsubscribed"``;
 - ``UNSUBSCRIBED``: true gives ``"unsubscribed"``, false ``"subscribed"``. When both yield a
   state, ``unsubscribed`` beats ``opted_in``, which beats ``subscribed``: any refusal wins;
+- ``PUSH_OPTED_IN`` and ``PUSH_UNSUBSCRIBED`` feed ``push_subscribe`` the same way;
 - a subscription group id gives an entry of ``subscription_groups``. Braze's group ids are
   UUIDs, so an id is a group exactly when it is a UUID written 8-4-4-4-12 in hex digits (any
   case, any version); every other id stays a custom attribute;
 - anything else is a custom attribute of that name, set to the value as it is.
 
-``OPTED_IN`` and ``UNSUBSCRIBED`` compare case-insensitively: ``opted_in`` written in a
-config must not quietly become a custom attribute while the person's email state stays as
-it was.
+The subscription fields are ``Feed``s (worker.connectors.base): computed by the delivery
+from the person's whole current state, so this module only places them in the object.
+The mapping ids compare case-insensitively: ``opted_in`` written in a config must not
+quietly become a custom attribute while the person's email state stays as it was.
 
-A mapping whose property has no value writes nothing; when no mapping has a value there is
-nothing to send and the change is skipped.
+A change with nothing to write is skipped.
 
 Each change gets its own answer from a call's answer (braze.md): a 201 "success" delivers
 every object but those its ``errors`` list, which are refused; a 413 splits the call in
@@ -45,16 +46,17 @@ from worker.connectors.base import (
     Change,
     Connector,
     Delivered,
+    Feed,
     HttpRequest,
     HttpResponse,
     Quota,
     Result,
     Skipped,
     Transport,
-    Value,
     header,
     header_number,
     mask,
+    own_fields,
 )
 from worker.errors import Deferred, DeliveryError, PermanentError, RetryableError
 from worker.outcomes import SkipReason
@@ -63,7 +65,6 @@ from worker.settings import get_settings
 
 if TYPE_CHECKING:
     from worker.configs import ConnectorConfig
-    from worker.configs import Mapping as MappingConfig
 
 
 class Instance(NamedTuple):
@@ -103,8 +104,16 @@ _EXAMPLE = "such as https://rest.iad-01.braze.com or its instance name such as U
 _SUBSCRIPTION_GROUP = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I
 )
-# Strongest first: any refusal of email wins over any consent to it.
+# Strongest first: any refusal wins over any consent.
 _EMAIL_STATES = ("unsubscribed", "opted_in", "subscribed")
+_GROUP_STATES = ("unsubscribed", "subscribed")
+_STATE_FEEDS = {
+    "OPTED_IN": Feed("email_subscribe", "opted_in", "unsubscribed", _EMAIL_STATES),
+    "UNSUBSCRIBED": Feed("email_subscribe", "unsubscribed", "subscribed", _EMAIL_STATES),
+    "PUSH_OPTED_IN": Feed("push_subscribe", "opted_in", "unsubscribed", _EMAIL_STATES),
+    "PUSH_UNSUBSCRIBED": Feed("push_subscribe", "unsubscribed", "subscribed", _EMAIL_STATES),
+}
+_STATE_FIELDS = frozenset(feed.field for feed in _STATE_FEEDS.values())
 # Keys of the attributes object this connector sets itself, and keys that identify the user
 # (a mapping writing them would override ours or move the update to someone else).
 _OWN_KEYS = frozenset(
@@ -250,20 +259,22 @@ class BrazeConnector(Connector):
             return f"{mapping_id!r} identifies the Braze user; a mapping must not change it"
         return None
 
-    def requests(
-        self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
-    ) -> list[HttpRequest]:
-        fields = _fields(config, values)
-        return [_track_request(config, [_attributes(config, user, fields)])] if fields else []
+    def feed(self, mapping_id: str) -> Feed | None:
+        kind = mapping_id.upper()
+        if kind in _STATE_FEEDS:
+            return _STATE_FEEDS[kind]
+        if _SUBSCRIPTION_GROUP.fullmatch(mapping_id):
+            return Feed(mapping_id, "subscribed", "unsubscribed", _GROUP_STATES)
+        return None
 
-    def deliver(
-        self,
-        transport: Transport,
-        config: ConnectorConfig,
-        user: str,
-        values: Mapping[str, Value],
-    ) -> Result:
-        (answer,) = self.deliver_many(transport, config, [Change(user, values)])
+    def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+        fields = _fields(config, change)
+        return (
+            [_track_request(config, [_attributes(config, change.user, fields)])] if fields else []
+        )
+
+    def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
+        (answer,) = self.deliver_many(transport, config, [change])
         if isinstance(answer, DeliveryError | Deferred):
             raise answer
         return answer
@@ -274,11 +285,7 @@ class BrazeConnector(Connector):
         answers: dict[int, Answer] = {}
         updates: list[_Update] = []
         for position, change in enumerate(changes):
-            try:
-                fields = _fields(config, change.values)
-            except PermanentError as refused:
-                answers[position] = refused
-                continue
+            fields = _fields(config, change)
             if fields:
                 attributes = _attributes(config, change.user, fields)
                 updates.append(_Update(position, attributes, fields))
@@ -323,44 +330,19 @@ def _options(config: ConnectorConfig) -> Options:
     return config.options
 
 
-def _fields(config: ConnectorConfig, values: Mapping[str, Value]) -> dict[str, Any]:
-    """The Braze fields the mapped values write, without the user's identifier."""
-    email_states: list[str] = []
-    groups: list[dict[str, str]] = []
-    custom: dict[str, Value] = {}
-    for mapping in config.mappings:
-        value = values.get(mapping.value)
-        if value is None:
-            continue
-        kind = mapping.id.upper()
-        if kind == "OPTED_IN":
-            email_states.append("opted_in" if _flag(mapping, value) else "unsubscribed")
-        elif kind == "UNSUBSCRIBED":
-            email_states.append("unsubscribed" if _flag(mapping, value) else "subscribed")
-        elif _SUBSCRIPTION_GROUP.fullmatch(mapping.id):
-            state = "subscribed" if _flag(mapping, value) else "unsubscribed"
-            groups.append({"subscription_group_id": mapping.id, "subscription_state": state})
-        else:
-            custom[mapping.id] = value
-
+def _fields(config: ConnectorConfig, change: Change) -> dict[str, Any]:
+    """The Braze fields of a change, without the user's identifier."""
     fields: dict[str, Any] = {}
-    if email_states:
-        fields["email_subscribe"] = min(email_states, key=_EMAIL_STATES.index)
+    groups: list[dict[str, str]] = []
+    for name, state in change.fed.items():
+        if name in _STATE_FIELDS:
+            fields[name] = state
+        else:
+            groups.append({"subscription_group_id": name, "subscription_state": state})
     if groups:
         fields["subscription_groups"] = groups
-    fields.update(custom)
+    fields.update(own_fields(config, change.values))
     return fields
-
-
-def _flag(mapping: MappingConfig, value: Value) -> bool:
-    if isinstance(value, bool):
-        return value
-    # A subscription state cannot be guessed from text: the config maps the wrong property.
-    raise PermanentError(
-        f"mapping {mapping.id} needs a true/false property, but {mapping.value} holds text; "
-        "map it to an ..._enabled property",
-        operator_action=True,
-    )
 
 
 def _attributes(config: ConnectorConfig, user: str, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ upsert mode, a ``POST {base}/contacts`` that creates the contact Brevo did not k
 How a mapping id becomes part of the update (docs/reference sendinblue.md):
 
 - ``EMAIL_CAMPAIGNS_SUBSCRIBED`` (any case): true gives ``emailBlacklisted: false``, false
-  gives ``emailBlacklisted: true``;
+  gives ``emailBlacklisted: true``; ``SMS_CAMPAIGNS_SUBSCRIBED`` gives ``smsBlacklisted``
+  the same way. Both are ``Feed``s (worker.connectors.base): computed from the person's
+  whole current state, a refusal winning when several mappings feed one;
 - anything else is a contact attribute named by the id in upper case (Brevo's attribute
   names are), set to the value as it is.
 
@@ -38,18 +40,20 @@ from pydantic import (
 )
 
 from worker.connectors.base import (
+    Change,
     Connector,
     Delivered,
+    Feed,
     HttpRequest,
     HttpResponse,
     Quota,
     Result,
     Skipped,
     Transport,
-    Value,
     header,
     header_number,
     mask,
+    own_fields,
 )
 from worker.errors import PermanentError, RetryableError
 from worker.outcomes import SkipReason
@@ -57,10 +61,13 @@ from worker.settings import get_settings
 
 if TYPE_CHECKING:
     from worker.configs import ConnectorConfig
-    from worker.configs import Mapping as MappingConfig
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-_BLOCKLIST_ID = "EMAIL_CAMPAIGNS_SUBSCRIBED"
+# Blocklisted is the refusal, so True is the stronger state.
+_BLOCKLISTS = {
+    "EMAIL_CAMPAIGNS_SUBSCRIBED": Feed("emailBlacklisted", False, True, (True, False)),
+    "SMS_CAMPAIGNS_SUBSCRIBED": Feed("smsBlacklisted", False, True, (True, False)),
+}
 # Brevo's rate-limit windows are one second and one hour: a reset further away than an
 # hour cannot be seconds, and is read as the milliseconds some integrators have seen.
 _LONGEST_WINDOW = 3600.0
@@ -129,27 +136,22 @@ class SendinblueConnector(Connector):
             return "EXT_ID identifies the Brevo contact; a mapping must not change it"
         return None
 
-    def requests(
-        self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
-    ) -> list[HttpRequest]:
-        fields = _fields(config, values)
+    def feed(self, mapping_id: str) -> Feed | None:
+        return _BLOCKLISTS.get(mapping_id.upper())
+
+    def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+        fields = _fields(config, change)
         if not fields:
             return []
-        options = _options(config)
+        options, user = _options(config), change.user
         update = _update_request(options, user, fields)
         return [update, _create_request(options, user, fields)] if config.upsert_mode else [update]
 
-    def deliver(
-        self,
-        transport: Transport,
-        config: ConnectorConfig,
-        user: str,
-        values: Mapping[str, Value],
-    ) -> Result:
-        fields = _fields(config, values)
+    def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
+        fields = _fields(config, change)
         if not fields:
             return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
-        options = _options(config)
+        options, user = _options(config), change.user
         response = transport.send(_update_request(options, user, fields))
         if _contact_unknown(response):
             if not config.upsert_mode:
@@ -164,37 +166,11 @@ def _options(config: ConnectorConfig) -> Options:
     return config.options
 
 
-def _fields(config: ConnectorConfig, values: Mapping[str, Value]) -> dict[str, Any]:
-    """The update body the mapped values make: ``attributes`` and ``emailBlacklisted``, each
-    only when something sets it."""
-    attributes: dict[str, Value] = {}
-    blacklisted: bool | None = None
-    for mapping in config.mappings:
-        value = values.get(mapping.value)
-        if value is None:
-            continue
-        if mapping.id.upper() == _BLOCKLIST_ID:
-            blacklisted = not _flag(mapping, value)
-        else:
-            attributes[mapping.id.upper()] = value
-
-    fields: dict[str, Any] = {}
-    if attributes:
-        fields["attributes"] = attributes
-    if blacklisted is not None:
-        fields["emailBlacklisted"] = blacklisted
-    return fields
-
-
-def _flag(mapping: MappingConfig, value: Value) -> bool:
-    if isinstance(value, bool):
-        return value
-    # A blocklist state cannot be guessed from text: the config maps the wrong property.
-    raise PermanentError(
-        f"mapping {mapping.id} needs a true/false property, but {mapping.value} holds text; "
-        "map it to an ..._enabled property",
-        operator_action=True,
-    )
+def _fields(config: ConnectorConfig, change: Change) -> dict[str, Any]:
+    """The update body of a change: ``attributes`` (Brevo's names are upper case) and the
+    blocklist flags, each only when something sets it."""
+    attributes = {name.upper(): value for name, value in own_fields(config, change.values).items()}
+    return ({"attributes": attributes} if attributes else {}) | dict(change.fed)
 
 
 def _headers(options: Options) -> dict[str, str]:
