@@ -287,13 +287,22 @@ def _fed_to_send(
     feeding = {feed.field for name, feed in feeds if feed is not None and name in changed}
     if not feeding:
         return {}
-    now: dict[str, Value] = {}
-    for mapping in config.mappings:
-        canonical = changed.get(mapping.value) or canonical_name(mapping.value)
-        if canonical in current:
-            now[mapping.value] = current[canonical]
     return {
         name: value
-        for name, value in fed_fields(config, now).items()
+        for name, value in fed_state(config, current, changed).items()
         if name in feeding and delivered.get(name) != value
     }
+
+
+def fed_state(
+    config: ConnectorConfig, current: Mapping[str, Value], spelled: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The value of every field ``config``'s mappings feed, from the person's current
+    state (canonical name -> newest known value). ``spelled``: the canonical name of
+    mapped property names an event at hand resolved (else ``canonical_name``)."""
+    now: dict[str, Value] = {}
+    for mapping in config.mappings:
+        canonical = (spelled or {}).get(mapping.value) or canonical_name(mapping.value)
+        if canonical in current:
+            now[mapping.value] = current[canonical]
+    return fed_fields(config, now)

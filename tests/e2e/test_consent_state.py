@@ -1,0 +1,179 @@
+"""A person's consent is never misstated by how events combine (issue: consent integrity).
+Real Redis, a real worker, the local Braze/Brevo look-alike; events go in through
+`prefsync enqueue` (or, to test the worker's own check, straight onto the route queue).
+
+The example Braze config maps OPTED_IN <- newsletter, UNSUBSCRIBED <- email_optout, a
+subscription group <- product_updates; the Brevo one EMAIL_CAMPAIGNS_SUBSCRIBED <- newsletter.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.e2e.conftest import REPO_ROOT
+from tests.e2e.helpers import (
+    braze_attributes,
+    braze_config,
+    brevo_config,
+    consent_event,
+    jsonl,
+    wait_until,
+)
+
+MONDAY = "2026-11-16T09:00:00Z"
+TUESDAY = "2026-11-17T09:00:00Z"
+WEDNESDAY = "2026-11-18T09:00:00Z"
+
+
+def put_connectors(run_cli, env, fake) -> None:
+    for config in (braze_config(fake.url), brevo_config()):
+        done = run_cli(env, "connectors", "put", "acme", "-", input=json.dumps(config))
+        assert done.returncode == 0, done.stderr
+
+
+def enqueue(run_cli, env, *events) -> None:
+    done = run_cli(env, "enqueue", "-", input=jsonl(list(events)))
+    assert done.returncode == 0, done.stderr
+
+
+def brevo_bodies(fake, user: str) -> list[dict]:
+    return [call.body for call in fake.calls("brevo") if f"/contacts/{user}" in call.path]
+
+
+def audited_outcomes(run_cli, env, user: str) -> list[tuple[str, str, str]]:
+    """(connector, outcome, reason) of every audit entry of ``user``, oldest first."""
+    listed = run_cli(env, "audit", "acme", "--user", user, "--json")
+    assert listed.returncode == 0, listed.stderr
+    entries = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    return [(e["connector_id"], e["outcome"], e.get("reason") or "") for e in reversed(entries)]
+
+
+def test_a_standing_refusal_survives_a_later_event_that_only_opts_in_to_something_else(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake)
+    start_worker(prefsync_env)
+
+    # Monday: the person refuses all email. Tuesday: an event carrying only the newsletter.
+    enqueue(run_cli, prefsync_env, consent_event("mon", "u-1", MONDAY, {"email_optout": True}))
+    wait_until(lambda: braze_attributes(fake.calls("braze")), timeout=10)
+    enqueue(run_cli, prefsync_env, consent_event("tue", "u-1", TUESDAY, {"newsletter": True}))
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, "u-1")) == 4, timeout=10)
+
+    sent = braze_attributes(fake.calls("braze"))
+    assert [obj.get("email_subscribe") for obj in sent] == ["unsubscribed"]
+    assert ("braze", "skipped", "unchanged") in audited_outcomes(run_cli, prefsync_env, "u-1")
+    # Brevo's blocklist is fed by the newsletter alone: the opt-in is a real change there.
+    assert brevo_bodies(fake, "u-1")[-1]["emailBlacklisted"] is False
+
+
+def test_a_standing_opt_in_is_not_downgraded_by_a_later_withdrawn_refusal(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake)
+    start_worker(prefsync_env)
+
+    enqueue(run_cli, prefsync_env, consent_event("mon", "u-2", MONDAY, {"newsletter": True}))
+    wait_until(lambda: braze_attributes(fake.calls("braze")), timeout=10)
+    enqueue(run_cli, prefsync_env, consent_event("tue", "u-2", TUESDAY, {"email_optout": False}))
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, "u-2")) == 4, timeout=10)
+
+    sent = braze_attributes(fake.calls("braze"))
+    assert [obj.get("email_subscribe") for obj in sent] == ["opted_in"]
+
+    # A real change of the derived state is sent: Wednesday's refusal unsubscribes.
+    enqueue(run_cli, prefsync_env, consent_event("wed", "u-2", WEDNESDAY, {"email_optout": True}))
+    wait_until(lambda: len(braze_attributes(fake.calls("braze"))) == 2, timeout=10)
+    assert braze_attributes(fake.calls("braze"))[-1]["email_subscribe"] == "unsubscribed"
+
+
+def test_an_event_from_the_future_is_refused_and_the_next_real_opt_out_is_delivered(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake)
+    start_worker(prefsync_env)
+    future = consent_event("2999", "u-3", "2999-01-01T00:00:00Z", {"newsletter": True})
+
+    # The producer refuses it, naming the setting.
+    refused = run_cli(prefsync_env, "enqueue", "-", input=jsonl([future]))
+    assert refused.returncode != 0
+    assert "ahead of the clock" in refused.stderr and "PREFSYNC_MAX_CLOCK_SKEW" in refused.stderr
+
+    # Put on the queue some other way, the worker refuses it too: a dead letter that says so.
+    publish = (
+        "import json, sys\n"
+        "from worker.tasks import publish, route\n"
+        "publish(route, [[json.loads(sys.stdin.read())]])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", publish],
+        cwd=REPO_ROOT,
+        env=prefsync_env,
+        input=json.dumps(future),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = wait_until(
+        lambda: run_cli(prefsync_env, "dlq", "list").stdout.splitlines()[:-1], timeout=10
+    )
+    (entry,) = listed
+    assert "ahead of the clock" in entry
+    assert fake.calls() == []
+
+    enqueue(run_cli, prefsync_env, consent_event("now", "u-3", TUESDAY, {"newsletter": False}))
+    wait_until(lambda: braze_attributes(fake.calls("braze")), timeout=10)
+    assert braze_attributes(fake.calls("braze"))[0]["email_subscribe"] == "unsubscribed"
+    assert brevo_bodies(fake, "u-3") and brevo_bodies(fake, "u-3")[0]["emailBlacklisted"] is True
+
+
+def test_two_people_whose_events_share_an_id_and_time_are_both_delivered(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake)
+    start_worker(prefsync_env)
+
+    first = consent_event("same-id", "u-4", MONDAY, {"newsletter": False})
+    second = consent_event("same-id", "u-5", MONDAY, {"newsletter": False})
+    enqueue(run_cli, prefsync_env, first)
+    wait_until(lambda: braze_attributes(fake.calls("braze")), timeout=10)
+    enqueue(run_cli, prefsync_env, second)  # a message of its own, after the first ended
+
+    wait_until(lambda: len(braze_attributes(fake.calls("braze"))) == 2, timeout=10)
+    assert [obj["external_id"] for obj in braze_attributes(fake.calls("braze"))] == ["u-4", "u-5"]
+    wait_until(lambda: brevo_bodies(fake, "u-5"), timeout=10)
+    assert brevo_bodies(fake, "u-4") and brevo_bodies(fake, "u-5")
+
+
+def test_state_show_and_forget(prefsync_env, fake_destinations, start_worker, run_cli):
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake)
+    start_worker(prefsync_env)
+    enqueue(run_cli, prefsync_env, consent_event("mon", "u-6", MONDAY, {"email_optout": True}))
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, "u-6")) == 2, timeout=10)
+
+    shown = run_cli(prefsync_env, "state", "show", "acme", "u-6")
+    assert shown.returncode == 0, shown.stderr
+    assert "consents_purposes_email_optout_enabled" in shown.stdout
+    assert "2026-11-16T09:00:00" in shown.stdout
+    assert "email_subscribe" in shown.stdout and "unsubscribed" in shown.stdout
+
+    refused = run_cli(prefsync_env, "state", "forget", "acme", "u-6", input="n\n")
+    assert refused.returncode != 0
+    assert (
+        "consents_purposes_email_optout_enabled"
+        in run_cli(prefsync_env, "state", "show", "acme", "u-6").stdout
+    )
+
+    forgotten = run_cli(prefsync_env, "state", "forget", "acme", "u-6", "--yes")
+    assert forgotten.returncode == 0, forgotten.stderr
+    after = run_cli(prefsync_env, "state", "show", "acme", "u-6")
+    assert "consents_purposes_email_optout_enabled" not in after.stdout
+    assert "nothing known" in after.stdout
