@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from tests.e2e.conftest import REPO_ROOT
 from tests.e2e.helpers import (
@@ -177,3 +178,37 @@ def test_state_show_and_forget(prefsync_env, fake_destinations, start_worker, ru
     after = run_cli(prefsync_env, "state", "show", "acme", "u-6")
     assert "consents_purposes_email_optout_enabled" not in after.stdout
     assert "nothing known" in after.stdout
+
+
+def test_inputs_of_one_field_in_concurrent_messages_end_with_the_state_the_newest_give(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake)
+    start_worker(prefsync_env, concurrency=4)
+    users = [f"race-{n}" for n in range(30)]
+
+    def wave(name: str, at: str, purposes: dict[str, bool]) -> list[dict]:
+        return [consent_event(f"{name}-{u}", u, at, purposes) for u in users]
+
+    # Newest first, each wave its own messages: four processes work on them at once.
+    enqueue(run_cli, prefsync_env, *wave("wed", WEDNESDAY, {"email_optout": False}))
+    enqueue(run_cli, prefsync_env, *wave("tue", TUESDAY, {"newsletter": True}))
+    enqueue(run_cli, prefsync_env, *wave("mon", MONDAY, {"email_optout": True}))
+
+    def last_state() -> dict[str, str]:
+        state: dict[str, str] = {}
+        for obj in braze_attributes(fake.calls("braze")):
+            if "email_subscribe" in obj:
+                state[obj["external_id"]] = obj["email_subscribe"]
+        return state
+
+    # Newest values: newsletter true (Tuesday), email_optout false (Wednesday).
+    expected = dict.fromkeys(users, "opted_in")
+    wait_until(
+        lambda: last_state() == expected,
+        timeout=30,
+        message=lambda: {u: v for u, v in last_state().items() if v != "opted_in"},
+    )
+    time.sleep(2.0)  # past any deferral: nothing may land after the newest state
+    assert last_state() == expected
