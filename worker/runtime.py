@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import redis
 
@@ -21,6 +22,7 @@ from worker.outbox import Outbox
 from worker.pacing import Pacer
 from worker.recorder import OutcomeRecorder
 from worker.redis_client import RedisClock, connect
+from worker.sealing import Sealer, keys_from
 from worker.settings import Settings, get_settings
 from worker.state import StateStore
 
@@ -38,8 +40,17 @@ class Runtime:
         return RedisClock(self.redis)
 
     @cached_property
+    def sealer(self) -> Sealer:
+        configured = self.settings.secret_keys
+        keys = keys_from(
+            configured.get_secret_value() if configured else None,
+            Path(self.settings.dev_key_file).expanduser(),
+        )
+        return Sealer(keys)
+
+    @cached_property
     def configs(self) -> ConfigStore:
-        return ConfigStore(self.redis, allow_hosts=self.settings.allow_hosts)
+        return ConfigStore(self.redis, self.sealer, allow_hosts=self.settings.allow_hosts)
 
     @cached_property
     def state(self) -> StateStore:

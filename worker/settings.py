@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
@@ -19,7 +19,10 @@ def _split_commas(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PREFSYNC_", extra="ignore")
+    # hide_input_in_errors: a refused value may be a secret (a key, a URL with a password).
+    model_config = SettingsConfigDict(
+        env_prefix="PREFSYNC_", extra="ignore", hide_input_in_errors=True
+    )
 
     redis_url: str = "redis://localhost:6379/0"
     redis_sentinel_master: str = "mymaster"  # with a sentinel:// URL only
@@ -46,6 +49,10 @@ class Settings(BaseSettings):
     # mis-dated event would otherwise outrank every later change of that person.
     max_clock_skew: float = Field(300.0, ge=0)
     audit_maxlen: int = Field(1_000_000, gt=0)
+    # Fernet keys sealing connector configs at rest, comma-separated: the first seals,
+    # every one opens (worker.sealing). Unset: a development key in dev_key_file.
+    secret_keys: SecretStr | None = None
+    dev_key_file: str = "~/.config/prefsync/secret.key"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
@@ -59,6 +66,23 @@ class Settings(BaseSettings):
             if not sep or not name or not port.isdigit():
                 raise ValueError(f"allow_hosts entry {host!r} is not host:port")
         return tuple(h.lower() for h in hosts)
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _fernet_keys(cls, keys: SecretStr | None) -> SecretStr | None:
+        from cryptography.fernet import Fernet
+
+        for key in (keys.get_secret_value() if keys else "").split(","):
+            if key.strip():
+                try:
+                    Fernet(key.strip().encode())
+                except ValueError:
+                    # The message never shows the key: it is a secret, even when wrong.
+                    raise ValueError(
+                        "each key must be 32 url-safe base64-encoded bytes "
+                        "(make one with `prefsync connectors new-key`)"
+                    ) from None
+        return keys
 
     @field_validator("retry_countdowns")
     @classmethod

@@ -164,10 +164,11 @@ def redis_server(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
 # -- Secrets -----------------------------------------------------------------------------------
 
 # Every API key the end-to-end tests use has this shape (tests.e2e.helpers); what a test
-# captured — worker logs, CLI output, everything in Redis but the stored configs — is
-# scanned for it after the test.
+# captured — worker logs, CLI output, everything in Redis, the stored configs included
+# (sealed: worker.sealing) — is scanned for it after the test.
 SECRET = re.compile(rb"test-key-[0-9]{4}")
-CONFIGS = b"prefsync:connectors:"  # where the keys are kept, by design
+# The key the configs of the end-to-end tests are sealed with (PREFSYNC_SECRET_KEYS).
+SEALING_KEY = "MDZA89by3YRpiwUP6154HXJBVs4bZmSt0gmLEYjQXNE="
 
 
 def assert_no_secret(where: str, data: bytes) -> None:
@@ -178,7 +179,7 @@ def assert_no_secret(where: str, data: bytes) -> None:
 
 
 def dump(server: RedisServer) -> bytes:
-    """Every key and value in Redis except the connector configs, as one blob."""
+    """Every key and value in Redis, as one blob."""
     client = redis.Redis(port=server.port)
     readers = {
         b"string": client.get,
@@ -193,9 +194,8 @@ def dump(server: RedisServer) -> bytes:
         for db in range(16):
             client.execute_command("SELECT", db)
             for name in client.scan_iter(count=1000):
-                if not name.startswith(CONFIGS):
-                    value = readers.get(client.type(name), lambda _: b"")(name)
-                    parts += [name, repr(value).encode()]
+                value = readers.get(client.type(name), lambda _: b"")(name)
+                parts += [name, repr(value).encode()]
     finally:
         client.close()
     return b"\n".join(parts)
@@ -224,6 +224,7 @@ def prefsync_env(redis_server: RedisServer, fake_destinations: FakeDestinations)
         PREFSYNC_TASK_TIME_LIMIT="5",
         PREFSYNC_LOG_FORMAT="json",
         PREFSYNC_RATE_LIMIT_MAX_WAIT="2",  # visibility timeout must outlast the longest wait
+        PREFSYNC_SECRET_KEYS=SEALING_KEY,
     )
     return env
 
