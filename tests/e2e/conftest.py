@@ -63,8 +63,14 @@ class RedisServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, extra_args: Sequence[str] | None = None, timeout: float = 10.0) -> None:
-        """Start (or restart) and wait for PING; ``extra_args=None`` reuses the last ones.
+    def start(
+        self,
+        extra_args: Sequence[str] | None = None,
+        timeout: float = 10.0,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
+        """Start (or restart) and wait for PING (as ``auth``'s user and password, when its
+        ACL turns the default user off); ``extra_args=None`` reuses the last ones.
 
         Later arguments win over the defaults, e.g. ``["--appendonly", "yes"]``.
         """
@@ -85,7 +91,14 @@ class RedisServer:
             self._proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=1)
+        username, password = auth or (None, None)
+        probe = redis.Redis(
+            port=self.port,
+            socket_connect_timeout=0.2,
+            socket_timeout=1,
+            username=username,
+            password=password,
+        )
         try:
             wait_until(
                 lambda: self._answers_ping(probe),
