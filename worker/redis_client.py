@@ -44,9 +44,14 @@ class RedisClock:
             try:
                 seconds, microseconds = self.client.time()
             except redis.RedisError:
-                return time.time()
-            self._read = (seconds + microseconds / 1e6, mono)
-        return self._read[0] + mono - self._read[1]
+                if self._read is None:
+                    return time.time()
+                # Carry the last reading on; ask again only after another ``refresh``,
+                # so an outage costs one failed call per refresh, not one per reading.
+                self._read = (self._read[0] + mono - self._read[1], mono)
+            else:
+                self._read = (seconds + microseconds / 1e6, time.monotonic())
+        return self._read[0] + time.monotonic() - self._read[1]
 
 
 def connect(settings: Settings, **options: Any) -> redis.Redis:

@@ -22,6 +22,7 @@ from worker.outbox import Outbox
 from worker.pacing import Pacer
 from worker.recorder import OutcomeRecorder
 from worker.redis_client import RedisClock, connect
+from worker.retries import follow
 from worker.sealing import Sealer, keys_from
 from worker.settings import Settings, get_settings
 from worker.state import StateStore
@@ -37,7 +38,9 @@ class Runtime:
 
     @cached_property
     def clock(self) -> RedisClock:
-        return RedisClock(self.redis)
+        # A connection of its own with short timeouts: reading the clock while Redis is
+        # away must not hold a task up for the data connection's timeouts.
+        return RedisClock(connect(self.settings, socket_timeout=0.5, socket_connect_timeout=0.5))
 
     @cached_property
     def sealer(self) -> Sealer:
@@ -97,4 +100,5 @@ def runtime() -> Runtime:
     global _runtime
     if _runtime is None or _runtime[0] != os.getpid():
         _runtime = (os.getpid(), Runtime(get_settings()))
+        follow(_runtime[1].clock.now)
     return _runtime[1]
