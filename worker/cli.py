@@ -32,9 +32,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _redis_help(url: str) -> str:
+def _redis_help(url: str, exc: Exception | None = None) -> str:
     from worker.redis_client import redacted_url
 
+    if exc is not None and "certificate verify failed" in str(exc):
+        return (
+            f"Redis at {redacted_url(url)} answered with a TLS certificate that is not "
+            "trusted: set PREFSYNC_REDIS_TLS_CA_FILE to the CA bundle that signed it "
+            "(certificate verify failed)"
+        )
     return (
         f"nothing answers at {redacted_url(url)}. Start a Redis first: `redis-server` "
         "(or `docker compose up redis`), or point PREFSYNC_REDIS_URL at one."
@@ -47,8 +53,8 @@ class ReportRedisErrors(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            fail(_redis_help(get_settings().redis_url))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            fail(_redis_help(get_settings().redis_url, exc))
 
 
 @click.group(cls=ReportRedisErrors)

@@ -65,16 +65,24 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
+        **settings.tls_options(),
         **options,
     }
     if not settings.redis_url.startswith("sentinel://"):
+        if settings.uses_tls and settings.redis_url.startswith("redis://"):
+            options["connection_class"] = redis.SSLConnection
         return redis.Redis.from_url(settings.redis_url, **options)
+    if settings.uses_tls:
+        options["ssl"] = True
     parts = [urlsplit(url) for url in settings.redis_url.split(";")]
     sentinels = [(part.hostname or "localhost", part.port or 26379) for part in parts]
     first, last = parts[0], parts[-1]
     db = int(last.path.strip("/") or 0)
+    sentinel_kwargs = {**SENTINEL_KWARGS, **settings.tls_options()}
+    if settings.uses_tls:
+        sentinel_kwargs["ssl"] = True
     sentinel = Sentinel(
-        sentinels, sentinel_kwargs=SENTINEL_KWARGS, password=first.password, db=db, **options
+        sentinels, sentinel_kwargs=sentinel_kwargs, password=first.password, db=db, **options
     )
     return sentinel.master_for(settings.redis_sentinel_master)
 

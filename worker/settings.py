@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +26,11 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://localhost:6379/0"
     redis_sentinel_master: str = "mymaster"  # with a sentinel:// URL only
+    # TLS to Redis (and to the Sentinels): on by itself for a rediss:// URL; for sentinel://
+    # URLs set it. The server's certificate is always verified, against this CA bundle
+    # when given (else the system's).
+    redis_tls: bool = False
+    redis_tls_ca_file: str = ""
     sendinblue_api_url: str = "https://api.brevo.com/v3"
     http_timeout: float = Field(10.0, gt=0)
     task_time_limit: int = Field(60, gt=0)
@@ -119,6 +124,21 @@ class Settings(BaseSettings):
                 f"countdown or rate-limit wait plus task_time_limit ({longest:g}s)"
             )
         return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.redis_tls or self.redis_url.startswith("rediss://")
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py's TLS options (also kombu's ``broker_use_ssl``); empty without TLS."""
+        if not self.uses_tls:
+            return {}
+        import ssl
+
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        if self.redis_tls_ca_file:
+            options["ssl_ca_certs"] = self.redis_tls_ca_file
+        return options
 
     @property
     def lock_ttl(self) -> float:
