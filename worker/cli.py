@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -337,13 +337,14 @@ def _when(epoch: float) -> str:
 @click.option("--connector", help="Only this connector id's entries.")
 def dlq_list(tenant: str | None, connector: str | None) -> None:
     """One line per entry: id, tenant, connector, user, reason, when; then the count."""
-    entries = _runtime().deadletters.list(tenant=tenant, connector_id=connector)
-    for e in entries:
+    listed = 0
+    for e in _runtime().deadletters.iter(tenant=tenant, connector_id=connector):
+        listed += 1
         click.echo(
             f"{e.id}\t{e.tenant}\t{e.connector_id or '-'}\t{e.user}\t{e.reason}\t"
             f"{_when(e.dead_lettered_at)}"
         )
-    click.echo(f"{len(entries)} dead letter(s)")
+    click.echo(f"{listed} dead letter(s)")
 
 
 @dlq.command("show")
@@ -358,7 +359,8 @@ def dlq_show(entry_id: str) -> None:
     click.echo(dumps(entry))
 
 
-def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> list:
+def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> Iterable:
+    """The entries named, or every one (of a tenant), streamed a page at a time."""
     store = _runtime().deadletters
     if sum([bool(ids), all_, tenant is not None]) != 1:
         fail("name entry ids, or --all, or --tenant T (exactly one of them)")
@@ -368,7 +370,7 @@ def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> list:
         if missing:
             fail(f"no dead letter {', '.join(missing)}", 1)
         return entries
-    return store.list(tenant=tenant)
+    return store.iter(tenant=tenant)
 
 
 @dlq.command("replay")

@@ -71,7 +71,7 @@ class Runtime:
 
     @cached_property
     def deadletters(self) -> DeadLetterStore:
-        return DeadLetterStore(self.redis)
+        return DeadLetterStore(self.redis, warn_count=self.settings.deadletter_warn_count)
 
     @cached_property
     def recorder(self) -> OutcomeRecorder:

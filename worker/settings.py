@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # mis-dated event would otherwise outrank every later change of that person.
     max_clock_skew: float = Field(300.0, ge=0)
     audit_maxlen: int = Field(1_000_000, gt=0)
+    # Dead letters of one tenant past which an error is logged (and again every tenth more).
+    deadletter_warn_count: int = Field(10_000, gt=0)
     # Fernet keys sealing connector configs at rest, comma-separated: the first seals,
     # every one opens (worker.sealing). Unset: a development key in dev_key_file.
     secret_keys: SecretStr | None = None
