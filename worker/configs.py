@@ -47,7 +47,7 @@ from pydantic import (
 from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, get_connector
 from worker.connectors.base import Connector, mask
 from worker.errors import InvalidConfig
-from worker.events import is_utf8
+from worker.events import PROPERTY_SHAPES, is_property_name, is_utf8
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -333,6 +333,12 @@ def _mappings(
             continue
         if problem := connector.mapping_problem(mapping.id):
             problems.append(f"{where}.id: {problem}")
+        if not is_property_name(mapping.value):
+            problems.append(
+                f"{where}.value: {mapping.value!r} (mapping {mapping.id}) is not a property "
+                f"name an event can carry, so it would never have a value; the names are "
+                f"{', '.join(PROPERTY_SHAPES)} (events.md)"
+            )
         key = mapping.id.casefold()
         if key in first_index:
             problems.append(

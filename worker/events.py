@@ -23,7 +23,6 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -239,24 +238,64 @@ _ENVELOPES: dict[str, type[_Envelope[Any]]] = {
 
 # --- Flat properties ------------------------------------------------------------------
 
-# A name part is separated from the next by "_" or, in some PMP exports, "__". "__" is
-# tried first so that a separator never leaks into the id next to it.
-_SEPARATOR = "(?:__|_)"
+# A name part is separated from the next by "_" or, in some PMP exports, "__".
+_SEPARATORS = ("__", "_")
+_UNDERSCORES = re.compile("_+")
+
+#: Every name the grammar of events.md can produce, whatever ids the payload holds
+#: (``FlatProperties`` builds exactly these); ``_S`` is a separator. ``enabled_li`` is one
+#: part: one payload field.
+_S = "(?:__|_)"
+_PROPERTY_NAME = re.compile(
+    f"consents{_S}(?:purposes{_S}.+?{_S}(?:enabled|enabled_li|values{_S}.*?{_S}value"
+    f"|preferences{_S}.*?{_S}values{_S}.+?{_S}enabled)|channels{_S}.+?{_S}enabled)",
+    re.DOTALL,
+)
+
+#: The shapes of ``_PROPERTY_NAME``, as a config's author reads them.
+PROPERTY_SHAPES = (
+    "consents_purposes_<P>_enabled",
+    "consents_purposes_<P>_enabled_li",
+    "consents_purposes_<P>_values_<PREF>_value",
+    "consents_purposes_<P>_preferences_<PREF>_values_<V>_enabled",
+    "consents_channels_<C>_enabled",
+)
 
 
-@lru_cache(maxsize=4096)
-def _alias_pattern(parts: tuple[str, ...]) -> re.Pattern[str]:
-    """Every spelling of one property's name: its parts joined by any separators."""
-    return re.compile(_SEPARATOR.join(re.escape(part) for part in parts))
+def is_property_name(name: str) -> bool:
+    """Whether some payload could give ``name`` a value: it has one of the shapes of
+    ``PROPERTY_SHAPES``, any separator written ``_`` or ``__``. A typo such as
+    ``..._enabld`` is not, and a mapping naming it would never have a value."""
+    return _PROPERTY_NAME.fullmatch(name) is not None
 
 
-@lru_cache(maxsize=1024)
-def _preference_value_pattern(purpose: str, preference: str) -> re.Pattern[str]:
-    """``consents_purposes_<P>_preferences_<PREF>_values_<V>_enabled`` for any ``V``."""
-    head = ("consents", "purposes", purpose, "preferences", preference, "values")
-    prefix = _SEPARATOR.join(re.escape(part) for part in head)
-    # Lazy, so that V is the shortest id leaving a separator and "enabled" at the end.
-    return re.compile(f"{prefix}{_SEPARATOR}(?P<value>.+?){_SEPARATOR}enabled")
+def _collapsed(name: str) -> str:
+    """``name`` with each run of ``_`` as one: all spellings of one property's name
+    collapse to the same text, so an index by it finds a spelling in one look-up."""
+    # Most names have no "__": the test is much cheaper than a substitution.
+    return _UNDERSCORES.sub("_", name) if "__" in name else name
+
+
+def _spelling_ends(name: str, parts: Sequence[str], start: int = 0) -> list[int]:
+    """Where in ``name`` a spelling of ``parts`` (joined by any separators) that begins
+    at ``start`` can end. At most two ways per separator: a handful of positions."""
+    ends = [start] if name.startswith(parts[0], start) else []
+    ends = [end + len(parts[0]) for end in ends]
+    for part in parts[1:]:
+        ends = [
+            after + len(part)
+            for end in ends
+            for separator in _SEPARATORS
+            if name.startswith(separator, end)
+            and name.startswith(part, after := end + len(separator))
+        ]
+        ends = list(dict.fromkeys(ends))
+    return ends
+
+
+def _spells(name: str, parts: Sequence[str]) -> bool:
+    """Whether ``name`` is ``parts`` joined by separators, each ``_`` or ``__``."""
+    return len(name) in _spelling_ends(name, parts)
 
 
 def _chosen(listed: str) -> frozenset[str]:
@@ -278,16 +317,22 @@ class FlatProperties:
 
     A null or absent choice has no property at all: absent is not false. Any ``_`` between
     two parts may also be written ``__``; ``enabled_li`` is one part (one payload field).
+
+    A look-up costs time linear in the name looked up, whatever the payload's size: the
+    other spellings are found through indexes by collapsed name (built at the first
+    look-up that needs them), never by trying each property in turn.
     """
 
-    __slots__ = ("_parts", "_preferences", "_values")
+    __slots__ = ("_by_collapsed", "_parts", "_preferences", "_values")
 
     def __init__(self, consents: _Consents | None = None) -> None:
         # canonical name ("_"-joined parts) -> value, and -> parts for the "__" spellings
         self._values: dict[str, Value] = {}
         self._parts: dict[str, tuple[str, ...]] = {}
-        # (purpose, preference) pairs present, to answer "false" for value ids not chosen
-        self._preferences: set[tuple[str, str]] = set()
+        # collapsed "consents_purposes_<P>_preferences_<PREF>" -> the (P, PREF) pairs
+        # present, to answer "false" for the value ids not chosen
+        self._preferences: dict[str, list[tuple[str, str]]] = {}
+        self._by_collapsed: dict[str, list[str]] | None = None
         if consents is not None:
             self._collect(consents)
 
@@ -316,7 +361,8 @@ class FlatProperties:
             # Preference values stand on their own: they count even when enabled is null.
             for preference, listed in (purpose.values or {}).items():
                 self._add((*base, "values", preference, "value"), listed.value)
-                self._preferences.add((purpose.id, preference))
+                head = _collapsed("_".join((*base, "preferences", preference)))
+                self._preferences.setdefault(head, []).append((purpose.id, preference))
                 for value in _chosen(listed.value):
                     self._add((*base, "preferences", preference, "values", value, "enabled"), True)
         for channel in consents.channels or ():
@@ -332,21 +378,33 @@ class FlatProperties:
         # Only a name with "__" can be another spelling of a property we hold: with single
         # "_" separators it would have been the canonical name, found above.
         if "__" in name:
-            for canonical, parts in self._parts.items():
-                if _alias_pattern(parts).fullmatch(name):
+            if self._by_collapsed is None:
+                self._by_collapsed = {}
+                for canonical in self._values:
+                    self._by_collapsed.setdefault(_collapsed(canonical), []).append(canonical)
+            # More than one only for ids that differ in their runs of "_" alone.
+            for canonical in self._by_collapsed.get(_collapsed(name), ()):
+                if _spells(name, self._parts[canonical]):
                     return canonical, self._values[canonical]
         return self._preference_value(name)
 
     def _preference_value(self, name: str) -> tuple[str, Value] | None:
         # The chosen value ids are stored properties, found by `get` before it comes here;
         # any other value id of a preference the payload carries is a plain "no".
-        if "preferences" not in name:
+        if not self._preferences:
             return None
-        for purpose, preference in self._preferences:
-            match = _preference_value_pattern(purpose, preference).fullmatch(name)
-            if match:
-                parts = ("consents", "purposes", purpose, "preferences", preference)
-                return "_".join((*parts, "values", match["value"], "enabled")), False
+        collapsed = _collapsed(name)
+        if not collapsed.endswith("_enabled"):
+            return None
+        # The preference's head ends where some "_values_" begins: a few places to try.
+        at = collapsed.find("_values_")
+        while at != -1:
+            for purpose, preference in self._preferences.get(collapsed[:at], ()):
+                value_id = _unchosen_value(name, purpose, preference)
+                if value_id is not None:
+                    parts = ("consents", "purposes", purpose, "preferences", preference)
+                    return "_".join((*parts, "values", value_id, "enabled")), False
+            at = collapsed.find("_values_", at + 1)
         return None
 
     def items(self) -> Iterator[tuple[str, Value]]:
@@ -356,6 +414,25 @@ class FlatProperties:
 
     def __repr__(self) -> str:
         return f"FlatProperties({self._values!r})"
+
+
+def _unchosen_value(name: str, purpose: str, preference: str) -> str | None:
+    """The ``V`` of ``name`` when it spells ``consents_purposes_<purpose>_preferences_
+    <preference>_values_<V>_enabled``, else None. Where separators leave a choice, V is
+    the shortest id: its own leading and trailing "_" are read as separators."""
+    head = ("consents", "purposes", purpose, "preferences", preference, "values")
+    if not name.endswith("enabled"):
+        return None
+    tail_end = len(name) - len("enabled")
+    for end in sorted(_spelling_ends(name, head), reverse=True):
+        for before in _SEPARATORS:
+            if not name.startswith(before, end):
+                continue
+            for after in _SEPARATORS:
+                first, last = end + len(before), tail_end - len(after)
+                if first < last and name.startswith(after, last):
+                    return name[first:last]
+    return None
 
 
 # --- Events ---------------------------------------------------------------------------

@@ -16,6 +16,10 @@ How a mapping id becomes a field of that object (docs/reference braze.md):
 config must not quietly become a custom attribute while the person's email state stays as
 it was.
 
+A mapping id naming a Braze identifier or standard subscription field (``email``,
+``push_subscribe``, ``subscription_group_id``... in any case) is refused when the config is
+stored, with the mapping id to use instead.
+
 A mapping whose property has no value writes nothing; when no mapping has a value there is
 nothing to send and the change is skipped.
 
@@ -105,12 +109,27 @@ _SUBSCRIPTION_GROUP = re.compile(
 )
 # Strongest first: any refusal of email wins over any consent to it.
 _EMAIL_STATES = ("unsubscribed", "opted_in", "subscribed")
-# Keys of the attributes object this connector sets itself, and keys that identify the user
-# (a mapping writing them would override ours or move the update to someone else).
-_OWN_KEYS = frozenset(
-    {"external_id", "_update_existing_only", "email_subscribe", "subscription_groups"}
-)
-_USER_KEYS = frozenset({"user_alias", "braze_id", "email", "phone"})
+_EMAIL_HINT = "map OPTED_IN or UNSUBSCRIBED to change the email subscription state"
+_PUSH_HINT = "map PUSH_OPTED_IN or PUSH_UNSUBSCRIBED to change the push subscription state"
+_GROUP_HINT = "use the subscription group's id (its UUID) as the mapping id"
+_USER_HINT = "it identifies the Braze user, and a mapping must not change who is updated"
+#: Mapping ids (lower case) that name a Braze identifier, a standard subscription field or
+#: a key of the attributes object this connector sets itself, with what to map instead
+#: (braze.md): as custom attributes they would send Braze what it refuses (a boolean
+#: push_subscribe) or overwrite what identifies the person (email).
+_RESERVED = {
+    "external_id": _USER_HINT,
+    "braze_id": _USER_HINT,
+    "user_alias": _USER_HINT,
+    "email": f"{_USER_HINT} (it is the address itself); {_EMAIL_HINT}",
+    "phone": f"{_USER_HINT} (it is the number itself); for SMS consent, {_GROUP_HINT}",
+    "email_subscribe": f"it is set by the connector; {_EMAIL_HINT}",
+    "push_subscribe": f"it is set by the connector; {_PUSH_HINT}",
+    "subscription_groups": f"it is set by the connector; {_GROUP_HINT}",
+    "subscription_group_id": _GROUP_HINT,
+    "_update_existing_only": "it is set by the connector from upsert_mode",
+    "_merge_objects": "it is an option of the call, not a field of the user",
+}
 _REASON_LENGTH = 300
 
 
@@ -241,14 +260,10 @@ class BrazeConnector(Connector):
         return Quota(int(limit) if limit else None, int(remaining), max(reset - clock(), 0.0))
 
     def mapping_problem(self, mapping_id: str) -> str | None:
-        if mapping_id.lower() in _OWN_KEYS:
-            return (
-                f"{mapping_id!r} is set by the connector itself; map OPTED_IN, UNSUBSCRIBED "
-                "or a subscription group id to change the email state"
-            )
-        if mapping_id.lower() in _USER_KEYS:
-            return f"{mapping_id!r} identifies the Braze user; a mapping must not change it"
-        return None
+        hint = _RESERVED.get(mapping_id.lower())
+        if hint is None:
+            return None
+        return f"{mapping_id!r} is reserved by Braze and never a custom attribute: {hint}"
 
     def requests(
         self, config: ConnectorConfig, user: str, values: Mapping[str, Value]

@@ -8,9 +8,10 @@ How a mapping id becomes part of the update (docs/reference sendinblue.md):
 - anything else is a contact attribute named by the id in upper case (Brevo's attribute
   names are), set to the value as it is.
 
-``EMAIL`` is refused as a mapping id: changing a blocklisted contact's email clears its
-blocklist, which would resubscribe the person. ``EXT_ID`` is refused too: it is how the
-contact is found.
+A mapping id naming an identifier or a top-level field of the contact (``EMAIL``, ``SMS``,
+``EXT_ID``, ``emailBlacklisted``... in any case) is refused when the config is stored:
+changing a blocklisted contact's email clears its blocklist, which would resubscribe the
+person, and ``smsBlacklisted`` as an attribute would not block anything.
 
 The contact is the PMP's ``organization_user_id``. One that looks like an email address
 (text, one ``@``, a domain with a dot, no spaces) is addressed as ``identifierType=email_id``,
@@ -61,6 +62,25 @@ if TYPE_CHECKING:
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _BLOCKLIST_ID = "EMAIL_CAMPAIGNS_SUBSCRIBED"
+_EMAIL_HINT = f"map {_BLOCKLIST_ID} to change whether the contact receives email campaigns"
+_SMS_HINT = "map SMS_CAMPAIGNS_SUBSCRIBED to change whether the contact receives SMS campaigns"
+_CONTACT_HINT = "it identifies the Brevo contact, and a mapping must not change who is updated"
+_LIST_HINT = "list membership comes from the connector's list_id option, not from a mapping"
+#: Mapping ids (upper case, as Brevo's attribute names are) that name an identifier or a
+#: top-level field of a contact, with what to map instead (sendinblue.md). As attributes
+#: they would update an identifier (changing a blocklisted contact's EMAIL clears its
+#: blocklist, resubscribing the person) or miss the field they seem to set.
+_RESERVED = {
+    "EMAIL": f"{_CONTACT_HINT}, and changing it clears a blocklist; {_EMAIL_HINT}",
+    "SMS": f"{_CONTACT_HINT} (it is the number itself); {_SMS_HINT}",
+    "WHATSAPP": f"{_CONTACT_HINT} (it is the number itself)",
+    "EXT_ID": _CONTACT_HINT,
+    "EMAILBLACKLISTED": f"it is a field of the contact, set by the connector; {_EMAIL_HINT}",
+    "SMSBLACKLISTED": f"it is a field of the contact, set by the connector; {_SMS_HINT}",
+    "LISTIDS": _LIST_HINT,
+    "UNLINKLISTIDS": _LIST_HINT,
+    "UPDATEENABLED": "it is an option of the call, set by the connector",
+}
 # Brevo's rate-limit windows are one second and one hour: a reset further away than an
 # hour cannot be seconds, and is read as the milliseconds some integrators have seen.
 _LONGEST_WINDOW = 3600.0
@@ -120,14 +140,10 @@ class SendinblueConnector(Connector):
         return Quota(int(limit) if limit else None, int(remaining), reset_in)
 
     def mapping_problem(self, mapping_id: str) -> str | None:
-        if mapping_id.upper() == "EMAIL":
-            return (
-                "EMAIL is never written: changing a blocklisted contact's email clears its "
-                "blocklist, which would resubscribe the person"
-            )
-        if mapping_id.upper() == "EXT_ID":
-            return "EXT_ID identifies the Brevo contact; a mapping must not change it"
-        return None
+        hint = _RESERVED.get(mapping_id.upper())
+        if hint is None:
+            return None
+        return f"{mapping_id!r} is reserved by Brevo and never an attribute: {hint}"
 
     def requests(
         self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
