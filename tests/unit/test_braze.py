@@ -501,7 +501,7 @@ def test_201_errors_refuse_only_the_objects_they_index(mocked: responses.Request
         (201, success([{"type": "negative", "index": -1}]), RetryableError),
         (201, success("something failed"), RetryableError),
         (200, {"message": "queued"}, RetryableError),
-        (400, {"message": "Invalid 'attributes' field"}, PermanentError),
+        (404, {"message": "Not found"}, PermanentError),
         (401, {"message": "Invalid API key"}, PermanentError),
     ],
 )

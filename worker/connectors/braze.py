@@ -24,8 +24,9 @@ A mapping whose property has no value writes nothing; when no mapping has a valu
 nothing to send and the change is skipped.
 
 Each change gets its own answer from a call's answer (braze.md): a 201 "success" delivers
-every object but those its ``errors`` list, which are refused; a 413 splits the call in
-halves; a refusal of the whole call refuses each of its objects; a rate limit (Braze's or
+every object but those its ``errors`` list, which are refused; a 413 or a 400 splits a call
+of several users in halves, until the object at fault is alone; any other refusal of the
+whole call refuses each of its objects; a rate limit (Braze's or
 our pacing's), an outage or a network error ends the batch, leaving that call's changes and
 every later one to retry.
 """
@@ -131,6 +132,8 @@ _RESERVED = {
     "_merge_objects": "it is an option of the call, not a field of the user",
 }
 _REASON_LENGTH = 300
+#: Answers to a call of several users that split it in halves (braze.md).
+_SPLIT = frozenset({400, 413})
 
 
 def rest_endpoint(server: str, allow_hosts: Collection[str] = ()) -> str:
@@ -403,11 +406,13 @@ def _track_request(config: ConnectorConfig, objects: Sequence[Mapping[str, Any]]
 def _send(
     transport: Transport, config: ConnectorConfig, call: Sequence[_Update]
 ) -> list[Answer] | None:
-    """One /users/track call and an answer per object of it, or None when Braze found it
-    too large and it can be split. Raises ``RetryableError`` or ``Deferred`` when Braze takes
-    no calls for now."""
+    """One /users/track call and an answer per object of it, or None when the call is to be
+    split. Raises ``RetryableError`` or ``Deferred`` when Braze takes no calls for now."""
     response = transport.send(_track_request(config, [update.attributes for update in call]))
-    if response.status == 413 and len(call) > 1:
+    # Too large (413), or refused whole (400) for what may be one malformed object or too
+    # many objects: halves are tried until the object at fault is alone, so that only its
+    # user is refused, never the 49 others of its call.
+    if response.status in _SPLIT and len(call) > 1:
         return None
     options = _options(config)
     if 200 <= response.status < 300:
