@@ -15,17 +15,20 @@ person, and ``smsBlacklisted`` as an attribute would not block anything.
 
 The contact is the PMP's ``organization_user_id``. One that looks like an email address
 (text, one ``@``, a domain with a dot, no spaces) is addressed as ``identifierType=email_id``,
-anything else as ``ext_id``. The base URL is read from the settings at every call, so tests
-and local stacks can point it elsewhere.
+anything else as ``ext_id``. An identifier that cannot name one contact (blank, ``.`` or
+``..``, invisible characters, overlong: ``identifier_problem``) is never sent: the change
+is refused (dead-lettered) for this connector. The base URL is read from the settings at
+every call, so tests and local stacks can point it elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from pydantic import (
     AliasChoices,
@@ -84,6 +87,14 @@ _RESERVED = {
 # Brevo's rate-limit windows are one second and one hour: a reset further away than an
 # hour cannot be seconds, and is read as the milliseconds some integrators have seen.
 _LONGEST_WINDOW = 3600.0
+# Brevo's public documentation gives no limit for a contact identifier. An email address
+# has at most 254 characters (RFC 5321); a longer identifier is refused rather than sent
+# to be cut or matched in ways nobody can check.
+_LONGEST_IDENTIFIER = 254
+# Control, format (invisible: zero-width, bidirectional) and surrogate characters, and the
+# line and paragraph separators: an identifier holding one cannot be told from another.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_PATH_SEPARATORS = re.compile(r"[/\\]")
 _REASON_LENGTH = 300
 
 
@@ -148,6 +159,7 @@ class SendinblueConnector(Connector):
     def requests(
         self, config: ConnectorConfig, user: str, values: Mapping[str, Value]
     ) -> list[HttpRequest]:
+        _checked(user)
         fields = _fields(config, values)
         if not fields:
             return []
@@ -162,6 +174,8 @@ class SendinblueConnector(Connector):
         user: str,
         values: Mapping[str, Value],
     ) -> Result:
+        # Refused whatever the values: the event is dead-lettered for this connector.
+        _checked(user)
         fields = _fields(config, values)
         if not fields:
             return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
@@ -172,6 +186,46 @@ class SendinblueConnector(Connector):
                 return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
             response = transport.send(_create_request(options, user, fields))
         return _classify(response, fields, options)
+
+
+def identifier_problem(user: str) -> str | None:
+    """Why ``user`` cannot name one Brevo contact, or None when it can.
+
+    Such an identifier is never sent (sendinblue.md): ``..`` in a URL's path is resolved
+    away (``PUT /v3/contacts/..`` is ``PUT /v3/``), and a blank, invisible or overlong one
+    may name no contact or another one. The identifier itself is not quoted: it is
+    personal data, and the dead letter keeps it."""
+    if not user.strip():
+        return "it is empty or blank"
+    if len(user) > _LONGEST_IDENTIFIER:
+        return f"it is longer than {_LONGEST_IDENTIFIER} characters"
+    if any(unicodedata.category(char) in _INVISIBLE for char in user):
+        return "it holds a control or invisible character"
+    # Also as a server would read it once percent-decoded ("%2e%2e" is "..").
+    for text in dict.fromkeys((user, unquote(user))):
+        segments = _PATH_SEPARATORS.split(text)
+        if any(segment.strip() in (".", "..") for segment in segments):
+            return "it is or holds a '.' or '..' path segment, which a URL resolves away"
+        if len(segments) > 1 and not all(segments):
+            return "it holds an empty path segment (a '/' at either end, or '//')"
+    return None
+
+
+def _checked(user: str) -> str:
+    """``user``, when it can name one Brevo contact; PermanentError otherwise."""
+    if problem := identifier_problem(user):
+        raise PermanentError(
+            f"not sent to Brevo: the contact identifier (organization_user_id) cannot name "
+            f"one contact: {problem}"
+        )
+    return user
+
+
+def _contact_url(user: str, identifier_type: str) -> str:
+    """The one URL of the contact ``user`` names: the identifier checked, and encoded as a
+    single path segment ("/" included)."""
+    segment = quote(_checked(user), safe="")
+    return f"{_base_url()}/contacts/{segment}?identifierType={identifier_type}"
 
 
 def _options(config: ConnectorConfig) -> Options:
@@ -230,7 +284,7 @@ def _update_request(options: Options, user: str, fields: Mapping[str, Any]) -> H
     identifier_type = "email_id" if _EMAIL.fullmatch(user) else "ext_id"
     return HttpRequest(
         method="PUT",
-        url=f"{_base_url()}/contacts/{quote(user, safe='')}?identifierType={identifier_type}",
+        url=_contact_url(user, identifier_type),
         headers=_headers(options),
         json=dict(fields),
     )
