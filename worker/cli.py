@@ -238,7 +238,7 @@ def connectors_list(tenant: str) -> None:
         try:
             config = _runtime().configs.get(tenant, connector_id)
         except InvalidConfig as exc:
-            click.echo(f"{connector_id}\tBROKEN: {exc}")
+            click.echo(f"{connector_id}\tINVALID: {'; '.join(str(exc).splitlines())}")
             continue
         if config is None:
             continue

@@ -107,7 +107,11 @@ def final_reason(exc: BaseException, attempts: Sequence[Attempt]) -> str:
     if isinstance(exc, InvalidEvent):
         return f"invalid event: {describe_error(exc)}"
     if isinstance(exc, InvalidConfig):
-        return f"connector config no longer valid: {describe_error(exc)}"
+        problems = "; ".join(describe_error(exc).splitlines())
+        return (
+            f"connector config no longer valid: {problems} (store a corrected config with "
+            "`prefsync connectors put`, then replay these dead letters)"
+        )
     if isinstance(exc, PermanentError):
         # Without a status no destination answered: prefsync itself refused to send it (a
         # contact identifier no request could name, a mapping that cannot take the value).

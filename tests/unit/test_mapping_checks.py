@@ -9,12 +9,22 @@ from typing import Any
 
 import fakeredis
 import pytest
+import responses
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from tests.unit.test_tasks import (
+    TENANT,
+    Harness,
+    braze_config,
+    event,
+    harness,  # noqa: F401 (fixture)
+)
 from worker.configs import ConfigStore, parse_config
 from worker.errors import InvalidConfig
 from worker.events import PROPERTY_SHAPES, FlatProperties, is_property_name
+from worker.tasks import deliver
 
 KEY = "test-key-0000-abcdefgh"
 PROPERTY = "consents_purposes_newsletter_enabled"
@@ -234,3 +244,34 @@ def test_every_name_a_payload_gives_a_value_is_a_property_name(
         assert is_property_name(name), name
         doubled = name.replace("consents_", "consents__", 1)
         assert is_property_name(doubled), doubled
+
+
+# -- a stored config that no longer validates stops its deliveries ----------------------
+
+
+def test_events_for_a_stored_config_that_no_longer_validates_are_dead_lettered_unsent(
+    harness: Harness,  # noqa: F811 (the fixture imported above)
+    mocked: responses.RequestsMock,
+) -> None:
+    connector_id = braze_config(harness)
+    key = f"prefsync:connectors:{TENANT}"
+    stored = json.loads(harness.rt.redis.hget(key, connector_id))
+    stored["mappings"][0]["id"] = "email_subscribe"
+    harness.rt.redis.hset(key, connector_id, json.dumps(stored))
+
+    with capture_logs() as logs:
+        harness.worker.send(deliver, [event()], connector_id)
+        harness.worker.drain()
+
+    assert len(mocked.calls) == 0
+    [entry] = harness.dead_letters()
+    assert entry.reason.startswith(
+        f"connector config no longer valid: tenant {TENANT!r}, connector {connector_id!r}: "
+        "stored config no longer valid: mappings[0].id: 'email_subscribe' is reserved by Braze"
+    )
+    assert "map OPTED_IN or UNSUBSCRIBED" in entry.reason
+    assert entry.reason.endswith(
+        "(store a corrected config with `prefsync connectors put`, then replay these dead letters)"
+    )
+    [error] = [log for log in logs if log["event"] == "dead-lettered"]
+    assert (error["log_level"], error["connector_id"]) == ("error", connector_id)
