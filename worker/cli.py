@@ -487,18 +487,27 @@ def audit(tenant: str, user: str | None, limit: int, as_json: bool) -> None:
 @main.command()
 @click.option("--tenant", help="Only this tenant.")
 @click.option("--connector", help="Only this connector (needs --tenant).")
-def stats(tenant: str | None, connector: str | None) -> None:
-    """Outcome counters: delivered, skipped (by reason), dead-lettered."""
+@click.option(
+    "--mappings",
+    "show_mappings",
+    is_flag=True,
+    help="Then, per connector, when each mapping last matched an event (needs --tenant).",
+)
+def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> None:
+    """Outcome counters: delivered, skipped (by reason), dead-lettered; one `name<TAB>count`
+    line each."""
     if connector and not tenant:
         fail("--connector needs --tenant")
+    if show_mappings and not tenant:
+        fail("--mappings needs --tenant")
     counts = _runtime().recorder.counts(tenant, connector)
     if not counts:
         click.echo("no outcomes recorded yet")
     for name, value in counts.items():
         click.echo(f"{name}\t{value}")
-    if tenant is None:
+    if not show_mappings:
         return
-    # Per mapping, when it last matched an event: one that never does is visible here.
+    # A mapping that never matches an event is visible here (and in `connectors check`).
     store = _runtime().configs
     for connector_id in [connector] if connector else store.ids(tenant):
         try:

@@ -128,7 +128,7 @@ def test_stats_for_a_tenant_lists_its_mappings_last_matches(
     monkeypatch.setattr("worker.recorder.clock", lambda: 1_800_000_000.0)
     record_match(rt, "consents_purposes_product_updates_enabled")
 
-    output = run("stats", "--tenant", "acme").output.splitlines()
+    output = run("stats", "--tenant", "acme", "--mappings").output.splitlines()
 
     assert output[0] == "no outcomes recorded yet"
     assert output[1] == "mappings of braze:"
@@ -136,7 +136,8 @@ def test_stats_for_a_tenant_lists_its_mappings_last_matches(
         "  7c0b8f2e-4b7e-4d2a-9b1e-2f6a3c1d9e55 <- consents_purposes_product_updates_enabled: "
         "last matched 2027-01-15T08:00:00+00:00"
     )
-    assert "mappings of" not in run("stats").output
+    assert run("stats", "--tenant", "acme").output == "no outcomes recorded yet\n"
+    assert run("stats", "--mappings").exit_code == 2
 
 
 def test_deleting_a_connector_forgets_its_matches(rt: Runtime) -> None:
