@@ -242,17 +242,7 @@ _ENVELOPES: dict[str, type[_Envelope[Any]]] = {
 _SEPARATORS = ("__", "_")
 _UNDERSCORES = re.compile("_+")
 
-#: Every name the grammar of events.md can produce, whatever ids the payload holds
-#: (``FlatProperties`` builds exactly these); ``_S`` is a separator. ``enabled_li`` is one
-#: part: one payload field.
-_S = "(?:__|_)"
-_PROPERTY_NAME = re.compile(
-    f"consents{_S}(?:purposes{_S}.+?{_S}(?:enabled|enabled_li|values{_S}.*?{_S}value"
-    f"|preferences{_S}.*?{_S}values{_S}.+?{_S}enabled)|channels{_S}.+?{_S}enabled)",
-    re.DOTALL,
-)
-
-#: The shapes of ``_PROPERTY_NAME``, as a config's author reads them.
+#: The shapes of the property names (events.md), as a config's author reads them.
 PROPERTY_SHAPES = (
     "consents_purposes_<P>_enabled",
     "consents_purposes_<P>_enabled_li",
@@ -264,9 +254,45 @@ PROPERTY_SHAPES = (
 
 def is_property_name(name: str) -> bool:
     """Whether some payload could give ``name`` a value: it has one of the shapes of
-    ``PROPERTY_SHAPES``, any separator written ``_`` or ``__``. A typo such as
-    ``..._enabld`` is not, and a mapping naming it would never have a value."""
-    return _PROPERTY_NAME.fullmatch(name) is not None
+    ``PROPERTY_SHAPES``, any separator written ``_`` or ``__`` (exactly what
+    ``FlatProperties`` builds). A typo such as ``..._enabld`` is not, and a mapping naming
+    it would never have a value.
+
+    Ids may hold any character, "_" included, so a doubled separator next to an id is
+    part of some spelling; only the fixed words need their separators checked. Each shape
+    is then a few ``find``s from the left (the earliest words leave the most room for the
+    ids after them): time linear in the name, where a regular expression with an id
+    pattern per part backtracks in cubic time on names such as
+    ``consents_purposes_preferences_values_preferences_values_…``.
+    """
+    for head in ("consents_", "consents__"):
+        if name.startswith(head + "purposes_"):
+            return _purpose_property(name[len(head) + len("purposes_") :])
+        if name.startswith(head + "channels_"):
+            return _id_then(name[len(head) + len("channels_") :], "_enabled")
+    return False
+
+
+def _id_then(rest: str, tail: str) -> bool:
+    """Whether ``rest`` is an id of at least one character followed by ``tail``."""
+    return len(rest) > len(tail) and rest.endswith(tail)
+
+
+def _purpose_property(rest: str) -> bool:
+    """Whether ``rest`` (after ``consents_purposes_``) is ``<P>_enabled``,
+    ``<P>_enabled_li``, ``<P>_values_<PREF>_value`` or
+    ``<P>_preferences_<PREF>_values_<V>_enabled``, P and V not empty."""
+    if _id_then(rest, "_enabled") or _id_then(rest, "_enabled_li"):
+        return True
+    # PREF may be empty: "_values_" + "" + "_value".
+    values = rest.find("_values_", 1)
+    if rest.endswith("_value") and -1 < values <= len(rest) - len("_values_") - len("_value"):
+        return True
+    preferences = rest.find("_preferences_", 1)
+    if preferences == -1 or not rest.endswith("_enabled"):
+        return False
+    values = rest.find("_values_", preferences + len("_preferences_"))
+    return values != -1 and values + len("_values_") < len(rest) - len("_enabled")
 
 
 def _collapsed(name: str) -> str:

@@ -5,15 +5,18 @@ reserved destination names (braze.md, sendinblue.md) and the property grammar (e
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
 import pytest
 import responses
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from tests.unit.test_resolution_cost import calls
 from tests.unit.test_tasks import (
     TENANT,
     Harness,
@@ -275,3 +278,39 @@ def test_events_for_a_stored_config_that_no_longer_validates_are_dead_lettered_u
     )
     [error] = [log for log in logs if log["event"] == "dead-lettered"]
     assert (error["log_level"], error["connector_id"]) == ("error", connector_id)
+
+
+# The grammar of events.md as a regular expression: the specification the linear check
+# must agree with (too slow to use: it backtracks in cubic time on long names).
+_S = "(?:__|_)"
+_SPEC = re.compile(
+    f"consents{_S}(?:purposes{_S}.+?{_S}(?:enabled|enabled_li|values{_S}.*?{_S}value"
+    f"|preferences{_S}.*?{_S}values{_S}.+?{_S}enabled)|channels{_S}.+?{_S}enabled)",
+    re.DOTALL,
+)
+_WORDS = ["consents", "purposes", "channels", "preferences", "values", "value", "enabled",
+          "enabled_li", "li", "p", "x", "_", "__", "___"]  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from(_WORDS), max_size=12))
+def test_the_check_agrees_with_the_grammar(words: list[str]) -> None:
+    name = "".join(words)
+
+    assert is_property_name(name) == bool(_SPEC.fullmatch(name)), name
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: "consents_purposes_" + "preferences_values_" * n + "x",
+        lambda n: "consents__purposes__" + "_preferences__" * n + "_values_x",
+        lambda n: "consents_purposes_" + "_" * n + "values_value",
+    ],
+)
+def test_checking_a_name_costs_work_linear_in_its_length(make: Callable[[int], str]) -> None:
+    short, long = make(500), make(2000)
+
+    small, large = calls(lambda: is_property_name(short)), calls(lambda: is_property_name(long))
+
+    assert large == small  # a fixed number of str.find/endswith calls, whatever the length
