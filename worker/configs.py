@@ -461,8 +461,12 @@ class ConfigStore:
         self.allow_hosts = allow_hosts
 
     def put(self, tenant: str, config: ConnectorConfig) -> None:
-        """Store ``config``, replacing the tenant's config of the same id."""
-        self.redis.hset(_key(tenant), config.id, json.dumps(config.to_stored()))
+        """Store ``config``, replacing the tenant's config of the same id. It is validated
+        again as it will be read (InvalidConfig otherwise), so a model built without
+        ``parse_config`` cannot store what every read would refuse."""
+        stored = config.to_stored()
+        parse_config(stored, connector_id=config.id, allow_hosts=self.allow_hosts)
+        self.redis.hset(_key(tenant), config.id, json.dumps(stored))
 
     def get(self, tenant: str, connector_id: str) -> ConnectorConfig | None:
         raw = self.redis.hget(_key(tenant), connector_id)

@@ -24,7 +24,7 @@ from tests.unit.test_tasks import (
     event,
     harness,  # noqa: F401 (fixture)
 )
-from worker.configs import ConfigStore, parse_config
+from worker.configs import ConfigStore, ConnectorConfig, Mapping, parse_config
 from worker.errors import InvalidConfig
 from worker.events import PROPERTY_SHAPES, FlatProperties, is_property_name
 from worker.tasks import deliver
@@ -159,6 +159,18 @@ def test_a_stored_config_with_a_reserved_id_is_refused_when_read() -> None:
         "mappings[0].id: 'push_subscribe' is reserved by Braze"
     )
     assert "PUSH_OPTED_IN" in str(caught.value)
+
+
+def test_the_store_refuses_a_config_built_without_parse_config() -> None:
+    valid = parse_config(braze({"id": "newsletter", "value": PROPERTY}))
+    built = ConnectorConfig(
+        **{**dict(valid), "mappings": (Mapping(id="push_subscribe", value=PROPERTY),)}
+    )
+    store = ConfigStore(fakeredis.FakeRedis())
+
+    with pytest.raises(InvalidConfig, match="'push_subscribe' is reserved by Braze"):
+        store.put("acme", built)
+    assert store.ids("acme") == []
 
 
 # -- the property grammar ---------------------------------------------------------------
