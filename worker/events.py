@@ -387,7 +387,8 @@ class FlatProperties:
             # Preference values stand on their own: they count even when enabled is null.
             for preference, listed in (purpose.values or {}).items():
                 self._add((*base, "values", preference, "value"), listed.value)
-                head = _collapsed("_".join((*base, "preferences", preference)))
+                # As the part of a collapsed name before "_values_", which never ends in "_".
+                head = _collapsed("_".join((*base, "preferences", preference))).rstrip("_")
                 self._preferences.setdefault(head, []).append((purpose.id, preference))
                 for value in _chosen(listed.value):
                     self._add((*base, "preferences", preference, "values", value, "enabled"), True)

@@ -8,13 +8,16 @@ expression per property) costs work proportional to n per mapping.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from worker.events import PreferenceEvent, parse_event
+from worker.events import FlatProperties, PreferenceEvent, parse_event
 
 MAPPINGS = [
     "consents_purposes_p_enabled",
@@ -136,3 +139,72 @@ def test_results_are_unchanged_by_the_indexes() -> None:
     )
     assert event.resolve("consents__purposes__p__preferences__other__values__v1__enabled") is None
     assert event.resolve("consents__purposes__p__enabld") is None
+
+
+# The look-up as it was (every property tried in turn, a regular expression each): the
+# reference the indexed look-up must agree with, on names and ids full of "_".
+_S = "(?:__|_)"
+
+
+def _reference_get(properties: FlatProperties, name: str) -> tuple[str, Any] | None:
+    values, parts = properties._values, properties._parts
+    if name in values:
+        return name, values[name]
+    if "__" in name:
+        for canonical, its_parts in parts.items():
+            if re.fullmatch(_S.join(re.escape(part) for part in its_parts), name):
+                return canonical, values[canonical]
+    for its_parts in parts.values():
+        if its_parts[3:4] != ("values",) or its_parts[-1] != "value":
+            continue
+        purpose, preference = its_parts[2], its_parts[4]
+        head = ("consents", "purposes", purpose, "preferences", preference, "values")
+        pattern = _S.join(re.escape(part) for part in head) + f"{_S}(?P<v>.+?){_S}enabled"
+        if match := re.fullmatch(pattern, name):
+            return "_".join((*head, match["v"], "enabled")), False
+    return None
+
+
+_IDS = st.sampled_from(["a", "_a", "a_", "_", "a_b", "a__b", "values", "b"])
+_PREFERENCES = st.sampled_from(["", "a", "a_", "_a", "values", "p"])
+_SHAPES = [
+    ("consents", "purposes", "{p}", "enabled"),
+    ("consents", "purposes", "{p}", "values", "{pref}", "value"),
+    ("consents", "purposes", "{p}", "preferences", "{pref}", "values", "{v}", "enabled"),
+]
+
+
+@st.composite
+def _names(draw: st.DrawFn) -> str:
+    """A property name of some shape, its ids and separators drawn ("_" or "__")."""
+    shape = draw(st.sampled_from(_SHAPES))
+    ids = {"p": draw(_IDS), "pref": draw(_PREFERENCES), "v": draw(_IDS)}
+    parts = [part.format(**ids) for part in shape]
+    name = parts[0]
+    for part in parts[1:]:
+        name += draw(st.sampled_from(["_", "__"])) + part
+    return name
+
+
+@settings(max_examples=1500)
+@given(
+    purpose=_IDS,
+    preference=_PREFERENCES,
+    chosen=st.lists(_IDS, max_size=3),
+    name=_names(),
+)
+def test_the_indexed_look_up_agrees_with_trying_every_property(
+    purpose: str, preference: str, chosen: list[str], name: str
+) -> None:
+    properties = FlatProperties.from_consents(
+        {
+            "purposes": [
+                {
+                    "id": purpose,
+                    "enabled": True,
+                    "values": {preference: {"value": ",".join(chosen)}},
+                }
+            ]
+        }
+    )
+    assert properties.get(name) == _reference_get(properties, name), name
