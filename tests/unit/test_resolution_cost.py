@@ -8,6 +8,7 @@ expression per property) costs work proportional to n per mapping.
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from collections.abc import Callable
@@ -66,11 +67,16 @@ def calls(work: Callable[[], object]) -> int:
         if event in ("call", "c_call"):
             count += 1
 
+    # A collection in the middle could run callbacks (weak references, finalizers) of
+    # objects other tests left behind, and count their calls.
+    gc.collect()
+    gc.disable()
     sys.setprofile(profile)
     try:
         work()
     finally:
         sys.setprofile(None)
+        gc.enable()
     return count
 
 
