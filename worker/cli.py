@@ -12,13 +12,16 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import redis
 
 from worker.errors import InvalidConfig, InvalidEvent, PermanentError
 from worker.settings import get_settings
+
+if TYPE_CHECKING:
+    from worker.configs import ConnectorConfig
 
 
 def _runtime():  # imported late: `prefsync --help` must work without Redis or Celery set up
@@ -245,7 +248,7 @@ def connectors_list(tenant: str) -> None:
         try:
             config = _runtime().configs.get(tenant, connector_id)
         except InvalidConfig as exc:
-            click.echo(f"{connector_id}\tBROKEN: {exc}")
+            click.echo(f"{connector_id}\tINVALID: {'; '.join(str(exc).splitlines())}")
             continue
         if config is None:
             continue
@@ -255,6 +258,50 @@ def connectors_list(tenant: str) -> None:
             f"upsert={'on' if config.upsert_mode else 'off'}\t"
             f"mappings={len(config.mappings)}\t{secrets}"
         )
+
+
+@connectors.command("check")
+@click.argument("tenant")
+def connectors_check(tenant: str) -> None:
+    """Whether each stored config of TENANT still validates, and for each of its mappings
+    when it last matched an event ("never": the property it names never had a value in
+    an event the worker saw since). Exits 1 if a config is invalid."""
+    store = _runtime().configs
+    invalid = never = 0
+    connector_ids = store.ids(tenant)
+    if not connector_ids:
+        click.echo(f"tenant {tenant!r} has no connectors")
+    for connector_id in connector_ids:
+        try:
+            config = store.get(tenant, connector_id)
+        except InvalidConfig as exc:
+            invalid += 1
+            click.echo(f"{connector_id}: INVALID, every event for it is dead-lettered")
+            for line in str(exc).splitlines():
+                click.echo(f"  {line}")
+            continue
+        if config is None:
+            continue
+        click.echo(f"{config.id} ({config.type_id}): valid")
+        for line, matched in _mapping_lines(tenant, config):
+            never += matched is None
+            click.echo(f"  {line}")
+    click.echo(f"{invalid} invalid config(s), {never} mapping(s) never matched an event")
+    if invalid:
+        sys.exit(1)
+
+
+def _mapping_lines(tenant: str, config: ConnectorConfig) -> list[tuple[str, float | None]]:
+    """One line per mapping of ``config``: id, property, when it last matched an event."""
+    times = _runtime().recorder.last_matched(tenant, config)
+    return [
+        (
+            f"{mapping.id} <- {mapping.value}: "
+            + ("never matched" if at is None else f"last matched {_when(at)}"),
+            at,
+        )
+        for mapping, at in zip(config.mappings, times, strict=True)
+    ]
 
 
 @connectors.command("show")
@@ -275,6 +322,7 @@ def connectors_delete(tenant: str, connector_id: str) -> None:
     """Delete a connector config."""
     if not _runtime().configs.delete(tenant, connector_id):
         fail(f"tenant {tenant!r} has no connector {connector_id!r}", 1)
+    _runtime().recorder.forget_matches(tenant, connector_id)
     click.echo(f"deleted connector {connector_id!r} of tenant {tenant!r}")
 
 
@@ -561,15 +609,38 @@ def _configs(tenant: str) -> list:
 @main.command()
 @click.option("--tenant", help="Only this tenant.")
 @click.option("--connector", help="Only this connector (needs --tenant).")
-def stats(tenant: str | None, connector: str | None) -> None:
-    """Outcome counters: delivered, skipped (by reason), dead-lettered."""
+@click.option(
+    "--mappings",
+    "show_mappings",
+    is_flag=True,
+    help="Then, per connector, when each mapping last matched an event (needs --tenant).",
+)
+def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> None:
+    """Outcome counters: delivered, skipped (by reason), dead-lettered; one `name<TAB>count`
+    line each."""
     if connector and not tenant:
         fail("--connector needs --tenant")
+    if show_mappings and not tenant:
+        fail("--mappings needs --tenant")
     counts = _runtime().recorder.counts(tenant, connector)
     if not counts:
         click.echo("no outcomes recorded yet")
     for name, value in counts.items():
         click.echo(f"{name}\t{value}")
+    if not show_mappings:
+        return
+    # A mapping that never matches an event is visible here (and in `connectors check`).
+    store = _runtime().configs
+    for connector_id in [connector] if connector else store.ids(tenant):
+        try:
+            config = store.get(tenant, connector_id)
+        except InvalidConfig:
+            click.echo(f"mappings of {connector_id}: config INVALID (prefsync connectors check)")
+            continue
+        if config is not None:
+            click.echo(f"mappings of {connector_id}:")
+            for line, _ in _mapping_lines(tenant, config):
+                click.echo(f"  {line}")
 
 
 if __name__ == "__main__":

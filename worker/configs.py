@@ -48,7 +48,7 @@ from redis.exceptions import WatchError
 from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, get_connector
 from worker.connectors.base import Connector, mask
 from worker.errors import InvalidConfig
-from worker.events import is_utf8
+from worker.events import PROPERTY_SHAPES, is_property_name, is_utf8
 from worker.sealing import Sealer, SealingError
 
 if TYPE_CHECKING:
@@ -335,6 +335,12 @@ def _mappings(
             continue
         if problem := connector.mapping_problem(mapping.id):
             problems.append(f"{where}.id: {problem}")
+        if not is_property_name(mapping.value):
+            problems.append(
+                f"{where}.value: {mapping.value!r} (mapping {mapping.id}) is not a property "
+                f"name an event can carry, so it would never have a value; the names are "
+                f"{', '.join(PROPERTY_SHAPES)} (events.md)"
+            )
         key = mapping.id.casefold()
         if key in first_index:
             problems.append(
@@ -460,9 +466,12 @@ class ConfigStore:
         self.allow_hosts = allow_hosts
 
     def put(self, tenant: str, config: ConnectorConfig) -> None:
-        """Store ``config``, replacing the tenant's config of the same id."""
-        sealed = self.sealer.seal(json.dumps(config.to_stored()))
-        self.redis.hset(_key(tenant), config.id, sealed)
+        """Store ``config``, replacing the tenant's config of the same id. It is validated
+        again as it will be read (InvalidConfig otherwise), so a model built without
+        ``parse_config`` cannot store what every read would refuse."""
+        stored = config.to_stored()
+        parse_config(stored, connector_id=config.id, allow_hosts=self.allow_hosts)
+        self.redis.hset(_key(tenant), config.id, self.sealer.seal(json.dumps(stored)))
 
     def reencrypt(self) -> tuple[int, int]:
         """Seal again, under the first key, every stored config that is not (plain, or

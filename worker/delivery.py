@@ -118,7 +118,13 @@ class Deliverer:
             else:
                 first_copy.add((event.user, event.event_key))
                 plans[index] = resolved
-        self._record(tenant, config, events, ended)
+        self._record(
+            tenant,
+            config,
+            events,
+            ended,
+            also=self.recorder.matches(tenant, config, plans.values()),
+        )
 
         by_user: dict[str, list[int]] = {}
         for index in plans:

@@ -15,7 +15,13 @@ class InvalidEvent(PrefsyncError):
 
 
 class InvalidConfig(PrefsyncError):
-    """A connector config is refused; the message names the field."""
+    """A connector config is refused; the message names the field.
+
+    Read back from the store, it stops every delivery to that connector (each event is
+    dead-lettered, none is sent) until a person stores a corrected config.
+    """
+
+    operator_action = True
 
 
 class Deferred(PrefsyncError):

@@ -23,7 +23,6 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -239,24 +238,90 @@ _ENVELOPES: dict[str, type[_Envelope[Any]]] = {
 
 # --- Flat properties ------------------------------------------------------------------
 
-# A name part is separated from the next by "_" or, in some PMP exports, "__". "__" is
-# tried first so that a separator never leaks into the id next to it.
-_SEPARATOR = "(?:__|_)"
+# A name part is separated from the next by "_" or, in some PMP exports, "__".
+_SEPARATORS = ("__", "_")
+_UNDERSCORES = re.compile("_+")
+
+#: The shapes of the property names (events.md), as a config's author reads them.
+PROPERTY_SHAPES = (
+    "consents_purposes_<P>_enabled",
+    "consents_purposes_<P>_enabled_li",
+    "consents_purposes_<P>_values_<PREF>_value",
+    "consents_purposes_<P>_preferences_<PREF>_values_<V>_enabled",
+    "consents_channels_<C>_enabled",
+)
 
 
-@lru_cache(maxsize=4096)
-def _alias_pattern(parts: tuple[str, ...]) -> re.Pattern[str]:
-    """Every spelling of one property's name: its parts joined by any separators."""
-    return re.compile(_SEPARATOR.join(re.escape(part) for part in parts))
+def is_property_name(name: str) -> bool:
+    """Whether some payload could give ``name`` a value: it has one of the shapes of
+    ``PROPERTY_SHAPES``, any separator written ``_`` or ``__`` (exactly what
+    ``FlatProperties`` builds). A typo such as ``..._enabld`` is not, and a mapping naming
+    it would never have a value.
+
+    Ids may hold any character, "_" included, so a doubled separator next to an id is
+    part of some spelling; only the fixed words need their separators checked. Each shape
+    is then a few ``find``s from the left (the earliest words leave the most room for the
+    ids after them): time linear in the name, where a regular expression with an id
+    pattern per part backtracks in cubic time on names such as
+    ``consents_purposes_preferences_values_preferences_values_…``.
+    """
+    for head in ("consents_", "consents__"):
+        if name.startswith(head + "purposes_"):
+            return _purpose_property(name[len(head) + len("purposes_") :])
+        if name.startswith(head + "channels_"):
+            return _id_then(name[len(head) + len("channels_") :], "_enabled")
+    return False
 
 
-@lru_cache(maxsize=1024)
-def _preference_value_pattern(purpose: str, preference: str) -> re.Pattern[str]:
-    """``consents_purposes_<P>_preferences_<PREF>_values_<V>_enabled`` for any ``V``."""
-    head = ("consents", "purposes", purpose, "preferences", preference, "values")
-    prefix = _SEPARATOR.join(re.escape(part) for part in head)
-    # Lazy, so that V is the shortest id leaving a separator and "enabled" at the end.
-    return re.compile(f"{prefix}{_SEPARATOR}(?P<value>.+?){_SEPARATOR}enabled")
+def _id_then(rest: str, tail: str) -> bool:
+    """Whether ``rest`` is an id of at least one character followed by ``tail``."""
+    return len(rest) > len(tail) and rest.endswith(tail)
+
+
+def _purpose_property(rest: str) -> bool:
+    """Whether ``rest`` (after ``consents_purposes_``) is ``<P>_enabled``,
+    ``<P>_enabled_li``, ``<P>_values_<PREF>_value`` or
+    ``<P>_preferences_<PREF>_values_<V>_enabled``, P and V not empty."""
+    if _id_then(rest, "_enabled") or _id_then(rest, "_enabled_li"):
+        return True
+    # PREF may be empty: "_values_" + "" + "_value".
+    values = rest.find("_values_", 1)
+    if rest.endswith("_value") and -1 < values <= len(rest) - len("_values_") - len("_value"):
+        return True
+    preferences = rest.find("_preferences_", 1)
+    if preferences == -1 or not rest.endswith("_enabled"):
+        return False
+    values = rest.find("_values_", preferences + len("_preferences_"))
+    return values != -1 and values + len("_values_") < len(rest) - len("_enabled")
+
+
+def _collapsed(name: str) -> str:
+    """``name`` with each run of ``_`` as one: all spellings of one property's name
+    collapse to the same text, so an index by it finds a spelling in one look-up."""
+    # Most names have no "__": the test is much cheaper than a substitution.
+    return _UNDERSCORES.sub("_", name) if "__" in name else name
+
+
+def _spelling_ends(name: str, parts: Sequence[str], start: int = 0) -> list[int]:
+    """Where in ``name`` a spelling of ``parts`` (joined by any separators) that begins
+    at ``start`` can end. At most two ways per separator: a handful of positions."""
+    ends = [start] if name.startswith(parts[0], start) else []
+    ends = [end + len(parts[0]) for end in ends]
+    for part in parts[1:]:
+        ends = [
+            after + len(part)
+            for end in ends
+            for separator in _SEPARATORS
+            if name.startswith(separator, end)
+            and name.startswith(part, after := end + len(separator))
+        ]
+        ends = list(dict.fromkeys(ends))
+    return ends
+
+
+def _spells(name: str, parts: Sequence[str]) -> bool:
+    """Whether ``name`` is ``parts`` joined by separators, each ``_`` or ``__``."""
+    return len(name) in _spelling_ends(name, parts)
 
 
 def canonical_name(name: str) -> str:
@@ -285,16 +350,22 @@ class FlatProperties:
 
     A null or absent choice has no property at all: absent is not false. Any ``_`` between
     two parts may also be written ``__``; ``enabled_li`` is one part (one payload field).
+
+    A look-up costs time linear in the name looked up, whatever the payload's size: the
+    other spellings are found through indexes by collapsed name (built at the first
+    look-up that needs them), never by trying each property in turn.
     """
 
-    __slots__ = ("_parts", "_preferences", "_values")
+    __slots__ = ("_by_collapsed", "_parts", "_preferences", "_values")
 
     def __init__(self, consents: _Consents | None = None) -> None:
         # canonical name ("_"-joined parts) -> value, and -> parts for the "__" spellings
         self._values: dict[str, Value] = {}
         self._parts: dict[str, tuple[str, ...]] = {}
-        # (purpose, preference) pairs present, to answer "false" for value ids not chosen
-        self._preferences: set[tuple[str, str]] = set()
+        # collapsed "consents_purposes_<P>_preferences_<PREF>" -> the (P, PREF) pairs
+        # present, to answer "false" for the value ids not chosen
+        self._preferences: dict[str, list[tuple[str, str]]] = {}
+        self._by_collapsed: dict[str, list[str]] | None = None
         if consents is not None:
             self._collect(consents)
 
@@ -323,7 +394,9 @@ class FlatProperties:
             # Preference values stand on their own: they count even when enabled is null.
             for preference, listed in (purpose.values or {}).items():
                 self._add((*base, "values", preference, "value"), listed.value)
-                self._preferences.add((purpose.id, preference))
+                # As the part of a collapsed name before "_values_", which never ends in "_".
+                head = _collapsed("_".join((*base, "preferences", preference))).rstrip("_")
+                self._preferences.setdefault(head, []).append((purpose.id, preference))
                 for value in _chosen(listed.value):
                     self._add((*base, "preferences", preference, "values", value, "enabled"), True)
         for channel in consents.channels or ():
@@ -339,21 +412,33 @@ class FlatProperties:
         # Only a name with "__" can be another spelling of a property we hold: with single
         # "_" separators it would have been the canonical name, found above.
         if "__" in name:
-            for canonical, parts in self._parts.items():
-                if _alias_pattern(parts).fullmatch(name):
+            if self._by_collapsed is None:
+                self._by_collapsed = {}
+                for canonical in self._values:
+                    self._by_collapsed.setdefault(_collapsed(canonical), []).append(canonical)
+            # More than one only for ids that differ in their runs of "_" alone.
+            for canonical in self._by_collapsed.get(_collapsed(name), ()):
+                if _spells(name, self._parts[canonical]):
                     return canonical, self._values[canonical]
         return self._preference_value(name)
 
     def _preference_value(self, name: str) -> tuple[str, Value] | None:
         # The chosen value ids are stored properties, found by `get` before it comes here;
         # any other value id of a preference the payload carries is a plain "no".
-        if "preferences" not in name:
+        if not self._preferences:
             return None
-        for purpose, preference in self._preferences:
-            match = _preference_value_pattern(purpose, preference).fullmatch(name)
-            if match:
-                parts = ("consents", "purposes", purpose, "preferences", preference)
-                return "_".join((*parts, "values", match["value"], "enabled")), False
+        collapsed = _collapsed(name)
+        if not collapsed.endswith("_enabled"):
+            return None
+        # The preference's head ends where some "_values_" begins: a few places to try.
+        at = collapsed.find("_values_")
+        while at != -1:
+            for purpose, preference in self._preferences.get(collapsed[:at], ()):
+                value_id = _unchosen_value(name, purpose, preference)
+                if value_id is not None:
+                    parts = ("consents", "purposes", purpose, "preferences", preference)
+                    return "_".join((*parts, "values", value_id, "enabled")), False
+            at = collapsed.find("_values_", at + 1)
         return None
 
     def items(self) -> Iterator[tuple[str, Value]]:
@@ -363,6 +448,25 @@ class FlatProperties:
 
     def __repr__(self) -> str:
         return f"FlatProperties({self._values!r})"
+
+
+def _unchosen_value(name: str, purpose: str, preference: str) -> str | None:
+    """The ``V`` of ``name`` when it spells ``consents_purposes_<purpose>_preferences_
+    <preference>_values_<V>_enabled``, else None. Where separators leave a choice, V is
+    the shortest id: its own leading and trailing "_" are read as separators."""
+    head = ("consents", "purposes", purpose, "preferences", preference, "values")
+    if not name.endswith("enabled"):
+        return None
+    tail_end = len(name) - len("enabled")
+    for end in sorted(_spelling_ends(name, head), reverse=True):
+        for before in _SEPARATORS:
+            if not name.startswith(before, end):
+                continue
+            for after in _SEPARATORS:
+                first, last = end + len(before), tail_end - len(after)
+                if first < last and name.startswith(after, last):
+                    return name[first:last]
+    return None
 
 
 # --- Events ---------------------------------------------------------------------------

@@ -109,9 +109,16 @@ def final_reason(exc: BaseException, attempts: Sequence[Attempt]) -> str:
     if isinstance(exc, InvalidEvent):
         return f"invalid event: {describe_error(exc)}"
     if isinstance(exc, InvalidConfig):
-        return f"connector config no longer valid: {describe_error(exc)}"
+        problems = "; ".join(describe_error(exc).splitlines())
+        return (
+            f"connector config no longer valid: {problems} (store a corrected config with "
+            "`prefsync connectors put`, then replay these dead letters)"
+        )
     if isinstance(exc, PermanentError):
-        return f"refused by the destination: {describe_error(exc)}"
+        # Without a status no destination answered: prefsync itself refused to send it (a
+        # contact identifier no request could name, a mapping that cannot take the value).
+        refused_by = "the destination" if exc.status is not None else "prefsync, not sent"
+        return f"refused by {refused_by}: {describe_error(exc)}"
     if isinstance(exc, PrefsyncError):
         return f"gave up after {len(attempts)} attempts: {describe_error(exc)}"
     return f"unexpected error: {describe_error(exc)}"

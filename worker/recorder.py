@@ -1,9 +1,11 @@
-"""Every (event, connector) outcome is logged, counted and audited here, in one place."""
+"""Every (event, connector) outcome is logged, counted and audited here, in one place;
+and when each mapping last matched an event, so that one that never does is visible."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -11,6 +13,8 @@ import structlog
 from redis.client import Pipeline
 
 from worker.audit import AuditTrail
+from worker.configs import ConnectorConfig
+from worker.configs import Mapping as MappingConfig
 from worker.outcomes import Outcome, OutcomeKind
 from worker.retries import clock
 from worker.state import key
@@ -88,6 +92,30 @@ class OutcomeRecorder:
                 status=outcome.status,
             )
 
+    def matches(
+        self, tenant: str, config: ConnectorConfig, resolved: Iterable[Collection[str]]
+    ) -> Callable[[Pipeline], object] | None:
+        """What records, in an outcome transaction, that each mapping of ``config`` whose
+        property has a value in one of ``resolved`` (the mapped property names an event
+        gives a value, one collection per event) matched an event now: one HSET for a
+        whole batch. None when no mapping matched."""
+        named = set().union(*resolved)
+        now = clock()
+        times = {_match_field(m): now for m in config.mappings if m.value in named}
+        if not times:
+            return None
+        return lambda pipe: pipe.hset(_matches_key(tenant, config.id), mapping=times)
+
+    def last_matched(self, tenant: str, config: ConnectorConfig) -> list[float | None]:
+        """When each mapping of ``config`` last matched an event (epoch seconds), in order;
+        None for one that never did. A mapping whose property changed starts afresh."""
+        fields = [_match_field(mapping) for mapping in config.mappings]
+        stored = self.redis.hmget(_matches_key(tenant, config.id), fields)
+        return [None if at is None else float(at) for at in stored]
+
+    def forget_matches(self, tenant: str, connector_id: str) -> None:
+        self.redis.delete(_matches_key(tenant, connector_id))
+
     def counts(self, tenant: str | None = None, connector_id: str | None = None) -> dict[str, int]:
         if tenant is None:
             name = TOTALS
@@ -96,3 +124,12 @@ class OutcomeRecorder:
         else:
             name = key("stats", tenant, connector_id)
         return {k.decode(): int(v) for k, v in sorted(self.redis.hgetall(name).items())}
+
+
+def _matches_key(tenant: str, connector_id: str) -> str:
+    return key("matched", tenant, connector_id)
+
+
+def _match_field(mapping: MappingConfig) -> str:
+    # Id and property together: a mapping pointed at another property has not matched yet.
+    return json.dumps([mapping.id, mapping.value], ensure_ascii=False)

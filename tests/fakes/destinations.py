@@ -30,6 +30,12 @@ which is then driven through its control API::
     GET  /_fake/brevo_contacts                   {"strict": bool, "contacts": [...]}
     POST /_fake/brevo_contacts {"identifier": "u-1"}
     POST /_fake/strict_contacts {"strict": true}
+    POST /_fake/braze_refuse  {"external_id": "u-7", "message": "..."}   400 to every call
+                                                                         holding that user
+
+Braze refusals: a user named by :meth:`FakeDestinations.refuse_braze_user` makes every
+``/users/track`` call that holds it answer 400 as a whole (as Braze does for a malformed
+object), whatever the other objects of the call.
 
 Brevo contacts: by default every contact is known, so ``PUT /v3/contacts/{id}`` answers 204.
 With ``strict_contacts`` only contacts added with :meth:`FakeDestinations.add_brevo_contact`
@@ -160,6 +166,7 @@ class FakeDestinations:
         self._throttled_until: dict[str, float] = {}  # epoch seconds
         self._windows: dict[str, tuple[float, int]] = {}
         self._contacts: dict[str, int] = {}  # identifier -> Brevo contact id
+        self._braze_refused: dict[str, str] = {}  # external_id -> the 400's message
         self._next_contact_id = 1
         self.strict_contacts = self._initial_strict
 
@@ -258,6 +265,11 @@ class FakeDestinations:
         """Answer every call of ``service`` after ``seconds`` (0 for no delay)."""
         with self._lock:
             self._delays[_check_service(service)] = seconds
+
+    def refuse_braze_user(self, external_id: str, message: str = "Invalid user object") -> None:
+        """Every ``/users/track`` call holding ``external_id`` answers 400 ``message``."""
+        with self._lock:
+            self._braze_refused[external_id] = message
 
     def add_brevo_contact(self, identifier: str) -> None:
         with self._lock:
@@ -360,6 +372,13 @@ class FakeDestinations:
             return Answer(401, {"message": "Invalid API Key"})
         if not isinstance(body, dict) or not isinstance(body.get("attributes"), list):
             return Answer(400, {"message": "Request body must be JSON with an 'attributes' list"})
+        refused = [
+            self._braze_refused[obj.get("external_id")]
+            for obj in body["attributes"]
+            if isinstance(obj, dict) and obj.get("external_id") in self._braze_refused
+        ]
+        if refused:
+            return Answer(400, {"message": refused[0]})
         errors = [
             {
                 "type": "All objects must contain an external_id, braze_id, user_alias, "
@@ -441,6 +460,9 @@ class FakeDestinations:
                 "/_fake/delay": lambda: self.set_delay(body["service"], body["seconds"]),
                 "/_fake/throttle": lambda: self.throttle(body["service"], body["seconds"]),
                 "/_fake/brevo_contacts": lambda: self.add_brevo_contact(body["identifier"]),
+                "/_fake/braze_refuse": lambda: self.refuse_braze_user(
+                    body["external_id"], body.get("message", "Invalid user object")
+                ),
                 "/_fake/strict_contacts": lambda: setattr(
                     self, "strict_contacts", bool(body["strict"])
                 ),

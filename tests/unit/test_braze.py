@@ -42,13 +42,18 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
+def prop(mapping_id: str) -> str:
+    """The property the test configs map ``mapping_id`` from."""
+    return f"consents_purposes_{mapping_id}_enabled"
+
+
 def config(*mapping_ids: str, upsert_mode: bool = False) -> ConnectorConfig:
     return parse_config(
         {
             "type_id": "braze",
             "authentication": {"api_key": KEY, "server": SERVER},
             "mappings": [
-                {"id": mapping_id, "value": f"p_{mapping_id}"} for mapping_id in mapping_ids
+                {"id": mapping_id, "value": prop(mapping_id)} for mapping_id in mapping_ids
             ],
             "upsert_mode": upsert_mode,
         }
@@ -107,7 +112,7 @@ def test_mapping_row_becomes_the_braze_field(
 ) -> None:
     accept(mocked)
 
-    result = deliver(config(mapping_id), {f"p_{mapping_id}": value})
+    result = deliver(config(mapping_id), {prop(mapping_id): value})
 
     assert sent(mocked) == {
         "attributes": [{"external_id": USER, "_update_existing_only": True, **fields}]
@@ -130,7 +135,7 @@ def test_email_state_precedence(
     mocked: responses.RequestsMock, opted_in: bool | None, unsubscribed: bool | None, state: str
 ) -> None:
     accept(mocked)
-    values = {"p_OPTED_IN": opted_in, "p_UNSUBSCRIBED": unsubscribed}
+    values = {prop("OPTED_IN"): opted_in, prop("UNSUBSCRIBED"): unsubscribed}
 
     deliver(config("OPTED_IN", "UNSUBSCRIBED"), {k: v for k, v in values.items() if v is not None})
 
@@ -140,7 +145,7 @@ def test_email_state_precedence(
 def test_full_example_body_and_headers(mocked: responses.RequestsMock) -> None:
     accept(mocked)
     cfg = config("OPTED_IN", GROUP, "newsletter_frequency", "unmapped_here")
-    values = {"p_OPTED_IN": True, f"p_{GROUP}": True, "p_newsletter_frequency": "weekly"}
+    values = {prop("OPTED_IN"): True, prop(GROUP): True, prop("newsletter_frequency"): "weekly"}
 
     result = deliver(cfg, values)
 
@@ -171,7 +176,7 @@ def test_full_example_body_and_headers(mocked: responses.RequestsMock) -> None:
 def test_upsert_mode_lets_braze_create_the_user(mocked: responses.RequestsMock) -> None:
     accept(mocked)
 
-    deliver(config("OPTED_IN", upsert_mode=True), {"p_OPTED_IN": True})
+    deliver(config("OPTED_IN", upsert_mode=True), {prop("OPTED_IN"): True})
 
     assert sent(mocked)["attributes"][0]["_update_existing_only"] is False
 
@@ -179,7 +184,7 @@ def test_upsert_mode_lets_braze_create_the_user(mocked: responses.RequestsMock) 
 def test_mapping_without_value_writes_nothing(mocked: responses.RequestsMock) -> None:
     accept(mocked)
 
-    deliver(config("OPTED_IN", "likes_cats"), {"p_likes_cats": True})
+    deliver(config("OPTED_IN", "likes_cats"), {prop("likes_cats"): True})
 
     assert sent(mocked)["attributes"][0] == {
         "external_id": USER,
@@ -201,7 +206,7 @@ def test_nothing_mapped_sends_nothing_and_skips(mocked: responses.RequestsMock) 
 def test_requests_preview_is_what_deliver_sends(mocked: responses.RequestsMock) -> None:
     accept(mocked)
     cfg = config("OPTED_IN", GROUP)
-    values = {"p_OPTED_IN": False, f"p_{GROUP}": True}
+    values = {prop("OPTED_IN"): False, prop(GROUP): True}
 
     (preview,) = cfg.connector.requests(cfg, standalone_change(cfg, USER, values))
     deliver(cfg, values)
@@ -215,7 +220,7 @@ def test_text_for_a_subscription_state_is_a_config_error(
     mocked: responses.RequestsMock, mapping_id: str
 ) -> None:
     with pytest.raises(PermanentError) as caught:
-        deliver(config(mapping_id), {f"p_{mapping_id}": "yes"})
+        deliver(config(mapping_id), {prop(mapping_id): "yes"})
 
     assert caught.value.operator_action
     assert f"mapping {mapping_id} needs a true/false property" in str(caught.value)
@@ -279,7 +284,7 @@ def test_answer_classification(
         mocked.post(TRACK, status=status, json=body)
 
     with pytest.raises(error) as caught:
-        deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+        deliver(config("OPTED_IN"), {prop("OPTED_IN"): True})
 
     assert caught.value.status == status
     assert f"HTTP {status}" in str(caught.value)
@@ -298,20 +303,20 @@ def test_201_with_errors_carries_brazes_message(mocked: responses.RequestsMock) 
     )
 
     with pytest.raises(PermanentError, match="'external_id' is blacklisted"):
-        deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+        deliver(config("OPTED_IN"), {prop("OPTED_IN"): True})
 
 
 def test_201_with_empty_errors_is_delivered(mocked: responses.RequestsMock) -> None:
     mocked.post(TRACK, status=201, json={"message": "success", "errors": []})
 
-    assert isinstance(deliver(config("OPTED_IN"), {"p_OPTED_IN": True}), Delivered)
+    assert isinstance(deliver(config("OPTED_IN"), {prop("OPTED_IN"): True}), Delivered)
 
 
 def test_credentials_error_says_so_without_the_key(mocked: responses.RequestsMock) -> None:
     mocked.post(TRACK, status=401, json={"message": f"Invalid API key: {KEY}"})
 
     with pytest.raises(PermanentError) as caught:
-        deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+        deliver(config("OPTED_IN"), {prop("OPTED_IN"): True})
 
     message = str(caught.value)
     assert "API key is wrong or revoked, belongs to another instance than" in message
@@ -323,7 +328,7 @@ def test_redirect_names_its_target(mocked: responses.RequestsMock) -> None:
     mocked.post(TRACK, status=301, headers={"Location": "https://rest.new.braze.eu/users/track"})
 
     with pytest.raises(PermanentError) as caught:
-        deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+        deliver(config("OPTED_IN"), {prop("OPTED_IN"): True})
 
     assert "redirect to https://rest.new.braze.eu/users/track" in str(caught.value)
 
@@ -332,7 +337,7 @@ def test_long_reasons_are_cut(mocked: responses.RequestsMock) -> None:
     mocked.post(TRACK, status=400, json={"message": "x" * 5000})
 
     with pytest.raises(PermanentError) as caught:
-        deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+        deliver(config("OPTED_IN"), {prop("OPTED_IN"): True})
 
     assert len(str(caught.value)) < 400
 
@@ -360,7 +365,7 @@ def test_429_waits_until_the_reset_within_the_cap(
     mocked.post(TRACK, status=429, headers=epoch, json={"message": "Too many requests"})
 
     with pytest.raises(RetryableError) as caught:
-        deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+        deliver(config("OPTED_IN"), {prop("OPTED_IN"): True})
 
     if expected is None:
         assert caught.value.retry_after is None
@@ -372,7 +377,7 @@ def test_network_error_is_retried(mocked: responses.RequestsMock) -> None:
     mocked.post(TRACK, body=requests.ConnectionError("refused"))
 
     with pytest.raises(RetryableError, match="network error") as caught:
-        deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+        deliver(config("OPTED_IN"), {prop("OPTED_IN"): True})
 
     assert caught.value.status is None
 
@@ -381,7 +386,7 @@ def test_timeout_is_retried(mocked: responses.RequestsMock) -> None:
     mocked.post(TRACK, body=requests.Timeout("slow"))
 
     with pytest.raises(RetryableError, match="timed out"):
-        deliver(config("OPTED_IN"), {"p_OPTED_IN": True})
+        deliver(config("OPTED_IN"), {prop("OPTED_IN"): True})
 
 
 # -- batches ---------------------------------------------------------------------------
@@ -392,7 +397,7 @@ def users(count: int) -> list[str]:
 
 
 def opt_ins(*names: str) -> list[Change]:
-    return [Change(name, {"p_OPTED_IN": True}) for name in names]
+    return [Change(name, {prop("OPTED_IN"): True}) for name in names]
 
 
 def deliver_many(changes: list[Change], transport: Transport | None = None) -> list[Any]:
@@ -498,7 +503,7 @@ def test_201_errors_refuse_only_the_objects_they_index(mocked: responses.Request
         (201, success([{"type": "negative", "index": -1}]), RetryableError),
         (201, success("something failed"), RetryableError),
         (200, {"message": "queued"}, RetryableError),
-        (400, {"message": "Invalid 'attributes' field"}, PermanentError),
+        (404, {"message": "Not found"}, PermanentError),
         (401, {"message": "Invalid API key"}, PermanentError),
     ],
 )
@@ -628,10 +633,10 @@ def test_deferred_call_ends_the_batch(mocked: responses.RequestsMock) -> None:
 def test_changes_not_sent_answer_in_their_place(mocked: responses.RequestsMock) -> None:
     accept(mocked)
     changes = [
-        Change("u-0", {"p_OPTED_IN": True}),
-        Change("u-2", {"p_OPTED_IN": False}),
+        Change("u-0", {prop("OPTED_IN"): True}),
+        Change("u-2", {prop("OPTED_IN"): False}),
         Change("u-3", {}),
-        Change("u-4", {"p_OPTED_IN": True}),
+        Change("u-4", {prop("OPTED_IN"): True}),
     ]
 
     answers = deliver_many(changes)
@@ -645,7 +650,7 @@ def test_changes_not_sent_answer_in_their_place(mocked: responses.RequestsMock) 
 
 def test_text_in_a_subscription_property_is_refused_for_the_operator() -> None:
     with pytest.raises(PermanentError) as refused:
-        standalone_change(config("OPTED_IN"), "u-1", {"p_OPTED_IN": "yes"})
+        standalone_change(config("OPTED_IN"), "u-1", {prop("OPTED_IN"): "yes"})
 
     assert refused.value.operator_action
     assert "mapping OPTED_IN needs a true/false property" in str(refused.value)

@@ -131,9 +131,11 @@ def test_connector_id_argument_wins_over_the_config_id() -> None:
 
 
 def test_mapping_text_is_stripped() -> None:
-    config = parse_config(braze(mappings=[{"id": " OPTED_IN ", "value": " p_enabled "}]))
+    config = parse_config(
+        braze(mappings=[{"id": " OPTED_IN ", "value": " consents_purposes_p_enabled "}])
+    )
 
-    assert config.mappings == (Mapping(id="OPTED_IN", value="p_enabled"),)
+    assert config.mappings == (Mapping(id="OPTED_IN", value="consents_purposes_p_enabled"),)
 
 
 def test_config_is_frozen() -> None:
@@ -231,11 +233,14 @@ def test_accepts_regulation(
         ),
         (
             braze(mappings=[{"id": "external_id", "value": "p"}]),
-            "mappings[0].id: 'external_id' is set by the connector itself",
+            "mappings[0].id: 'external_id' is reserved by Braze and never a custom attribute: "
+            "it identifies the Braze user",
         ),
         (
             braze(mappings=[{"id": "email", "value": "p"}]),
-            "mappings[0].id: 'email' identifies the Braze user",
+            "mappings[0].id: 'email' is reserved by Braze and never a custom attribute: it "
+            "identifies the Braze user, and a mapping must not change who is updated (it is "
+            "the address itself); map OPTED_IN or UNSUBSCRIBED",
         ),
         (
             braze(id="has space"),
@@ -271,12 +276,14 @@ def test_accepts_regulation(
         ),
         (
             brevo(config={"api_key": KEY, "properties": [{"id": "email", "value": "p"}]}),
-            "config.properties[0].id: EMAIL is never written: changing a blocklisted contact's "
-            "email clears its blocklist, which would resubscribe the person",
+            "config.properties[0].id: 'email' is reserved by Brevo and never an attribute: it "
+            "identifies the Brevo contact, and a mapping must not change who is updated, and "
+            "changing it clears a blocklist; map EMAIL_CAMPAIGNS_SUBSCRIBED",
         ),
         (
             brevo(config={"api_key": KEY, "properties": [{"id": "ext_id", "value": "p"}]}),
-            "config.properties[0].id: EXT_ID identifies the Brevo contact",
+            "config.properties[0].id: 'ext_id' is reserved by Brevo and never an attribute: it "
+            "identifies the Brevo contact",
         ),
         (
             brevo(

@@ -67,6 +67,22 @@ def test_braze_reports_objects_without_user_id_as_errors(fake):
     assert [e["index"] for e in response.json()["errors"]] == [1]
 
 
+def test_braze_refuses_a_whole_call_holding_a_refused_user(fake):
+    fake.refuse_braze_user("u-2", "Invalid custom attribute")
+    control = f"{fake.url}/_fake"
+    assert requests.post(f"{control}/braze_refuse", json={"external_id": "u-3"}).ok
+
+    with_u2 = track(fake, {"attributes": [{"external_id": "u-1"}, {"external_id": "u-2"}]})
+    with_u3 = track(fake, {"attributes": [{"external_id": "u-3"}]})
+    without = track(fake, {"attributes": [{"external_id": "u-1"}]})
+
+    assert (with_u2.status_code, with_u2.json()) == (400, {"message": "Invalid custom attribute"})
+    assert (with_u3.status_code, with_u3.json()) == (400, {"message": "Invalid user object"})
+    assert without.status_code == 201
+    fake.reset()
+    assert track(fake, {"attributes": [{"external_id": "u-2"}]}).status_code == 201
+
+
 def test_unknown_route_is_404(fake):
     assert requests.post(f"{fake.url}/users/nope", json={}, headers=BRAZE_AUTH).status_code == 404
     assert requests.get(f"{fake.url}/v3/contacts", headers=BREVO_AUTH).status_code == 404

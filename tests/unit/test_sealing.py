@@ -17,7 +17,10 @@ from worker.settings import Settings
 API_KEY = "xkeysib-SEALED-0123456789abcdef"
 CONFIG = {
     "type_id": "sendinblue",
-    "config": {"api_key": API_KEY, "properties": [{"id": "A", "value": "consents_x"}]},
+    "config": {
+        "api_key": API_KEY,
+        "properties": [{"id": "A", "value": "consents_purposes_x_enabled"}],
+    },
 }
 
 

@@ -36,6 +36,11 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
+def prop(mapping_id: str) -> str:
+    """The property the test configs map ``mapping_id`` from."""
+    return f"consents_purposes_{mapping_id}_enabled"
+
+
 def config(
     *mapping_ids: str, upsert_mode: bool = False, list_id: int | None = None
 ) -> ConnectorConfig:
@@ -46,7 +51,7 @@ def config(
             "authentication": {"private_api_key": KEY},
             "properties": {} if list_id is None else {"list_id": list_id},
             "mappings": [
-                {"id": mapping_id, "value": f"p_{mapping_id}"} for mapping_id in mapping_ids
+                {"id": mapping_id, "value": prop(mapping_id)} for mapping_id in mapping_ids
             ],
         }
     )
@@ -80,7 +85,7 @@ def test_mapping_row_becomes_the_update(
 ) -> None:
     mocked.put(UPDATE, status=204)
 
-    result = deliver(config(mapping_id), {f"p_{mapping_id}": value})
+    result = deliver(config(mapping_id), {prop(mapping_id): value})
 
     assert sent(mocked) == body
     assert result == Delivered(204, body)
@@ -89,7 +94,7 @@ def test_mapping_row_becomes_the_update(
 def test_full_example_request(mocked: responses.RequestsMock) -> None:
     mocked.put(UPDATE, status=204)
     cfg = config("EMAIL_CAMPAIGNS_SUBSCRIBED", "EMAIL_NOTIFICATION", "SMS_OK")
-    values = {"p_EMAIL_CAMPAIGNS_SUBSCRIBED": True, "p_EMAIL_NOTIFICATION": True}
+    values = {prop("EMAIL_CAMPAIGNS_SUBSCRIBED"): True, prop("EMAIL_NOTIFICATION"): True}
 
     deliver(cfg, values)
 
@@ -114,7 +119,7 @@ def test_nothing_mapped_sends_nothing_and_skips(mocked: responses.RequestsMock) 
 
 def test_text_for_the_blocklist_is_a_config_error(mocked: responses.RequestsMock) -> None:
     with pytest.raises(PermanentError, match="needs a true/false property") as caught:
-        deliver(config("EMAIL_CAMPAIGNS_SUBSCRIBED"), {"p_EMAIL_CAMPAIGNS_SUBSCRIBED": "yes"})
+        deliver(config("EMAIL_CAMPAIGNS_SUBSCRIBED"), {prop("EMAIL_CAMPAIGNS_SUBSCRIBED"): "yes"})
 
     assert caught.value.operator_action
     assert len(mocked.calls) == 0
@@ -142,7 +147,7 @@ def test_contact_is_addressed_by_identifier_rules(
     url = f"{BASE}/contacts/{path}?identifierType={identifier_type}"
     mocked.put(url, status=204)
 
-    deliver(config("EMAIL_NOTIFICATION"), {"p_EMAIL_NOTIFICATION": True}, user=user)
+    deliver(config("EMAIL_NOTIFICATION"), {prop("EMAIL_NOTIFICATION"): True}, user=user)
 
     assert mocked.calls[0].request.url == url
 
@@ -153,7 +158,7 @@ def test_contact_is_addressed_by_identifier_rules(
 def test_unknown_contact_without_upsert_is_skipped(mocked: responses.RequestsMock) -> None:
     mocked.put(UPDATE, status=404, json=NOT_FOUND)
 
-    result = deliver(config("EMAIL_NOTIFICATION"), {"p_EMAIL_NOTIFICATION": True})
+    result = deliver(config("EMAIL_NOTIFICATION"), {prop("EMAIL_NOTIFICATION"): True})
 
     assert result == Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
     assert len(mocked.calls) == 1
@@ -165,7 +170,7 @@ def test_unknown_contact_with_upsert_is_created(
 ) -> None:
     mocked.put(UPDATE, status=404, json=NOT_FOUND)
     mocked.post(CREATE, status=created_status, json={"id": 7} if created_status == 201 else None)
-    values = {"p_EMAIL_CAMPAIGNS_SUBSCRIBED": False, "p_EMAIL_NOTIFICATION": True}
+    values = {prop("EMAIL_CAMPAIGNS_SUBSCRIBED"): False, prop("EMAIL_NOTIFICATION"): True}
 
     result = deliver(
         config("EMAIL_CAMPAIGNS_SUBSCRIBED", "EMAIL_NOTIFICATION", upsert_mode=True, list_id=12),
@@ -193,7 +198,7 @@ def test_created_contact_with_an_email_and_no_list(mocked: responses.RequestsMoc
 
     deliver(
         config("EMAIL_CAMPAIGNS_SUBSCRIBED", upsert_mode=True),
-        {"p_EMAIL_CAMPAIGNS_SUBSCRIBED": True},
+        {prop("EMAIL_CAMPAIGNS_SUBSCRIBED"): True},
         user="a+b@x.com",
     )
 
@@ -207,14 +212,14 @@ def test_created_contact_with_an_email_and_no_list(mocked: responses.RequestsMoc
 def test_known_contact_with_upsert_is_only_updated(mocked: responses.RequestsMock) -> None:
     mocked.put(UPDATE, status=204)
 
-    assert isinstance(deliver(config("X", upsert_mode=True), {"p_X": "v"}), Delivered)
+    assert isinstance(deliver(config("X", upsert_mode=True), {prop("X"): "v"}), Delivered)
     assert len(mocked.calls) == 1
 
 
 def test_requests_preview_lists_the_create_only_with_upsert() -> None:
     without = config("EMAIL_NOTIFICATION")
     with_upsert = config("EMAIL_NOTIFICATION", upsert_mode=True, list_id=3)
-    values = {"p_EMAIL_NOTIFICATION": True}
+    values = {prop("EMAIL_NOTIFICATION"): True}
 
     (update,) = without.connector.requests(without, standalone_change(without, USER, values))
     update_again, create = with_upsert.connector.requests(
@@ -244,7 +249,7 @@ def test_404_that_is_not_brevos_no_such_contact_is_an_operator_error(
     mocked.put(UPDATE, status=404, body="<html>Not Found</html>")
 
     with pytest.raises(PermanentError, match="HTTP 404") as caught:
-        deliver(config("EMAIL_NOTIFICATION", upsert_mode=True), {"p_EMAIL_NOTIFICATION": True})
+        deliver(config("EMAIL_NOTIFICATION", upsert_mode=True), {prop("EMAIL_NOTIFICATION"): True})
 
     assert caught.value.operator_action
     assert len(mocked.calls) == 1
@@ -257,7 +262,7 @@ def test_failed_create_is_classified(mocked: responses.RequestsMock) -> None:
     )
 
     with pytest.raises(PermanentError, match="invalid_parameter: Invalid list id"):
-        deliver(config("X", upsert_mode=True, list_id=99), {"p_X": True})
+        deliver(config("X", upsert_mode=True, list_id=99), {prop("X"): True})
 
 
 # -- answers ---------------------------------------------------------------------------
@@ -313,7 +318,7 @@ def test_answer_classification(
         mocked.put(UPDATE, status=status, json=body)
 
     with pytest.raises(error) as caught:
-        deliver(config("X", upsert_mode=True), {"p_X": True})
+        deliver(config("X", upsert_mode=True), {prop("X"): True})
 
     assert caught.value.status == status
     assert f"HTTP {status}" in str(caught.value)
@@ -328,7 +333,7 @@ def test_400_carries_brevos_code_and_message(mocked: responses.RequestsMock) -> 
     )
 
     with pytest.raises(PermanentError) as caught:
-        deliver(config("X"), {"p_X": True})
+        deliver(config("X"), {prop("X"): True})
 
     assert (
         str(caught.value)
@@ -350,7 +355,7 @@ def test_operator_errors_say_what_to_fix_without_the_key(
     mocked.put(UPDATE, status=status, json={"code": "unauthorized", "message": f"bad key {KEY}"})
 
     with pytest.raises(PermanentError) as caught:
-        deliver(config("X"), {"p_X": True})
+        deliver(config("X"), {prop("X"): True})
 
     assert says in str(caught.value)
     assert KEY not in str(caught.value)
@@ -378,7 +383,7 @@ def test_429_waits_for_the_reset_within_the_cap(
     )
 
     with pytest.raises(RetryableError) as caught:
-        deliver(config("X"), {"p_X": True})
+        deliver(config("X"), {prop("X"): True})
 
     assert caught.value.retry_after == expected
 
@@ -387,4 +392,4 @@ def test_network_error_is_retried(mocked: responses.RequestsMock) -> None:
     mocked.put(UPDATE, body=requests.ConnectionError("refused"))
 
     with pytest.raises(RetryableError, match="network error"):
-        deliver(config("X"), {"p_X": True})
+        deliver(config("X"), {prop("X"): True})

@@ -18,11 +18,16 @@ from the person's whole current state, so this module only places them in the ob
 The mapping ids compare case-insensitively: ``opted_in`` written in a config must not
 quietly become a custom attribute while the person's email state stays as it was.
 
+A mapping id naming a Braze identifier or standard subscription field (``email``,
+``push_subscribe``, ``subscription_group_id``... in any case) is refused when the config is
+stored, with the mapping id to use instead.
+
 A change with nothing to write is skipped.
 
 Each change gets its own answer from a call's answer (braze.md): a 201 "success" delivers
-every object but those its ``errors`` list, which are refused; a 413 splits the call in
-halves; a refusal of the whole call refuses each of its objects; a rate limit (Braze's or
+every object but those its ``errors`` list, which are refused; a 413 or a 400 splits a call
+of several users in halves, until the object at fault is alone; any other refusal of the
+whole call refuses each of its objects; a rate limit (Braze's or
 our pacing's), an outage or a network error ends the batch, leaving that call's changes and
 every later one to retry.
 """
@@ -114,13 +119,30 @@ _STATE_FEEDS = {
     "PUSH_UNSUBSCRIBED": Feed("push_subscribe", "unsubscribed", "subscribed", _EMAIL_STATES),
 }
 _STATE_FIELDS = frozenset(feed.field for feed in _STATE_FEEDS.values())
-# Keys of the attributes object this connector sets itself, and keys that identify the user
-# (a mapping writing them would override ours or move the update to someone else).
-_OWN_KEYS = frozenset(
-    {"external_id", "_update_existing_only", "email_subscribe", "subscription_groups"}
-)
-_USER_KEYS = frozenset({"user_alias", "braze_id", "email", "phone"})
+_EMAIL_HINT = "map OPTED_IN or UNSUBSCRIBED to change the email subscription state"
+_PUSH_HINT = "map PUSH_OPTED_IN or PUSH_UNSUBSCRIBED to change the push subscription state"
+_GROUP_HINT = "use the subscription group's id (its UUID) as the mapping id"
+_USER_HINT = "it identifies the Braze user, and a mapping must not change who is updated"
+#: Mapping ids (lower case) that name a Braze identifier, a standard subscription field or
+#: a key of the attributes object this connector sets itself, with what to map instead
+#: (braze.md): as custom attributes they would send Braze what it refuses (a boolean
+#: push_subscribe) or overwrite what identifies the person (email).
+_RESERVED = {
+    "external_id": _USER_HINT,
+    "braze_id": _USER_HINT,
+    "user_alias": _USER_HINT,
+    "email": f"{_USER_HINT} (it is the address itself); {_EMAIL_HINT}",
+    "phone": f"{_USER_HINT} (it is the number itself); for SMS consent, {_GROUP_HINT}",
+    "email_subscribe": f"it is set by the connector; {_EMAIL_HINT}",
+    "push_subscribe": f"it is set by the connector; {_PUSH_HINT}",
+    "subscription_groups": f"it is set by the connector; {_GROUP_HINT}",
+    "subscription_group_id": _GROUP_HINT,
+    "_update_existing_only": "it is set by the connector from upsert_mode",
+    "_merge_objects": "it is an option of the call, not a field of the user",
+}
 _REASON_LENGTH = 300
+#: Answers to a call of several users that split it in halves (braze.md).
+_SPLIT = frozenset({400, 413})
 
 
 def rest_endpoint(server: str, allow_hosts: Collection[str] = ()) -> str:
@@ -250,14 +272,10 @@ class BrazeConnector(Connector):
         return Quota(int(limit) if limit else None, int(remaining), max(reset - clock(), 0.0))
 
     def mapping_problem(self, mapping_id: str) -> str | None:
-        if mapping_id.lower() in _OWN_KEYS:
-            return (
-                f"{mapping_id!r} is set by the connector itself; map OPTED_IN, UNSUBSCRIBED "
-                "or a subscription group id to change the email state"
-            )
-        if mapping_id.lower() in _USER_KEYS:
-            return f"{mapping_id!r} identifies the Braze user; a mapping must not change it"
-        return None
+        hint = _RESERVED.get(mapping_id.lower())
+        if hint is None:
+            return None
+        return f"{mapping_id!r} is reserved by Braze and never a custom attribute: {hint}"
 
     def feed(self, mapping_id: str) -> Feed | None:
         kind = mapping_id.upper()
@@ -370,11 +388,13 @@ def _track_request(config: ConnectorConfig, objects: Sequence[Mapping[str, Any]]
 def _send(
     transport: Transport, config: ConnectorConfig, call: Sequence[_Update]
 ) -> list[Answer] | None:
-    """One /users/track call and an answer per object of it, or None when Braze found it
-    too large and it can be split. Raises ``RetryableError`` or ``Deferred`` when Braze takes
-    no calls for now."""
+    """One /users/track call and an answer per object of it, or None when the call is to be
+    split. Raises ``RetryableError`` or ``Deferred`` when Braze takes no calls for now."""
     response = transport.send(_track_request(config, [update.attributes for update in call]))
-    if response.status == 413 and len(call) > 1:
+    # Too large (413), or refused whole (400) for what may be one malformed object or too
+    # many objects: halves are tried until the object at fault is alone, so that only its
+    # user is refused, never the 49 others of its call.
+    if response.status in _SPLIT and len(call) > 1:
         return None
     options = _options(config)
     if 200 <= response.status < 300:

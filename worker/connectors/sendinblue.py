@@ -10,23 +10,27 @@ How a mapping id becomes part of the update (docs/reference sendinblue.md):
 - anything else is a contact attribute named by the id in upper case (Brevo's attribute
   names are), set to the value as it is.
 
-``EMAIL`` is refused as a mapping id: changing a blocklisted contact's email clears its
-blocklist, which would resubscribe the person. ``EXT_ID`` is refused too: it is how the
-contact is found.
+A mapping id naming an identifier or a top-level field of the contact (``EMAIL``, ``SMS``,
+``EXT_ID``, ``emailBlacklisted``... in any case) is refused when the config is stored:
+changing a blocklisted contact's email clears its blocklist, which would resubscribe the
+person, and ``smsBlacklisted`` as an attribute would not block anything.
 
 The contact is the PMP's ``organization_user_id``. One that looks like an email address
 (text, one ``@``, a domain with a dot, no spaces) is addressed as ``identifierType=email_id``,
-anything else as ``ext_id``. The base URL is read from the settings at every call, so tests
-and local stacks can point it elsewhere.
+anything else as ``ext_id``. An identifier that cannot name one contact (blank, ``.`` or
+``..``, invisible characters, overlong: ``identifier_problem``) is never sent: the change
+is refused (dead-lettered) for this connector. The base URL is read from the settings at
+every call, so tests and local stacks can point it elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from pydantic import (
     AliasChoices,
@@ -68,9 +72,36 @@ _BLOCKLISTS = {
     "EMAIL_CAMPAIGNS_SUBSCRIBED": Feed("emailBlacklisted", False, True, (True, False)),
     "SMS_CAMPAIGNS_SUBSCRIBED": Feed("smsBlacklisted", False, True, (True, False)),
 }
+_EMAIL_HINT = "map EMAIL_CAMPAIGNS_SUBSCRIBED to change whether the contact gets email campaigns"
+_SMS_HINT = "map SMS_CAMPAIGNS_SUBSCRIBED to change whether the contact receives SMS campaigns"
+_CONTACT_HINT = "it identifies the Brevo contact, and a mapping must not change who is updated"
+_LIST_HINT = "list membership comes from the connector's list_id option, not from a mapping"
+#: Mapping ids (upper case, as Brevo's attribute names are) that name an identifier or a
+#: top-level field of a contact, with what to map instead (sendinblue.md). As attributes
+#: they would update an identifier (changing a blocklisted contact's EMAIL clears its
+#: blocklist, resubscribing the person) or miss the field they seem to set.
+_RESERVED = {
+    "EMAIL": f"{_CONTACT_HINT}, and changing it clears a blocklist; {_EMAIL_HINT}",
+    "SMS": f"{_CONTACT_HINT} (it is the number itself); {_SMS_HINT}",
+    "WHATSAPP": f"{_CONTACT_HINT} (it is the number itself)",
+    "EXT_ID": _CONTACT_HINT,
+    "EMAILBLACKLISTED": f"it is a field of the contact, set by the connector; {_EMAIL_HINT}",
+    "SMSBLACKLISTED": f"it is a field of the contact, set by the connector; {_SMS_HINT}",
+    "LISTIDS": _LIST_HINT,
+    "UNLINKLISTIDS": _LIST_HINT,
+    "UPDATEENABLED": "it is an option of the call, set by the connector",
+}
 # Brevo's rate-limit windows are one second and one hour: a reset further away than an
 # hour cannot be seconds, and is read as the milliseconds some integrators have seen.
 _LONGEST_WINDOW = 3600.0
+# Brevo's public documentation gives no limit for a contact identifier. An email address
+# has at most 254 characters (RFC 5321); a longer identifier is refused rather than sent
+# to be cut or matched in ways nobody can check.
+_LONGEST_IDENTIFIER = 254
+# Control, format (invisible: zero-width, bidirectional) and surrogate characters, and the
+# line and paragraph separators: an identifier holding one cannot be told from another.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_PATH_SEPARATORS = re.compile(r"[/\\]")
 _REASON_LENGTH = 300
 
 
@@ -127,19 +158,16 @@ class SendinblueConnector(Connector):
         return Quota(int(limit) if limit else None, int(remaining), reset_in)
 
     def mapping_problem(self, mapping_id: str) -> str | None:
-        if mapping_id.upper() == "EMAIL":
-            return (
-                "EMAIL is never written: changing a blocklisted contact's email clears its "
-                "blocklist, which would resubscribe the person"
-            )
-        if mapping_id.upper() == "EXT_ID":
-            return "EXT_ID identifies the Brevo contact; a mapping must not change it"
-        return None
+        hint = _RESERVED.get(mapping_id.upper())
+        if hint is None:
+            return None
+        return f"{mapping_id!r} is reserved by Brevo and never an attribute: {hint}"
 
     def feed(self, mapping_id: str) -> Feed | None:
         return _BLOCKLISTS.get(mapping_id.upper())
 
     def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+        _checked(change.user)
         fields = _fields(config, change)
         if not fields:
             return []
@@ -148,6 +176,8 @@ class SendinblueConnector(Connector):
         return [update, _create_request(options, user, fields)] if config.upsert_mode else [update]
 
     def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
+        # Refused whatever the values: the event is dead-lettered for this connector.
+        _checked(change.user)
         fields = _fields(config, change)
         if not fields:
             return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
@@ -158,6 +188,46 @@ class SendinblueConnector(Connector):
                 return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
             response = transport.send(_create_request(options, user, fields))
         return _classify(response, fields, options)
+
+
+def identifier_problem(user: str) -> str | None:
+    """Why ``user`` cannot name one Brevo contact, or None when it can.
+
+    Such an identifier is never sent (sendinblue.md): ``..`` in a URL's path is resolved
+    away (``PUT /v3/contacts/..`` is ``PUT /v3/``), and a blank, invisible or overlong one
+    may name no contact or another one. The identifier itself is not quoted: it is
+    personal data, and the dead letter keeps it."""
+    if not user.strip():
+        return "it is empty or blank"
+    if len(user) > _LONGEST_IDENTIFIER:
+        return f"it is longer than {_LONGEST_IDENTIFIER} characters"
+    if any(unicodedata.category(char) in _INVISIBLE for char in user):
+        return "it holds a control or invisible character"
+    # Also as a server would read it once percent-decoded ("%2e%2e" is "..").
+    for text in dict.fromkeys((user, unquote(user))):
+        segments = _PATH_SEPARATORS.split(text)
+        if any(segment.strip() in (".", "..") for segment in segments):
+            return "it is or holds a '.' or '..' path segment, which a URL resolves away"
+        if len(segments) > 1 and not all(segments):
+            return "it holds an empty path segment (a '/' at either end, or '//')"
+    return None
+
+
+def _checked(user: str) -> str:
+    """``user``, when it can name one Brevo contact; PermanentError otherwise."""
+    if problem := identifier_problem(user):
+        raise PermanentError(
+            f"not sent to Brevo: the contact identifier (organization_user_id) cannot name "
+            f"one contact: {problem}"
+        )
+    return user
+
+
+def _contact_url(user: str, identifier_type: str) -> str:
+    """The one URL of the contact ``user`` names: the identifier checked, and encoded as a
+    single path segment ("/" included)."""
+    segment = quote(_checked(user), safe="")
+    return f"{_base_url()}/contacts/{segment}?identifierType={identifier_type}"
 
 
 def _options(config: ConnectorConfig) -> Options:
@@ -190,7 +260,7 @@ def _update_request(options: Options, user: str, fields: Mapping[str, Any]) -> H
     identifier_type = "email_id" if _EMAIL.fullmatch(user) else "ext_id"
     return HttpRequest(
         method="PUT",
-        url=f"{_base_url()}/contacts/{quote(user, safe='')}?identifierType={identifier_type}",
+        url=_contact_url(user, identifier_type),
         headers=_headers(options),
         json=dict(fields),
     )

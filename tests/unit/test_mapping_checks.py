@@ -1,0 +1,329 @@
+"""What a config's mappings are checked against when it is stored (and read back): the
+reserved destination names (braze.md, sendinblue.md) and the property grammar (events.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import fakeredis
+import pytest
+import responses
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from tests.unit.test_resolution_cost import calls
+from tests.unit.test_tasks import (
+    TENANT,
+    Harness,
+    braze_config,
+    event,
+    harness,  # noqa: F401 (fixture)
+)
+from worker.configs import ConfigStore, ConnectorConfig, Mapping, parse_config
+from worker.errors import InvalidConfig
+from worker.events import PROPERTY_SHAPES, FlatProperties, is_property_name
+from worker.sealing import Sealer, new_key
+from worker.tasks import deliver
+
+KEY = "test-key-0000-abcdefgh"
+PROPERTY = "consents_purposes_newsletter_enabled"
+
+
+def braze(*mappings: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type_id": "braze",
+        "authentication": {"api_key": KEY, "server": "https://rest.fra-01.braze.eu"},
+        "mappings": list(mappings),
+    }
+
+
+def brevo(*mappings: dict[str, str]) -> dict[str, Any]:
+    return {"type_id": "brevo", "config": {"api_key": KEY, "properties": list(mappings)}}
+
+
+def problems(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(InvalidConfig) as caught:
+        parse_config(raw)
+    return str(caught.value).splitlines()
+
+
+# -- reserved names ---------------------------------------------------------------------
+
+BRAZE_RESERVED = {
+    "external_id": "identifies the Braze user",
+    "braze_id": "identifies the Braze user",
+    "user_alias": "identifies the Braze user",
+    "email": "map OPTED_IN or UNSUBSCRIBED",
+    "phone": "use the subscription group's id (its UUID)",
+    "email_subscribe": "map OPTED_IN or UNSUBSCRIBED",
+    "push_subscribe": "map PUSH_OPTED_IN or PUSH_UNSUBSCRIBED",
+    "subscription_groups": "use the subscription group's id (its UUID)",
+    "subscription_group_id": "use the subscription group's id (its UUID)",
+    "_update_existing_only": "upsert_mode",
+    "_merge_objects": "not a field of the user",
+}
+BREVO_RESERVED = {
+    "EMAIL": "map EMAIL_CAMPAIGNS_SUBSCRIBED",
+    "SMS": "map SMS_CAMPAIGNS_SUBSCRIBED",
+    "EXT_ID": "identifies the Brevo contact",
+    "WHATSAPP": "identifies the Brevo contact",
+    "emailBlacklisted": "map EMAIL_CAMPAIGNS_SUBSCRIBED",
+    "smsBlacklisted": "map SMS_CAMPAIGNS_SUBSCRIBED",
+    "listIds": "list_id option",
+    "unlinkListIds": "list_id option",
+    "updateEnabled": "set by the connector",
+}
+
+
+def spellings(name: str) -> list[str]:
+    return [name, name.upper(), name.lower(), name.swapcase()]
+
+
+@pytest.mark.parametrize(
+    ("mapping_id", "hint"),
+    [(spelling, hint) for name, hint in BRAZE_RESERVED.items() for spelling in spellings(name)],
+)
+def test_braze_refuses_a_reserved_id_naming_what_to_map_instead(mapping_id: str, hint: str) -> None:
+    (line,) = problems(braze({"id": mapping_id, "value": PROPERTY}))
+
+    assert line.startswith(
+        f"mappings[0].id: {mapping_id!r} is reserved by Braze and never a custom attribute: "
+    )
+    assert hint in line
+
+
+@pytest.mark.parametrize(
+    ("mapping_id", "hint"),
+    [(spelling, hint) for name, hint in BREVO_RESERVED.items() for spelling in spellings(name)],
+)
+def test_brevo_refuses_a_reserved_id_naming_what_to_map_instead(mapping_id: str, hint: str) -> None:
+    (line,) = problems(brevo({"id": mapping_id, "value": PROPERTY}))
+
+    assert line.startswith(
+        f"config.properties[0].id: {mapping_id!r} is reserved by Brevo and never an attribute: "
+    )
+    assert hint in line
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        braze(*({"id": name, "value": PROPERTY} for name in ("email_frequency", "phone_type"))),
+        braze({"id": "subscription_group", "value": PROPERTY}),
+        brevo({"id": "EMAIL_NOTIFICATION", "value": PROPERTY}, {"id": "SMS_OPT", "value": "x"}),
+        brevo({"id": "EMAIL_CAMPAIGNS_SUBSCRIBED", "value": PROPERTY}),
+    ],
+)
+def test_names_that_only_look_like_reserved_ones_are_accepted(raw: dict[str, Any]) -> None:
+    try:
+        parse_config(raw)
+    except InvalidConfig as exc:
+        assert "reserved" not in str(exc)
+
+
+def test_every_problem_of_the_mappings_is_reported_at_once() -> None:
+    lines = problems(
+        braze(
+            {"id": "OPTED_IN", "value": "consents_purposes_newsletter_enabld"},
+            {"id": "push_subscribe", "value": "consents_channels_push_enabled"},
+            {"id": "Email", "value": PROPERTY},
+            {"id": "subscription_group_id", "value": "consents_purpose_sms_enabled"},
+        )
+    )
+
+    assert [line.split(":")[0] for line in lines] == [
+        "mappings[0].value",
+        "mappings[1].id",
+        "mappings[2].id",
+        "mappings[3].id",
+        "mappings[3].value",
+    ]
+
+
+def test_a_stored_config_with_a_reserved_id_is_refused_when_read() -> None:
+    # Stored by a release that did not check the names yet.
+    store = ConfigStore(fakeredis.FakeRedis(), Sealer([new_key()]))
+    stored = parse_config(braze({"id": "newsletter", "value": PROPERTY})).to_stored()
+    stored["mappings"] = [{"id": "push_subscribe", "value": PROPERTY}]
+    store.redis.hset("prefsync:connectors:acme", "braze", json.dumps(stored))
+
+    with pytest.raises(InvalidConfig) as caught:
+        store.get("acme", "braze")
+
+    assert str(caught.value).startswith(
+        "tenant 'acme', connector 'braze': stored config no longer valid: "
+        "mappings[0].id: 'push_subscribe' is reserved by Braze"
+    )
+    assert "PUSH_OPTED_IN" in str(caught.value)
+
+
+def test_the_store_refuses_a_config_built_without_parse_config() -> None:
+    valid = parse_config(braze({"id": "newsletter", "value": PROPERTY}))
+    built = ConnectorConfig(
+        **{**dict(valid), "mappings": (Mapping(id="push_subscribe", value=PROPERTY),)}
+    )
+    store = ConfigStore(fakeredis.FakeRedis(), Sealer([new_key()]))
+
+    with pytest.raises(InvalidConfig, match="'push_subscribe' is reserved by Braze"):
+        store.put("acme", built)
+    assert store.ids("acme") == []
+
+
+# -- the property grammar ---------------------------------------------------------------
+
+GRAMMATICAL = [
+    "consents_purposes_newsletter_enabled",
+    "consents_purposes_geolocation_data_enabled",
+    "consents_purposes_newsletter_enabled_li",
+    "consents_purposes_newsletter_values_frequency_value",
+    "consents_purposes_newsletter_preferences_frequency_values_weekly_enabled",
+    "consents_channels_email_enabled",
+    "consents__purposes__newsletter__enabled",
+    "consents__purposes__newsletter__preferences__frequency__values__weekly__enabled",
+    "consents_channels__sms__enabled",
+    # A purpose whose id ends in "_enabld": odd, but a payload can carry it.
+    "consents_purposes_x_enabld_enabled",
+]
+TYPOS = [
+    "consents_purposes_newsletter_enabld",
+    "consents_purposes_newsletter_enable",
+    "consents_purpose_newsletter_enabled",
+    "consent_purposes_newsletter_enabled",
+    "consents_purposes_newsletter",
+    "consents_purposes_enabled",
+    "consents_purposes_newsletter_enabled__li",
+    "consents_purposes_newsletter_values_frequency",
+    "consents_channels_email_enabled_li",
+    "consents_vendors_google_enabled",
+    "newsletter",
+    "purposes_newsletter_enabled",
+    "Consents_purposes_newsletter_enabled",
+]
+
+
+@pytest.mark.parametrize("name", GRAMMATICAL)
+def test_grammatical_names_are_property_names(name: str) -> None:
+    assert is_property_name(name)
+    parse_config(braze({"id": "OPTED_IN", "value": name}))
+
+
+@pytest.mark.parametrize("name", TYPOS)
+def test_a_name_the_grammar_cannot_produce_is_refused_naming_the_mapping(name: str) -> None:
+    assert not is_property_name(name)
+
+    (line,) = problems(braze({"id": "OPTED_IN", "value": name}))
+
+    assert line.startswith(
+        f"mappings[0].value: {name!r} (mapping OPTED_IN) is not a property name an event "
+        "can carry, so it would never have a value; the names are "
+    )
+    assert all(shape in line for shape in PROPERTY_SHAPES)
+
+
+_ID = st.text(min_size=1, max_size=12)
+_VALUE_ID = st.text(alphabet=st.characters(exclude_characters=","), min_size=1, max_size=8)
+
+
+@given(
+    purposes=st.lists(
+        st.fixed_dictionaries(
+            {"id": _ID, "enabled": st.booleans(), "enabled_li": st.booleans()},
+            optional={
+                "values": st.dictionaries(
+                    st.text(max_size=8),
+                    st.builds(lambda ids: {"value": ",".join(ids)}, st.lists(_VALUE_ID)),
+                    max_size=3,
+                )
+            },
+        ),
+        max_size=3,
+        unique_by=lambda purpose: purpose["id"],
+    ),
+    channels=st.lists(
+        st.fixed_dictionaries({"id": _ID, "enabled": st.booleans()}),
+        max_size=3,
+        unique_by=lambda channel: channel["id"],
+    ),
+)
+def test_every_name_a_payload_gives_a_value_is_a_property_name(
+    purposes: list[dict[str, Any]], channels: list[dict[str, Any]]
+) -> None:
+    """The grammar check and the flattening agree: a config can name every property."""
+    properties = FlatProperties.from_consents({"purposes": purposes, "channels": channels})
+
+    for name, _ in properties.items():
+        assert is_property_name(name), name
+        doubled = name.replace("consents_", "consents__", 1)
+        assert is_property_name(doubled), doubled
+
+
+# -- a stored config that no longer validates stops its deliveries ----------------------
+
+
+def test_events_for_a_stored_config_that_no_longer_validates_are_dead_lettered_unsent(
+    harness: Harness,  # noqa: F811 (the fixture imported above)
+    mocked: responses.RequestsMock,
+) -> None:
+    connector_id = braze_config(harness)
+    key = f"prefsync:connectors:{TENANT}"
+    stored = json.loads(harness.rt.sealer.open(harness.rt.redis.hget(key, connector_id)))
+    stored["mappings"][0]["id"] = "email_subscribe"
+    harness.rt.redis.hset(key, connector_id, harness.rt.sealer.seal(json.dumps(stored)))
+
+    with capture_logs() as logs:
+        harness.worker.send(deliver, [event()], connector_id)
+        harness.worker.drain()
+
+    assert len(mocked.calls) == 0
+    [entry] = harness.dead_letters()
+    assert entry.reason.startswith(
+        f"connector config no longer valid: tenant {TENANT!r}, connector {connector_id!r}: "
+        "stored config no longer valid: mappings[0].id: 'email_subscribe' is reserved by Braze"
+    )
+    assert "map OPTED_IN or UNSUBSCRIBED" in entry.reason
+    assert entry.reason.endswith(
+        "(store a corrected config with `prefsync connectors put`, then replay these dead letters)"
+    )
+    [error] = [log for log in logs if log["event"] == "dead-lettered"]
+    assert (error["log_level"], error["connector_id"]) == ("error", connector_id)
+
+
+# The grammar of events.md as a regular expression: the specification the linear check
+# must agree with (too slow to use: it backtracks in cubic time on long names).
+_S = "(?:__|_)"
+_SPEC = re.compile(
+    f"consents{_S}(?:purposes{_S}.+?{_S}(?:enabled|enabled_li|values{_S}.*?{_S}value"
+    f"|preferences{_S}.*?{_S}values{_S}.+?{_S}enabled)|channels{_S}.+?{_S}enabled)",
+    re.DOTALL,
+)
+_WORDS = ["consents", "purposes", "channels", "preferences", "values", "value", "enabled",
+          "enabled_li", "li", "p", "x", "_", "__", "___"]  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from(_WORDS), max_size=12))
+def test_the_check_agrees_with_the_grammar(words: list[str]) -> None:
+    name = "".join(words)
+
+    assert is_property_name(name) == bool(_SPEC.fullmatch(name)), name
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: "consents_purposes_" + "preferences_values_" * n + "x",
+        lambda n: "consents__purposes__" + "_preferences__" * n + "_values_x",
+        lambda n: "consents_purposes_" + "_" * n + "values_value",
+    ],
+)
+def test_checking_a_name_costs_work_linear_in_its_length(make: Callable[[int], str]) -> None:
+    short, long = make(500), make(2000)
+
+    small, large = calls(lambda: is_property_name(short)), calls(lambda: is_property_name(long))
+
+    assert large == small  # a fixed number of str.find/endswith calls, whatever the length
