@@ -62,16 +62,16 @@ def test_reencrypt_moves_every_config_to_the_new_key_and_the_old_one_can_go(
     new_only = {**prefsync_env, "PREFSYNC_SECRET_KEYS": new_key}
 
     # Before: the new key alone cannot open them; the two together can.
-    assert "BROKEN" in run_cli(new_only, "connectors", "list", "acme").stdout
-    assert "BROKEN" not in run_cli(rotating, "connectors", "list", "acme").stdout
+    assert "INVALID" in run_cli(new_only, "connectors", "list", "acme").stdout
+    assert "INVALID" not in run_cli(rotating, "connectors", "list", "acme").stdout
 
     done = run_cli(rotating, "connectors", "reencrypt")
     assert done.returncode == 0, done.stderr
     assert "re-encrypted 2 config(s), 0 already under the first key" in done.stdout
 
     listed = run_cli(new_only, "connectors", "list", "acme")
-    assert listed.returncode == 0 and "BROKEN" not in listed.stdout
+    assert listed.returncode == 0 and "INVALID" not in listed.stdout
     assert listed.stdout.count("\n") == 2
     old_only = run_cli(prefsync_env, "connectors", "list", "acme")
-    assert old_only.stdout.count("BROKEN") == 2
+    assert old_only.stdout.count("INVALID") == 2
     assert "sealed under a key that is not in PREFSYNC_SECRET_KEYS" in old_only.stdout
