@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
 import redis
 
 from worker.errors import InvalidConfig, InvalidEvent
+from worker.payloads import read_payloads
 from worker.settings import get_settings
 
 
@@ -91,72 +90,6 @@ def read_text(file: click.utils.LazyFile) -> str:
         return file.read()
     except UnicodeDecodeError as exc:
         fail(f"{file.name}: not UTF-8 text (byte {exc.start})", 1)
-
-
-def read_payloads(data: bytes) -> Iterator[tuple[str, Any, str | None]]:
-    """Yield (label, payload, error) for each event of a JSON object, JSON array or
-    JSON Lines input; labels are "item N" (array) or "line N" (JSON Lines), 1-based.
-
-    JSON Lines are judged one line at a time, so a line that is not UTF-8 or not JSON
-    costs that line only."""
-    # Undecodable bytes become lone surrogates, which valid UTF-8 text never holds, so a
-    # line can still tell that it had one, and where.
-    text = data.decode("utf-8", errors="surrogateescape")
-    stripped = text.strip()
-    if not stripped:
-        yield "input", None, "no event found (empty input)"
-        return
-    one_line = "\n" not in stripped
-    try:
-        document = json.loads(stripped)
-    except (ValueError, RecursionError) as exc:
-        if one_line:
-            yield "line 1", None, _utf8_error(stripped) or _json_error(exc)
-            return
-        document = _JSON_LINES
-    if document is not _JSON_LINES:
-        if error := _utf8_error(stripped):
-            yield "line 1" if one_line else "input", None, error
-        elif isinstance(document, list):
-            for number, item in enumerate(document, start=1):
-                yield f"item {number}", item, None
-        else:
-            yield "event", document, None
-        return
-    # Only "\n" ends a line: str.splitlines() also splits at U+2028, U+0085 and other
-    # characters a JSON string may hold as they are, which would cut one event in two.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        if error := _utf8_error(line):
-            yield f"line {number}", None, error
-            continue
-        try:
-            yield f"line {number}", json.loads(line), None
-        except (ValueError, RecursionError) as exc:
-            yield f"line {number}", None, _json_error(exc)
-
-
-_JSON_LINES = object()  # the input is not one JSON document
-
-
-def _json_error(exc: ValueError | RecursionError) -> str:
-    if isinstance(exc, json.JSONDecodeError):
-        return f"not valid JSON ({exc.msg} at column {exc.colno})"
-    if isinstance(exc, RecursionError):
-        return "not valid JSON (nested too deeply)"
-    # An integer longer than Python converts (sys.get_int_max_str_digits()).
-    return f"not valid JSON ({str(exc).split(';')[0]})"
-
-
-_UNDECODED = re.compile("[\udc80-\udcff]")  # what surrogateescape made of a bad byte
-
-
-def _utf8_error(text: str) -> str | None:
-    if bad := _UNDECODED.search(text):
-        offset = len(text[: bad.start()].encode("utf-8", errors="surrogateescape"))
-        return f"not UTF-8 text (byte {offset})"
-    return None
 
 
 @main.command()
@@ -440,14 +373,130 @@ def audit(tenant: str, user: str | None, limit: int, as_json: bool) -> None:
 @click.option("--tenant", help="Only this tenant.")
 @click.option("--connector", help="Only this connector (needs --tenant).")
 def stats(tenant: str | None, connector: str | None) -> None:
-    """Outcome counters: delivered, skipped (by reason), dead-lettered."""
+    """Outcome counters (delivered, skipped by reason, dead-lettered: since the start),
+    then the backlog now, for all tenants: messages queued, retries waiting, outbox
+    entries, dead letters, and how long the oldest unfinished task has been due."""
+    from worker.app import app
+    from worker.metrics import read_backlog
+    from worker.retries import clock
+
     if connector and not tenant:
         fail("--connector needs --tenant")
-    counts = _runtime().recorder.counts(tenant, connector)
+    rt = _runtime()
+    counts = rt.recorder.counts(tenant, connector)
+    click.echo("outcome\tcount")
     if not counts:
         click.echo("no outcomes recorded yet")
     for name, value in counts.items():
         click.echo(f"{name}\t{value}")
+    backlog = read_backlog(
+        rt.redis, app.conf.task_default_queue, rt.settings.visibility_timeout, clock()
+    )
+    click.echo("\nbacklog (all tenants)\tnow")
+    click.echo(f"queue depth\t{backlog.queue_depth}")
+    click.echo(f"retries waiting\t{backlog.retries_waiting}")
+    click.echo(f"outbox entries\t{backlog.outbox}")
+    click.echo(f"dead letters\t{backlog.dead_letters}")
+    click.echo(f"oldest waiting (s)\t{backlog.oldest_waiting:.1f}")
+
+
+# ---------------------------------------------------------------- the HTTP ingress
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes (each with its own event loop); one takes thousands of webhooks/s.",
+)
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the HTTP ingress the PMP calls: POST /webhooks, POST /oauth/token, GET /healthz,
+    /readyz and /metrics (docs/ingress.md). Credentials: `prefsync ingress add TENANT`."""
+    import uvicorn
+
+    from worker.logging import configure
+    from worker.redis_client import connect
+
+    settings = get_settings()
+    try:
+        connect(settings, socket_connect_timeout=3).ping()
+    except redis.exceptions.RedisError:
+        fail(_redis_help(settings.redis_url))
+    configure(settings)
+    uvicorn.run(
+        "worker.ingress.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        # X-Forwarded-For is believed only from PREFSYNC_INGRESS_TRUSTED_PROXIES (ours),
+        # never from uvicorn's default of any local peer.
+        proxy_headers=False,
+        server_header=False,
+        # An access log line per webhook would cost a fifth of the throughput; /metrics
+        # counts the answers.
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=75,  # longer than the PMP's or a load balancer's idle timeout
+    )
+
+
+@main.group()
+def ingress() -> None:
+    """Credentials a PMP (or another producer) uses to call the ingress: add, list, revoke."""
+
+
+def _credentials():
+    from worker.ingress.credentials import CredentialStore
+
+    rt = _runtime()
+    return CredentialStore(rt.redis, rt.settings.ingress_token_ttl)
+
+
+@ingress.command("add")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True, help="Print the credential as JSON.")
+def ingress_add(tenant: str, as_json: bool) -> None:
+    """Create a credential for TENANT. Its secret is shown this once: only a hash is kept.
+    Give the PMP the client id and secret, and the token URL http(s)://HOST/oauth/token."""
+    client, secret = _credentials().add(tenant)
+    if as_json:
+        document = {"tenant": tenant, "client_id": client.client_id, "client_secret": secret}
+        click.echo(json.dumps(document))
+        return
+    click.echo(f"tenant         {tenant}")
+    click.echo(f"client id      {client.client_id}")
+    click.echo(f"client secret  {secret}")
+    click.echo("The secret is shown once and cannot be shown again; keep it now.")
+
+
+@ingress.command("list")
+@click.argument("tenant")
+def ingress_list(tenant: str) -> None:
+    """TENANT's credentials: client id, secret (masked: only its hash is kept), created."""
+    clients = _credentials().list(tenant)
+    click.echo("client_id\tclient_secret\tcreated")
+    for client in clients:
+        click.echo(f"{client.client_id}\t********\t{_when(client.created_at)}")
+    if not clients:
+        click.echo(f"tenant {tenant!r} has no ingress credentials", err=True)
+
+
+@ingress.command("revoke")
+@click.argument("tenant")
+@click.argument("client_id")
+def ingress_revoke(tenant: str, client_id: str) -> None:
+    """Delete a credential: its secret and the tokens issued for it stop working (within
+    PREFSYNC_INGRESS_AUTH_CACHE seconds on every ingress process)."""
+    if not _credentials().revoke(tenant, client_id):
+        fail(f"tenant {tenant!r} has no ingress credential {client_id!r}", 1)
+    click.echo(f"revoked {client_id} of tenant {tenant!r}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -45,8 +46,37 @@ class Settings(BaseSettings):
     audit_maxlen: int = Field(1_000_000, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    # The HTTP ingress (worker/ingress, docs/ingress.md).
+    # Source addresses allowed to call /webhooks and /oauth/token (CIDRs); empty: any.
+    ingress_allow_from: Annotated[tuple[str, ...], NoDecode] = ()
+    # Proxies whose X-Forwarded-For is believed (CIDRs); from anyone else it is ignored.
+    ingress_trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Lifetime of an access token from /oauth/token, in seconds.
+    ingress_token_ttl: int = Field(3600, gt=0)
+    # A request body over this is refused (413) before it is read whole.
+    ingress_max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # How long an ingress process trusts a credential it checked in Redis: a revocation
+    # takes effect within this many seconds, and a busy ingress reads Redis once per
+    # credential per period instead of once per webhook.
+    ingress_auth_cache: float = Field(1.0, ge=0)
 
-    _split_lists = field_validator("allow_hosts", "retry_countdowns", mode="before")(_split_commas)
+    _split_lists = field_validator(
+        "allow_hosts",
+        "retry_countdowns",
+        "ingress_allow_from",
+        "ingress_trusted_proxies",
+        mode="before",
+    )(_split_commas)
+
+    @field_validator("ingress_allow_from", "ingress_trusted_proxies")
+    @classmethod
+    def _networks(cls, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR block") from None
+        return cidrs
 
     @field_validator("allow_hosts")
     @classmethod
