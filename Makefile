@@ -21,6 +21,11 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+## test-unit: the fast suite (fakeredis, no processes started): seconds, for while you edit
+.PHONY: test-unit
+test-unit: install
+	$(BIN)/python -m pytest tests/unit -q
+
 ## chaos: the fault tests (tests/e2e/test_faults.py) with ten times the events and longer
 ## faults, printing what each measured; minutes, not in `make test` (which runs them short)
 .PHONY: chaos

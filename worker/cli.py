@@ -17,7 +17,7 @@ import redis
 
 from worker.errors import InvalidConfig, InvalidEvent
 from worker.payloads import read_payloads
-from worker.settings import get_settings
+from worker.settings import InvalidSettings, get_settings
 
 
 def _runtime():  # imported late: `prefsync --help` must work without Redis or Celery set up
@@ -31,9 +31,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _redis_help(url: str) -> str:
-    from worker.redis_client import redacted_url
+def _redis_help(url: str, exc: redis.exceptions.RedisError | None = None) -> str:
+    from worker.redis_client import problem, redacted_url
 
+    if exc is not None and (known := problem(url, exc)):
+        return known
     return (
         f"nothing answers at {redacted_url(url)}. Start a Redis first: `redis-server` "
         "(or `docker compose up redis`), or point PREFSYNC_REDIS_URL at one."
@@ -46,11 +48,24 @@ class ReportRedisErrors(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            fail(_redis_help(get_settings().redis_url))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            fail(_redis_help(get_settings().redis_url, exc))
+        except redis.exceptions.ResponseError as exc:
+            if (known := _redis_problem(exc)) is None:
+                raise
+            fail(known)
+        except InvalidSettings as exc:
+            fail(str(exc))
+
+
+def _redis_problem(exc: redis.exceptions.RedisError) -> str | None:
+    from worker.redis_client import problem
+
+    return problem(get_settings().redis_url, exc)
 
 
 @click.group(cls=ReportRedisErrors)
+@click.version_option(package_name="prefsync", prog_name="prefsync")
 def main() -> None:
     """prefsync: carries consent and preference changes to Braze and Brevo (Sendinblue).
 
@@ -69,8 +84,8 @@ def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) ->
     settings = get_settings()
     try:
         connect(settings, socket_connect_timeout=3).ping()
-    except redis.exceptions.RedisError:
-        fail(_redis_help(settings.redis_url))
+    except redis.exceptions.RedisError as exc:
+        fail(_redis_help(settings.redis_url, exc))
     from worker.logging import uses_console
 
     # Celery's banner is plain text: leave it out where every line must be JSON.
@@ -167,6 +182,12 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
 @click.argument("tenant")
 def connectors_list(tenant: str) -> None:
     """One line per connector: id, type, enabled, upsert, mappings, credential (masked)."""
+    if not _runtime().configs.ids(tenant):
+        fail(
+            f"tenant {tenant!r} has no connectors (unknown tenant, or a typo?); "
+            f"store one with `prefsync connectors put {tenant} FILE`",
+            1,
+        )
     for connector_id in _runtime().configs.ids(tenant):
         try:
             config = _runtime().configs.get(tenant, connector_id)
@@ -354,7 +375,13 @@ def preview(tenant: str, event_file: click.utils.LazyFile, as_json: bool) -> Non
 def audit(tenant: str, user: str | None, limit: int, as_json: bool) -> None:
     """What each destination was told about a tenant's people, and when (newest first):
     time, connector, user, outcome, reason or HTTP status, fields written."""
-    for entry in _runtime().audit.query(tenant, user=user, limit=limit):
+    entries = _runtime().audit.query(tenant, user=user, limit=limit)
+    if not entries:
+        if not _runtime().configs.ids(tenant) and not _runtime().audit.length(tenant):
+            fail(f"unknown tenant {tenant!r}: no connectors and no audit entries", 1)
+        whom = f"user {user!r} of tenant {tenant!r}" if user else f"tenant {tenant!r}"
+        click.echo(f"no audit entries for {whom} yet", err=True)
+    for entry in entries:
         if as_json:
             click.echo(entry.model_dump_json())
             continue
@@ -424,8 +451,8 @@ def serve(host: str, port: int, workers: int) -> None:
     settings = get_settings()
     try:
         connect(settings, socket_connect_timeout=3).ping()
-    except redis.exceptions.RedisError:
-        fail(_redis_help(settings.redis_url))
+    except redis.exceptions.RedisError as exc:
+        fail(_redis_help(settings.redis_url, exc))
     configure(settings)
     uvicorn.run(
         "worker.ingress.app:create_app",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from worker.errors import PrefsyncError
 
 DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
 
@@ -130,6 +133,37 @@ class Settings(BaseSettings):
         return self.task_time_limit + 5
 
 
+class InvalidSettings(PrefsyncError):
+    """A PREFSYNC_* variable is refused; the message names it (never its value, which may
+    hold a password)."""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidSettings(_describe(exc)) from None
+    except SettingsError as exc:  # a JSON setting that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"PREFSYNC_{field[1].upper()}" if field else "a PREFSYNC_* variable"
+        raise InvalidSettings(f"{name}: not valid JSON") from None
+
+
+# A setting named in a message is named as the user sets it.
+_ENV_NAMES = re.compile(
+    r"\b(" + "|".join(sorted(Settings.model_fields, key=len, reverse=True)) + r")\b"
+)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = _ENV_NAMES.sub(
+            lambda found: f"PREFSYNC_{found[0].upper()}", error["msg"].removeprefix("Value error, ")
+        )
+        if error["loc"]:
+            problems.append(f"PREFSYNC_{str(error['loc'][0]).upper()}: {message}")
+        else:  # a rule across several settings names them in its message
+            problems.append(f"settings: {message}")
+    return "; ".join(problems)
