@@ -27,6 +27,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from worker import metrics
+from worker.connectors import CONNECTORS
+from worker.outcomes import OutcomeKind
 from worker.retries import clock
 from worker.runtime import runtime
 from worker.settings import Settings
@@ -49,6 +51,14 @@ class WorkerFigures(Collector):
         backlog = metrics.read_backlog(
             client, app.conf.task_default_queue, self.settings.visibility_timeout, clock()
         )
+        # Every connector type's main series exist from the start, at 0: a rate() or an
+        # alert on them works before the first delivery, 429 or dead letter.
+        for kind in CONNECTORS:
+            for outcome in (OutcomeKind.DELIVERED, OutcomeKind.DEAD_LETTERED):
+                counters.outcomes.setdefault((kind, str(outcome), ""), 0)
+            counters.answers.setdefault((kind, "2xx"), 0)
+            counters.rate_limited.setdefault(kind, 0)
+            counters.latency.setdefault(kind, ([0] * (len(metrics.LATENCY_BUCKETS) + 1), 0.0, 0))
         outcomes = CounterMetricFamily(
             "prefsync_outcomes",
             "How (event, connector) pairs ended: delivered, skipped (with the reason), "
