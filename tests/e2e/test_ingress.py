@@ -259,6 +259,19 @@ def test_redis_down_is_a_503_that_stores_nothing_then_202_once_it_is_back(
     assert int(answer.headers["Retry-After"]) > 0
     assert requests.get(f"{ingress.url}/readyz", timeout=10).status_code == 503
     assert requests.get(f"{ingress.url}/healthz", timeout=10).status_code == 200
+    # a token request is a 503 too (the secret may be right: try again), and /metrics
+    # still answers, saying Redis is down,
+    refused = requests.post(
+        f"{ingress.url}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, secret),
+        timeout=30,
+    )
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    scraped = requests.get(f"{ingress.url}/metrics", timeout=30)
+    assert scraped.status_code == 200
+    assert metric(scraped.text, "prefsync_redis_up") == 0
+    assert metric(scraped.text, "prefsync_ingress_requests_total", status="503") == 1
 
     # then, Redis back, nothing of it was stored,
     redis_server.start()

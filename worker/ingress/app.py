@@ -19,7 +19,7 @@ import contextlib
 import ipaddress
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
@@ -118,7 +118,13 @@ class Ingress:
             client_id, secret = basic
         else:
             client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
-        client = await self.check(f"basic {client_id}:{secret}", self._by_secret, client_id, secret)
+        try:
+            client = await self.check(
+                f"basic {client_id}:{secret}", self._by_secret, client_id, secret
+            )
+        except Refused as refused:  # Redis down: try again later, the secret may be right
+            self.metrics.token(refused.status)
+            return refused.response()
         if client is None:
             headers = {"WWW-Authenticate": 'Basic realm="prefsync"'} if basic else {}
             self.metrics.token(401)
@@ -199,7 +205,11 @@ class Ingress:
             return None
         return self.credentials.check_secret(client_id, secret)
 
-    async def check(self, presented: str, lookup: Any, *args: str) -> Client | None:
+    async def check(
+        self, presented: str, lookup: Callable[..., Client | None], *args: str
+    ) -> Client | None:
+        """The client ``presented`` identifies: from the cache, else ``lookup(*args)`` in
+        the thread pool (Redis). Refused (503) when Redis cannot be asked."""
         found, client = self.cache.get(presented)
         if not found:
             try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import redis
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,6 +35,8 @@ from worker.retries import clock
 from worker.runtime import runtime
 from worker.settings import Settings
 
+log = structlog.get_logger("prefsync.ingress")
+
 # A "_created" timestamp beside every counter doubles the series and tells nothing here.
 disable_created_metrics()
 
@@ -47,9 +51,20 @@ class WorkerFigures(Collector):
         from worker.app import app  # the queue's name is Celery's
 
         client = runtime().redis
-        counters = metrics.read_counters(client)
-        backlog = metrics.read_backlog(
-            client, app.conf.task_default_queue, self.settings.visibility_timeout, clock()
+        try:
+            counters = metrics.read_counters(client)
+            backlog = metrics.read_backlog(
+                client, app.conf.task_default_queue, self.settings.visibility_timeout, clock()
+            )
+        except redis.exceptions.RedisError as exc:
+            # The ingress's own series still answer; this one says why the rest are missing.
+            log.warning("worker figures not read: Redis does not answer", error=str(exc))
+            yield GaugeMetricFamily(
+                "prefsync_redis_up", "1 when Redis answered this scrape, else 0.", value=0
+            )
+            return
+        yield GaugeMetricFamily(
+            "prefsync_redis_up", "1 when Redis answered this scrape, else 0.", value=1
         )
         # Every connector type's main series exist from the start, at 0: a rate() or an
         # alert on them works before the first delivery, 429 or dead letter.
