@@ -103,3 +103,14 @@ def jsonl(events: list[dict[str, Any]]) -> str:
 def braze_attributes(calls: list[Any], status: int = 201) -> list[dict[str, Any]]:
     """Every attributes object Braze accepted, in the order it received them."""
     return [obj for call in calls if call.status == status for obj in call.body["attributes"]]
+
+
+def outcome_counts(stats_output: str) -> dict[str, int]:
+    """The outcome counters of ``prefsync stats`` output: the lines under its
+    ``outcome<TAB>count`` header, up to the blank line before the backlog."""
+    lines = stats_output.splitlines()
+    counts = lines[lines.index("outcome\tcount") + 1 :]
+    counts = counts[: counts.index("")] if "" in counts else counts
+    return {
+        name: int(value) for name, value in (line.split("\t") for line in counts if "\t" in line)
+    }
