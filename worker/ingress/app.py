@@ -20,7 +20,7 @@ import ipaddress
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote_plus
 
 import redis
@@ -42,6 +42,7 @@ from worker.runtime import runtime
 from worker.settings import Settings
 
 log = structlog.get_logger("prefsync.ingress")
+T = TypeVar("T")
 
 # What a PMP is told to wait before it tries again when Redis cannot take the event.
 RETRY_AFTER = "5"
@@ -92,7 +93,8 @@ class Ingress:
                 log.warning("webhook not stored: Redis cannot take it", error=str(exc))
                 raise Refused(
                     503,
-                    "the event could not be stored; nothing was enqueued, send it again later",
+                    "the event could not be stored; send it again later (should a copy have "
+                    "got through, it is skipped as a duplicate)",
                     {"Retry-After": RETRY_AFTER},
                 ) from None
         except Refused as refused:
@@ -109,30 +111,25 @@ class Ingress:
         """RFC 6749 §4.4: client credentials in the form body or in Basic auth."""
         try:
             self.check_source(request)
-        except Refused as refused:
-            return refused.response()
-        body = await request.body()
-        form = _form(body, _media_type(request))
-        basic = _basic(request.headers.get("authorization", ""))
-        if basic is not None:
-            client_id, secret = basic
-        else:
-            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
-        try:
+            form = _form(await self.read_body(request), _media_type(request))
+            basic = _basic(request.headers.get("authorization", ""))
+            if basic is not None:
+                client_id, secret = basic
+            else:
+                client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+            # Redis down is a 503 here too: try again later, the secret may well be right.
             client = await self.check(
                 f"basic {client_id}:{secret}", self._by_secret, client_id, secret
             )
-        except Refused as refused:  # Redis down: try again later, the secret may be right
+            if client is None:  # RFC 6749 §5.2: the error codes are the messages
+                challenge = {"WWW-Authenticate": 'Basic realm="prefsync"'} if basic else {}
+                raise Refused(401, "invalid_client", challenge)
+            if form.get("grant_type") != "client_credentials":
+                raise Refused(400, "unsupported_grant_type")
+            token = await self.redis_call(self.credentials.issue_token, client)
+        except Refused as refused:
             self.metrics.token(refused.status)
             return refused.response()
-        if client is None:
-            headers = {"WWW-Authenticate": 'Basic realm="prefsync"'} if basic else {}
-            self.metrics.token(401)
-            return JSONResponse({"error": "invalid_client"}, 401, headers=headers)
-        if form.get("grant_type") != "client_credentials":
-            self.metrics.token(400)
-            return JSONResponse({"error": "unsupported_grant_type"}, 400)
-        token = await run_in_threadpool(self.credentials.issue_token, client)
         self.metrics.token(200)
         return JSONResponse(
             {
@@ -212,15 +209,19 @@ class Ingress:
         the thread pool (Redis). Refused (503) when Redis cannot be asked."""
         found, client = self.cache.get(presented)
         if not found:
-            try:
-                client = await run_in_threadpool(lookup, *args)
-            except BROKER_DOWN as exc:
-                log.warning("credential not checked: Redis does not answer", error=str(exc))
-                raise Refused(
-                    503, "credentials cannot be checked now", {"Retry-After": RETRY_AFTER}
-                ) from None
+            client = await self.redis_call(lookup, *args)
             self.cache.put(presented, client)
         return client
+
+    async def redis_call(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` (Redis reads or writes) in the thread pool; Refused (503) when
+        Redis does not answer."""
+        try:
+            return await run_in_threadpool(call, *args)
+        except BROKER_DOWN as exc:
+            log.warning("credentials not checked: Redis does not answer", error=str(exc))
+            retry = {"Retry-After": RETRY_AFTER}
+            raise Refused(503, "credentials cannot be checked now", retry) from None
 
     async def read_body(self, request: Request) -> bytes:
         cap = self.settings.ingress_max_request_bytes
