@@ -128,11 +128,13 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float, label: str
 def paced_delay(url: str, script: Path, bearer: str) -> float:
     """The pause (ms) after each answer that makes PACED_CONNECTIONS send about 1,000
     requests/s: a first guess, corrected by the latency a short probe sees."""
-    delay = PACED_CONNECTIONS  # ms: 1,000/s if answers took no time
-    script.write_text(lua_script(bearer, delay))
-    probe = run_wrk(url, script, PACED_CONNECTIONS, 3, "probe")
-    answer_ms = PACED_CONNECTIONS * 1000 / max(probe.accepted_per_second, 1) - delay
-    return max(1.0, delay - answer_ms)
+    delay = float(PACED_CONNECTIONS)  # ms: 1,000/s if answers took no time
+    for _ in range(2):  # the second probe corrects what the first one's guess missed
+        script.write_text(lua_script(bearer, delay))
+        probe = run_wrk(url, script, PACED_CONNECTIONS, 3, "probe")
+        cycle_ms = PACED_CONNECTIONS * 1000 / max(probe.accepted_per_second, 1)
+        delay = max(1.0, delay + PACED_CONNECTIONS - cycle_ms)
+    return delay
 
 
 def enqueue_rate(env: dict[str, str], workdir: Path, events: int) -> tuple[float, float]:
