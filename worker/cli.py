@@ -455,7 +455,7 @@ def serve(host: str, port: int, workers: int) -> None:
         fail(_redis_help(settings.redis_url, exc))
     configure(settings)
     uvicorn.run(
-        "worker.ingress.app:create_app",
+        "worker.ingress.app:serve_app",
         factory=True,
         host=host,
         port=port,

@@ -285,6 +285,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(routes=routes, lifespan=ingress.lifespan)
 
 
+def serve_app() -> Starlette:
+    """What `prefsync serve` runs in each of its processes (uvicorn's factory): with
+    ``--workers N`` they are new processes, which set up our log pipeline themselves."""
+    from worker.logging import configure
+    from worker.settings import get_settings
+
+    configure(get_settings())
+    return create_app()
+
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
