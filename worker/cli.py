@@ -17,7 +17,7 @@ import redis
 
 from worker.errors import InvalidConfig, InvalidEvent
 from worker.payloads import read_payloads
-from worker.settings import InvalidSettings, get_settings
+from worker.settings import get_settings
 
 
 def _runtime():  # imported late: `prefsync --help` must work without Redis or Celery set up
@@ -50,18 +50,12 @@ class ReportRedisErrors(click.Group):
             return super().invoke(ctx)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             fail(_redis_help(get_settings().redis_url, exc))
-        except redis.exceptions.ResponseError as exc:
-            if (known := _redis_problem(exc)) is None:
+        except redis.exceptions.ResponseError as exc:  # a missing database, say
+            from worker.redis_client import problem
+
+            if (known := problem(get_settings().redis_url, exc)) is None:
                 raise
             fail(known)
-        except InvalidSettings as exc:
-            fail(str(exc))
-
-
-def _redis_problem(exc: redis.exceptions.RedisError) -> str | None:
-    from worker.redis_client import problem
-
-    return problem(get_settings().redis_url, exc)
 
 
 @click.group(cls=ReportRedisErrors)
