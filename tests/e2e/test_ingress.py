@@ -283,3 +283,36 @@ def test_redis_down_is_a_503_that_stores_nothing_then_202_once_it_is_back(
     wait_until(lambda: fake.calls("braze"), timeout=20, message=lambda: fake.calls())
     assert [c.status for c in fake.calls("braze")] == [201]
     assert secret not in ingress.log()
+
+
+def test_a_forged_x_forwarded_for_does_not_pass_the_allow_list(
+    prefsync_env, redis_server, start_ingress, run_cli
+):
+    # Given an ingress that takes calls from the PMP's address only, and no trusted proxy
+    # (uvicorn alone would believe X-Forwarded-For from any local peer, as this test is),
+    env = {**prefsync_env, "PREFSYNC_INGRESS_ALLOW_FROM": "35.159.1.63/32"}
+    client_id, secret = add_credential(run_cli, env)
+    ingress = start_ingress(env)
+    basic = requests.auth._basic_auth_str(client_id, secret)
+
+    # when a caller claims to be the PMP,
+    answer = requests.post(
+        f"{ingress.url}/webhooks",
+        data=json.dumps(example("events", "event-created.json")),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": basic,
+            "X-Forwarded-For": "35.159.1.63",
+        },
+        timeout=30,
+    )
+    token = requests.post(
+        f"{ingress.url}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": basic, "X-Forwarded-For": "35.159.1.63"},
+        timeout=30,
+    )
+
+    # then it is refused, and nothing is stored.
+    assert (answer.status_code, token.status_code) == (403, 403)
+    nothing_enqueued(redis_server)
