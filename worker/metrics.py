@@ -12,6 +12,8 @@ Redis keys (hashes):
     prefsync:metrics:answers    "type|2xx" ... "type|5xx", "type|none" (no answer), "type|429"
     prefsync:metrics:retries    "scheduled" -> count
     prefsync:metrics:latency    "type|<bucket index>" -> count, "type|sum", "type|count"
+    prefsync:metrics:tenants    "tenant|type|outcome|reason" -> count, with
+                                PREFSYNC_METRICS_TENANT_LABEL only
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ OUTCOMES = "prefsync:metrics:outcomes"
 ANSWERS = "prefsync:metrics:answers"
 RETRIES = "prefsync:metrics:retries"
 LATENCY = "prefsync:metrics:latency"
+TENANTS = "prefsync:metrics:tenants"
 
 #: Upper bounds (seconds) of the enqueue->delivered latency buckets: from a quick delivery
 #: to one that waited out the whole retry schedule or a backlog.
@@ -50,15 +53,18 @@ def count_outcomes(
     outcomes: Iterable[Outcome],
     now: float,
     enqueued_at: float | None,
+    tenant: str | None = None,
 ) -> None:
     """Count each outcome, and the latency of each delivery when the message said when its
-    events were enqueued."""
+    events were enqueued; by ``tenant`` too when one is given."""
     kind = connector_type or UNROUTED
     counts = Counter(
         f"{kind}|{o.kind}|{o.reason if o.kind is OutcomeKind.SKIPPED else ''}" for o in outcomes
     )
     for field, count in counts.items():
         pipe.hincrby(OUTCOMES, field, count)
+        if tenant is not None:
+            pipe.hincrby(TENANTS, f"{tenant}|{field}", count)
     delivered = counts.get(f"{kind}|{OutcomeKind.DELIVERED}|", 0)
     if delivered and enqueued_at is not None:
         latency = max(0.0, now - enqueued_at)
@@ -128,6 +134,15 @@ def read_counters(client: redis.Redis) -> Counters:
         latency[kind] = (buckets, total, count)
     retries = int(dict(_decoded(retries_raw)).get("scheduled", 0))
     return Counters(outcomes, answers, rate_limited, retries, latency)
+
+
+def read_tenant_outcomes(client: redis.Redis) -> dict[tuple[str, str, str, str], int]:
+    """(tenant, type, outcome, reason) -> count, as PREFSYNC_METRICS_TENANT_LABEL records."""
+    counts = {}
+    for field, value in _decoded(client.hgetall(TENANTS)):
+        tenant, kind, outcome, reason = field.rsplit("|", 3)  # a tenant id may hold a "|"
+        counts[(tenant, kind, outcome, reason)] = int(value)
+    return counts
 
 
 def read_backlog(client: redis.Redis, queue: str, grace: float, now: float) -> Backlog:

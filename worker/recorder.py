@@ -38,9 +38,10 @@ def _counted(outcome: Outcome) -> list[str]:
 
 
 class OutcomeRecorder:
-    def __init__(self, client: redis.Redis, audit: AuditTrail) -> None:
+    def __init__(self, client: redis.Redis, audit: AuditTrail, by_tenant: bool = False) -> None:
         self.redis = client
         self.audit = audit
+        self.by_tenant = by_tenant  # PREFSYNC_METRICS_TENANT_LABEL
 
     def record(
         self,
@@ -68,7 +69,12 @@ class OutcomeRecorder:
             if also is not None:
                 also(pipe)
             metrics.count_outcomes(
-                pipe, connector_type, [item.outcome for item in ended], now, enqueued_at
+                pipe,
+                connector_type,
+                [item.outcome for item in ended],
+                now,
+                enqueued_at,
+                tenant if self.by_tenant else None,
             )
             if answers:
                 metrics.count_answers(pipe, connector_type, answers)

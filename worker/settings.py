@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # takes effect within this many seconds, and a busy ingress reads Redis once per
     # credential per period instead of once per webhook.
     ingress_auth_cache: float = Field(1.0, ge=0)
+    # Outcome counters by tenant as well, in /metrics (prefsync_tenant_outcomes_total): one
+    # series per tenant and outcome, so for a few tenants only. Set it for the workers
+    # (they record) and the ingress (it shows).
+    metrics_tenant_label: bool = False
 
     _split_lists = field_validator(
         "allow_hosts",

@@ -3,19 +3,29 @@ and how /metrics shows it (worker.ingress.metrics). Redis is fakeredis, HTTP ``r
 
 from __future__ import annotations
 
+import pytest
 import responses
 from prometheus_client.parser import text_string_to_metric_families
 
 # ruff: noqa: F811 (the fixtures of test_delivery, imported to be used here)
-from tests.unit.test_delivery import brevo, brevo_url, event, rt, update_url  # noqa: F401
+from tests.unit.conftest import install_runtime
+from tests.unit.test_delivery import (  # noqa: F401
+    NEWSLETTER,
+    brevo,
+    brevo_url,
+    event,
+    rt,
+    update_url,
+)
 from worker import metrics
-from worker.configs import ConnectorConfig
+from worker.configs import ConnectorConfig, parse_config
 from worker.deadletter import Attempt
 from worker.errors import RetryableError
 from worker.events import parse_event
 from worker.ingress.metrics import IngressMetrics
 from worker.retries import clock
 from worker.runtime import Runtime
+from worker.settings import Settings
 
 TENANT = "acme"
 
@@ -147,3 +157,31 @@ def test_a_transient_failure_without_an_answer_is_counted_as_none(
 
     assert isinstance(unfinished[0], RetryableError)
     assert metrics.read_counters(rt.redis).answers == {("sendinblue", "none"): 1}
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_outcomes_by_tenant_are_recorded_and_shown_only_when_the_setting_allows(
+    monkeypatch: pytest.MonkeyPatch, mocked: responses.RequestsMock, allowed: bool
+) -> None:
+    # Given the setting off (the default) or on, and a tenant id holding a "|",
+    settings = Settings(metrics_tenant_label=allowed, rate_limits={"sendinblue": 1000})
+    rt = install_runtime(monkeypatch, settings)
+    config = parse_config(
+        {
+            "type_id": "brevo",
+            "authentication": {"private_api_key": "xkeysib-TESTKEY-0123456789abcdef"},
+            "mappings": [{"id": "EMAIL_CAMPAIGNS_SUBSCRIBED", "value": NEWSLETTER}],
+        }
+    )
+    mocked.put(update_url("u1"), status=204)
+
+    # when one of its events is delivered and /metrics is asked,
+    payload = event("e-1", 1, "u1", newsletter=True, tenant="acme|eu")
+    rt.deliverer.deliver("acme|eu", [parse_event(payload)], config)
+    body = IngressMetrics(settings).exposition()[0].decode()
+
+    # then the tenant shows only when allowed.
+    assert ("prefsync_tenant_outcomes_total" in body) is allowed
+    assert ('tenant="acme|eu"' in body) is allowed
+    expected = {("acme|eu", "sendinblue", "delivered", ""): 1} if allowed else {}
+    assert metrics.read_tenant_outcomes(rt.redis) == expected

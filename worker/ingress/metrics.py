@@ -138,6 +138,15 @@ class WorkerFigures(Collector):
         }
         for name, (documentation, value) in gauges.items():
             yield GaugeMetricFamily(name, documentation, value=value)
+        if self.settings.metrics_tenant_label:
+            by_tenant = CounterMetricFamily(
+                "prefsync_tenant_outcomes",
+                "prefsync_outcomes by tenant too (PREFSYNC_METRICS_TENANT_LABEL).",
+                labels=["tenant", "connector_type", "outcome", "reason"],
+            )
+            for labels, value in sorted(metrics.read_tenant_outcomes(client).items()):
+                by_tenant.add_metric(list(labels), value)
+            yield by_tenant
 
 
 class IngressMetrics:
