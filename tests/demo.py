@@ -4,9 +4,11 @@ Runs ``python -m tests.demo`` from the repository root. It starts its own redis-
 free port (data in a temporary directory; a Redis on 6379 is never touched), the fake
 Braze/Brevo of ``tests/fakes/destinations.py`` in a thread, and one Celery worker allowed to
 talk to that fake. Through the real CLI it stores the example connector configs for tenant
-``acme`` (the Braze ``server`` pointed at the fake, placeholder keys kept) and enqueues the
-two example events, one after the other. It then prints what each destination received,
-``prefsync audit acme`` and ``prefsync stats --tenant acme``.
+``acme`` (the Braze ``server`` pointed at the fake, placeholder keys kept), starts the HTTP
+ingress (``prefsync serve``) and creates an ingress credential, fetches a token with it and
+POSTs the two example events to ``/webhooks``, one after the other, as the PMP would. It
+then prints what each destination received, ``prefsync audit acme`` and ``prefsync stats
+--tenant acme``.
 
 Everything it started is stopped on the way out, also after an error or Ctrl+C. Exit 0 on
 success, 1 with a one-line reason (and the worker log tail when it matters) otherwise.
@@ -25,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlencode
+
+import requests
 
 from tests.e2e.helpers import EXAMPLES, example, free_port, tail, wait_until
 from tests.fakes.destinations import FakeDestinations
@@ -99,15 +103,64 @@ def received(fake: FakeDestinations) -> str:
     return "; ".join(calls) or "none"
 
 
-def deliver_examples(env: dict[str, str], fake: FakeDestinations, worker_log: Path) -> None:
-    """Enqueue each example event and wait until both destinations accepted it."""
+def start_ingress(started: list[subprocess.Popen], env: dict[str, str], workdir: Path) -> str:
+    """``prefsync serve`` on a free port; its URL once /healthz answers."""
+    port, log = free_port(), workdir / "ingress.log"
+    command = [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)]
+    proc = spawn(started, "ingress", command, log, env)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefsync serve exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_until(healthy, timeout=TIMEOUT, message=lambda: f"the ingress not ready:\n{tail(log)}")
+    print(f"ingress on {url}")
+    return url
+
+
+def pmp_token(env: dict[str, str], url: str) -> str:
+    """What a PMP is given (a client id and secret) and does with it (fetch a token)."""
+    created = json.loads(cli(env, "ingress", "add", TENANT, "--json"))
+    print(
+        f"$ prefsync ingress add {TENANT}  -> client id {created['client_id']} (secret not shown)"
+    )
+    answer = requests.post(
+        f"{url}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(created["client_id"], created["client_secret"]),
+        timeout=10,
+    )
+    if answer.status_code != 200:
+        raise RuntimeError(f"POST /oauth/token answered {answer.status_code}: {answer.text}")
+    print(f"POST /oauth/token  -> {answer.status_code} (a Bearer token for {TENANT})")
+    return answer.json()["access_token"]
+
+
+def deliver_examples(
+    env: dict[str, str], fake: FakeDestinations, worker_log: Path, url: str, token: str
+) -> None:
+    """POST each example event to the ingress, as the PMP would, and wait until both
+    destinations accepted it."""
     deadline = time.monotonic() + TIMEOUT
 
     def accepted(service: str) -> int:
         return sum(call.status < 300 for call in fake.calls(service))
 
     for number, name in enumerate(EVENTS, start=1):
-        print(cli(env, "enqueue", str(EXAMPLES / "events" / name)), end="")
+        answer = requests.post(
+            f"{url}/webhooks",
+            data=(EXAMPLES / "events" / name).read_bytes(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        print(f"POST /webhooks {name}  -> {answer.status_code}")
+        if answer.status_code != 202:
+            raise RuntimeError(f"the ingress refused {name}: {answer.text}")
         wait_until(
             lambda n=number: accepted("braze") >= n and accepted("brevo") >= n,
             timeout=max(0.0, deadline - time.monotonic()),
@@ -157,16 +210,17 @@ def run(workdir: Path, redis_binary: str) -> None:
             worker = spawn(started, "worker", WORKER, worker_log, env)
             wait_for_log(worker, worker_log, " ready.", "the worker")
             store_configs(env, fake)
-            deliver_examples(env, fake, worker_log)
+            url = start_ingress(started, env, workdir)
+            deliver_examples(env, fake, worker_log, url, pmp_token(env, url))
             show_calls(fake)
             print(f"\n$ prefsync audit {TENANT}\n{cli(env, 'audit', TENANT)}", end="")
             print(f"\n$ prefsync stats --tenant {TENANT}\n{cli(env, 'stats', '--tenant', TENANT)}")
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl+C must not leak them
             signal.signal(signum, signal.SIG_IGN)
-        for proc in reversed(started):  # the worker first, then redis-server
+        for proc in reversed(started):  # the ingress, the worker, then redis-server
             stop(proc)
-        print("stopped the worker, the fake destinations and redis-server")
+        print("stopped the ingress, the worker, the fake destinations and redis-server")
 
 
 def main() -> int:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import redis
 
 from worker.errors import InvalidConfig, InvalidEvent, PermanentError
+from worker.payloads import read_payloads
 from worker.settings import get_settings
 
 if TYPE_CHECKING:
@@ -35,15 +35,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _redis_help(url: str, exc: Exception | None = None) -> str:
-    from worker.redis_client import redacted_url
+def _redis_help(url: str, exc: redis.exceptions.RedisError | None = None) -> str:
+    from worker.redis_client import problem, redacted_url
 
-    if exc is not None and "certificate verify failed" in str(exc):
-        return (
-            f"Redis at {redacted_url(url)} answered with a TLS certificate that is not "
-            "trusted: set PREFSYNC_REDIS_TLS_CA_FILE to the CA bundle that signed it "
-            "(certificate verify failed)"
-        )
+    if exc is not None and (known := problem(url, exc)):
+        return known
     return (
         f"nothing answers at {redacted_url(url)}. Start a Redis first: `redis-server` "
         "(or `docker compose up redis`), or point PREFSYNC_REDIS_URL at one."
@@ -58,9 +54,16 @@ class ReportRedisErrors(click.Group):
             return super().invoke(ctx)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             fail(_redis_help(get_settings().redis_url, exc))
+        except redis.exceptions.ResponseError as exc:  # a missing database, say
+            from worker.redis_client import problem
+
+            if (known := problem(get_settings().redis_url, exc)) is None:
+                raise
+            fail(known)
 
 
 @click.group(cls=ReportRedisErrors)
+@click.version_option(package_name="prefsync", prog_name="prefsync")
 def main() -> None:
     """prefsync: carries consent and preference changes to Braze and Brevo (Sendinblue).
 
@@ -79,8 +82,8 @@ def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) ->
     settings = get_settings()
     try:
         connect(settings, socket_connect_timeout=3).ping()
-    except redis.exceptions.RedisError:
-        fail(_redis_help(settings.redis_url))
+    except redis.exceptions.RedisError as exc:
+        fail(_redis_help(settings.redis_url, exc))
     from worker.logging import uses_console
 
     # Celery's banner is plain text: leave it out where every line must be JSON.
@@ -100,72 +103,6 @@ def read_text(file: click.utils.LazyFile) -> str:
         return file.read()
     except UnicodeDecodeError as exc:
         fail(f"{file.name}: not UTF-8 text (byte {exc.start})", 1)
-
-
-def read_payloads(data: bytes) -> Iterator[tuple[str, Any, str | None]]:
-    """Yield (label, payload, error) for each event of a JSON object, JSON array or
-    JSON Lines input; labels are "item N" (array) or "line N" (JSON Lines), 1-based.
-
-    JSON Lines are judged one line at a time, so a line that is not UTF-8 or not JSON
-    costs that line only."""
-    # Undecodable bytes become lone surrogates, which valid UTF-8 text never holds, so a
-    # line can still tell that it had one, and where.
-    text = data.decode("utf-8", errors="surrogateescape")
-    stripped = text.strip()
-    if not stripped:
-        yield "input", None, "no event found (empty input)"
-        return
-    one_line = "\n" not in stripped
-    try:
-        document = json.loads(stripped)
-    except (ValueError, RecursionError) as exc:
-        if one_line:
-            yield "line 1", None, _utf8_error(stripped) or _json_error(exc)
-            return
-        document = _JSON_LINES
-    if document is not _JSON_LINES:
-        if error := _utf8_error(stripped):
-            yield "line 1" if one_line else "input", None, error
-        elif isinstance(document, list):
-            for number, item in enumerate(document, start=1):
-                yield f"item {number}", item, None
-        else:
-            yield "event", document, None
-        return
-    # Only "\n" ends a line: str.splitlines() also splits at U+2028, U+0085 and other
-    # characters a JSON string may hold as they are, which would cut one event in two.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        if error := _utf8_error(line):
-            yield f"line {number}", None, error
-            continue
-        try:
-            yield f"line {number}", json.loads(line), None
-        except (ValueError, RecursionError) as exc:
-            yield f"line {number}", None, _json_error(exc)
-
-
-_JSON_LINES = object()  # the input is not one JSON document
-
-
-def _json_error(exc: ValueError | RecursionError) -> str:
-    if isinstance(exc, json.JSONDecodeError):
-        return f"not valid JSON ({exc.msg} at column {exc.colno})"
-    if isinstance(exc, RecursionError):
-        return "not valid JSON (nested too deeply)"
-    # An integer longer than Python converts (sys.get_int_max_str_digits()).
-    return f"not valid JSON ({str(exc).split(';')[0]})"
-
-
-_UNDECODED = re.compile("[\udc80-\udcff]")  # what surrogateescape made of a bad byte
-
-
-def _utf8_error(text: str) -> str | None:
-    if bad := _UNDECODED.search(text):
-        offset = len(text[: bad.start()].encode("utf-8", errors="surrogateescape"))
-        return f"not UTF-8 text (byte {offset})"
-    return None
 
 
 @main.command()
@@ -244,6 +181,12 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
 @click.argument("tenant")
 def connectors_list(tenant: str) -> None:
     """One line per connector: id, type, enabled, upsert, mappings, credential (masked)."""
+    if not _runtime().configs.ids(tenant):
+        fail(
+            f"tenant {tenant!r} has no connectors (unknown tenant, or a typo?); "
+            f"store one with `prefsync connectors put {tenant} FILE`",
+            1,
+        )
     for connector_id in _runtime().configs.ids(tenant):
         try:
             config = _runtime().configs.get(tenant, connector_id)
@@ -518,7 +461,13 @@ def preview(tenant: str, event_file: click.utils.LazyFile, as_json: bool) -> Non
 def audit(tenant: str, user: str | None, limit: int, as_json: bool) -> None:
     """What each destination was told about a tenant's people, and when (newest first):
     time, connector, user, outcome, reason or HTTP status, fields written."""
-    for entry in _runtime().audit.query(tenant, user=user, limit=limit):
+    entries = _runtime().audit.query(tenant, user=user, limit=limit)
+    if not entries:
+        if not _runtime().configs.ids(tenant) and not _runtime().audit.length(tenant):
+            fail(f"unknown tenant {tenant!r}: no connectors and no audit entries", 1)
+        whom = f"user {user!r} of tenant {tenant!r}" if user else f"tenant {tenant!r}"
+        click.echo(f"no audit entries for {whom} yet", err=True)
+    for entry in entries:
         if as_json:
             click.echo(entry.model_dump_json())
             continue
@@ -616,31 +565,151 @@ def _configs(tenant: str) -> list:
     help="Then, per connector, when each mapping last matched an event (needs --tenant).",
 )
 def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> None:
-    """Outcome counters: delivered, skipped (by reason), dead-lettered; one `name<TAB>count`
-    line each."""
+    """Outcome counters (delivered, skipped by reason, dead-lettered: since the start),
+    then the backlog now, for all tenants: messages queued, retries waiting, outbox
+    entries, dead letters (and per tenant, their count and bytes), and how long the oldest
+    unfinished task has been due. With --mappings, when each mapping last matched."""
+    from worker.app import app
+    from worker.metrics import read_backlog
+    from worker.retries import clock
+
     if connector and not tenant:
         fail("--connector needs --tenant")
     if show_mappings and not tenant:
         fail("--mappings needs --tenant")
-    counts = _runtime().recorder.counts(tenant, connector)
+    rt = _runtime()
+    counts = rt.recorder.counts(tenant, connector)
+    click.echo("outcome\tcount")
     if not counts:
         click.echo("no outcomes recorded yet")
     for name, value in counts.items():
         click.echo(f"{name}\t{value}")
-    if not show_mappings:
+    backlog = read_backlog(
+        rt.redis, app.conf.task_default_queue, rt.settings.visibility_timeout, clock()
+    )
+    click.echo("\nbacklog (all tenants)\tnow")
+    click.echo(f"queue depth\t{backlog.queue_depth}")
+    click.echo(f"retries waiting\t{backlog.retries_waiting}")
+    click.echo(f"outbox entries\t{backlog.outbox}")
+    click.echo(f"dead letters\t{backlog.dead_letters}")
+    click.echo(f"oldest waiting (s)\t{backlog.oldest_waiting:.1f}")
+    for name, (count, size) in rt.deadletters.kept().items():
+        if tenant is None or name == tenant:
+            click.echo(f"dead letters of {name}\t{count} ({size:,} bytes)")
+    if show_mappings:
+        # A mapping that never matches an event is visible here (and in `connectors check`).
+        store = rt.configs
+        for connector_id in [connector] if connector else store.ids(tenant):
+            try:
+                config = store.get(tenant, connector_id)
+            except InvalidConfig:
+                click.echo(
+                    f"mappings of {connector_id}: config INVALID (prefsync connectors check)"
+                )
+                continue
+            if config is not None:
+                click.echo(f"mappings of {connector_id}:")
+                for line, _ in _mapping_lines(tenant, config):
+                    click.echo(f"  {line}")
+
+
+# ---------------------------------------------------------------- the HTTP ingress
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes (each with its own event loop); one takes thousands of webhooks/s.",
+)
+def serve(host: str, port: int, workers: int) -> None:
+    """Run the HTTP ingress the PMP calls: POST /webhooks, POST /oauth/token, GET /healthz,
+    /readyz and /metrics (docs/ingress.md). Credentials: `prefsync ingress add TENANT`."""
+    import uvicorn
+
+    from worker.logging import configure
+    from worker.redis_client import connect
+
+    settings = get_settings()
+    try:
+        connect(settings, socket_connect_timeout=3).ping()
+    except redis.exceptions.RedisError as exc:
+        fail(_redis_help(settings.redis_url, exc))
+    configure(settings)
+    uvicorn.run(
+        "worker.ingress.app:serve_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        # X-Forwarded-For is believed only from PREFSYNC_INGRESS_TRUSTED_PROXIES (ours),
+        # never from uvicorn's default of any local peer.
+        proxy_headers=False,
+        server_header=False,
+        # An access log line per webhook would cost a fifth of the throughput; /metrics
+        # counts the answers.
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=75,  # longer than the PMP's or a load balancer's idle timeout
+    )
+
+
+@main.group()
+def ingress() -> None:
+    """Credentials a PMP (or another producer) uses to call the ingress: add, list, revoke."""
+
+
+def _credentials():
+    from worker.ingress.credentials import CredentialStore
+
+    rt = _runtime()
+    return CredentialStore(rt.redis, rt.settings.ingress_token_ttl)
+
+
+@ingress.command("add")
+@click.argument("tenant")
+@click.option("--json", "as_json", is_flag=True, help="Print the credential as JSON.")
+def ingress_add(tenant: str, as_json: bool) -> None:
+    """Create a credential for TENANT. Its secret is shown this once: only a hash is kept.
+    Give the PMP the client id and secret, and the token URL http(s)://HOST/oauth/token."""
+    client, secret = _credentials().add(tenant)
+    if as_json:
+        document = {"tenant": tenant, "client_id": client.client_id, "client_secret": secret}
+        click.echo(json.dumps(document))
         return
-    # A mapping that never matches an event is visible here (and in `connectors check`).
-    store = _runtime().configs
-    for connector_id in [connector] if connector else store.ids(tenant):
-        try:
-            config = store.get(tenant, connector_id)
-        except InvalidConfig:
-            click.echo(f"mappings of {connector_id}: config INVALID (prefsync connectors check)")
-            continue
-        if config is not None:
-            click.echo(f"mappings of {connector_id}:")
-            for line, _ in _mapping_lines(tenant, config):
-                click.echo(f"  {line}")
+    click.echo(f"tenant         {tenant}")
+    click.echo(f"client id      {client.client_id}")
+    click.echo(f"client secret  {secret}")
+    click.echo("The secret is shown once and cannot be shown again; keep it now.")
+
+
+@ingress.command("list")
+@click.argument("tenant")
+def ingress_list(tenant: str) -> None:
+    """TENANT's credentials: client id, secret (masked: only its hash is kept), created."""
+    clients = _credentials().list(tenant)
+    click.echo("client_id\tclient_secret\tcreated")
+    for client in clients:
+        click.echo(f"{client.client_id}\t********\t{_when(client.created_at)}")
+    if not clients:
+        click.echo(f"tenant {tenant!r} has no ingress credentials", err=True)
+
+
+@ingress.command("revoke")
+@click.argument("tenant")
+@click.argument("client_id")
+def ingress_revoke(tenant: str, client_id: str) -> None:
+    """Delete a credential: its secret and the tokens issued for it stop working (within
+    PREFSYNC_INGRESS_AUTH_CACHE seconds on every ingress process)."""
+    if not _credentials().revoke(tenant, client_id):
+        fail(f"tenant {tenant!r} has no ingress credential {client_id!r}", 1)
+    click.echo(f"revoked {client_id} of tenant {tenant!r}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ dead-letter.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.client import Pipeline
@@ -19,6 +21,8 @@ from worker.configs import ConnectorConfig
 from worker.connectors.base import (
     Change,
     Delivered,
+    HttpRequest,
+    HttpResponse,
     Skipped,
     Transport,
     Value,
@@ -103,9 +107,15 @@ class Deliverer:
         )
 
     def deliver(
-        self, tenant: str, events: Sequence[PreferenceEvent], config: ConnectorConfig
+        self,
+        tenant: str,
+        events: Sequence[PreferenceEvent],
+        config: ConnectorConfig,
+        enqueued_at: float | None = None,
     ) -> Unfinished:
-        """Deliver ``events`` (all of ``tenant``) to ``config``'s destination."""
+        """Deliver ``events`` (all of ``tenant``) to ``config``'s destination;
+        ``enqueued_at`` (when the producer enqueued them) is for the latency metric."""
+        recording = _Recording(tenant, config, events, enqueued_at)
         ended: dict[int, Outcome] = {}
         plans: dict[int, Resolved] = {}
         first_copy: set[tuple[str, str]] = set()  # (user, event key): one event
@@ -119,11 +129,7 @@ class Deliverer:
                 first_copy.add((event.user, event.event_key))
                 plans[index] = resolved
         self._record(
-            tenant,
-            config,
-            events,
-            ended,
-            also=self.recorder.matches(tenant, config, plans.values()),
+            recording, ended, also=self.recorder.matches(tenant, config, plans.values())
         )
 
         by_user: dict[str, list[int]] = {}
@@ -132,7 +138,7 @@ class Deliverer:
         # One destination call's worth of users at a time: each group is claimed (locked and
         # merged) and sent on its own, so that what a deferral or a failure leaves unsent
         # was never locked or merged (a Brevo batch sends a few users, then defers the rest).
-        transport = self.paced(config)
+        transport = _Counting(self.paced(config), recording.answers)
         lock_deadline = time.monotonic() + self.state.lock_wait
         users, size = list(by_user), config.connector.batch_size
         unfinished: Unfinished = {}
@@ -148,16 +154,14 @@ class Deliverer:
             }
             wait = max(0.0, lock_deadline - time.monotonic())
             with self.state.claim(tenant, config.id, writes, wait=wait) as claim:
-                left = self._deliver_claimed(tenant, events, config, plans, group, claim, transport)
+                left = self._deliver_claimed(recording, plans, group, claim, transport)
             unfinished |= left
             stop = next((why for why in left.values() if _stops_the_batch(why)), None)
         return unfinished
 
     def _deliver_claimed(
         self,
-        tenant: str,
-        events: Sequence[PreferenceEvent],
-        config: ConnectorConfig,
+        recording: _Recording,
         plans: Mapping[int, Resolved],
         group: Mapping[str, list[int]],
         claim: Claim,
@@ -166,6 +170,7 @@ class Deliverer:
         """The rest of ``deliver`` for one group of users, claimed: send each held user the
         properties its events own, then record every outcome, mark the events done and
         release the locks in one transaction."""
+        events, config = recording.events, recording.config
         unfinished: Unfinished = {
             index: UserBusy("another delivery to this user is still in flight", wait=1.0)
             for user in claim.busy
@@ -231,9 +236,7 @@ class Deliverer:
                 if (event.user, event.event_key) not in claim.done:
                     done_by_user.setdefault(event.user, []).append(event.event_key)
             self._record(
-                tenant,
-                config,
-                events,
+                recording,
                 ended,
                 also=lambda pipe: self.state.finish(claim, done_by_user, delivered, pipe),
             )
@@ -242,18 +245,51 @@ class Deliverer:
 
     def _record(
         self,
-        tenant: str,
-        config: ConnectorConfig,
-        events: Sequence[PreferenceEvent],
+        recording: _Recording,
         ended: Mapping[int, Outcome],
         also: Callable[[Pipeline], object] | None = None,
     ) -> None:
+        events = recording.events
         self.recorder.record(
-            tenant,
-            config.id,
+            recording.tenant,
+            recording.config.id,
             [Ended(events[i].event_key, events[i].user, outcome) for i, outcome in ended.items()],
             also=also,
+            connector_type=recording.config.type_id,
+            enqueued_at=recording.enqueued_at,
+            answers=recording.answers,
         )
+        recording.answers.clear()  # counted now; the next record counts only newer ones
+
+
+@dataclass
+class _Recording:
+    """What every record of one batch's outcomes says besides the outcomes."""
+
+    tenant: str
+    config: ConnectorConfig
+    events: Sequence[PreferenceEvent]
+    enqueued_at: float | None
+    #: the destination's answers (HTTP status, None for no answer) not yet recorded
+    answers: Counter[int | None] = field(default_factory=Counter)
+
+
+class _Counting(Transport):
+    """Counts every answer of the destination (for the metrics), then hands it on."""
+
+    def __init__(self, inner: Transport, answers: Counter[int | None]) -> None:
+        super().__init__(inner.timeout, inner.session)
+        self.inner = inner
+        self.answers = answers
+
+    def send(self, request: HttpRequest) -> HttpResponse:
+        try:
+            response = self.inner.send(request)
+        except DeliveryError as exc:
+            self.answers[exc.status] += 1
+            raise
+        self.answers[response.status] += 1
+        return response
 
 
 def _stops_the_batch(why: PrefsyncError) -> bool:

@@ -14,6 +14,10 @@ class InvalidEvent(PrefsyncError):
     """The payload is not a usable preference event: refuse it, never retry it."""
 
 
+class EventTooLarge(InvalidEvent):
+    """The payload is over PREFSYNC_MAX_EVENT_BYTES: refuse it (the ingress answers 413)."""
+
+
 class InvalidConfig(PrefsyncError):
     """A connector config is refused; the message names the field.
 

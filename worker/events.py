@@ -36,7 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from worker.errors import InvalidEvent
+from worker.errors import EventTooLarge, InvalidEvent
 from worker.outcomes import SkipReason
 
 #: A resolved PMP property value: booleans for consents, strings for preference values.
@@ -517,7 +517,7 @@ def parse_event(payload: object, *, max_bytes: int | None = None) -> PreferenceE
     encoded = _encoded(payload)
     size = len(encoded)
     if max_bytes is not None and size > max_bytes:
-        raise InvalidEvent(f"event is {size} bytes, larger than the limit of {max_bytes}")
+        raise EventTooLarge(f"event is {size} bytes, larger than the limit of {max_bytes}")
     # Nesting needs one bracket per level: with fewer brackets in all than the limit (as
     # in any ordinary event), the walk over the tree can be skipped.
     if encoded.count(b"{") + encoded.count(b"[") > MAX_DEPTH and _depth(payload) > MAX_DEPTH:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 ENTRIES = "prefsync:outbox"  # task id -> {"name", "args", "kwargs"} (JSON)
 DUE = "prefsync:outbox:due"  # task id -> when it counts as lost (epoch seconds)
@@ -55,10 +56,17 @@ class Outbox:
         return None if raw is None else json.loads(raw)
 
     def rescheduled(
-        self, task_id: str, args: list[Any], kwargs: dict[str, Any], now: float, wait: float
+        self,
+        task_id: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        now: float,
+        wait: float,
+        also: Callable[[Pipeline], object] | None = None,
     ) -> None:
         """A retry was published: it carries new args (the events left of a batch) and
-        kwargs (the attempts), and may wait ``wait`` seconds."""
+        kwargs (the attempts), and may wait ``wait`` seconds. ``also`` adds commands to the
+        transaction (counting the retry)."""
         written = self.entry(task_id)
         if written is None:  # published before the outbox existed, or already swept and ended
             return
@@ -66,6 +74,8 @@ class Outbox:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(ENTRIES, task_id, json.dumps(entry))
             pipe.zadd(DUE, {task_id: now + wait + self.grace})
+            if also is not None:
+                also(pipe)
             pipe.execute()
 
     def done(self, task_id: str) -> None:

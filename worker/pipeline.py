@@ -45,9 +45,12 @@ def route(
     return unfinished
 
 
-def deliver(rt: Runtime, payloads: Any, connector_id: str) -> Unfinished:
+def deliver(
+    rt: Runtime, payloads: Any, connector_id: str, enqueued_at: float | None = None
+) -> Unfinished:
     """Deliver a batch of payloads to one connector of their tenant (a batch may mix
-    tenants: each gets its own config). What has not ended comes back by index."""
+    tenants: each gets its own config). What has not ended comes back by index.
+    ``enqueued_at``: when the producer enqueued them, for the latency metric."""
     unfinished, by_tenant = parse_batch(rt, as_batch(payloads))
     for tenant, by_index in by_tenant.items():
         indexes, events = list(by_index), list(by_index.values())
@@ -63,7 +66,7 @@ def deliver(rt: Runtime, payloads: Any, connector_id: str) -> Unfinished:
             )
             unfinished |= dict.fromkeys(indexes, missing)
             continue
-        for index, why in rt.deliverer.deliver(tenant, events, config).items():
+        for index, why in rt.deliverer.deliver(tenant, events, config, enqueued_at).items():
             unfinished[indexes[index]] = why
     return unfinished
 
@@ -124,6 +127,18 @@ def final_reason(exc: BaseException, attempts: Sequence[Attempt]) -> str:
     return f"unexpected error: {describe_error(exc)}"
 
 
+def connector_type(rt: Runtime, tenant: str, connector_id: str) -> str:
+    """The type of a connector, for the metrics of a dead letter: "" for none (an event
+    refused before it was routed), "unknown" when its config is gone or broken."""
+    if not connector_id:
+        return ""
+    try:
+        config = rt.configs.get(tenant, connector_id)
+    except InvalidConfig:
+        config = None
+    return config.type_id if config is not None else "unknown"
+
+
 def dead_letter(
     rt: Runtime,
     *,
@@ -160,7 +175,12 @@ def dead_letter(
     if entry is None:
         return None
     outcome = Outcome(OutcomeKind.DEAD_LETTERED, reason=entry.reason, status=attempts[-1].status)
-    rt.recorder.record(tenant, connector_id, [Ended(event_key, user, outcome)])
+    rt.recorder.record(
+        tenant,
+        connector_id,
+        [Ended(event_key, user, outcome)],
+        connector_type=connector_type(rt, tenant, connector_id),
+    )
     operator_action = getattr(exc, "operator_action", False)
     (log.error if operator_action else log.warning)(
         "dead-lettered",

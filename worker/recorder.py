@@ -12,6 +12,7 @@ import redis
 import structlog
 from redis.client import Pipeline
 
+from worker import metrics
 from worker.audit import AuditTrail
 from worker.configs import ConnectorConfig
 from worker.configs import Mapping as MappingConfig
@@ -41,9 +42,10 @@ def _counted(outcome: Outcome) -> list[str]:
 
 
 class OutcomeRecorder:
-    def __init__(self, client: redis.Redis, audit: AuditTrail) -> None:
+    def __init__(self, client: redis.Redis, audit: AuditTrail, by_tenant: bool = False) -> None:
         self.redis = client
         self.audit = audit
+        self.by_tenant = by_tenant  # PREFSYNC_METRICS_TENANT_LABEL
 
     def record(
         self,
@@ -51,17 +53,35 @@ class OutcomeRecorder:
         connector_id: str,
         ended: Sequence[Ended],
         also: Callable[[Pipeline], object] | None = None,
+        *,
+        connector_type: str = "",
+        enqueued_at: float | None = None,
+        answers: Counter[int | None] | None = None,
     ) -> None:
         """Count, audit and log how each of ``ended`` ended, in one Redis transaction that
         also holds ``also``'s commands: the done markers are written with the audit
-        entries or not at all, so no delivered event is ever audited only as a duplicate."""
-        if not ended and also is None:
+        entries or not at all, so no delivered event is ever audited only as a duplicate.
+
+        The metrics (worker.metrics) are counted in the same transaction: by
+        ``connector_type``, with the latency from ``enqueued_at`` (when the message said)
+        and the destination's ``answers`` (HTTP statuses) that led to these outcomes."""
+        if not ended and also is None and not answers:
             return
         totals = Counter(name for item in ended for name in _counted(item.outcome))
         now = clock()
         with self.redis.pipeline(transaction=True) as pipe:
             if also is not None:
                 also(pipe)
+            metrics.count_outcomes(
+                pipe,
+                connector_type,
+                [item.outcome for item in ended],
+                now,
+                enqueued_at,
+                tenant if self.by_tenant else None,
+            )
+            if answers:
+                metrics.count_answers(pipe, connector_type, answers)
             for name, count in totals.items():
                 pipe.hincrby(TOTALS, name, count)
                 pipe.hincrby(key("stats", tenant), name, count)

@@ -100,3 +100,37 @@ def redacted_url(url: str) -> str:
         return f"{match['scheme']}{user + colon if colon else ''}***@"
 
     return _QUERY_PASSWORD.sub(r"\g<key>***", _URL_PASSWORD.sub(userinfo, url))
+
+
+_UNKNOWN_HOST = ("Name or service not known", "nodename nor servname", "name resolution")
+
+
+def problem(url: str, exc: redis.exceptions.RedisError) -> str | None:
+    """What is wrong with PREFSYNC_REDIS_URL when Redis answers but refuses us, or its host
+    does not exist; None when nothing answers (the caller says so)."""
+    where = redacted_url(url)
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.AuthenticationError) or "NOAUTH" in text:
+        given = any(urlsplit(part).password for part in url.split(";"))
+        why = "the password is wrong" if given else "it needs a password and none was given"
+        return (
+            f"Redis at {where} refused the connection: {why} (the password in PREFSYNC_REDIS_URL)"
+        )
+    if isinstance(exc, redis.exceptions.ResponseError) and "DB index" in text:
+        db = urlsplit(url.split(";")[-1]).path.strip("/") or "0"
+        return (
+            f"Redis at {where} has no database {db} (the /{db} of PREFSYNC_REDIS_URL must be "
+            "below the server's `databases` setting, 16 by default)"
+        )
+    if "certificate verify failed" in text:
+        return (
+            f"Redis at {where} answered with a TLS certificate that is not trusted: set "
+            "PREFSYNC_REDIS_TLS_CA_FILE to the CA bundle that signed it (certificate verify "
+            "failed)"
+        )
+    if isinstance(exc, redis.exceptions.ConnectionError) and any(
+        marker in text for marker in _UNKNOWN_HOST
+    ):
+        hosts = ", ".join(urlsplit(part).hostname or "?" for part in url.split(";"))
+        return f"unknown host in PREFSYNC_REDIS_URL: {hosts} (no such name in DNS or /etc/hosts)"
+    return None

@@ -75,7 +75,7 @@ class Runtime:
 
     @cached_property
     def recorder(self) -> OutcomeRecorder:
-        return OutcomeRecorder(self.redis, self.audit)
+        return OutcomeRecorder(self.redis, self.audit, self.settings.metrics_tenant_label)
 
     @cached_property
     def audit(self) -> AuditTrail:

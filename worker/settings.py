@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from worker.errors import PrefsyncError
 
 DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
 
@@ -62,8 +66,41 @@ class Settings(BaseSettings):
     dev_key_file: str = "~/.config/prefsync/secret.key"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    # The HTTP ingress (worker/ingress, docs/ingress.md).
+    # Source addresses allowed to call /webhooks and /oauth/token (CIDRs); empty: any.
+    ingress_allow_from: Annotated[tuple[str, ...], NoDecode] = ()
+    # Proxies whose X-Forwarded-For is believed (CIDRs); from anyone else it is ignored.
+    ingress_trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Lifetime of an access token from /oauth/token, in seconds.
+    ingress_token_ttl: int = Field(3600, gt=0)
+    # A request body over this is refused (413) before it is read whole.
+    ingress_max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # How long an ingress process trusts a credential it checked in Redis: a revocation
+    # takes effect within this many seconds, and a busy ingress reads Redis once per
+    # credential per period instead of once per webhook.
+    ingress_auth_cache: float = Field(1.0, ge=0)
+    # Outcome counters by tenant as well, in /metrics (prefsync_tenant_outcomes_total): one
+    # series per tenant and outcome, so for a few tenants only. Set it for the workers
+    # (they record) and the ingress (it shows).
+    metrics_tenant_label: bool = False
 
-    _split_lists = field_validator("allow_hosts", "retry_countdowns", mode="before")(_split_commas)
+    _split_lists = field_validator(
+        "allow_hosts",
+        "retry_countdowns",
+        "ingress_allow_from",
+        "ingress_trusted_proxies",
+        mode="before",
+    )(_split_commas)
+
+    @field_validator("ingress_allow_from", "ingress_trusted_proxies")
+    @classmethod
+    def _networks(cls, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR block") from None
+        return cidrs
 
     @field_validator("allow_hosts")
     @classmethod
@@ -149,6 +186,37 @@ class Settings(BaseSettings):
         return self.task_time_limit + 5
 
 
+class InvalidSettings(PrefsyncError):
+    """A PREFSYNC_* variable is refused; the message names it (never its value, which may
+    hold a password)."""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidSettings(_describe(exc)) from None
+    except SettingsError as exc:  # a JSON setting that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"PREFSYNC_{field[1].upper()}" if field else "a PREFSYNC_* variable"
+        raise InvalidSettings(f"{name}: not valid JSON") from None
+
+
+# A setting named in a message is named as the user sets it.
+_ENV_NAMES = re.compile(
+    r"\b(" + "|".join(sorted(Settings.model_fields, key=len, reverse=True)) + r")\b"
+)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = _ENV_NAMES.sub(
+            lambda found: f"PREFSYNC_{found[0].upper()}", error["msg"].removeprefix("Value error, ")
+        )
+        if error["loc"]:
+            problems.append(f"PREFSYNC_{str(error['loc'][0]).upper()}: {message}")
+        else:  # a rule across several settings names them in its message
+            problems.append(f"settings: {message}")
+    return "; ".join(problems)

@@ -26,7 +26,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
-from worker import pipeline
+from worker import metrics, pipeline
 from worker.app import app
 from worker.deadletter import Attempt, describe_payload_owner
 from worker.delivery import Unfinished
@@ -137,7 +137,7 @@ class ScheduledTask(Task):
             with cancellation_held():
                 patiently(
                     lambda: runtime().outbox.rescheduled(
-                        self.request.id, list(args), kwargs, clock(), countdown
+                        self.request.id, list(args), kwargs, clock(), countdown, metrics.count_retry
                     )
                 )
                 return celery_retry()
@@ -500,21 +500,31 @@ def _dead_letter_failures(
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.route")
-def route(self: ScheduledTask, payloads: list[Any], attempts: list | None = None) -> str:
+def route(
+    self: ScheduledTask,
+    payloads: list[Any],
+    attempts: list | None = None,
+    enqueued_at: float | None = None,
+) -> str:
     """Validate a batch of preference events and fan it out: per tenant, one delivery
-    batch per connector."""
+    batch per connector. ``enqueued_at`` (epoch seconds) goes along, for the latency."""
+    carried = {"enqueued_at": enqueued_at} if enqueued_at is not None else None
     return self.run_batch(
         lambda: pipeline.route(
             runtime(),
             payloads,
-            lambda batch, connector_id: publish(deliver, [batch, connector_id]),
+            lambda batch, connector_id: publish(deliver, [batch, connector_id], carried),
         )
     )
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.deliver")
 def deliver(
-    self: ScheduledTask, payloads: list[Any], connector_id: str, attempts: list | None = None
+    self: ScheduledTask,
+    payloads: list[Any],
+    connector_id: str,
+    attempts: list | None = None,
+    enqueued_at: float | None = None,
 ) -> str:
     """Deliver a batch of preference events to one connector."""
-    return self.run_batch(lambda: pipeline.deliver(runtime(), payloads, connector_id))
+    return self.run_batch(lambda: pipeline.deliver(runtime(), payloads, connector_id, enqueued_at))

@@ -379,3 +379,75 @@ def run_cli() -> RunCli:
         return done
 
     return run
+
+
+# -- The HTTP ingress (prefsync serve) -----------------------------------------------------------
+
+
+class IngressProcess:
+    """A ``prefsync serve`` subprocess on 127.0.0.1:port, leader of its own process group."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+StartIngress = Callable[..., IngressProcess]
+
+
+@pytest.fixture
+def start_ingress(tmp_path: Path) -> Iterator[StartIngress]:
+    """Factory: ``start_ingress(env, extra_env=None)`` starts ``prefsync serve`` on a free
+    port and returns once ``/healthz`` answers 200."""
+    import requests
+
+    started: list[IngressProcess] = []
+
+    def start(env: Mapping[str, str], extra_env: Mapping[str, str] | None = None) -> IngressProcess:
+        port = free_port()
+        log_path = tmp_path / f"ingress-{len(started)}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+                cwd=REPO_ROOT,
+                env={**env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        ingress = IngressProcess(proc, port, log_path)
+        started.append(ingress)
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefsync serve exited:\n{tail(log_path)}")
+            try:
+                return requests.get(f"{ingress.url}/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(healthy, timeout=30, message=lambda: f"no /healthz:\n{tail(log_path)}")
+        return ingress
+
+    yield start
+    for ingress in started:
+        ingress.stop()
+    for ingress in started:
+        assert_no_secret("the log of prefsync serve", ingress.log_path.read_bytes())

@@ -112,3 +112,14 @@ def last_braze_value(fake: Any, field: str = "email_subscribe") -> dict[str, Any
         if field in obj:
             last[obj["external_id"]] = obj[field]
     return last
+
+
+def outcome_counts(stats_output: str) -> dict[str, int]:
+    """The outcome counters of ``prefsync stats`` output: the lines under its
+    ``outcome<TAB>count`` header, up to the blank line before the backlog."""
+    lines = stats_output.splitlines()
+    counts = lines[lines.index("outcome\tcount") + 1 :]
+    counts = counts[: counts.index("")] if "" in counts else counts
+    return {
+        name: int(value) for name, value in (line.split("\t") for line in counts if "\t" in line)
+    }

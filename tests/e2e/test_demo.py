@@ -30,9 +30,13 @@ def test_demo_shows_both_destinations_audit_and_stats_and_stops_what_it_started(
         timeout=90,
     )
 
-    # then it succeeds,
+    # then it succeeds, having sent both events through the ingress with a token,
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     out = done.stdout
+    assert "POST /oauth/token  -> 200" in out
+    assert "POST /webhooks event-created.json  -> 202" in out
+    assert "POST /webhooks user-updated.json  -> 202" in out
+    assert not re.search(r"ps[st]_[A-Za-z0-9_-]{20,}", out + done.stderr), "a secret was printed"
     # shows Braze's calls (the opt-in first, the unsubscribe second),
     braze = out[out.index("Braze received:") : out.index("Brevo received:")]
     assert braze.count("POST /users/track  -> 201") == 2
@@ -53,7 +57,7 @@ def test_demo_shows_both_destinations_audit_and_stats_and_stops_what_it_started(
     # and nothing it started is still running (each is the leader of its own process group,
     # so the worker's pool children are checked with the group).
     pids = [int(pid) for pid in re.findall(r"^started \S+ pid (\d+)$", out, re.MULTILINE)]
-    assert len(pids) == 2, out
+    assert len(pids) == 3, out  # redis-server, the worker, the ingress
     assert all(_gone(pid) for pid in pids), pids
     for pid in pids:
         try:

@@ -44,6 +44,7 @@ from tests.e2e.helpers import (
     jsonl,
     wait_until,
 )
+from tests.e2e.helpers import outcome_counts as parse_outcome_counts
 from tests.e2e.test_guarantee import QUICK_RECOVERY, dead_letters, older_and_newer
 from worker.producer import MAX_BATCH
 
@@ -149,8 +150,7 @@ def older_after_newer(fake) -> dict[str, list[dict[str, str]]]:
 def outcome_counts(run_cli, env) -> dict[str, int]:
     done = run_cli(env, "stats", "--tenant", "acme")
     assert done.returncode == 0, done.stderr
-    lines = (line.split("\t") for line in done.stdout.splitlines() if "\t" in line)
-    return {name: int(value) for name, value in lines}
+    return parse_outcome_counts(done.stdout)
 
 
 def audited(run_cli, env, limit: int) -> dict[str, list[str]]:

@@ -20,6 +20,7 @@ from tests.e2e.helpers import (
     consent_event,
     jsonl,
     last_braze_value,
+    outcome_counts,
     wait_until,
 )
 
@@ -241,10 +242,7 @@ def test_the_same_event_enqueued_three_times_is_sent_once(
     enqueue(run_cli, prefsync_env, [event, event, event])
 
     def outcomes() -> dict[str, int]:
-        out = run_cli(prefsync_env, "stats", "--tenant", "acme").stdout
-        return {
-            k: int(v) for k, v in (line.split("\t") for line in out.splitlines() if "\t" in line)
-        }
+        return outcome_counts(run_cli(prefsync_env, "stats", "--tenant", "acme").stdout)
 
     wait_until(
         lambda: outcomes().get("delivered", 0) + outcomes().get("skipped", 0) == 3, timeout=15

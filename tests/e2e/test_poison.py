@@ -11,7 +11,13 @@ from __future__ import annotations
 import json
 import time
 
-from tests.e2e.helpers import braze_attributes, braze_config, consent_event, wait_until
+from tests.e2e.helpers import (
+    braze_attributes,
+    braze_config,
+    consent_event,
+    outcome_counts,
+    wait_until,
+)
 from tests.e2e.poisoned import HANGS, RAISES
 from tests.e2e.test_guarantee import QUICK_RECOVERY, dead_letters, enqueue
 
@@ -55,7 +61,7 @@ def test_poison_events_are_dead_lettered_once_and_the_events_behind_them_are_del
     assert worker.running
     stats = run_cli(env, "stats", "--tenant", "acme")
     assert stats.returncode == 0, stats.stderr
-    counts = dict(line.split("\t") for line in stats.stdout.splitlines())
-    assert (counts["delivered"], counts["dead_lettered"]) == ("20", "2")
+    counts = outcome_counts(stats.stdout)
+    assert (counts["delivered"], counts["dead_lettered"]) == (20, 2)
     sent_to = {o["external_id"] for c in fake.calls("braze") for o in c.body["attributes"]}
     assert sent_to.isdisjoint({RAISES, HANGS})

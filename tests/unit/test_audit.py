@@ -109,7 +109,9 @@ def test_cli_audit_filters_by_user_limits_and_prints_json(rt: Runtime) -> None:
     as_json = runner.invoke(main, ["audit", "acme", "--user", "b", "--json"]).output
     (only,) = [json.loads(line) for line in as_json.splitlines()]
     assert (only["user"], only["event_key"]) == ("b", "k-1")
-    assert runner.invoke(main, ["audit", "globex"]).output == ""
+    unknown = runner.invoke(main, ["audit", "globex"])  # no rows; it says why (issue 15)
+    assert (unknown.exit_code, unknown.stdout) == (1, "")
+    assert "unknown tenant 'globex'" in unknown.stderr
 
 
 @responses.activate

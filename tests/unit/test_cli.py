@@ -248,3 +248,95 @@ def test_an_unreachable_redis_is_named_without_its_password(
     assert result.exit_code == 2
     assert "nothing answers at redis://:***@127.0.0.1:1/0" in result.output
     assert "s3cret-pw" not in result.output
+
+
+# -- errors a newcomer meets -----------------------------------------------------------------
+
+
+def test_connectors_list_and_audit_of_an_unknown_tenant_say_so(rt: Runtime) -> None:
+    listed = CliRunner().invoke(main, ["connectors", "list", "acme"])
+    audited = CliRunner().invoke(main, ["audit", "acme"])
+
+    assert listed.exit_code == 1 and "tenant 'acme' has no connectors" in listed.output
+    assert audited.exit_code == 1
+    assert "unknown tenant 'acme': no connectors and no audit entries" in audited.output
+
+
+def test_audit_of_a_known_tenant_without_entries_says_so_and_succeeds(rt: Runtime) -> None:
+    run("connectors", "put", "acme", "-", input=json.dumps(braze_config()))
+
+    audited = CliRunner().invoke(main, ["audit", "acme"])
+
+    assert audited.exit_code == 0
+    assert "no audit entries for tenant 'acme' yet" in audited.output
+
+
+def test_version_is_printed() -> None:
+    from importlib.metadata import version
+
+    assert run("--version").output == f"prefsync, version {version('prefsync')}\n"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("PREFSYNC_RETRY_JITTER", "5", "PREFSYNC_RETRY_JITTER: Input should be less than 1"),
+        ("PREFSYNC_RATE_LIMITS", "{bad", "PREFSYNC_RATE_LIMITS: not valid JSON"),
+        ("PREFSYNC_VISIBILITY_TIMEOUT", "10", "PREFSYNC_VISIBILITY_TIMEOUT (10s) must exceed"),
+        ("PREFSYNC_INGRESS_ALLOW_FROM", "nope", "'nope' is not an IP address or CIDR block"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    variable: str, value: str, said: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFSYNC_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "stats"],
+        env={**env, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and said in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "said"),
+    [
+        (
+            "redis://:hunter2@db:6379/0",
+            "AuthenticationError:invalid username-password pair or user is disabled.",
+            "Redis at redis://:***@db:6379/0 refused the connection: the password is wrong",
+        ),
+        (
+            "redis://db:6379/0",
+            "AuthenticationError:NOAUTH Authentication required.",
+            "it needs a password and none was given",
+        ),
+        ("redis://db:6379/42", "ResponseError:DB index is out of range", "has no database 42"),
+        (
+            "redis://nohost:6379/0",
+            "ConnectionError:Error -2 connecting to nohost:6379. Name or service not known.",
+            "unknown host in PREFSYNC_REDIS_URL: nohost",
+        ),
+    ],
+)
+def test_a_redis_that_refuses_us_is_named_as_such(url: str, error: str, said: str) -> None:
+    import redis
+
+    from worker.redis_client import problem
+
+    kind, _, text = error.partition(":")
+    described = problem(url, getattr(redis.exceptions, kind)(text))
+
+    assert described is not None and said in described
+    assert "hunter2" not in described
+    refused = redis.exceptions.ConnectionError("Error 111 connecting to db:6379. Refused.")
+    assert problem(url, refused) is None  # "nothing answers", said by the caller

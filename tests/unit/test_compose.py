@@ -9,6 +9,7 @@ against the code that has to answer them.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shlex
 import tomllib
@@ -24,7 +25,9 @@ from worker.cli import main as cli_main
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"redis", "worker", "flower", "fake-destinations"}
+SERVICES = {"redis", "worker", "ingress", "flower", "fake-destinations"}
+OBSERVABILITY = {"prometheus", "grafana"}  # profile "observability"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "prefsync.json"
 # ${VAR}, ${VAR:-default}, ${VAR:?error}; "$${...}" is an escaped dollar, not a variable.
 COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 REQUIRED_VARIABLE = re.compile(r"^\$\{([A-Z_][A-Z0-9_]*):\?[^}]*\}$")
@@ -94,8 +97,8 @@ def env_example_names() -> set[str]:
 # -- the four services -----------------------------------------------------------------
 
 
-def test_the_four_services_exist(services: dict[str, Any]) -> None:
-    assert set(services) == SERVICES
+def test_the_services_exist(services: dict[str, Any]) -> None:
+    assert set(services) == SERVICES | OBSERVABILITY
 
 
 def test_every_service_restarts_by_itself(services: dict[str, Any]) -> None:
@@ -234,6 +237,8 @@ def test_fake_destinations_is_a_demo_only_service(services: dict[str, Any]) -> N
     assert argv(fake)[:3] == ["python", "-m", "tests.fakes.destinations"]
     for name in SERVICES - {"fake-destinations"}:
         assert "profiles" not in services[name], f"{name} would not start by default"
+    for name in OBSERVABILITY:
+        assert services[name]["profiles"] == ["observability"], name
 
 
 def test_fake_destinations_accepts_its_command_and_listens_on_every_interface(
@@ -394,3 +399,85 @@ def test_readme_layout_names_every_worker_module(readme: str) -> None:
         for path in (ROOT / "worker").rglob("*.py")
     }
     assert present <= listed, f"modules missing from the README layout: {present - listed}"
+
+
+# -- the ingress and the observability profile -----------------------------------------
+
+
+def test_ingress_serves_port_8000_and_is_healthy_only_when_ready(
+    services: dict[str, Any],
+) -> None:
+    ingress = services["ingress"]
+    args = argv(ingress)
+    assert args[:2] == ["prefsync", "serve"]
+    declared = {opt for param in cli_main.commands["serve"].params for opt in param.opts}
+    assert {arg for arg in args[2:] if arg.startswith("-")} <= declared
+    assert option_value(args, "--host") == "0.0.0.0"  # other containers and the host reach it
+    assert option_value(args, "--port") == "8000"
+    assert any(str(p).endswith(":8000") for p in ingress["ports"])
+    test = " ".join(ingress["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/readyz" in test
+    assert ingress["depends_on"]["redis"]["condition"] == "service_healthy"
+    url = environment(services["worker"])["PREFSYNC_REDIS_URL"]
+    assert environment(ingress)["PREFSYNC_REDIS_URL"] == url
+
+
+def test_prometheus_scrapes_the_ingress_and_grafana_is_provisioned_from_the_repo(
+    services: dict[str, Any],
+) -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["ingress:8000"]
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert mounts["./deploy/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    grafana = {str(v).split(":")[0]: str(v).split(":")[1] for v in services["grafana"]["volumes"]}
+    for source in grafana:
+        assert not source.startswith("./") or (ROOT / source).exists(), source
+    provider = yaml.safe_load((ROOT / "deploy" / "grafana" / "dashboards.yml").read_text())
+    assert grafana["./deploy/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+    sources = yaml.safe_load((ROOT / "deploy" / "grafana" / "datasources.yml").read_text())
+    assert sources["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_the_dashboard_shows_throughput_latency_backlog_dead_letters_and_429s() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for topic in ("throughput", "latency", "backlog", "dead letters", "429"):
+        assert topic in titles, topic
+    legends = [t["legendFormat"] for p in dashboard["panels"] for t in p["targets"]]
+    assert {"p50", "p99"} <= set(legends)
+
+
+def test_every_metric_the_dashboard_queries_is_in_a_real_metrics_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an ingress in process on fakeredis, that answered one webhook (a 401),
+    from prometheus_client.parser import text_string_to_metric_families
+    from starlette.testclient import TestClient
+
+    from tests.unit.conftest import install_runtime
+    from worker.ingress.app import create_app
+
+    rt = install_runtime(monkeypatch, Settings())
+    with TestClient(create_app(rt.settings)) as http:
+        assert http.post("/webhooks", json={}).status_code == 401
+        # when /metrics is asked,
+        answer = http.get("/metrics")
+
+    # then every series the dashboard queries is in the answer.
+    assert answer.status_code == 200
+    samples = {
+        sample.name
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(prefsync_[a-z_]+)", target["expr"])
+    }
+    assert len(queried) >= 9
+    assert queried - samples == set()

@@ -129,14 +129,14 @@ def test_stats_for_a_tenant_lists_its_mappings_last_matches(
     record_match(rt, "consents_purposes_product_updates_enabled")
 
     output = run("stats", "--tenant", "acme", "--mappings").output.splitlines()
+    mappings = output[output.index("mappings of braze:") :]
 
-    assert output[0] == "no outcomes recorded yet"
-    assert output[1] == "mappings of braze:"
-    assert output[4] == (
+    assert output[:2] == ["outcome\tcount", "no outcomes recorded yet"]
+    assert mappings[3] == (
         "  7c0b8f2e-4b7e-4d2a-9b1e-2f6a3c1d9e55 <- consents_purposes_product_updates_enabled: "
         "last matched 2027-01-15T08:00:00+00:00"
     )
-    assert run("stats", "--tenant", "acme").output == "no outcomes recorded yet\n"
+    assert "mappings of braze:" not in run("stats", "--tenant", "acme").output
     assert run("stats", "--mappings").exit_code == 2
 
 

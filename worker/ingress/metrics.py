@@ -1,0 +1,185 @@
+"""``/metrics``: what every worker recorded in Redis (worker.metrics), the backlog read from
+Redis at each scrape, and this ingress process's own requests — in Prometheus's text format,
+written by prometheus_client.
+
+Every ingress process answers the same worker figures (they come from Redis), so a
+Prometheus scraping several of them sees the same series from each: aggregate with max(),
+not sum(), or scrape one. The ``prefsync_ingress_*`` series are each process's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from worker import metrics
+from worker.connectors import CONNECTORS
+from worker.outcomes import OutcomeKind
+from worker.retries import clock
+from worker.runtime import runtime
+from worker.settings import Settings
+
+log = structlog.get_logger("prefsync.ingress")
+
+# A "_created" timestamp beside every counter doubles the series and tells nothing here.
+disable_created_metrics()
+
+
+class WorkerFigures(Collector):
+    """Reads the workers' figures from Redis when scraped."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        from worker.app import app  # the queue's name is Celery's
+
+        client = runtime().redis
+        try:
+            counters = metrics.read_counters(client)
+            backlog = metrics.read_backlog(
+                client, app.conf.task_default_queue, self.settings.visibility_timeout, clock()
+            )
+        except redis.exceptions.RedisError as exc:
+            # The ingress's own series still answer; this one says why the rest are missing.
+            log.warning("worker figures not read: Redis does not answer", error=str(exc))
+            yield GaugeMetricFamily(
+                "prefsync_redis_up", "1 when Redis answered this scrape, else 0.", value=0
+            )
+            return
+        yield GaugeMetricFamily(
+            "prefsync_redis_up", "1 when Redis answered this scrape, else 0.", value=1
+        )
+        # Every connector type's main series exist from the start, at 0: a rate() or an
+        # alert on them works before the first delivery, 429 or dead letter.
+        for kind in CONNECTORS:
+            for outcome in (OutcomeKind.DELIVERED, OutcomeKind.DEAD_LETTERED):
+                counters.outcomes.setdefault((kind, str(outcome), ""), 0)
+            counters.answers.setdefault((kind, "2xx"), 0)
+            counters.rate_limited.setdefault(kind, 0)
+            counters.latency.setdefault(kind, ([0] * (len(metrics.LATENCY_BUCKETS) + 1), 0.0, 0))
+        outcomes = CounterMetricFamily(
+            "prefsync_outcomes",
+            "How (event, connector) pairs ended: delivered, skipped (with the reason), "
+            "dead_lettered.",
+            labels=["connector_type", "outcome", "reason"],
+        )
+        for (kind, outcome, reason), value in sorted(counters.outcomes.items()):
+            outcomes.add_metric([kind, outcome, reason], value)
+        yield outcomes
+        yield CounterMetricFamily(
+            "prefsync_retries_scheduled",
+            "Retries scheduled after a transient failure.",
+            value=counters.retries_scheduled,
+        )
+        answers = CounterMetricFamily(
+            "prefsync_destination_answers",
+            "Answers of Braze and Brevo by HTTP status class ('none': no answer).",
+            labels=["connector_type", "status_class"],
+        )
+        for (kind, status_class), value in sorted(counters.answers.items()):
+            answers.add_metric([kind, status_class], value)
+        yield answers
+        limited = CounterMetricFamily(
+            "prefsync_destination_rate_limited",
+            "429 answers of the destinations (also counted in the 4xx class).",
+            labels=["connector_type"],
+        )
+        for kind, value in sorted(counters.rate_limited.items()):
+            limited.add_metric([kind], value)
+        yield limited
+        latency = HistogramMetricFamily(
+            "prefsync_delivery_latency_seconds",
+            "From enqueue to delivered, per delivered (event, connector) pair.",
+            labels=["connector_type"],
+        )
+        bounds = [*(f"{b:g}" for b in metrics.LATENCY_BUCKETS), "+Inf"]
+        for kind, (buckets, total, _) in sorted(counters.latency.items()):
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, buckets, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([kind], cumulative, total)
+        yield latency
+        gauges = {
+            "prefsync_queue_depth": (
+                "Messages waiting in the broker's queue.",
+                backlog.queue_depth,
+            ),
+            "prefsync_retries_waiting": (
+                "Tasks waiting for a retry countdown or a deferral.",
+                backlog.retries_waiting,
+            ),
+            "prefsync_outbox_entries": (
+                "Tasks published and not ended (queued, running or waiting).",
+                backlog.outbox,
+            ),
+            "prefsync_dead_letters": ("Dead letters kept now.", backlog.dead_letters),
+            "prefsync_oldest_waiting_seconds": (
+                "How long the oldest unfinished task has been due to run.",
+                backlog.oldest_waiting,
+            ),
+        }
+        for name, (documentation, value) in gauges.items():
+            yield GaugeMetricFamily(name, documentation, value=value)
+        if self.settings.metrics_tenant_label:
+            by_tenant = CounterMetricFamily(
+                "prefsync_tenant_outcomes",
+                "prefsync_outcomes by tenant too (PREFSYNC_METRICS_TENANT_LABEL).",
+                labels=["tenant", "connector_type", "outcome", "reason"],
+            )
+            for labels, value in sorted(metrics.read_tenant_outcomes(client).items()):
+                by_tenant.add_metric(list(labels), value)
+            yield by_tenant
+
+
+class IngressMetrics:
+    """This process's registry: its own request counters and the workers' figures."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "prefsync_ingress_requests",
+            "Requests to /webhooks by answer status (this ingress process).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.accepted = Counter(
+            "prefsync_ingress_events_accepted",
+            "Events accepted (202) by this ingress process.",
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "prefsync_ingress_token_requests",
+            "Requests to /oauth/token by answer status (this ingress process).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.registry.register(WorkerFigures(settings))
+
+    def webhook(self, status: int, events: int) -> None:
+        self.requests.labels(str(status)).inc()
+        if events:
+            self.accepted.inc(events)
+
+    def token(self, status: int) -> None:
+        self.tokens.labels(str(status)).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
