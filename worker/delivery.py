@@ -128,9 +128,7 @@ class Deliverer:
             else:
                 first_copy.add((event.user, event.event_key))
                 plans[index] = resolved
-        self._record(
-            recording, ended, also=self.recorder.matches(tenant, config, plans.values())
-        )
+        self._record(recording, ended, also=self.recorder.matches(tenant, config, plans.values()))
 
         by_user: dict[str, list[int]] = {}
         for index in plans:
