@@ -8,8 +8,10 @@ import json
 
 import pytest
 import redis
+import requests
 
 from tests.e2e.helpers import braze_attributes, braze_config, consent_event, jsonl, wait_until
+from tests.e2e.test_ingress import add_credential, post, token
 
 PASSWORDS = {
     "worker": "worker-pw-0123",
@@ -49,7 +51,7 @@ def client_of(server, user: str) -> redis.Redis:
 
 
 def test_each_component_does_its_job_with_its_own_user(
-    acl_redis, prefsync_env, fake_destinations, start_worker, run_cli
+    acl_redis, prefsync_env, fake_destinations, start_worker, start_ingress, run_cli
 ):
     admin = env_of(prefsync_env, acl_redis, "admin")
     put = run_cli(
@@ -74,11 +76,25 @@ def test_each_component_does_its_job_with_its_own_user(
     assert audit.returncode == 0 and "delivered" in audit.stdout
     assert "NOPERM" not in worker.log()
 
+    # The HTTP ingress runs as the producer too: credentials, a webhook, /metrics.
+    producer = env_of(prefsync_env, acl_redis, "producer")
+    client_id, secret = add_credential(run_cli, producer)
+    ingress = start_ingress(producer)
+    bearer = f"Bearer {token(ingress.url, client_id, secret)}"
+    second = consent_event("e2", "u-2", "2026-11-20T09:00:00Z", {"newsletter": True})
+    assert post(ingress.url, second, bearer).status_code == 202
+    wait_until(lambda: len(braze_attributes(fake_destinations.calls("braze"))) == 2, timeout=15)
+    metrics = requests.get(f"{ingress.url}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "prefsync_redis_up 1" in metrics.text
+    assert "NOPERM" not in ingress.log()
+
 
 def test_the_producer_cannot_read_configs_or_anything_about_people(acl_redis):
     producer = client_of(acl_redis, "producer")
     assert producer.time()
     assert producer.lpush("celery", "x") == 1  # it may enqueue
+    assert producer.hgetall("prefsync:metrics:outcomes") == {}  # the ingress's /metrics
+    assert producer.zcard("prefsync:deadletters:order") == 0
     for read in (
         lambda: producer.hgetall(CONFIG_KEY),
         lambda: producer.hgetall('prefsync:state:["acme","u-1"]'),
