@@ -591,7 +591,7 @@ def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> Non
     click.echo(f"queue depth\t{backlog.queue_depth}")
     click.echo(f"retries waiting\t{backlog.retries_waiting}")
     click.echo(f"outbox entries\t{backlog.outbox}")
-    click.echo(f"dead letters\t{backlog.dead_letters}")
+    click.echo(f"dead letters\t{backlog.dead_letters} ({backlog.dead_letter_bytes:,} bytes)")
     click.echo(f"oldest waiting (s)\t{backlog.oldest_waiting:.1f}")
     for name, (count, size) in rt.deadletters.kept().items():
         if tenant is None or name == tenant:

@@ -103,6 +103,7 @@ class Backlog:
     outbox: int  # tasks published and not ended (queued, running or waiting)
     dead_letters: int
     oldest_waiting: float  # seconds the oldest unfinished task has been due; 0 for none
+    dead_letter_bytes: int = 0  # what the dead letters take in Redis, all tenants
 
 
 def read_counters(client: redis.Redis) -> Counters:
@@ -154,9 +155,10 @@ def read_backlog(client: redis.Redis, queue: str, grace: float, now: float) -> B
         pipe.zcard(outbox.DUE)
         pipe.zcard(deadletter.ORDER)
         pipe.zrange(outbox.DUE, 0, 0, withscores=True)
-        depth, waiting, entries, dead, first = pipe.execute()
+        pipe.hvals(deadletter.SIZES)
+        depth, waiting, entries, dead, first, sizes = pipe.execute()
     oldest = max(0.0, now - (first[0][1] - grace)) if first else 0.0
-    return Backlog(depth, waiting, entries, dead, oldest)
+    return Backlog(depth, waiting, entries, dead, oldest, sum(int(size) for size in sizes))
 
 
 def _decoded(raw: dict[bytes, bytes]) -> list[tuple[str, str]]:

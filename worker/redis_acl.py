@@ -32,7 +32,7 @@ RULES: dict[str, str] = {
     "producer": (
         f"{_BROKER} ~prefsync:outbox ~prefsync:outbox:due ~prefsync:ingress:* "
         # The ingress's /metrics: the workers' counters and the dead letters' count.
-        "%R~prefsync:metrics:* %R~prefsync:deadletters:order &* "
+        "%R~prefsync:metrics:* %R~prefsync:deadletters:order %R~prefsync:deadletters:bytes &* "
         "-@all +@connection +@transaction +@read +@write +@scripting +time -@dangerous"
     ),
     "flower": (

@@ -131,6 +131,10 @@ class WorkerFigures(Collector):
                 backlog.outbox,
             ),
             "prefsync_dead_letters": ("Dead letters kept now.", backlog.dead_letters),
+            "prefsync_dead_letter_bytes": (
+                "What the dead letters kept now take in Redis (bytes as stored).",
+                backlog.dead_letter_bytes,
+            ),
             "prefsync_oldest_waiting_seconds": (
                 "How long the oldest unfinished task has been due to run.",
                 backlog.oldest_waiting,
