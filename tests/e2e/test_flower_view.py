@@ -29,7 +29,7 @@ def test_a_task_as_flower_shows_it_carries_no_user_id(prefsync_env, redis_server
         "tenants": ["acme"],
         "event_ids": ["ev-0", "ev-1"],
     }
-    assert headers["kwargsrepr"] == "{}"
+    assert list(json.loads(headers["kwargsrepr"])) == ["enqueued_at"]
     assert not any(person in headers["argsrepr"] + headers["kwargsrepr"] for person in PEOPLE)
     # The events themselves still travel in the body, for the worker.
     assert PEOPLE[0] in base64.b64decode(message["body"]).decode()
