@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # mis-dated event would otherwise outrank every later change of that person.
     max_clock_skew: float = Field(300.0, ge=0)
     audit_maxlen: int = Field(1_000_000, gt=0)
+    # The key of the keyed hash that stands for a user id wherever prefsync keeps one
+    # (worker.pseudonym): unset, one is generated once and kept in Redis.
+    user_hash_key: SecretStr | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

@@ -121,6 +121,7 @@ _OWN_KEYS = frozenset(
 )
 _USER_KEYS = frozenset({"user_alias", "braze_id", "email", "phone"})
 _REASON_LENGTH = 300
+DELETE_BATCH = 50  # external_ids per /users/delete call (braze-docs post_user_delete)
 
 
 def rest_endpoint(server: str, allow_hosts: Collection[str] = ()) -> str:
@@ -236,6 +237,9 @@ class BrazeConnector(Connector):
     options_model = Options
     # /users/track: 3,000 calls per 3 s per workspace (braze.md).
     default_rate = 1000.0
+    # /users/delete: 20,000 calls a minute, shared with /users/alias/new and
+    # /users/identify (braze-docs rate_limits.md), apart from /users/track's.
+    erasure_rate = 20000 / 60
 
     @property
     def batch_size(self) -> int:
@@ -268,9 +272,13 @@ class BrazeConnector(Connector):
         return None
 
     def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+        if change.erase == "delete":
+            return [_delete_request(config, [change.user])]
         fields = _fields(config, change)
         return (
-            [_track_request(config, [_attributes(config, change.user, fields)])] if fields else []
+            [_track_request(config, [_attributes(config, change.user, fields, change.erase)])]
+            if fields
+            else []
         )
 
     def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
@@ -278,6 +286,22 @@ class BrazeConnector(Connector):
         if isinstance(answer, DeliveryError | Deferred):
             raise answer
         return answer
+
+    def deliver_erasures(
+        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+    ) -> list[Answer]:
+        """``POST /users/delete`` calls of up to 50 ``external_ids`` (Braze's cap, and
+        ``braze_batch_size`` when lower)."""
+        users = [change.user for change in changes]
+        size = min(get_settings().braze_batch_size, DELETE_BATCH)
+        answers: list[Answer] = []
+        for start in range(0, len(users), size):
+            call = users[start : start + size]
+            try:
+                answers += _send_deletion(transport, config, call)
+            except (RetryableError, Deferred) as stop:
+                return answers + [stop] * (len(users) - start)
+        return answers
 
     def deliver_many(
         self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
@@ -287,7 +311,7 @@ class BrazeConnector(Connector):
         for position, change in enumerate(changes):
             fields = _fields(config, change)
             if fields:
-                attributes = _attributes(config, change.user, fields)
+                attributes = _attributes(config, change.user, fields, change.erase)
                 updates.append(_Update(position, attributes, fields))
             else:
                 answers[position] = Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
@@ -345,11 +369,13 @@ def _fields(config: ConnectorConfig, change: Change) -> dict[str, Any]:
     return fields
 
 
-def _attributes(config: ConnectorConfig, user: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+def _attributes(
+    config: ConnectorConfig, user: str, fields: Mapping[str, Any], erase: str | None = None
+) -> dict[str, Any]:
     return {
         "external_id": user,
-        # Braze creates unknown users unless told otherwise.
-        "_update_existing_only": not config.upsert_mode,
+        # Braze creates unknown users unless told otherwise; an erasure never creates one.
+        "_update_existing_only": not config.upsert_mode or erase is not None,
         **fields,
     }
 
@@ -365,6 +391,56 @@ def _track_request(config: ConnectorConfig, objects: Sequence[Mapping[str, Any]]
         },
         json={"attributes": list(objects)},
     )
+
+
+def _delete_request(config: ConnectorConfig, users: Sequence[str]) -> HttpRequest:
+    options = _options(config)
+    return HttpRequest(
+        method="POST",
+        url=f"{options.server}/users/delete",
+        headers={
+            "Authorization": f"Bearer {options.api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+        },
+        json={"external_ids": list(users)},
+    )
+
+
+def _send_deletion(
+    transport: Transport, config: ConnectorConfig, users: Sequence[str]
+) -> list[Answer]:
+    """One /users/delete call and an answer per user of it. Braze counts the ids it
+    queued for deletion; one it does not know is simply not counted: deleting what is
+    gone is done. Raises ``RetryableError`` or ``Deferred`` when Braze takes no calls."""
+    response = transport.send(_delete_request(config, users))
+    options = _options(config)
+    secret = options.api_key.get_secret_value()
+    body = response.body
+    if 200 <= response.status < 300:
+        queued = isinstance(body, dict) and (
+            body.get("message") == "success" or isinstance(body.get("deleted"), int)
+        )
+        if not queued:
+            raise RetryableError(
+                f"Braze answered HTTP {response.status} to /users/delete without a count or a "
+                f"success message, so the deletion is not known to be queued: "
+                f"{_reason(body, secret)}",
+                status=response.status,
+            )
+        return [Delivered(response.status, {"deleted": True})] * len(users)
+    if response.status in (401, 403):
+        error: DeliveryError = PermanentError(
+            f"Braze refused the deletion (HTTP {response.status}): the API key lacks the "
+            f"users.delete permission (or is wrong, revoked, or for another instance than "
+            f"{options.server}); {_reason(body, secret)}",
+            status=response.status,
+            operator_action=True,
+        )
+    else:
+        error = _refusal(response, options)
+    if isinstance(error, RetryableError):
+        raise error
+    return [error] * len(users)
 
 
 def _send(

@@ -140,21 +140,31 @@ class SendinblueConnector(Connector):
         return _BLOCKLISTS.get(mapping_id.upper())
 
     def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+        options, user = _options(config), change.user
+        if change.erase == "delete":
+            return [_delete_request(options, user)]
         fields = _fields(config, change)
         if not fields:
             return []
-        options, user = _options(config), change.user
         update = _update_request(options, user, fields)
-        return [update, _create_request(options, user, fields)] if config.upsert_mode else [update]
+        if config.upsert_mode and change.erase is None:
+            return [update, _create_request(options, user, fields)]
+        return [update]
 
     def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
+        options, user = _options(config), change.user
+        if change.erase == "delete":
+            response = transport.send(_delete_request(options, user))
+            if _contact_unknown(response):
+                return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact: gone")
+            return _classify(response, {"deleted": True}, options)
         fields = _fields(config, change)
         if not fields:
             return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
-        options, user = _options(config), change.user
         response = transport.send(_update_request(options, user, fields))
         if _contact_unknown(response):
-            if not config.upsert_mode:
+            # An erasure never creates the contact it refuses.
+            if not config.upsert_mode or change.erase is not None:
                 return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
             response = transport.send(_create_request(options, user, fields))
         return _classify(response, fields, options)
@@ -185,15 +195,20 @@ def _base_url() -> str:
     return get_settings().sendinblue_api_url.rstrip("/")
 
 
-def _update_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
+def _contact_url(user: str) -> str:
     # identifierType is always sent: without it Brevo guesses from the identifier's form.
     identifier_type = "email_id" if _EMAIL.fullmatch(user) else "ext_id"
+    return f"{_base_url()}/contacts/{quote(user, safe='')}?identifierType={identifier_type}"
+
+
+def _update_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
     return HttpRequest(
-        method="PUT",
-        url=f"{_base_url()}/contacts/{quote(user, safe='')}?identifierType={identifier_type}",
-        headers=_headers(options),
-        json=dict(fields),
+        method="PUT", url=_contact_url(user), headers=_headers(options), json=dict(fields)
     )
+
+
+def _delete_request(options: Options, user: str) -> HttpRequest:
+    return HttpRequest(method="DELETE", url=_contact_url(user), headers=_headers(options))
 
 
 def _create_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
