@@ -252,11 +252,13 @@ class Deliverer:
                         unfinished[index] = answer
         finally:
             # Recorded as soon as answered, so a worker killed mid-batch repeats as little
-            # as possible. A duplicate was marked done by the copy that ended.
+            # as possible. A duplicate was marked done by the copy that ended; an event
+            # the erasure outranks ends so again, and an erased person gets no new record.
             done_by_user: dict[str, list[str]] = {}
             for index in ended:
                 event = events[index]
-                if (event.user, event.event_key) not in claim.done:
+                ids = (event.user, event.event_key)
+                if ids not in claim.done and ids not in claim.erased:
                     done_by_user.setdefault(event.user, []).append(event.event_key)
             self._record(
                 tenant,

@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 
 import redis
-import structlog
 
 from worker.settings import Settings
 
 KEY = "prefsync:user-hash-key"
 LENGTH = 32  # hex characters kept
 
-log = structlog.get_logger("prefsync.pseudonym")
+# The standard library's logger: in a worker it goes through the JSON log pipeline
+# (worker.logging); in the CLI, where none is set up, to stderr — never into the output
+# that scripts read.
+log = logging.getLogger("prefsync.pseudonym")
 
 
 class Pseudonyms:
@@ -63,6 +66,7 @@ def load_key(client: redis.Redis, settings: Settings) -> bytes:
     stored = client.get(KEY)
     log.warning(
         "PREFSYNC_USER_HASH_KEY is not set: user ids are hashed with a key kept in Redis "
-        f"({KEY}); set the setting to keep the key apart from the hashes (docs/erasure.md)"
+        "(%s); set the setting to keep the key apart from the hashes (docs/erasure.md)",
+        KEY,
     )
     return stored if isinstance(stored, bytes) else str(stored).encode()
