@@ -8,7 +8,11 @@ How the three fit together (delivery.py runs them for a group of users at a time
    - take the (connector, user) lock, so that requests for one user reach the destination
      one at a time; a user held elsewhere is *busy* and nothing else is done for it;
    - note which of the user's events already ended for this connector (duplicates: the
-     done markers name the tenant, connector, user and event key);
+     done markers, one sorted set per tenant, connector and person, hold a keyed hash of
+     each event key that ended, scored by when its marker expires);
+   - note which are outranked by the person's erasure (dated at or before their
+     tombstone: worker.erasure), which are neither merged nor sent; an erasure in the
+     claim moves the tombstone forward itself;
    - merge the other events' property values into the per-(tenant, user) state, keeping
      for each property the value from the newest ordering key, and return the state: which
      event *owns* each property (its value is the newest known; only those are sent) and
@@ -24,6 +28,9 @@ merge plus the send happen under the lock. If event B is newer than A on propert
 whichever of A's sends to a connector happens after B merged finds f owned by B and leaves
 f out; any send of A before that completes before B's send starts. So the last value sent
 for f is B's (or something newer).
+
+Every key names the person by the keyed hash of their id (worker.pseudonym), never by
+the id: once they are erased and forgotten, nothing left in Redis names them.
 
 Doing the three steps in one script per user (rather than a round trip each) is for
 throughput: a batch of 50 Braze users costs two round trips and about two commands per

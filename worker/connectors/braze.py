@@ -20,6 +20,15 @@ quietly become a custom attribute while the person's email state stays as it was
 
 A change with nothing to write is skipped.
 
+Erasures (``on_user_deleted``, docs/erasure.md): ``unsubscribe`` is an attributes object
+like any other, with every mapped subscription refused and ``_update_existing_only`` true
+whatever the upsert mode (an erasure never creates the person); ``delete`` goes to
+``POST {server}/users/delete`` in calls of up to 50 ``external_ids``, which the deliverer
+paces on a bucket of their own (``erasure_rate``: Braze limits /users/delete apart from
+/users/track). Braze answers with the count of ids it queued; one it does not know is not
+counted, which is no error: deleting what is gone is done. A 401/403 there names the
+``users.delete`` permission the key needs.
+
 Each change gets its own answer from a call's answer (braze.md): a 201 "success" delivers
 every object but those its ``errors`` list, which are refused; a 413 splits the call in
 halves; a refusal of the whole call refuses each of its objects; a rate limit (Braze's or
@@ -282,7 +291,8 @@ class BrazeConnector(Connector):
         )
 
     def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
-        (answer,) = self.deliver_many(transport, config, [change])
+        many = self.deliver_erasures if change.erase == "delete" else self.deliver_many
+        (answer,) = many(transport, config, [change])
         if isinstance(answer, DeliveryError | Deferred):
             raise answer
         return answer

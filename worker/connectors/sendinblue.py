@@ -18,6 +18,13 @@ The contact is the PMP's ``organization_user_id``. One that looks like an email 
 (text, one ``@``, a domain with a dot, no spaces) is addressed as ``identifierType=email_id``,
 anything else as ``ext_id``. The base URL is read from the settings at every call, so tests
 and local stacks can point it elsewhere.
+
+Erasures (``on_user_deleted``, docs/erasure.md): ``unsubscribe`` is the update with
+``emailBlacklisted`` (and ``smsBlacklisted`` when an SMS mapping exists) true and no
+attribute, never followed by a create (an unknown contact is skipped); ``delete`` is
+``DELETE {base}/contacts/{identifier}?identifierType=...``: 204 done, 404
+``document_not_found`` already gone (skipped, ``contact_unknown``). Deletions count
+against the same contact-call limit as updates, so they share the account's pacing.
 """
 
 from __future__ import annotations
