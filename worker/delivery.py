@@ -295,6 +295,7 @@ class Deliverer:
         # end with it as copies.
         carrier = max(erasing, key=lambda index: events[index].ordering.timestamp_us)
         change = erasure_change(config, user)
+        assert change is not None  # plan() ended the erasures of "ignore"
         for index in indexes:
             key = (user, events[index].event_key)
             if index == carrier:
@@ -305,7 +306,6 @@ class Deliverer:
                 ended[index] = skipped(SkipReason.ERASED, _ERASED)
             else:
                 unfinished[index] = UserBusy("the person's erasure goes first", wait=1.0)
-        assert change is not None  # plan() ended the ignored erasures
         return change, carrier
 
     def _record(

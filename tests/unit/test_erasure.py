@@ -317,6 +317,24 @@ def test_braze_deletes_up_to_50_people_a_call_and_an_unknown_id_is_not_an_error(
     assert sizes == [50, 10]
 
 
+def test_a_braze_400_on_a_deletion_call_splits_it_and_refuses_only_the_one(rt) -> None:
+    braze(rt, "delete")
+    people = ["a@example.com", "bad", "c@example.com", "d@example.com"]
+
+    def answer(request):
+        ids = json.loads(request.body)["external_ids"]
+        if "bad" in ids:
+            return (400, {}, json.dumps({"message": "Invalid external_id"}))
+        return (201, {}, json.dumps({"deleted": len(ids), "message": "success"}))
+
+    with responses.RequestsMock() as mocked:
+        mocked.add_callback(responses.POST, f"{BRAZE}/users/delete", callback=answer)
+        left = pipeline.deliver(rt, [user_deleted(user=person) for person in people], "braze")
+        calls = [json.loads(c.request.body)["external_ids"] for c in mocked.calls]
+    assert list(left) == [1] and isinstance(left[1], PermanentError)
+    assert calls == [people, people[:2], ["a@example.com"], ["bad"], people[2:]]
+
+
 def test_braze_deletions_are_paced_apart_from_updates(rt: Runtime) -> None:
     config = braze(rt, "delete")
     with responses.RequestsMock() as mocked:

@@ -301,17 +301,26 @@ class BrazeConnector(Connector):
         self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
     ) -> list[Answer]:
         """``POST /users/delete`` calls of up to 50 ``external_ids`` (Braze's cap, and
-        ``braze_batch_size`` when lower)."""
-        users = [change.user for change in changes]
+        ``braze_batch_size`` when lower). A call Braze refuses as a whole (400, 413) is
+        split in halves first: one id it cannot take must not cost 49 erasures."""
         size = min(get_settings().braze_batch_size, DELETE_BATCH)
-        answers: list[Answer] = []
-        for start in range(0, len(users), size):
-            call = users[start : start + size]
+        positions = list(range(len(changes)))
+        calls = deque(positions[start : start + size] for start in range(0, len(changes), size))
+        answers: dict[int, Answer] = {}
+        while calls:
+            call = calls.popleft()
             try:
-                answers += _send_deletion(transport, config, call)
+                call_answers = _send_deletion(transport, config, [changes[p].user for p in call])
             except (RetryableError, Deferred) as stop:
-                return answers + [stop] * (len(users) - start)
-        return answers
+                for position in chain(call, *calls):
+                    answers[position] = stop
+                break
+            if call_answers is None:
+                half = len(call) // 2
+                calls.extendleft((call[half:], call[:half]))
+                continue
+            answers |= dict(zip(call, call_answers, strict=True))
+        return [answers[position] for position in positions]
 
     def deliver_many(
         self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
@@ -418,11 +427,14 @@ def _delete_request(config: ConnectorConfig, users: Sequence[str]) -> HttpReques
 
 def _send_deletion(
     transport: Transport, config: ConnectorConfig, users: Sequence[str]
-) -> list[Answer]:
-    """One /users/delete call and an answer per user of it. Braze counts the ids it
-    queued for deletion; one it does not know is simply not counted: deleting what is
-    gone is done. Raises ``RetryableError`` or ``Deferred`` when Braze takes no calls."""
+) -> list[Answer] | None:
+    """One /users/delete call and an answer per user of it, or None when Braze refused
+    it as a whole and it can be split. Braze counts the ids it queued for deletion; one it
+    does not know is simply not counted: deleting what is gone is done. Raises
+    ``RetryableError`` or ``Deferred`` when Braze takes no calls."""
     response = transport.send(_delete_request(config, users))
+    if response.status in (400, 413) and len(users) > 1:
+        return None
     options = _options(config)
     secret = options.api_key.get_secret_value()
     body = response.body
