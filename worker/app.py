@@ -40,8 +40,14 @@ def make_app(settings: Settings) -> Celery:
             "health_check_interval": 25,
             # With a sentinel:// URL: which master to ask for, and how (redis_client.py).
             "master_name": settings.redis_sentinel_master,
-            "sentinel_kwargs": SENTINEL_KWARGS,
+            "sentinel_kwargs": {
+                **SENTINEL_KWARGS,
+                **({"ssl": True, **settings.tls_options()} if settings.uses_tls else {}),
+            },
         },
+        # rediss:// (or PREFSYNC_REDIS_TLS with Sentinels): the server's certificate is
+        # verified, as for prefsync's own connection (Settings.tls_options).
+        broker_use_ssl=settings.tls_options() or None,
         broker_connection_retry_on_startup=True,
         # After a reconnect, tasks still running can no longer ack their old messages, which
         # come back and would run twice: cancel them and let them be re-delivered.

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -32,9 +32,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _redis_help(url: str) -> str:
+def _redis_help(url: str, exc: Exception | None = None) -> str:
     from worker.redis_client import redacted_url
 
+    if exc is not None and "certificate verify failed" in str(exc):
+        return (
+            f"Redis at {redacted_url(url)} answered with a TLS certificate that is not "
+            "trusted: set PREFSYNC_REDIS_TLS_CA_FILE to the CA bundle that signed it "
+            "(certificate verify failed)"
+        )
     return (
         f"nothing answers at {redacted_url(url)}. Start a Redis first: `redis-server` "
         "(or `docker compose up redis`), or point PREFSYNC_REDIS_URL at one."
@@ -47,8 +53,8 @@ class ReportRedisErrors(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            fail(_redis_help(get_settings().redis_url))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            fail(_redis_help(get_settings().redis_url, exc))
 
 
 @click.group(cls=ReportRedisErrors)
@@ -205,7 +211,8 @@ def enqueue(file: click.utils.LazyFile) -> None:
 
 @main.group()
 def connectors() -> None:
-    """Store, list, show and delete a tenant's connector configs."""
+    """Store, list, show and delete a tenant's connector configs (sealed at rest with
+    PREFSYNC_SECRET_KEYS), and rotate the key they are sealed with."""
 
 
 @connectors.command("put")
@@ -273,6 +280,46 @@ def connectors_delete(tenant: str, connector_id: str) -> None:
     click.echo(f"deleted connector {connector_id!r} of tenant {tenant!r}")
 
 
+@connectors.command("reencrypt")
+def connectors_reencrypt() -> None:
+    """Seal every stored config again under the first key of PREFSYNC_SECRET_KEYS: after a
+    new key was put first (rotation), or for configs stored before sealing existed. Safe
+    to run again; a config put meanwhile is left as it is (already current)."""
+    try:
+        changed, current = _runtime().configs.reencrypt()
+    except InvalidConfig as exc:
+        fail(str(exc), 1)
+    click.echo(f"re-encrypted {changed} config(s), {current} already under the first key")
+
+
+@connectors.command("new-key")
+def connectors_new_key() -> None:
+    """Print a new key for PREFSYNC_SECRET_KEYS (put it first to rotate, then run
+    `prefsync connectors reencrypt`, then drop the old key)."""
+    from worker.sealing import new_key
+
+    click.echo(new_key())
+
+
+@main.command("redis-acl")
+def redis_acl() -> None:
+    """Print a Redis ACL file with one user per component (worker, producer, flower,
+    admin), each allowed only what its job needs; the passwords come from
+    REDIS_WORKER_PASSWORD, REDIS_PRODUCER_PASSWORD, REDIS_FLOWER_PASSWORD and
+    REDIS_ADMIN_PASSWORD (a component without one gets no user) and are written as SHA-256
+    hashes. Use it as Redis's aclfile: docs/security.md."""
+    from worker.redis_acl import COMPONENTS, render
+
+    passwords = {
+        name: os.environ[f"REDIS_{name.upper()}_PASSWORD"]
+        for name in COMPONENTS
+        if os.environ.get(f"REDIS_{name.upper()}_PASSWORD")
+    }
+    if not passwords:
+        fail("set REDIS_<COMPONENT>_PASSWORD for at least one of: " + ", ".join(COMPONENTS))
+    click.echo(render(passwords), nl=False)
+
+
 # ---------------------------------------------------------------- dead letters
 
 
@@ -292,13 +339,14 @@ def _when(epoch: float) -> str:
 @click.option("--connector", help="Only this connector id's entries.")
 def dlq_list(tenant: str | None, connector: str | None) -> None:
     """One line per entry: id, tenant, connector, user, reason, when; then the count."""
-    entries = _runtime().deadletters.list(tenant=tenant, connector_id=connector)
-    for e in entries:
+    listed = 0
+    for e in _runtime().deadletters.iter(tenant=tenant, connector_id=connector):
+        listed += 1
         click.echo(
             f"{e.id}\t{e.tenant}\t{e.connector_id or '-'}\t{e.user}\t{e.reason}\t"
             f"{_when(e.dead_lettered_at)}"
         )
-    click.echo(f"{len(entries)} dead letter(s)")
+    click.echo(f"{listed} dead letter(s)")
 
 
 @dlq.command("show")
@@ -313,7 +361,8 @@ def dlq_show(entry_id: str) -> None:
     click.echo(dumps(entry))
 
 
-def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> list:
+def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> Iterable:
+    """The entries named, or every one (of a tenant), streamed a page at a time."""
     store = _runtime().deadletters
     if sum([bool(ids), all_, tenant is not None]) != 1:
         fail("name entry ids, or --all, or --tenant T (exactly one of them)")
@@ -323,7 +372,7 @@ def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> list:
         if missing:
             fail(f"no dead letter {', '.join(missing)}", 1)
         return entries
-    return store.list(tenant=tenant)
+    return store.iter(tenant=tenant)
 
 
 @dlq.command("replay")

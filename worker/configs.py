@@ -44,11 +44,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from redis.exceptions import WatchError
 
 from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, get_connector
 from worker.connectors.base import Connector, mask
 from worker.errors import InvalidConfig
 from worker.events import is_utf8
+from worker.sealing import Sealer, SealingError
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -456,15 +458,55 @@ def _secret_names(model: type[BaseModel]) -> set[str]:
 
 class ConfigStore:
     """Every tenant's connector configs in Redis: one hash per tenant, key
-    ``prefsync:connectors:{tenant}``, field = connector id, value = ``to_stored()`` JSON."""
+    ``prefsync:connectors:{tenant}``, field = connector id, value = ``to_stored()`` JSON
+    sealed with the first of PREFSYNC_SECRET_KEYS (worker.sealing): the credentials are
+    never in Redis, its AOF or a backup in clear."""
 
-    def __init__(self, redis: Redis, allow_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(self, redis: Redis, sealer: Sealer, allow_hosts: tuple[str, ...] = ()) -> None:
         self.redis = redis
+        self.sealer = sealer
         self.allow_hosts = allow_hosts
 
     def put(self, tenant: str, config: ConnectorConfig) -> None:
         """Store ``config``, replacing the tenant's config of the same id."""
-        self.redis.hset(_key(tenant), config.id, json.dumps(config.to_stored()))
+        sealed = self.sealer.seal(json.dumps(config.to_stored()))
+        self.redis.hset(_key(tenant), config.id, sealed)
+
+    def reencrypt(self) -> tuple[int, int]:
+        """Seal again, under the first key, every stored config that is not (plain, or
+        sealed under an older key); (re-encrypted, already current). A config no key opens
+        is left as it is and named in the ``InvalidConfig`` raised at the end."""
+        changed = current = 0
+        unreadable: builtins.list[str] = []
+        for name in self.redis.scan_iter(match=f"{KEY_PREFIX}*", count=500):
+            tenant = _text(name).removeprefix(KEY_PREFIX)
+            for connector_id, raw in self.redis.hgetall(name).items():
+                if self.sealer.is_current(raw):
+                    current += 1
+                    continue
+                try:
+                    text = self.sealer.open(raw)
+                except SealingError:
+                    unreadable.append(f"tenant {tenant!r}, connector {_text(connector_id)!r}")
+                    continue
+                # Only if unchanged since read: a config put meanwhile is already current.
+                with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.watch(name)
+                    if pipe.hget(name, connector_id) != raw:
+                        continue
+                    pipe.multi()
+                    pipe.hset(name, connector_id, self.sealer.seal(text))
+                    try:
+                        pipe.execute()
+                    except WatchError:
+                        continue
+                changed += 1
+        if unreadable:
+            raise InvalidConfig(
+                f"re-encrypted {changed}, but no key of PREFSYNC_SECRET_KEYS opens: "
+                + "; ".join(unreadable)
+            )
+        return changed, current
 
     def get(self, tenant: str, connector_id: str) -> ConnectorConfig | None:
         raw = self.redis.hget(_key(tenant), connector_id)
@@ -490,7 +532,11 @@ class ConfigStore:
     def _load(self, tenant: str, connector_id: str, raw: bytes | str) -> ConnectorConfig:
         where = f"tenant {tenant!r}, connector {connector_id!r}"
         try:
-            data = json.loads(raw)
+            text = self.sealer.open(raw)
+        except SealingError as exc:
+            raise InvalidConfig(f"{where}: the stored config cannot be read: {exc}") from None
+        try:
+            data = json.loads(text)
         except ValueError:
             raise InvalidConfig(f"{where}: the stored config is not JSON") from None
         try:

@@ -87,7 +87,7 @@ class Erasures:
         records = self.state.forget_erased(tenant, user, self.connector_ids(tenant), up_to)
         letters = [
             entry
-            for entry in self.deadletters.list(tenant=tenant)
+            for entry in self.deadletters.iter(tenant=tenant)
             if entry.user == user
             and not entry.event_key.startswith(f"{ERASURE}:")
             and _dated_up_to(entry.payload, up_to)

@@ -43,8 +43,9 @@ held the account half a second every other second: a fifth of the rate (the benc
 8 calls a second at 10). That window is the one pacing keeps by itself; only a 429 tells
 that someone else spent it.
 
-Time is the workers' clock (worker.retries.clock, as for the retry schedule): hosts kept in
-step by NTP agree to the millisecond, well under a slot.
+Time is Redis's clock (worker.retries.clock, as for the retry schedule), so workers on hosts
+whose clocks disagree still agree on every slot: a host 2 s fast would otherwise see every
+slot as free and take them all.
 """
 
 from __future__ import annotations

@@ -44,9 +44,14 @@ class RedisClock:
             try:
                 seconds, microseconds = self.client.time()
             except redis.RedisError:
-                return time.time()
-            self._read = (seconds + microseconds / 1e6, mono)
-        return self._read[0] + mono - self._read[1]
+                if self._read is None:
+                    return time.time()
+                # Carry the last reading on; ask again only after another ``refresh``,
+                # so an outage costs one failed call per refresh, not one per reading.
+                self._read = (self._read[0] + mono - self._read[1], mono)
+            else:
+                self._read = (seconds + microseconds / 1e6, time.monotonic())
+        return self._read[0] + time.monotonic() - self._read[1]
 
 
 def connect(settings: Settings, **options: Any) -> redis.Redis:
@@ -60,16 +65,24 @@ def connect(settings: Settings, **options: Any) -> redis.Redis:
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
         "health_check_interval": 25,
+        **settings.tls_options(),
         **options,
     }
     if not settings.redis_url.startswith("sentinel://"):
+        if settings.uses_tls and settings.redis_url.startswith("redis://"):
+            options["connection_class"] = redis.SSLConnection
         return redis.Redis.from_url(settings.redis_url, **options)
+    if settings.uses_tls:
+        options["ssl"] = True
     parts = [urlsplit(url) for url in settings.redis_url.split(";")]
     sentinels = [(part.hostname or "localhost", part.port or 26379) for part in parts]
     first, last = parts[0], parts[-1]
     db = int(last.path.strip("/") or 0)
+    sentinel_kwargs = {**SENTINEL_KWARGS, **settings.tls_options()}
+    if settings.uses_tls:
+        sentinel_kwargs["ssl"] = True
     sentinel = Sentinel(
-        sentinels, sentinel_kwargs=SENTINEL_KWARGS, password=first.password, db=db, **options
+        sentinels, sentinel_kwargs=sentinel_kwargs, password=first.password, db=db, **options
     )
     return sentinel.master_for(settings.redis_sentinel_master)
 

@@ -12,12 +12,26 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from itertools import accumulate
+
+_now: Callable[[], float] = time.time
 
 
 def clock() -> float:
-    """Wall-clock seconds; one place to freeze in tests."""
-    return time.time()
+    """Seconds since the epoch, on the one clock every process shares: Redis's, once the
+    process has a runtime (worker.runtime follows its RedisClock: read every 30 s, carried
+    on the monotonic clock in between), the local clock before that. Retry schedules and
+    pacing slots are computed on it, so a host whose clock is off (by 2 s, by 300 s) takes
+    no more than its share of a rate limit and does not shorten a retry schedule. One
+    place to freeze in tests."""
+    return _now()
+
+
+def follow(now: Callable[[], float]) -> None:
+    """Make ``clock`` read ``now`` (the runtime's RedisClock)."""
+    global _now
+    _now = now
 
 
 def retry_countdown(

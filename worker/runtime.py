@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import redis
 
@@ -23,6 +24,8 @@ from worker.pacing import Pacer
 from worker.pseudonym import Pseudonyms, load_key
 from worker.recorder import OutcomeRecorder
 from worker.redis_client import RedisClock, connect
+from worker.retries import follow
+from worker.sealing import Sealer, keys_from
 from worker.settings import Settings, get_settings
 from worker.state import StateStore
 
@@ -37,11 +40,22 @@ class Runtime:
 
     @cached_property
     def clock(self) -> RedisClock:
-        return RedisClock(self.redis)
+        # A connection of its own with short timeouts: reading the clock while Redis is
+        # away must not hold a task up for the data connection's timeouts.
+        return RedisClock(connect(self.settings, socket_timeout=0.5, socket_connect_timeout=0.5))
+
+    @cached_property
+    def sealer(self) -> Sealer:
+        configured = self.settings.secret_keys
+        keys = keys_from(
+            configured.get_secret_value() if configured else None,
+            Path(self.settings.dev_key_file).expanduser(),
+        )
+        return Sealer(keys)
 
     @cached_property
     def configs(self) -> ConfigStore:
-        return ConfigStore(self.redis, allow_hosts=self.settings.allow_hosts)
+        return ConfigStore(self.redis, self.sealer, allow_hosts=self.settings.allow_hosts)
 
     @cached_property
     def state(self) -> StateStore:
@@ -69,7 +83,7 @@ class Runtime:
 
     @cached_property
     def deadletters(self) -> DeadLetterStore:
-        return DeadLetterStore(self.redis)
+        return DeadLetterStore(self.redis, warn_count=self.settings.deadletter_warn_count)
 
     @cached_property
     def recorder(self) -> OutcomeRecorder:
@@ -98,4 +112,5 @@ def runtime() -> Runtime:
     global _runtime
     if _runtime is None or _runtime[0] != os.getpid():
         _runtime = (os.getpid(), Runtime(get_settings()))
+        follow(_runtime[1].clock.now)
     return _runtime[1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,10 +19,18 @@ def _split_commas(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PREFSYNC_", extra="ignore")
+    # hide_input_in_errors: a refused value may be a secret (a key, a URL with a password).
+    model_config = SettingsConfigDict(
+        env_prefix="PREFSYNC_", extra="ignore", hide_input_in_errors=True
+    )
 
     redis_url: str = "redis://localhost:6379/0"
     redis_sentinel_master: str = "mymaster"  # with a sentinel:// URL only
+    # TLS to Redis (and to the Sentinels): on by itself for a rediss:// URL; for sentinel://
+    # URLs set it. The server's certificate is always verified, against this CA bundle
+    # when given (else the system's).
+    redis_tls: bool = False
+    redis_tls_ca_file: str = ""
     sendinblue_api_url: str = "https://api.brevo.com/v3"
     http_timeout: float = Field(10.0, gt=0)
     task_time_limit: int = Field(60, gt=0)
@@ -49,6 +57,12 @@ class Settings(BaseSettings):
     # The key of the keyed hash that stands for a user id wherever prefsync keeps one
     # (worker.pseudonym): unset, one is generated once and kept in Redis.
     user_hash_key: SecretStr | None = None
+    # Dead letters of one tenant past which an error is logged (and again every tenth more).
+    deadletter_warn_count: int = Field(10_000, gt=0)
+    # Fernet keys sealing connector configs at rest, comma-separated: the first seals,
+    # every one opens (worker.sealing). Unset: a development key in dev_key_file.
+    secret_keys: SecretStr | None = None
+    dev_key_file: str = "~/.config/prefsync/secret.key"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
@@ -62,6 +76,23 @@ class Settings(BaseSettings):
             if not sep or not name or not port.isdigit():
                 raise ValueError(f"allow_hosts entry {host!r} is not host:port")
         return tuple(h.lower() for h in hosts)
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _fernet_keys(cls, keys: SecretStr | None) -> SecretStr | None:
+        from cryptography.fernet import Fernet
+
+        for key in (keys.get_secret_value() if keys else "").split(","):
+            if key.strip():
+                try:
+                    Fernet(key.strip().encode())
+                except ValueError:
+                    # The message never shows the key: it is a secret, even when wrong.
+                    raise ValueError(
+                        "each key must be 32 url-safe base64-encoded bytes "
+                        "(make one with `prefsync connectors new-key`)"
+                    ) from None
+        return keys
 
     @field_validator("retry_countdowns")
     @classmethod
@@ -98,6 +129,21 @@ class Settings(BaseSettings):
                 f"countdown or rate-limit wait plus task_time_limit ({longest:g}s)"
             )
         return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.redis_tls or self.redis_url.startswith("rediss://")
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py's TLS options (also kombu's ``broker_use_ssl``); empty without TLS."""
+        if not self.uses_tls:
+            return {}
+        import ssl
+
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        if self.redis_tls_ca_file:
+            options["ssl_ca_certs"] = self.redis_tls_ca_file
+        return options
 
     @property
     def lock_ttl(self) -> float:

@@ -9,6 +9,7 @@ credential, since Flower shows arguments.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -37,7 +38,7 @@ from worker.errors import (
     PrefsyncError,
     RetryableError,
 )
-from worker.events import parse_event
+from worker.events import EVENT_TYPES, parse_event
 from worker.pipeline import as_batch
 from worker.retries import clock, retry_countdown
 from worker.runtime import runtime
@@ -365,6 +366,70 @@ def _publish_again(task_id: str, name: str, args: list[Any], kwargs: dict[str, A
     retries = len(kwargs.get("attempts") or [])
     app.tasks[name].apply_async(args=args, kwargs=kwargs, task_id=task_id, retries=retries)
     log.warning("published again: not ended by its due time", task_id=task_id, task=name)
+
+
+@signals.before_task_publish.connect
+def _shown_without_people(
+    sender: str | None = None, body: Any = None, headers: Any = None, **_: Any
+) -> None:
+    """Flower (and ``celery inspect``) show a task's arguments as its message's ``argsrepr``
+    and ``kwargsrepr``. Ours carry events, with people's ids (often email addresses), so
+    every publish of a prefsync task (first, retry, outbox) shows a summary instead."""
+    if not isinstance(headers, dict) or not str(sender or "").startswith("prefsync."):
+        return
+    args, kwargs = (
+        (body[0], body[1]) if isinstance(body, tuple | list) and len(body) > 1 else ((), {})
+    )
+    headers["argsrepr"] = describe_arguments(list(args or ()))
+    headers["kwargsrepr"] = describe_keywords(dict(kwargs or {}))
+
+
+def describe_arguments(args: list[Any]) -> str:
+    """A task's arguments as an operator may see them: how many events, of which types
+    and tenants, their consent event ids, and the connector; never a user id or a payload."""
+    payloads = args[0] if args and isinstance(args[0], list) else []
+    types: dict[str, int] = {}
+    tenants: set[str] = set()
+    ids: list[str] = []
+    for payload in payloads:
+        tenant, _ = describe_payload_owner(payload)
+        tenants.add(tenant or "?")
+        kind = payload.get("type") if isinstance(payload, dict) else None
+        kind = kind if isinstance(kind, str) and kind in EVENT_TYPES else "invalid"
+        types[kind] = types.get(kind, 0) + 1
+        # A user payload's entity id is the person's id at the PMP: not shown.
+        entity = _entity(payload) if kind.startswith("event.") else None
+        if entity is not None and isinstance(entity.get("id"), str) and len(ids) < 5:
+            ids.append(entity["id"][:64])
+    shown = {
+        "events": len(payloads),
+        "types": types,
+        "tenants": sorted(tenants)[:5],
+        "event_ids": ids,
+    }
+    if len(args) > 1 and isinstance(args[1], str):
+        shown["connector"] = args[1]
+    return json.dumps(shown, ensure_ascii=False)
+
+
+def describe_keywords(kwargs: dict[str, Any]) -> str:
+    """Keyword arguments as shown: the attempts carried are counted, not listed (their
+    errors are the destinations' words)."""
+    shown = {
+        name: len(value) if name == "attempts" and isinstance(value, list) else value
+        for name, value in kwargs.items()
+        if name != "attempts" or value
+    }
+    return json.dumps(shown, default=str)
+
+
+def _entity(payload: Any) -> dict[str, Any] | None:
+    try:
+        parameters = payload["parameters"]
+        entity = parameters.get("entity") or parameters.get("new_entity")
+    except (TypeError, KeyError, AttributeError):
+        return None
+    return entity if isinstance(entity, dict) else None
 
 
 class OutboxSweep(bootsteps.StartStopStep):

@@ -63,8 +63,14 @@ class RedisServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, extra_args: Sequence[str] | None = None, timeout: float = 10.0) -> None:
-        """Start (or restart) and wait for PING; ``extra_args=None`` reuses the last ones.
+    def start(
+        self,
+        extra_args: Sequence[str] | None = None,
+        timeout: float = 10.0,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
+        """Start (or restart) and wait for PING (as ``auth``'s user and password, when its
+        ACL turns the default user off); ``extra_args=None`` reuses the last ones.
 
         Later arguments win over the defaults, e.g. ``["--appendonly", "yes"]``.
         """
@@ -85,7 +91,14 @@ class RedisServer:
             self._proc = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=1)
+        username, password = auth or (None, None)
+        probe = redis.Redis(
+            port=self.port,
+            socket_connect_timeout=0.2,
+            socket_timeout=1,
+            username=username,
+            password=password,
+        )
         try:
             wait_until(
                 lambda: self._answers_ping(probe),
@@ -164,10 +177,11 @@ def redis_server(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
 # -- Secrets -----------------------------------------------------------------------------------
 
 # Every API key the end-to-end tests use has this shape (tests.e2e.helpers); what a test
-# captured — worker logs, CLI output, everything in Redis but the stored configs — is
-# scanned for it after the test.
+# captured — worker logs, CLI output, everything in Redis, the stored configs included
+# (sealed: worker.sealing) — is scanned for it after the test.
 SECRET = re.compile(rb"test-key-[0-9]{4}")
-CONFIGS = b"prefsync:connectors:"  # where the keys are kept, by design
+# The key the configs of the end-to-end tests are sealed with (PREFSYNC_SECRET_KEYS).
+SEALING_KEY = "MDZA89by3YRpiwUP6154HXJBVs4bZmSt0gmLEYjQXNE="
 
 
 def assert_no_secret(where: str, data: bytes) -> None:
@@ -178,7 +192,7 @@ def assert_no_secret(where: str, data: bytes) -> None:
 
 
 def dump(server: RedisServer) -> bytes:
-    """Every key and value in Redis except the connector configs, as one blob."""
+    """Every key and value in Redis, as one blob."""
     client = redis.Redis(port=server.port)
     readers = {
         b"string": client.get,
@@ -193,9 +207,8 @@ def dump(server: RedisServer) -> bytes:
         for db in range(16):
             client.execute_command("SELECT", db)
             for name in client.scan_iter(count=1000):
-                if not name.startswith(CONFIGS):
-                    value = readers.get(client.type(name), lambda _: b"")(name)
-                    parts += [name, repr(value).encode()]
+                value = readers.get(client.type(name), lambda _: b"")(name)
+                parts += [name, repr(value).encode()]
     finally:
         client.close()
     return b"\n".join(parts)
@@ -224,6 +237,7 @@ def prefsync_env(redis_server: RedisServer, fake_destinations: FakeDestinations)
         PREFSYNC_TASK_TIME_LIMIT="5",
         PREFSYNC_LOG_FORMAT="json",
         PREFSYNC_RATE_LIMIT_MAX_WAIT="2",  # visibility timeout must outlast the longest wait
+        PREFSYNC_SECRET_KEYS=SEALING_KEY,
     )
     return env
 

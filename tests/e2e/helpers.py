@@ -103,3 +103,12 @@ def jsonl(events: list[dict[str, Any]]) -> str:
 def braze_attributes(calls: list[Any], status: int = 201) -> list[dict[str, Any]]:
     """Every attributes object Braze accepted, in the order it received them."""
     return [obj for call in calls if call.status == status for obj in call.body["attributes"]]
+
+
+def last_braze_value(fake: Any, field: str = "email_subscribe") -> dict[str, Any]:
+    """external_id -> the last value of ``field`` Braze accepted for that user."""
+    last: dict[str, Any] = {}
+    for obj in braze_attributes(fake.calls("braze")):
+        if field in obj:
+            last[obj["external_id"]] = obj[field]
+    return last

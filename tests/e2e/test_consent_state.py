@@ -20,6 +20,7 @@ from tests.e2e.helpers import (
     brevo_config,
     consent_event,
     jsonl,
+    last_braze_value,
     wait_until,
 )
 
@@ -197,11 +198,7 @@ def test_inputs_of_one_field_in_concurrent_messages_end_with_the_state_the_newes
     enqueue(run_cli, prefsync_env, *wave("mon", MONDAY, {"email_optout": True}))
 
     def last_state() -> dict[str, str]:
-        state: dict[str, str] = {}
-        for obj in braze_attributes(fake.calls("braze")):
-            if "email_subscribe" in obj:
-                state[obj["external_id"]] = obj["email_subscribe"]
-        return state
+        return last_braze_value(fake)
 
     # Newest values: newsletter true (Tuesday), email_optout false (Wednesday).
     expected = dict.fromkeys(users, "opted_in")

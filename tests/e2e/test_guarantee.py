@@ -19,6 +19,7 @@ from tests.e2e.helpers import (
     braze_config,
     consent_event,
     jsonl,
+    last_braze_value,
     wait_until,
 )
 
@@ -217,11 +218,7 @@ def test_concurrent_older_and_newer_events_always_end_with_the_newer_value(
         }
 
     def last_state() -> dict[str, str]:
-        state: dict[str, str] = {}
-        for obj in braze_attributes(fake.calls("braze")):
-            if "email_subscribe" in obj:
-                state[obj["external_id"]] = obj["email_subscribe"]
-        return state
+        return last_braze_value(fake)
 
     # A delivery that finds the user held by the other one is deferred (about a second),
     # so the newer value may come last a moment after the older one was sent.

@@ -14,6 +14,12 @@ from worker.runtime import Runtime
 from worker.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def dev_key_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test writes a development key into the home of whoever runs the tests."""
+    monkeypatch.setenv("PREFSYNC_DEV_KEY_FILE", str(tmp_path / "secret.key"))
+
+
 @pytest.fixture
 def mocked() -> Iterator[responses.RequestsMock]:
     """HTTP mocked by `responses`; a request to an unregistered URL fails the test."""

@@ -116,6 +116,16 @@ def test_redis_keeps_every_message_and_requires_the_password(services: dict[str,
     assert password and password.group(1) == "REDIS_PASSWORD"
 
 
+def test_the_stack_refuses_to_start_without_keys_sealing_the_connector_keys(
+    compose: dict[str, Any],
+) -> None:
+    env = compose["x-prefsync-env"]
+    keys = REQUIRED_VARIABLE.match(env["PREFSYNC_SECRET_KEYS"])
+    assert keys and keys.group(1) == "PREFSYNC_SECRET_KEYS"
+    assert "PREFSYNC_SECRET_KEYS" in env_example_names()
+    assert re.search(r"^PREFSYNC_SECRET_KEYS=", env_example_text(), flags=re.M) is None
+
+
 def test_redis_data_lives_in_a_named_volume(
     services: dict[str, Any], compose: dict[str, Any]
 ) -> None:
@@ -351,7 +361,7 @@ def test_every_prefsync_command_in_the_docs_exists(documentation: str) -> None:
     code = readme_code(documentation)
     # A command starts a line or follows .venv/bin/ or `docker compose exec [-T] worker`.
     shown = re.findall(
-        r"(?:^\s*|\.venv/bin/|exec (?:-T )?worker )prefsync ([a-z]+)(?: ([a-z]+))?",
+        r"(?:^\s*|\.venv/bin/|exec (?:-T )?worker )prefsync ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?",
         code,
         flags=re.M,
     )

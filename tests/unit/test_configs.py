@@ -16,7 +16,9 @@ from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, get_connector
 from worker.connectors.braze import BrazeConnector
 from worker.connectors.sendinblue import SendinblueConnector
 from worker.errors import InvalidConfig
+from worker.sealing import Sealer, new_key
 
+SEALER = Sealer([new_key()])
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "connectors"
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
 BRAZE_SERVER = "https://rest.fra-01.braze.eu"
@@ -492,7 +494,7 @@ def test_registry_resolves_names_and_aliases() -> None:
 
 @pytest.fixture
 def store() -> ConfigStore:
-    return ConfigStore(fakeredis.FakeRedis())
+    return ConfigStore(fakeredis.FakeRedis(), SEALER)
 
 
 def test_store_round_trip(store: ConfigStore) -> None:
@@ -513,7 +515,7 @@ def test_store_keeps_one_hash_per_tenant_of_stored_json(store: ConfigStore) -> N
     store.put("tenant with spaces:and:colons", config)
 
     raw = store.redis.hget("prefsync:connectors:tenant with spaces:and:colons", "braze")
-    assert json.loads(raw) == config.to_stored()
+    assert json.loads(store.sealer.open(raw)) == config.to_stored()
 
 
 def test_store_holds_two_connectors_of_one_type_apart(store: ConfigStore) -> None:
@@ -575,11 +577,13 @@ def test_store_reads_with_its_allow_hosts() -> None:
     redis = fakeredis.FakeRedis()
     allow = ("127.0.0.1:8080",)
     local = braze(authentication={"api_key": KEY, "server": "http://127.0.0.1:8080"})
-    ConfigStore(redis, allow_hosts=allow).put("acme", parse_config(local, allow_hosts=allow))
+    ConfigStore(redis, SEALER, allow_hosts=allow).put(
+        "acme", parse_config(local, allow_hosts=allow)
+    )
 
-    assert ConfigStore(redis, allow_hosts=allow).get("acme", "braze") is not None
+    assert ConfigStore(redis, SEALER, allow_hosts=allow).get("acme", "braze") is not None
     with pytest.raises(InvalidConfig):
-        ConfigStore(redis).get("acme", "braze")
+        ConfigStore(redis, SEALER).get("acme", "braze")
 
 
 def test_connector_config_refuses_options_of_another_connector() -> None:
