@@ -68,6 +68,12 @@ class Settings(BaseSettings):
 
     _split_lists = field_validator("allow_hosts", "retry_countdowns", mode="before")(_split_commas)
 
+    @field_validator("user_hash_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, key: object) -> object:
+        # Compose passes an unset variable as "" (docker-compose.yml).
+        return None if isinstance(key, str) and not key.strip() else key
+
     @field_validator("allow_hosts")
     @classmethod
     def _lower_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:

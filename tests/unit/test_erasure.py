@@ -190,6 +190,11 @@ def test_the_key_setting_is_used_when_given() -> None:
     assert client.get(KEY) is None
 
 
+def test_an_empty_key_setting_counts_as_unset() -> None:
+    # docker compose passes an unset variable as "".
+    assert Settings(user_hash_key=" ").user_hash_key is None
+
+
 def test_without_the_setting_one_key_is_generated_kept_and_warned_about(caplog) -> None:
     client = fakeredis.FakeRedis()
     with caplog.at_level(logging.WARNING, logger="prefsync.pseudonym"):
