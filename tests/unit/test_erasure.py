@@ -28,7 +28,7 @@ from worker.events import OrderingKey, parse_event
 from worker.pseudonym import KEY, Pseudonyms, load_key
 from worker.runtime import Runtime
 from worker.settings import Settings, get_settings
-from worker.state import StateStore, Write, key
+from worker.state import StateStore, UserBusy, Write, key
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TENANT = "acme"
@@ -420,6 +420,26 @@ def test_brevo_unsubscribe_blocklists_and_skips_an_unknown_contact(rt, sms, body
         (call,) = mocked.calls
     assert json.loads(call.request.body) == body
     assert outcomes(rt) == [("sendinblue", "user.deleted", "skipped", "contact_unknown")]
+
+
+def test_in_one_batch_the_erasure_goes_first_and_a_newer_event_comes_back_after(rt) -> None:
+    braze(rt, "delete")
+    batch = [consent("older", 10), user_deleted(30), user_deleted(20), consent("newer", 40)]
+    with responses.RequestsMock() as mocked:
+        mocked.post(f"{BRAZE}/users/delete", status=201, json={"deleted": 1, "message": "success"})
+        mocked.post(f"{BRAZE}/users/track", status=201, json={"message": "success"})
+        assert pipeline.route(rt, batch, lambda batch, cid: None) == {}
+        left = pipeline.deliver(rt, batch, "braze")
+        assert [c.request.url for c in mocked.calls] == [f"{BRAZE}/users/delete"]
+        assert list(left) == [3] and isinstance(left[3], UserBusy)  # a new life: deferred
+        assert pipeline.deliver(rt, [batch[3]], "braze") == {}  # ... then sent
+        assert [c.request.url for c in mocked.calls][1:] == [f"{BRAZE}/users/track"]
+    assert sorted((kind, outcome, reason) for _, kind, outcome, reason in outcomes(rt)) == [
+        ("event.created", "delivered", ""),  # the new life
+        ("event.created", "skipped", "erased"),
+        ("user.deleted", "delivered", ""),  # the newest deletion carries it
+        ("user.deleted", "skipped", "duplicate"),
+    ]
 
 
 # -- erasure outranks the past; prefsync forgets -------------------------------------------
