@@ -180,7 +180,8 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
 @connectors.command("list")
 @click.argument("tenant")
 def connectors_list(tenant: str) -> None:
-    """One line per connector: id, type, enabled, upsert, mappings, credential (masked)."""
+    """One line per connector: id, type, enabled, upsert, on_user_deleted, mappings,
+    credential (masked)."""
     if not _runtime().configs.ids(tenant):
         fail(
             f"tenant {tenant!r} has no connectors (unknown tenant, or a typo?); "
@@ -199,6 +200,7 @@ def connectors_list(tenant: str) -> None:
         click.echo(
             f"{config.id}\t{config.type_id}\t{'enabled' if config.enabled else 'disabled'}\t"
             f"upsert={'on' if config.upsert_mode else 'off'}\t"
+            f"on_user_deleted={config.on_user_deleted}\t"
             f"mappings={len(config.mappings)}\t{secrets}"
         )
 
@@ -455,15 +457,21 @@ def preview(tenant: str, event_file: click.utils.LazyFile, as_json: bool) -> Non
 
 @main.command()
 @click.argument("tenant")
-@click.option("--user", help="Only this person (their organization_user_id).")
+@click.option("--user", help="Only this person (their organization_user_id; it is hashed).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def audit(tenant: str, user: str | None, limit: int, as_json: bool) -> None:
     """What each destination was told about a tenant's people, and when (newest first):
-    time, connector, user, outcome, reason or HTTP status, fields written."""
-    entries = _runtime().audit.query(tenant, user=user, limit=limit)
+    time, connector, person, outcome, reason or HTTP status, fields written.
+
+    A person is shown as the keyed hash of their id (PREFSYNC_USER_HASH_KEY), never the
+    id: the trail outlives their erasure (docs/erasure.md). --user takes the id and
+    hashes it."""
+    rt = _runtime()
+    person = None if user is None else rt.pseudonyms.user(user)
+    entries = rt.audit.query(tenant, user=person, limit=limit)
     if not entries:
-        if not _runtime().configs.ids(tenant) and not _runtime().audit.length(tenant):
+        if not rt.configs.ids(tenant) and not rt.audit.length(tenant):
             fail(f"unknown tenant {tenant!r}: no connectors and no audit entries", 1)
         whom = f"user {user!r} of tenant {tenant!r}" if user else f"tenant {tenant!r}"
         click.echo(f"no audit entries for {whom} yet", err=True)
@@ -477,6 +485,35 @@ def audit(tenant: str, user: str | None, limit: int, as_json: bool) -> None:
             f"{_when(entry.at)}\t{entry.connector_id}\t{entry.user}\t{entry.outcome}\t"
             f"{why}\t{written}"
         )
+
+
+# ---------------------------------------------------------------- erasure
+
+
+@main.command()
+@click.argument("tenant")
+@click.argument("user")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+def erase(tenant: str, user: str, yes: bool) -> None:
+    """Erase USER (their organization_user_id) from TENANT's destinations and from
+    prefsync, as a user.deleted from the PMP would: for a request that did not come
+    through the PMP. Each connector does what its on_user_deleted says; prefsync then
+    forgets the person, keeping a tombstone and the audit trail under a keyed hash
+    (docs/erasure.md). Events of the person dated before now are skipped from then on."""
+    from worker.erasure import request
+    from worker.producer import enqueue
+
+    if not yes and not click.confirm(f"erase {user!r} from tenant {tenant!r} everywhere?"):
+        fail("nothing erased", 1)
+    rt = _runtime()
+    try:
+        task_id = enqueue(request(tenant, user, rt.clock.now()))
+    except InvalidEvent as exc:
+        fail(f"cannot erase: {exc}", 1)
+    click.echo(
+        f"erasure of the person {rt.pseudonyms.user(user)} in tenant {tenant!r} enqueued "
+        f"(task {task_id}); follow it with `prefsync audit {tenant} --user ...`"
+    )
 
 
 # ---------------------------------------------------------------- a person's state

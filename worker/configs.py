@@ -7,11 +7,12 @@ Tenants arrive with either generation of the vendor's config shape
     newer: {"type_id", "authentication": {...}, "properties": {...}, "mappings": [...]}
     older: {"type_id", "config": {credentials and options..., "properties": [mappings]}}
 
-both with an optional ``upsert_mode``, plus our own optional ``id``, ``enabled`` and
-``regulations``. Nothing here knows a destination: the connector registered for the
-``type_id`` (worker.connectors) validates its own options (``options_model``, fed the
-newer shape's ``authentication`` and ``properties`` merged, or the older shape's
-``config`` without its mapping list) and says which mapping ids it cannot take.
+both with an optional ``upsert_mode`` and ``on_user_deleted`` at the top level, plus our own
+optional ``id``, ``enabled`` and ``regulations``. Nothing here knows a destination: the
+connector registered for the ``type_id`` (worker.connectors) validates its own options
+(``options_model``, fed the newer shape's ``authentication`` and ``properties`` merged, or
+the older shape's ``config`` without its mapping list) and says which mapping ids it cannot
+take.
 
 Every problem is reported at once, one line each, naming the field the way the config
 wrote it (``authentication.server: ...``, ``config.properties[2].value: ...``). A missing
@@ -30,7 +31,7 @@ import json
 import re
 import string
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     AliasChoices,
@@ -62,6 +63,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "type_id",
         "enabled",
         "upsert_mode",
+        "on_user_deleted",
         "regulations",
         "authentication",
         "properties",
@@ -96,6 +98,9 @@ class _Common(BaseModel):
     enabled: bool = True
     #: create the user/contact when the destination does not know it
     upsert_mode: bool = False
+    #: what a user.deleted does: nothing (skipped), refuse every mapped subscription, or
+    #: delete the person in the destination (docs/erasure.md)
+    on_user_deleted: Literal["ignore", "unsubscribe", "delete"] = "ignore"
     #: lower case; empty means every regulation
     regulations: tuple[Regulation, ...] = ()
 
@@ -170,6 +175,7 @@ class ConnectorConfig(_Common):
             "type_id": self.type_id,
             "enabled": self.enabled,
             "upsert_mode": self.upsert_mode,
+            "on_user_deleted": self.on_user_deleted,
             "regulations": list(self.regulations),
             "authentication": authentication,
             "properties": properties,
@@ -202,7 +208,9 @@ def parse_config(
     options = _options(connector, shape, allow_hosts, problems)
     mappings = _mappings(connector, shape.mappings, shape.mappings_path, problems)
     common_input = {
-        key: raw[key] for key in ("enabled", "upsert_mode", "regulations") if key in raw
+        key: raw[key]
+        for key in ("enabled", "upsert_mode", "on_user_deleted", "regulations")
+        if key in raw
     }
     common_input["id"] = (
         connector_id if connector_id is not None else raw.get("id", connector.type_id)

@@ -19,6 +19,7 @@ from redis.client import Pipeline
 
 from worker.configs import ConnectorConfig
 from worker.connectors.base import (
+    Answer,
     Change,
     Delivered,
     HttpRequest,
@@ -26,6 +27,7 @@ from worker.connectors.base import (
     Skipped,
     Transport,
     Value,
+    erasure_change,
     fed_fields,
     own_fields,
 )
@@ -35,6 +37,8 @@ from worker.outcomes import Outcome, OutcomeKind, SkipReason
 from worker.pacing import PacedTransport, Pacer, account_key
 from worker.recorder import Ended, OutcomeRecorder
 from worker.state import Claim, StateStore, UserBusy, Write
+
+_ERASED = "the person was erased after this event: it must not bring them back"
 
 
 def skipped(reason: SkipReason, detail: str = "") -> Outcome:
@@ -54,6 +58,11 @@ def plan(event: PreferenceEvent, config: ConnectorConfig) -> Outcome | Resolved:
         return skipped(SkipReason.CONNECTOR_DISABLED)
     if not config.accepts_regulation(event.regulation):
         return skipped(SkipReason.OTHER_REGULATION, f"event regulation {event.regulation!r}")
+    if event.erasure:
+        # An erasure carries no property: what it sends is the connector's policy.
+        if config.on_user_deleted == "ignore":
+            return skipped(SkipReason.UNSUPPORTED_TYPE, "on_user_deleted is ignore")
+        return {}
     resolved: Resolved = {}
     for mapping in config.mappings:
         found = event.resolve(mapping.value)
@@ -94,16 +103,18 @@ class Deliverer:
         self.rates = rates
         self.max_sleep = max_sleep
 
-    def paced(self, config: ConnectorConfig) -> Transport:
-        """The transport for one delivery: paced by the rate limit of its account."""
+    def paced(self, config: ConnectorConfig, erasure: bool = False) -> Transport:
+        """The transport for one delivery: paced by the rate limit of its account (of its
+        deletion endpoint, for ``erasure``, when the destination limits that apart)."""
         connector = config.connector
+        if erasure and connector.erasure_rate is not None:
+            bucket = account_key(f"{config.type_id}:erasure", config.credentials)
+            rate = connector.erasure_rate
+        else:
+            bucket = account_key(config.type_id, config.credentials)
+            rate = self.rates.get(config.type_id, connector.default_rate)
         return PacedTransport(
-            self.transport,
-            self.pacer,
-            account_key(config.type_id, config.credentials),
-            self.rates.get(config.type_id, connector.default_rate),
-            connector.quota,
-            self.max_sleep,
+            self.transport, self.pacer, bucket, rate, connector.quota, self.max_sleep
         )
 
     def deliver(
@@ -176,15 +187,31 @@ class Deliverer:
         }
         ended: dict[int, Outcome] = {}
         changes: list[Change] = []
+        deletions: list[Change] = []  # sent apart: another endpoint, paced apart
         senders: dict[str, list[int]] = {}  # user -> the events their change carries
         for user in claim.held:
             values: dict[str, Value] = {}
             changed: dict[str, str] = {}  # mapped property name -> canonical, owned
             owners = claim.owners[user]
+            erasure = self._erasure(config, events, group[user], claim, user, ended, unfinished)
+            if erasure is not None:
+                change, index = erasure
+                senders[user] = [index]
+                if change.erase == "delete":
+                    deletions.append(change)
+                elif change.fed:
+                    changes.append(change)
+                else:
+                    why = "no mapping feeds a subscription to refuse"
+                    ended[senders.pop(user)[0]] = skipped(SkipReason.NO_MAPPED_VALUES, why)
+                continue
             for index in group[user]:
                 event_key = events[index].event_key
                 if (user, event_key) in claim.done:  # checked under the lock: a copy ended
                     ended[index] = skipped(SkipReason.DUPLICATE)
+                    continue
+                if (user, event_key) in claim.erased:
+                    ended[index] = skipped(SkipReason.ERASED, _ERASED)
                     continue
                 mine = {
                     name: (canonical, value)
@@ -212,26 +239,35 @@ class Deliverer:
                 ended |= dict.fromkeys(senders.pop(user), skipped(SkipReason.UNCHANGED, why))
         delivered: dict[str, dict[str, Any]] = {}  # user -> the fed fields delivered
         try:
+            answered: list[tuple[Change, Answer]] = []
             if changes:
                 answers = config.connector.deliver_many(transport, config, changes)
-                for change, answer in zip(changes, answers, strict=True):
-                    for index in senders[change.user]:
-                        if isinstance(answer, Delivered):
+                answered += zip(changes, answers, strict=True)
+            if deletions:
+                paced = self.paced(config, erasure=True)
+                answers = config.connector.deliver_erasures(paced, config, deletions)
+                answered += zip(deletions, answers, strict=True)
+            for change, answer in answered:
+                for index in senders[change.user]:
+                    if isinstance(answer, Delivered):
+                        if change.erase is None:
                             delivered[change.user] = dict(change.fed)
-                            ended[index] = Outcome(
-                                OutcomeKind.DELIVERED, status=answer.status, fields=answer.fields
-                            )
-                        elif isinstance(answer, Skipped):
-                            ended[index] = skipped(SkipReason(answer.reason), answer.detail)
-                        else:
-                            unfinished[index] = answer
+                        ended[index] = Outcome(
+                            OutcomeKind.DELIVERED, status=answer.status, fields=answer.fields
+                        )
+                    elif isinstance(answer, Skipped):
+                        ended[index] = skipped(SkipReason(answer.reason), answer.detail)
+                    else:
+                        unfinished[index] = answer
         finally:
             # Recorded as soon as answered, so a worker killed mid-batch repeats as little
-            # as possible. A duplicate was marked done by the copy that ended.
+            # as possible. A duplicate was marked done by the copy that ended; an event
+            # the erasure outranks ends so again, and an erased person gets no new record.
             done_by_user: dict[str, list[str]] = {}
             for index in ended:
                 event = events[index]
-                if (event.user, event.event_key) not in claim.done:
+                ids = (event.user, event.event_key)
+                if ids not in claim.done and ids not in claim.erased:
                     done_by_user.setdefault(event.user, []).append(event.event_key)
             self._record(
                 recording,
@@ -240,6 +276,44 @@ class Deliverer:
             )
             claim.finished = True
         return unfinished
+
+    def _erasure(
+        self,
+        config: ConnectorConfig,
+        events: Sequence[PreferenceEvent],
+        indexes: Sequence[int],
+        claim: Claim,
+        user: str,
+        ended: dict[int, Outcome],
+        unfinished: Unfinished,
+    ) -> tuple[Change, int] | None:
+        """The erasure change of a held user whose events include their erasure (not
+        done yet) and the event that carries it; None when they do not. It goes alone:
+        the user's other events end as the claim says (copies, erased) or, newer than
+        it (a new life), come back once it is sent."""
+        erasing = [
+            index
+            for index in indexes
+            if events[index].erasure and (user, events[index].event_key) not in claim.done
+        ]
+        if not erasing:
+            return None
+        # Several erasures of one person in a batch: the newest carries it, the others
+        # end with it as copies.
+        carrier = max(erasing, key=lambda index: events[index].ordering.timestamp_us)
+        change = erasure_change(config, user)
+        assert change is not None  # plan() ended the erasures of "ignore"
+        for index in indexes:
+            key = (user, events[index].event_key)
+            if index == carrier:
+                continue
+            if key in claim.done or index in erasing:
+                ended[index] = skipped(SkipReason.DUPLICATE)
+            elif key in claim.erased:
+                ended[index] = skipped(SkipReason.ERASED, _ERASED)
+            else:
+                unfinished[index] = UserBusy("the person's erasure goes first", wait=1.0)
+        return change, carrier
 
     def _record(
         self,
@@ -308,7 +382,7 @@ def _write(event: PreferenceEvent, resolved: Resolved, config: ConnectorConfig) 
             found = event.properties.get(mapping.value)
             if found is not None:
                 values.setdefault(*found)
-    return Write(event.event_key, event.ordering, values)
+    return Write(event.event_key, event.ordering, values, erase=event.erasure)
 
 
 def _fed_to_send(

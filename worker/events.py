@@ -51,7 +51,9 @@ EVENT_TYPES = (
     "user.deleted",
 )
 _CHANGE_TYPES = frozenset({"event.updated", "user.updated"})
-_NOT_PROPAGATED = frozenset({"event.deleted", "user.deleted"})
+_NOT_PROPAGATED = frozenset({"event.deleted"})
+#: the erasure of a person: each connector's on_user_deleted says what it does
+ERASURE = "user.deleted"
 
 CONFIRMED = "confirmed"
 PENDING_APPROVAL = "pending_approval"
@@ -488,10 +490,16 @@ class PreferenceEvent:
     #: old_entity's consents, for user.updated only: unchanged values are not re-sent
     previous: FlatProperties | None = field(default=None, compare=False)
 
+    @property
+    def erasure(self) -> bool:
+        """Whether this event asks to erase the person (``user.deleted``): it propagates no
+        property; each connector's ``on_user_deleted`` says what it does."""
+        return self.type == ERASURE
+
     def resolve(self, name: str) -> tuple[str, Value] | None:
         """What this event propagates for a mapping's property name: ``(canonical name,
         value)``, or ``None`` when it propagates nothing for it."""
-        if self.skip_reason is not None:
+        if self.skip_reason is not None or self.erasure:
             return None
         found = self.properties.get(name)
         if found is None or self.previous is None:

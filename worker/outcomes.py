@@ -20,10 +20,11 @@ class SkipReason(StrEnum):
     NO_MAPPED_VALUES = "no_mapped_values"  # none of the connector's mappings has a value
     CONTACT_UNKNOWN = "contact_unknown"  # destination does not know the user; upsert is off
     PENDING = "pending"  # pending_approval: not consent yet
-    UNSUPPORTED_TYPE = "unsupported_type"  # event.deleted, user.deleted
+    UNSUPPORTED_TYPE = "unsupported_type"  # event.deleted; user.deleted when on_user_deleted=ignore
     OTHER_REGULATION = "other_regulation"  # the connector is limited to other regulations
     DUPLICATE = "duplicate"  # this event already ended for this connector
     CONNECTOR_DISABLED = "connector_disabled"  # disabled after the event was routed
+    ERASED = "erased"  # the person was erased after this event: it must not bring them back
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from worker.delivery import Unfinished
 from worker.errors import InvalidConfig, InvalidEvent, PermanentError, PrefsyncError
 from worker.events import PreferenceEvent, parse_event, refuse_future
 from worker.logging import redact
-from worker.outcomes import Outcome, OutcomeKind
+from worker.outcomes import Outcome, OutcomeKind, SkipReason
 from worker.recorder import Ended
 from worker.runtime import Runtime
 
@@ -40,6 +40,11 @@ def route(
         connector_ids = rt.configs.ids(tenant)
         if not connector_ids:
             log.warning("tenant has no connectors: nothing to deliver", tenant=tenant)
+        # Before the fan-out: from now on the person's older events are outranked, and
+        # the erasure knows whose part is still to come (worker.erasure).
+        for event in events.values():
+            if event.erasure:
+                rt.erasures.begin(tenant, event.user, event.ordering.timestamp_us, connector_ids)
         for connector_id in connector_ids:
             enqueue_delivery([batch[index] for index in events], connector_id)
     return unfinished
@@ -66,8 +71,12 @@ def deliver(
             )
             unfinished |= dict.fromkeys(indexes, missing)
             continue
-        for index, why in rt.deliverer.deliver(tenant, events, config, enqueued_at).items():
+        left = rt.deliverer.deliver(tenant, events, config, enqueued_at)
+        for index, why in left.items():
             unfinished[indexes[index]] = why
+        for index, event in enumerate(events):
+            if event.erasure and index not in left:
+                rt.erasures.ended(tenant, event.user, connector_id, event.ordering.timestamp_us)
     return unfinished
 
 
@@ -139,6 +148,12 @@ def connector_type(rt: Runtime, tenant: str, connector_id: str) -> str:
     return config.type_id if config is not None else "unknown"
 
 
+def _erased(rt: Runtime, event: PreferenceEvent) -> bool:
+    """Whether the person's erasure outranks ``event`` (dated at or before it)."""
+    erased_at = rt.state.erased_at(event.tenant, event.user)
+    return erased_at is not None and event.ordering.timestamp_us <= erased_at
+
+
 def dead_letter(
     rt: Runtime,
     *,
@@ -153,13 +168,20 @@ def dead_letter(
     entry for ``once`` was already kept (worker.deadletter)."""
     tenant, user = describe_payload_owner(payload)
     try:
-        event_key = parse_event(payload).event_key
+        event: PreferenceEvent | None = parse_event(payload)
     except InvalidEvent:
-        event_key = ""
+        event = None
+    event_key = event.event_key if event is not None else ""
     if connector_id and event_key and rt.state.is_done(tenant, connector_id, user, event_key):
         # The delivery ended after all: Celery can report a task it cut off (a lost Redis
         # connection, then a hard time limit) whose work was done. Nothing to hand over.
         log.warning("not dead-lettered: the delivery had ended", error=describe_error(exc))
+        return None
+    if event is not None and not event.erasure and _erased(rt, event):
+        # Kept, a replay could bring the person back: it ends as the erasure says.
+        why = describe_error(exc)
+        outcome = Outcome(OutcomeKind.SKIPPED, reason=str(SkipReason.ERASED), detail=why)
+        rt.recorder.record(tenant, connector_id, [Ended(event_key, user, outcome)])
         return None
     entry = rt.deadletters.add(
         tenant=tenant,
@@ -181,6 +203,9 @@ def dead_letter(
         [Ended(event_key, user, outcome)],
         connector_type=connector_type(rt, tenant, connector_id),
     )
+    if event is not None and event.erasure and connector_id:
+        # A dead-lettered part ends it too; the dead letter of the deletion is kept.
+        rt.erasures.ended(tenant, user, connector_id, event.ordering.timestamp_us)
     operator_action = getattr(exc, "operator_action", False)
     (log.error if operator_action else log.warning)(
         "dead-lettered",

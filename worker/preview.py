@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.configs import ConnectorConfig
-from worker.connectors.base import standalone_change
+from worker.connectors.base import erasure_change, standalone_change
 from worker.delivery import plan
 from worker.errors import InvalidConfig, PermanentError
 from worker.events import PreferenceEvent
@@ -41,10 +41,14 @@ def preview(event: PreferenceEvent, config: ConnectorConfig) -> Preview:
         reason = f"{resolved.reason}: {resolved.detail}" if resolved.detail else resolved.reason
         return Preview(config.id, config.type_id, {}, [], skipped=reason)
     values = {name: value for name, (_, value) in resolved.items()}
+    # An erasure's calls are the connector's on_user_deleted (plan() ended "ignore").
+    change = erasure_change(config, event.user) if event.erasure else None
     try:
         # Fed fields from this event's values alone: the person's other values are in
         # the worker's state, which a preview does not read.
-        sent = config.connector.requests(config, standalone_change(config, event.user, values))
+        sent = config.connector.requests(
+            config, change or standalone_change(config, event.user, values)
+        )
     except PermanentError as exc:  # a mapping that cannot take this value: the worker
         return Preview(config.id, config.type_id, values, [], skipped=f"refused: {exc}")
     return Preview(

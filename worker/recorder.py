@@ -1,5 +1,11 @@
 """Every (event, connector) outcome is logged, counted and audited here, in one place;
-and when each mapping last matched an event, so that one that never does is visible."""
+and when each mapping last matched an event, so that one that never does is visible.
+
+The audit trail names a person by the keyed hash of their id (worker.pseudonym), never by
+the id: once they are erased it still proves what each destination was told, yet holds
+nothing that names them (``prefsync audit --user`` hashes the id it is given). The key of
+a user payload's event (``user.updated:<PMP user id>:<time>``) holds the PMP's id of the
+person, so it is kept as its type and a keyed hash."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from worker.audit import AuditTrail
 from worker.configs import ConnectorConfig
 from worker.configs import Mapping as MappingConfig
 from worker.outcomes import Outcome, OutcomeKind
+from worker.pseudonym import Pseudonyms
 from worker.retries import clock
 from worker.state import key
 
@@ -42,10 +49,25 @@ def _counted(outcome: Outcome) -> list[str]:
 
 
 class OutcomeRecorder:
-    def __init__(self, client: redis.Redis, audit: AuditTrail, by_tenant: bool = False) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        audit: AuditTrail,
+        pseudonyms: Pseudonyms,
+        by_tenant: bool = False,
+    ) -> None:
         self.redis = client
         self.audit = audit
+        self.pseudonyms = pseudonyms
         self.by_tenant = by_tenant  # PREFSYNC_METRICS_TENANT_LABEL
+
+    def audited_event_key(self, event_key: str) -> str:
+        """An event key as the audit trail keeps it: a user payload's (which holds the
+        PMP's id of the person) as its type and a keyed hash; a consent event's as it is."""
+        kind, colon, _ = event_key.partition(":")
+        if not colon or not kind.startswith("user."):
+            return event_key
+        return f"{kind}:{self.pseudonyms.of('event', event_key)}"
 
     def record(
         self,
@@ -91,8 +113,8 @@ class OutcomeRecorder:
                     self.audit.append(
                         tenant=tenant,
                         connector_id=connector_id,
-                        event_key=item.event_key,
-                        user=item.user,
+                        event_key=self.audited_event_key(item.event_key),
+                        user=self.pseudonyms.user(item.user) if item.user else "",
                         outcome=item.outcome,
                         at=now,
                         client=pipe,

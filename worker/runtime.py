@@ -18,8 +18,10 @@ from worker.configs import ConfigStore
 from worker.connectors.base import Transport
 from worker.deadletter import DeadLetterStore
 from worker.delivery import Deliverer
+from worker.erasure import Erasures
 from worker.outbox import Outbox
 from worker.pacing import Pacer
+from worker.pseudonym import Pseudonyms, load_key
 from worker.recorder import OutcomeRecorder
 from worker.redis_client import RedisClock, connect
 from worker.retries import follow
@@ -63,7 +65,17 @@ class Runtime:
             idempotency_ttl=self.settings.idempotency_ttl,
             lock_ttl=self.settings.lock_ttl,
             lock_wait=self.settings.pacing_max_sleep,
+            pseudonyms=self.pseudonyms,
         )
+
+    @cached_property
+    def pseudonyms(self) -> Pseudonyms:
+        """Keyed hashes of user ids (worker.pseudonym), with the key of this deployment."""
+        return Pseudonyms(load_key(self.redis, self.settings))
+
+    @cached_property
+    def erasures(self) -> Erasures:
+        return Erasures(self.redis, self.state, self.deadletters, self.configs.ids)
 
     @cached_property
     def outbox(self) -> Outbox:
@@ -75,7 +87,9 @@ class Runtime:
 
     @cached_property
     def recorder(self) -> OutcomeRecorder:
-        return OutcomeRecorder(self.redis, self.audit, self.settings.metrics_tenant_label)
+        return OutcomeRecorder(
+            self.redis, self.audit, self.pseudonyms, self.settings.metrics_tenant_label
+        )
 
     @cached_property
     def audit(self) -> AuditTrail:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # mis-dated event would otherwise outrank every later change of that person.
     max_clock_skew: float = Field(300.0, ge=0)
     audit_maxlen: int = Field(1_000_000, gt=0)
+    # The key of the keyed hash that stands for a user id wherever prefsync keeps one
+    # (worker.pseudonym): unset, one is generated once and kept in Redis.
+    user_hash_key: SecretStr | None = None
     # Dead letters of one tenant past which an error is logged (and again every tenth more).
     deadletter_warn_count: int = Field(10_000, gt=0)
     # Fernet keys sealing connector configs at rest, comma-separated: the first seals,
@@ -101,6 +104,12 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{cidr!r} is not an IP address or CIDR block") from None
         return cidrs
+
+    @field_validator("user_hash_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, key: object) -> object:
+        # Compose passes an unset variable as "" (docker-compose.yml).
+        return None if isinstance(key, str) and not key.strip() else key
 
     @field_validator("allow_hosts")
     @classmethod

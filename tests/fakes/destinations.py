@@ -28,6 +28,7 @@ which is then driven through its control API::
     POST /_fake/delay         {"service": "braze", "seconds": 1.5}
     POST /_fake/throttle      {"service": "braze", "seconds": 2}   429 until then (0 lifts it)
     GET  /_fake/brevo_contacts                   {"strict": bool, "contacts": [...]}
+    GET  /_fake/braze_deleted                    {"external_ids": [...]}
     POST /_fake/brevo_contacts {"identifier": "u-1"}
     POST /_fake/strict_contacts {"strict": true}
     POST /_fake/braze_refuse  {"external_id": "u-7", "message": "..."}   400 to every call
@@ -40,6 +41,12 @@ object), whatever the other objects of the call.
 Brevo contacts: by default every contact is known, so ``PUT /v3/contacts/{id}`` answers 204.
 With ``strict_contacts`` only contacts added with :meth:`FakeDestinations.add_brevo_contact`
 or created by ``POST /v3/contacts`` are known; any other answers 404 ``document_not_found``.
+``DELETE /v3/contacts/{id}`` answers 204 for a known contact, which is then unknown (until
+created again) in either mode, and 404 ``document_not_found`` for an unknown one.
+
+Erasures: Braze ``POST /users/delete`` (``{"external_ids": [...]}``, up to 50) answers 201
+``{"deleted": n, "message": "success"}``; the fake knows no Braze users, so it counts every
+id as queued, and remembers them (``braze_deleted``).
 
 A scripted answer (``fail_next``, ``outage``, ``throttle``) replaces the normal one, before
 any check of credentials or body.  Status 0 closes the connection without answering (a
@@ -167,6 +174,8 @@ class FakeDestinations:
         self._windows: dict[str, tuple[float, int]] = {}
         self._contacts: dict[str, int] = {}  # identifier -> Brevo contact id
         self._braze_refused: dict[str, str] = {}  # external_id -> the 400's message
+        self._brevo_deleted: set[str] = set()  # identifiers deleted, unknown until created
+        self._braze_deleted: list[str] = []  # external ids /users/delete was given
         self._next_contact_id = 1
         self.strict_contacts = self._initial_strict
 
@@ -280,9 +289,16 @@ class FakeDestinations:
         with self._lock:
             return set(self._contacts)
 
+    @property
+    def braze_deleted(self) -> list[str]:
+        """Every external id Braze's /users/delete was given, in order."""
+        with self._lock:
+            return list(self._braze_deleted)
+
     # -- answering ---------------------------------------------------------------------------
 
     def _add_contact(self, identifier: str) -> int:
+        self._brevo_deleted.discard(identifier)
         if identifier not in self._contacts:
             self._contacts[identifier] = self._next_contact_id
             self._next_contact_id += 1
@@ -365,6 +381,8 @@ class FakeDestinations:
         }
 
     def _braze(self, method: str, path: str, headers: dict[str, str], body: Any) -> Answer:
+        if (method, path) == ("POST", "/users/delete"):
+            return self._braze_delete(headers, body)
         if (method, path) != ("POST", "/users/track"):
             return Answer(404, _error_body("braze", 404))
         auth = headers.get("authorization", "")
@@ -397,6 +415,32 @@ class FakeDestinations:
             answer["errors"] = errors
         return Answer(201, answer)
 
+    def _braze_delete(self, headers: dict[str, str], body: Any) -> Answer:
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not auth.removeprefix("Bearer ").strip():
+            return Answer(401, {"message": "Invalid API Key"})
+        ids = body.get("external_ids") if isinstance(body, dict) else None
+        kinds = [k for k in ("external_ids", "user_aliases", "braze_ids") if k in (body or {})]
+        if len(kinds) != 1 or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return Answer(400, {"message": "Request must hold one list of external_ids"})
+        if len(ids) > 50:
+            return Answer(400, {"message": "Too many external_ids: at most 50"})
+        self._braze_deleted += ids
+        return Answer(201, {"deleted": len(ids), "message": "success"})
+
+    def _brevo_delete(self, query: dict[str, str], identifier: str) -> Answer:
+        identifier_type = query.get("identifierType")
+        if identifier_type is not None and identifier_type not in BREVO_IDENTIFIER_TYPES:
+            return Answer(400, _error_body("brevo", 400, "identifierType is not valid"))
+        known = identifier in self._contacts or not (
+            self.strict_contacts or identifier in self._brevo_deleted
+        )
+        if not known:
+            return Answer(404, {"code": "document_not_found", "message": "Contact does not exist"})
+        self._contacts.pop(identifier, None)
+        self._brevo_deleted.add(identifier)
+        return Answer(204)
+
     def _brevo(
         self,
         method: str,
@@ -407,10 +451,13 @@ class FakeDestinations:
         identifier: str | None,
     ) -> Answer:
         update = identifier is not None and method == "PUT"
-        if not update and (method, path) != ("POST", "/v3/contacts"):
+        delete = identifier is not None and method == "DELETE"
+        if not (update or delete) and (method, path) != ("POST", "/v3/contacts"):
             return Answer(404, {"code": "not_found", "message": "Invalid route"})
         if not headers.get("api-key"):
             return Answer(401, {"code": "unauthorized", "message": "Key not found"})
+        if delete:
+            return self._brevo_delete(query, identifier)
         if not isinstance(body, dict):
             return Answer(400, _error_body("brevo", 400, "Request body must be a JSON object"))
         return self._brevo_update(query, identifier) if update else self._brevo_create(body)
@@ -419,7 +466,8 @@ class FakeDestinations:
         identifier_type = query.get("identifierType")
         if identifier_type is not None and identifier_type not in BREVO_IDENTIFIER_TYPES:
             return Answer(400, _error_body("brevo", 400, "identifierType is not valid"))
-        if self.strict_contacts and identifier not in self._contacts:
+        unknown = self.strict_contacts or identifier in self._brevo_deleted
+        if unknown and identifier not in self._contacts:
             return Answer(404, {"code": "document_not_found", "message": "Contact does not exist"})
         return Answer(204)
 
@@ -443,6 +491,8 @@ class FakeDestinations:
         try:
             if (method, path) == ("GET", "/_fake/calls"):
                 return Answer(200, [c.to_dict() for c in self.calls(query.get("service"))])
+            if (method, path) == ("GET", "/_fake/braze_deleted"):
+                return Answer(200, {"external_ids": self.braze_deleted})
             if (method, path) == ("GET", "/_fake/brevo_contacts"):
                 contacts = sorted(self.brevo_contacts)
                 return Answer(200, {"strict": self.strict_contacts, "contacts": contacts})

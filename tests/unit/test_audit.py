@@ -71,13 +71,14 @@ def test_delivered_skipped_and_dead_lettered_outcomes_are_each_audited(rt: Runti
         ("delivered", ""),
     ]  # fmt: skip
     delivered = newest_first[-1]
-    assert delivered.user == JANE and delivered.connector_id == "braze"
+    # The trail names the person by the keyed hash of their id, never the id.
+    assert delivered.user == rt.pseudonyms.user(JANE) and delivered.connector_id == "braze"
     assert delivered.status == 201
     assert delivered.fields == {"email_subscribe": "opted_in"}
     assert delivered.event_key.startswith("event.created:e-1:")
     assert newest_first[0].status == 400
     everything = json.dumps([e.model_dump() for e in newest_first])
-    assert KEY not in everything
+    assert KEY not in everything and JANE not in everything
 
 
 def test_the_stream_stays_within_its_bound_keeping_the_newest(rt: Runtime) -> None:
@@ -103,12 +104,13 @@ def test_cli_audit_filters_by_user_limits_and_prints_json(rt: Runtime) -> None:
 
     text = runner.invoke(main, ["audit", "acme", "--user", "a", "--limit", "2"]).output
     rows = [line.split("\t") for line in text.splitlines()]
-    assert [row[1:5] for row in rows] == [["braze", "a", "delivered", "HTTP 201"]] * 2
+    person = rt.pseudonyms.user("a")
+    assert [row[1:5] for row in rows] == [["braze", person, "delivered", "HTTP 201"]] * 2
     assert all(row[5] == '{"email_subscribe": "unsubscribed"}' for row in rows)
 
     as_json = runner.invoke(main, ["audit", "acme", "--user", "b", "--json"]).output
     (only,) = [json.loads(line) for line in as_json.splitlines()]
-    assert (only["user"], only["event_key"]) == ("b", "k-1")
+    assert (only["user"], only["event_key"]) == (rt.pseudonyms.user("b"), "k-1")
     unknown = runner.invoke(main, ["audit", "globex"])  # no rows; it says why (issue 15)
     assert (unknown.exit_code, unknown.stdout) == (1, "")
     assert "unknown tenant 'globex'" in unknown.stderr
@@ -136,3 +138,14 @@ def test_a_failure_reported_for_a_delivery_that_had_ended_is_not_dead_lettered(
     assert kept is None
     assert rt.deadletters.count() == 0
     assert [e.outcome for e in rt.audit.query("acme")] == ["delivered"]
+
+
+def test_a_user_payload_s_event_key_is_audited_as_its_type_and_a_keyed_hash(rt: Runtime) -> None:
+    # A user payload's key holds the PMP's id of the person.
+    skipped = Outcome(OutcomeKind.SKIPPED, reason="no_mapped_values")
+    key = "user.updated:pmp-jane-7:2026-11-20T09:15:02Z"
+    rt.recorder.record("acme", "braze", [Ended(key, JANE, skipped)])
+
+    (entry,) = rt.audit.query("acme", user=rt.pseudonyms.user(JANE))
+    assert entry.event_key == f"user.updated:{rt.pseudonyms.of('event', key)}"
+    assert "pmp-jane-7" not in entry.model_dump_json()

@@ -184,7 +184,7 @@ def test_three_events_of_one_user_become_one_call_with_the_newest_value_of_each_
         PRODUCT: False,
     }
     # The lock of the user is released.
-    assert not rt.redis.exists(key("lock", TENANT, "brevo", "u1"))
+    assert not rt.redis.exists(key("lock", TENANT, "brevo", rt.state.person("u1")))
 
 
 def test_an_event_whose_every_property_is_superseded_in_the_batch_is_skipped_stale(
@@ -321,7 +321,7 @@ def test_an_event_is_marked_done_only_together_with_its_audit_entry(
     # Not done: a retry delivers and audits it, rather than skip it as a duplicate.
     assert done(rt, "brevo", payload) == [False]
     # Nor left locked until the lock expires: the retry finds the user free.
-    assert not rt.redis.exists(key("lock", TENANT, "brevo", "u1"))
+    assert not rt.redis.exists(key("lock", TENANT, "brevo", rt.state.person("u1")))
 
 
 @pytest.mark.parametrize(
@@ -357,7 +357,7 @@ def test_a_user_locked_elsewhere_comes_back_busy_and_the_others_are_delivered(
     rt: Runtime, brevo: ConnectorConfig, mocked: responses.RequestsMock
 ) -> None:
     mocked.put(update_url("u2"), status=204)
-    lock = key("lock", TENANT, "brevo", "u1")
+    lock = key("lock", TENANT, "brevo", rt.state.person("u1"))
     rt.redis.set(lock, "another-worker", px=60_000)
     busy = event("a", 1, "u1", newsletter=False)
     free = event("b", 1, "u2", newsletter=False)
@@ -373,14 +373,14 @@ def test_a_user_locked_elsewhere_comes_back_busy_and_the_others_are_delivered(
     assert done(rt, "brevo", busy, free) == [False, True]
     # The other worker's lock is untouched; this delivery's own lock is released.
     assert rt.redis.get(lock) == b"another-worker"
-    assert not rt.redis.exists(key("lock", TENANT, "brevo", "u2"))
+    assert not rt.redis.exists(key("lock", TENANT, "brevo", rt.state.person("u2")))
 
 
 def test_a_busy_user_is_delivered_once_its_lock_is_free(
     rt: Runtime, brevo: ConnectorConfig, mocked: responses.RequestsMock
 ) -> None:
     mocked.put(update_url("u1"), status=204)
-    lock = key("lock", TENANT, "brevo", "u1")
+    lock = key("lock", TENANT, "brevo", rt.state.person("u1"))
     rt.redis.set(lock, "another-worker", px=60_000)
     payload = event("a", 1, "u1", newsletter=False)
     assert isinstance(deliver(rt, brevo, payload)[0], UserBusy)
@@ -412,7 +412,7 @@ def test_a_transient_failure_stops_the_batch_and_the_rest_share_its_error(
     assert audited(rt) == {key_of(payloads[0]): ("delivered", "")}
     assert done(rt, "brevo", *payloads) == [True, False, False]
     for user in ("u1", "u2", "u3"):
-        assert not rt.redis.exists(key("lock", TENANT, "brevo", user))
+        assert not rt.redis.exists(key("lock", TENANT, "brevo", rt.state.person(user)))
 
     # The retry of what did not end delivers it; the first user is not sent again.
     mocked.replace(responses.PUT, update_url("u2"), status=204)

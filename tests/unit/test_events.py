@@ -435,17 +435,22 @@ def test_event_updated_to_a_pending_status_is_not_propagated() -> None:
     assert event.resolve("consents_purposes_newsletter_enabled") is None
 
 
-@pytest.mark.parametrize(
-    ("type", "entity"),
-    [("event.deleted", consent_event()), ("user.deleted", user())],
-)
-def test_deleted_types_are_accepted_and_skipped(type: str, entity: dict[str, Any]) -> None:
-    event = parse_event(envelope(type, entity=entity))
+def test_a_deleted_consent_event_is_accepted_and_skipped() -> None:
+    event = parse_event(envelope("event.deleted", entity=consent_event()))
 
-    assert event.type == type
+    assert event.type == "event.deleted"
     assert event.tenant == "acme"
     assert event.user == "jane@example.com"
     assert event.skip_reason is SkipReason.UNSUPPORTED_TYPE
+    assert not event.erasure
+    assert event.resolve("consents_purposes_newsletter_enabled") is None
+
+
+def test_a_deleted_user_is_an_erasure_that_propagates_no_property() -> None:
+    event = parse_event(envelope("user.deleted", entity=user()))
+
+    assert event.user == "jane@example.com"
+    assert event.erasure and event.skip_reason is None
     assert event.resolve("consents_purposes_newsletter_enabled") is None
 
 

@@ -11,6 +11,7 @@ import fakeredis
 import pytest
 
 from worker.events import OrderingKey, Value
+from worker.pseudonym import Pseudonyms
 from worker.state import Owners, StateStore, Write, key
 
 NEWSLETTER = "consents_purposes_newsletter_enabled"
@@ -21,7 +22,12 @@ FREQUENCY = "consents_purposes_newsletter_values_frequency_value"
 @pytest.fixture
 def store() -> StateStore:
     return StateStore(
-        fakeredis.FakeRedis(), state_ttl=3600, idempotency_ttl=60, lock_ttl=2, lock_wait=0.2
+        fakeredis.FakeRedis(),
+        state_ttl=3600,
+        idempotency_ttl=60,
+        lock_ttl=2,
+        lock_wait=0.2,
+        pseudonyms=Pseudonyms(b"test-hash-key"),
     )
 
 
@@ -118,7 +124,7 @@ def test_tenants_and_users_with_separators_never_share_state(store):
 
 def test_merged_state_expires(store):
     merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True})
-    assert 0 < store.redis.ttl(key("state", "acme", "u1")) <= 3600
+    assert 0 < store.redis.ttl(key("state", "acme", store.person("u1"))) <= 3600
 
 
 # -- several events and users in one call ----------------------------------------------------
@@ -210,10 +216,11 @@ def test_done_markers_are_per_connector_and_expire(store):
     assert store.is_done("acme", "braze", "u2", "B")
     assert not store.is_done("acme", "sendinblue", "u1", "A")
     assert not store.is_done("other", "braze", "u1", "A")
-    markers = list(store.redis.scan_iter("prefsync:done:*"))
-    assert len(markers) == 2
+    markers = list(store.redis.scan_iter("prefsync:dones:*"))
+    assert len(markers) == 2  # one set per connector and person
     for marker in markers:
         assert 0 < store.redis.ttl(marker) <= 60
+    assert b"u1" not in b"".join(markers) and b"A" not in store.redis.zrange(markers[0], 0, -1)
 
 
 def test_a_claim_reports_the_events_already_done_and_merges_only_the_others(store):
@@ -250,7 +257,7 @@ def test_a_done_marker_of_the_older_shape_still_counts_until_it_expires(store):
 
 def test_a_losing_merge_does_not_extend_the_state_it_lost_to(store):
     merge_one(store, "acme", "u1", "future", at(99), {NEWSLETTER: True})
-    state = key("state", "acme", "u1")
+    state = key("state", "acme", store.person("u1"))
     store.redis.expire(state, 100)
     assert merge_one(store, "acme", "u1", "old", at(10), {NEWSLETTER: False}) == set()
     assert store.redis.ttl(state) <= 100
@@ -269,7 +276,7 @@ def test_derived_fields_delivered_are_kept_per_connector_and_user(store):
             "u2": {},
         }
     assert store.delivered("acme", "sendinblue", "u1") == {}
-    assert 0 < store.redis.ttl(key("sent", "acme", "braze", "u1")) <= 3600
+    assert 0 < store.redis.ttl(key("sent", "acme", "braze", store.person("u1"))) <= 3600
 
 
 def test_a_claim_returns_the_current_value_of_every_property(store):
@@ -296,12 +303,12 @@ def test_forget_drops_the_state_and_what_each_connector_was_told(store):
 
 def test_finishing_with_nothing_done_only_releases(store):
     finish(store, "acme", "braze", {"u1": []})
-    assert list(store.redis.scan_iter("prefsync:done:*")) == []
-    assert not store.redis.exists(key("lock", "acme", "braze", "u1"))
+    assert list(store.redis.scan_iter("prefsync:done*")) == []
+    assert not store.redis.exists(key("lock", "acme", "braze", store.person("u1")))
 
 
 def test_finish_marks_done_even_when_the_lock_was_taken_over_but_leaves_that_lock(store):
-    lock = key("lock", "acme", "braze", "u1")
+    lock = key("lock", "acme", "braze", store.person("u1"))
     with store.claim("acme", "braze", {"u1": []}) as claim:
         store.redis.set(lock, "next-holder")  # ours expired; another worker took it
         with store.redis.pipeline() as pipe:
@@ -347,10 +354,10 @@ def test_lock_held_elsewhere_reports_the_user_busy_after_a_short_wait(store):
             waited = time.monotonic() - started
             # Only the held user is busy; the other one is held by this block.
             assert again.busy == {"u1"}
-            assert store.redis.exists(key("lock", "acme", "braze", "u2"))
+            assert store.redis.exists(key("lock", "acme", "braze", store.person("u2")))
         assert 0.1 <= waited < 1.0
         # Its lock was not taken over nor released by the block that did not get it.
-        assert store.redis.exists(key("lock", "acme", "braze", "u1"))
+        assert store.redis.exists(key("lock", "acme", "braze", store.person("u1")))
         # Other users and other connectors are not blocked.
         with (
             store.claim("acme", "braze", {"u2": []}) as other_user,
@@ -362,7 +369,7 @@ def test_lock_held_elsewhere_reports_the_user_busy_after_a_short_wait(store):
 
 def test_a_busy_user_is_neither_checked_nor_merged(store):
     store.lock_wait = 0.05
-    store.redis.set(key("lock", "acme", "braze", "u1"), "someone-else", px=60_000)
+    store.redis.set(key("lock", "acme", "braze", store.person("u1")), "someone-else", px=60_000)
     store.redis.set(key("done", "acme", "braze", "A"), 1)
     writes = {"u1": [Write("A", at(10), {NEWSLETTER: True}), Write("B", at(20), {PRODUCT: True})]}
     with store.claim("acme", "braze", writes) as claim:
@@ -374,7 +381,7 @@ def test_a_busy_user_is_neither_checked_nor_merged(store):
 
 
 def test_locks_release_what_they_held_on_exit(store):
-    names = [key("lock", "acme", "braze", user) for user in ("u1", "u2")]
+    names = [key("lock", "acme", "braze", store.person(user)) for user in ("u1", "u2")]
     with store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
         assert claim.busy == set()
         assert all(store.redis.exists(name) for name in names)
@@ -384,13 +391,13 @@ def test_locks_release_what_they_held_on_exit(store):
 
 def test_locks_release_what_they_held_when_the_body_raises(store):
     store.lock_wait = 0.05
-    store.redis.set(key("lock", "acme", "braze", "u2"), "someone-else", px=60_000)
+    store.redis.set(key("lock", "acme", "braze", store.person("u2")), "someone-else", px=60_000)
     with pytest.raises(RuntimeError), store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
         assert claim.busy == {"u2"}
         raise RuntimeError("boom")
-    assert not store.redis.exists(key("lock", "acme", "braze", "u1"))
+    assert not store.redis.exists(key("lock", "acme", "braze", store.person("u1")))
     # The lock held elsewhere is left to its holder.
-    assert store.redis.get(key("lock", "acme", "braze", "u2")) == b"someone-else"
+    assert store.redis.get(key("lock", "acme", "braze", store.person("u2"))) == b"someone-else"
     with store.claim("acme", "braze", {"u1": []}) as claim:
         assert claim.busy == set()
 
@@ -401,8 +408,8 @@ def test_locks_of_no_users_yield_nothing_busy(store):
 
 
 def test_a_lock_left_by_a_killed_worker_expires(store):
-    store.redis.set(key("lock", "acme", "braze", "u1"), "dead-worker", px=100)
+    store.redis.set(key("lock", "acme", "braze", store.person("u1")), "dead-worker", px=100)
     store.lock_wait = 1
     with store.claim("acme", "braze", {"u1": []}) as claim:
         assert claim.busy == set()
-        assert store.redis.get(key("lock", "acme", "braze", "u1")) != b"dead-worker"
+        assert store.redis.get(key("lock", "acme", "braze", store.person("u1"))) != b"dead-worker"

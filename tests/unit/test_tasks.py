@@ -980,7 +980,7 @@ def test_a_user_another_delivery_holds_is_deferred_with_its_attempts_not_retried
     answers(harness, mocked, [(503, UNAVAILABLE, {}), (201, SUCCESS, {})])
     harness.worker.send(deliver, [event()], connector_id)
     harness.worker.execute(harness.broker.queue.pop())  # 503: a retry is scheduled
-    lock = state_key("lock", TENANT, connector_id, USER)
+    lock = state_key("lock", TENANT, connector_id, harness.rt.state.person(USER))
     harness.rt.redis.set(lock, "another-worker", px=60_000)
 
     [retry] = harness.broker.queue

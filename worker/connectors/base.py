@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import requests
 from pydantic import BaseModel
@@ -74,11 +74,17 @@ class Change:
     the mappings that write a field of their own (properties without a value are not in
     it). ``fed``: the fields several mappings feed together (``Feed``) that must be sent,
     already computed from the person's whole current state -> their value.
+
+    ``erase`` is set for a person's erasure (``user.deleted``, docs/erasure.md):
+    ``"delete"`` deletes them in the destination (nothing else is sent);
+    ``"unsubscribe"`` sends ``fed`` (every mapped subscription refused: ``refusals``) to
+    a person the destination already knows, never creating one.
     """
 
     user: str
     values: Mapping[str, Value]
     fed: Mapping[str, Any] = field(default_factory=dict)
+    erase: Literal["delete", "unsubscribe"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,23 @@ def fed_fields(config: ConnectorConfig, current: Mapping[str, Value]) -> dict[st
         )
         order[feed.field] = feed.strongest_first
     return {name: min(found, key=order[name].index) for name, found in states.items()}
+
+
+def refusals(config: ConnectorConfig) -> dict[str, Any]:
+    """Every field the config's mappings feed, set to its refusal (its strongest state):
+    what ``on_user_deleted: unsubscribe`` sends. Custom attributes are left alone."""
+    feeds = (config.connector.feed(mapping.id) for mapping in config.mappings)
+    return {feed.field: feed.strongest_first[0] for feed in feeds if feed is not None}
+
+
+def erasure_change(config: ConnectorConfig, user: str) -> Change | None:
+    """What ``config``'s ``on_user_deleted`` sends for a person's erasure; None for
+    ``ignore``."""
+    if config.on_user_deleted == "delete":
+        return Change(user, {}, erase="delete")
+    if config.on_user_deleted == "unsubscribe":
+        return Change(user, {}, refusals(config), erase="unsubscribe")
+    return None
 
 
 def standalone_change(config: ConnectorConfig, user: str, values: Mapping[str, Value]) -> Change:
@@ -219,6 +242,10 @@ class Connector(ABC):
     options_model: ClassVar[type[BaseModel]]
     #: calls per second per account unless PREFSYNC_RATE_LIMITS says otherwise
     default_rate: ClassVar[float]
+    #: calls per second per account of the endpoint that deletes people, when the
+    #: destination limits it apart from updates (paced on a bucket of its own); None when
+    #: deletions count against the same limit as updates
+    erasure_rate: ClassVar[float | None] = None
 
     @property
     def batch_size(self) -> int:
@@ -270,6 +297,16 @@ class Connector(ABC):
             except (RetryableError, Deferred) as exc:
                 return answers + [exc] * (len(changes) - sent)
         return answers
+
+    def deliver_erasures(
+        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+    ) -> list[Answer]:
+        """Delete several people (changes whose ``erase`` is ``"delete"``); one answer per
+        change, in order. Deleting someone the destination does not know is done, not an
+        error. By default each goes through ``deliver``; a destination with a batch
+        deletion endpoint overrides this. The deliverer paces these calls on a bucket of
+        their own when ``erasure_rate`` is set."""
+        return self.deliver_many(transport, config, changes)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -24,6 +24,15 @@ stored, with the mapping id to use instead.
 
 A change with nothing to write is skipped.
 
+Erasures (``on_user_deleted``, docs/erasure.md): ``unsubscribe`` is an attributes object
+like any other, with every mapped subscription refused and ``_update_existing_only`` true
+whatever the upsert mode (an erasure never creates the person); ``delete`` goes to
+``POST {server}/users/delete`` in calls of up to 50 ``external_ids``, which the deliverer
+paces on a bucket of their own (``erasure_rate``: Braze limits /users/delete apart from
+/users/track). Braze answers with the count of ids it queued; one it does not know is not
+counted, which is no error: deleting what is gone is done. A 401/403 there names the
+``users.delete`` permission the key needs.
+
 Each change gets its own answer from a call's answer (braze.md): a 201 "success" delivers
 every object but those its ``errors`` list, which are refused; a 413 or a 400 splits a call
 of several users in halves, until the object at fault is alone; any other refusal of the
@@ -143,6 +152,7 @@ _RESERVED = {
 _REASON_LENGTH = 300
 #: Answers to a call of several users that split it in halves (braze.md).
 _SPLIT = frozenset({400, 413})
+DELETE_BATCH = 50  # external_ids per /users/delete call (braze-docs post_user_delete)
 
 
 def rest_endpoint(server: str, allow_hosts: Collection[str] = ()) -> str:
@@ -258,6 +268,9 @@ class BrazeConnector(Connector):
     options_model = Options
     # /users/track: 3,000 calls per 3 s per workspace (braze.md).
     default_rate = 1000.0
+    # /users/delete: 20,000 calls a minute, shared with /users/alias/new and
+    # /users/identify (braze-docs rate_limits.md), apart from /users/track's.
+    erasure_rate = 20000 / 60
 
     @property
     def batch_size(self) -> int:
@@ -286,16 +299,46 @@ class BrazeConnector(Connector):
         return None
 
     def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+        if change.erase == "delete":
+            return [_delete_request(config, [change.user])]
         fields = _fields(config, change)
         return (
-            [_track_request(config, [_attributes(config, change.user, fields)])] if fields else []
+            [_track_request(config, [_attributes(config, change.user, fields, change.erase)])]
+            if fields
+            else []
         )
 
     def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
-        (answer,) = self.deliver_many(transport, config, [change])
+        many = self.deliver_erasures if change.erase == "delete" else self.deliver_many
+        (answer,) = many(transport, config, [change])
         if isinstance(answer, DeliveryError | Deferred):
             raise answer
         return answer
+
+    def deliver_erasures(
+        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+    ) -> list[Answer]:
+        """``POST /users/delete`` calls of up to 50 ``external_ids`` (Braze's cap, and
+        ``braze_batch_size`` when lower). A call Braze refuses as a whole (400, 413) is
+        split in halves first: one id it cannot take must not cost 49 erasures."""
+        size = min(get_settings().braze_batch_size, DELETE_BATCH)
+        positions = list(range(len(changes)))
+        calls = deque(positions[start : start + size] for start in range(0, len(changes), size))
+        answers: dict[int, Answer] = {}
+        while calls:
+            call = calls.popleft()
+            try:
+                call_answers = _send_deletion(transport, config, [changes[p].user for p in call])
+            except (RetryableError, Deferred) as stop:
+                for position in chain(call, *calls):
+                    answers[position] = stop
+                break
+            if call_answers is None:
+                half = len(call) // 2
+                calls.extendleft((call[half:], call[:half]))
+                continue
+            answers |= dict(zip(call, call_answers, strict=True))
+        return [answers[position] for position in positions]
 
     def deliver_many(
         self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
@@ -305,7 +348,7 @@ class BrazeConnector(Connector):
         for position, change in enumerate(changes):
             fields = _fields(config, change)
             if fields:
-                attributes = _attributes(config, change.user, fields)
+                attributes = _attributes(config, change.user, fields, change.erase)
                 updates.append(_Update(position, attributes, fields))
             else:
                 answers[position] = Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
@@ -363,11 +406,13 @@ def _fields(config: ConnectorConfig, change: Change) -> dict[str, Any]:
     return fields
 
 
-def _attributes(config: ConnectorConfig, user: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+def _attributes(
+    config: ConnectorConfig, user: str, fields: Mapping[str, Any], erase: str | None = None
+) -> dict[str, Any]:
     return {
         "external_id": user,
-        # Braze creates unknown users unless told otherwise.
-        "_update_existing_only": not config.upsert_mode,
+        # Braze creates unknown users unless told otherwise; an erasure never creates one.
+        "_update_existing_only": not config.upsert_mode or erase is not None,
         **fields,
     }
 
@@ -383,6 +428,59 @@ def _track_request(config: ConnectorConfig, objects: Sequence[Mapping[str, Any]]
         },
         json={"attributes": list(objects)},
     )
+
+
+def _delete_request(config: ConnectorConfig, users: Sequence[str]) -> HttpRequest:
+    options = _options(config)
+    return HttpRequest(
+        method="POST",
+        url=f"{options.server}/users/delete",
+        headers={
+            "Authorization": f"Bearer {options.api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+        },
+        json={"external_ids": list(users)},
+    )
+
+
+def _send_deletion(
+    transport: Transport, config: ConnectorConfig, users: Sequence[str]
+) -> list[Answer] | None:
+    """One /users/delete call and an answer per user of it, or None when Braze refused
+    it as a whole and it can be split. Braze counts the ids it queued for deletion; one it
+    does not know is simply not counted: deleting what is gone is done. Raises
+    ``RetryableError`` or ``Deferred`` when Braze takes no calls."""
+    response = transport.send(_delete_request(config, users))
+    if response.status in (400, 413) and len(users) > 1:
+        return None
+    options = _options(config)
+    secret = options.api_key.get_secret_value()
+    body = response.body
+    if 200 <= response.status < 300:
+        queued = isinstance(body, dict) and (
+            body.get("message") == "success" or isinstance(body.get("deleted"), int)
+        )
+        if not queued:
+            raise RetryableError(
+                f"Braze answered HTTP {response.status} to /users/delete without a count or a "
+                f"success message, so the deletion is not known to be queued: "
+                f"{_reason(body, secret)}",
+                status=response.status,
+            )
+        return [Delivered(response.status, {"deleted": True})] * len(users)
+    if response.status in (401, 403):
+        error: DeliveryError = PermanentError(
+            f"Braze refused the deletion (HTTP {response.status}): the API key lacks the "
+            f"users.delete permission (or is wrong, revoked, or for another instance than "
+            f"{options.server}); {_reason(body, secret)}",
+            status=response.status,
+            operator_action=True,
+        )
+    else:
+        error = _refusal(response, options)
+    if isinstance(error, RetryableError):
+        raise error
+    return [error] * len(users)
 
 
 def _send(

@@ -21,6 +21,13 @@ anything else as ``ext_id``. An identifier that cannot name one contact (blank, 
 ``..``, invisible characters, overlong: ``identifier_problem``) is never sent: the change
 is refused (dead-lettered) for this connector. The base URL is read from the settings at
 every call, so tests and local stacks can point it elsewhere.
+
+Erasures (``on_user_deleted``, docs/erasure.md): ``unsubscribe`` is the update with
+``emailBlacklisted`` (and ``smsBlacklisted`` when an SMS mapping exists) true and no
+attribute, never followed by a create (an unknown contact is skipped); ``delete`` is
+``DELETE {base}/contacts/{identifier}?identifierType=...``: 204 done, 404
+``document_not_found`` already gone (skipped, ``contact_unknown``). Deletions count
+against the same contact-call limit as updates, so they share the account's pacing.
 """
 
 from __future__ import annotations
@@ -168,23 +175,33 @@ class SendinblueConnector(Connector):
 
     def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
         _checked(change.user)
+        options, user = _options(config), change.user
+        if change.erase == "delete":
+            return [_delete_request(options, user)]
         fields = _fields(config, change)
         if not fields:
             return []
-        options, user = _options(config), change.user
         update = _update_request(options, user, fields)
-        return [update, _create_request(options, user, fields)] if config.upsert_mode else [update]
+        if config.upsert_mode and change.erase is None:
+            return [update, _create_request(options, user, fields)]
+        return [update]
 
     def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
         # Refused whatever the values: the event is dead-lettered for this connector.
         _checked(change.user)
+        options, user = _options(config), change.user
+        if change.erase == "delete":
+            response = transport.send(_delete_request(options, user))
+            if _contact_unknown(response):
+                return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact: gone")
+            return _classify(response, {"deleted": True}, options)
         fields = _fields(config, change)
         if not fields:
             return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
-        options, user = _options(config), change.user
         response = transport.send(_update_request(options, user, fields))
         if _contact_unknown(response):
-            if not config.upsert_mode:
+            # An erasure never creates the contact it refuses.
+            if not config.upsert_mode or change.erase is not None:
                 return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
             response = transport.send(_create_request(options, user, fields))
         return _classify(response, fields, options)
@@ -223,9 +240,11 @@ def _checked(user: str) -> str:
     return user
 
 
-def _contact_url(user: str, identifier_type: str) -> str:
+def _contact_url(user: str) -> str:
     """The one URL of the contact ``user`` names: the identifier checked, and encoded as a
-    single path segment ("/" included)."""
+    single path segment ("/" included); its type always sent (without it Brevo guesses
+    from the identifier's form)."""
+    identifier_type = "email_id" if _EMAIL.fullmatch(user) else "ext_id"
     segment = quote(_checked(user), safe="")
     return f"{_base_url()}/contacts/{segment}?identifierType={identifier_type}"
 
@@ -256,14 +275,16 @@ def _base_url() -> str:
 
 
 def _update_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
-    # identifierType is always sent: without it Brevo guesses from the identifier's form.
-    identifier_type = "email_id" if _EMAIL.fullmatch(user) else "ext_id"
     return HttpRequest(
         method="PUT",
-        url=_contact_url(user, identifier_type),
+        url=_contact_url(user),
         headers=_headers(options),
         json=dict(fields),
     )
+
+
+def _delete_request(options: Options, user: str) -> HttpRequest:
+    return HttpRequest(method="DELETE", url=_contact_url(user), headers=_headers(options))
 
 
 def _create_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
