@@ -9,8 +9,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Callable, MutableMapping
+from typing import Any, Protocol
 
 import celery.apps.worker as celery_worker_app
 import structlog
@@ -59,6 +59,52 @@ def redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutabl
     return _redact_value(dict(event))
 
 
+class _Hasher(Protocol):
+    def user(self, user_id: str) -> str: ...
+    def of(self, *parts: str) -> str: ...
+
+
+# Gives the keyed hash of people's ids (worker.pseudonym): handed over by the runtime
+# (worker.runtime), asked at the first line that names someone. Without it, or while its
+# key cannot be read, a user id is left out of a line, never shown.
+_pseudonyms: Callable[[], _Hasher] | None = None
+
+
+def hide_users_with(pseudonyms: Callable[[], _Hasher]) -> None:
+    global _pseudonyms
+    _pseudonyms = pseudonyms
+
+
+def _hasher() -> _Hasher | None:
+    try:
+        return _pseudonyms() if _pseudonyms is not None else None
+    except Exception:  # the key lives in Redis, which may be away: leave the id out
+        return None
+
+
+def _user_ids(mode: str) -> Any:
+    """The processor that applies PREFSYNC_LOG_USER_IDS to the ``user`` of a line (and to
+    the key of a user payload's event, which holds the person's id at the PMP): ``hash``
+    the keyed hash ``prefsync audit --user`` also shows, ``omit`` left out."""
+
+    def hide(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        hasher = (
+            _hasher() if mode == "hash" and (event.get("user") or "event_key" in event) else None
+        )
+        if event.get("user"):
+            if hasher is None:
+                event.pop("user")
+            else:
+                event["user"] = hasher.user(str(event["user"]))
+        key = event.get("event_key")
+        if isinstance(key, str) and key.startswith("user."):
+            kind = key.partition(":")[0]
+            event["event_key"] = f"{kind}:{hasher.of('event', key)}" if hasher else kind
+        return event
+
+    return hide
+
+
 def uses_console(settings: Settings) -> bool:
     """Console lines for a person at a terminal (or when asked); JSON lines otherwise."""
     return settings.log_format == "console" or (
@@ -99,6 +145,7 @@ def configure(settings: Settings, level: int | str | None = None) -> None:
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([] if settings.log_user_ids == "plain" else [_user_ids(settings.log_user_ids)]),
             redact_processor,
             renderer,
         ],

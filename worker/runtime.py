@@ -19,6 +19,7 @@ from worker.connectors.base import Transport
 from worker.deadletter import DeadLetterStore
 from worker.delivery import Deliverer
 from worker.erasure import Erasures
+from worker.logging import hide_users_with
 from worker.outbox import Outbox
 from worker.pacing import Pacer
 from worker.pseudonym import Pseudonyms, load_key
@@ -113,6 +114,8 @@ _runtime: tuple[int, Runtime] | None = None
 def runtime() -> Runtime:
     global _runtime
     if _runtime is None or _runtime[0] != os.getpid():
-        _runtime = (os.getpid(), Runtime(get_settings()))
-        follow(_runtime[1].clock.now)
+        rt = Runtime(get_settings())
+        _runtime = (os.getpid(), rt)
+        follow(rt.clock.now)
+        hide_users_with(lambda: rt.pseudonyms)
     return _runtime[1]

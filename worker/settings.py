@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     secret_keys: SecretStr | None = None
     dev_key_file: str = "~/.config/prefsync/secret.key"
     log_format: Literal["auto", "json", "console"] = "auto"
+    # People's ids in log lines: the keyed hash `prefsync audit --user` shows, left out, or
+    # as they are (for a developer's machine).
+    log_user_ids: Literal["plain", "hash", "omit"] = "hash"
     log_level: str = "INFO"
     # The HTTP ingress (worker/ingress, docs/ingress.md).
     # Source addresses allowed to call /webhooks and /oauth/token (CIDRs); empty: any.

@@ -34,3 +34,35 @@ def test_every_form_of_a_credential_is_redacted_whatever_its_case(text: str) -> 
 )
 def test_text_without_a_credential_is_left_as_it_is(text: str) -> None:
     assert redact(text) == text
+
+
+class _Hasher:
+    def user(self, user_id: str) -> str:
+        return f"h({user_id})"
+
+    def of(self, *parts: str) -> str:
+        return f"h{parts}"
+
+
+def test_user_ids_hashed_omitted_or_left_out_when_no_key_can_be_read(monkeypatch):
+    from worker import logging as prefsync_logging
+
+    hide = prefsync_logging._user_ids("hash")
+    monkeypatch.setattr(prefsync_logging, "_pseudonyms", lambda: _Hasher())
+    line = hide(None, "info", {"user": "jane@x.eu", "event_key": "user.updated:pmp-1:t"})
+    assert line == {
+        "user": "h(jane@x.eu)",
+        "event_key": "user.updated:h('event', 'user.updated:pmp-1:t')",
+    }
+    consent = hide(None, "info", {"user": "jane@x.eu", "event_key": "event.created:ev-1:t"})
+    assert consent["event_key"] == "event.created:ev-1:t"  # a consent event's id names no one
+
+    def unreadable():
+        raise ConnectionError("Redis is away")
+
+    monkeypatch.setattr(prefsync_logging, "_pseudonyms", unreadable)
+    assert hide(None, "info", {"user": "jane@x.eu", "x": 1}) == {"x": 1}
+    omit = prefsync_logging._user_ids("omit")
+    assert omit(None, "info", {"user": "jane@x.eu", "event_key": "user.deleted:p:t"}) == {
+        "event_key": "user.deleted"
+    }
