@@ -15,9 +15,10 @@ RUN useradd --create-home --uid 10001 prefsync \
 
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY worker/ worker/
-RUN pip install '.[ops]' && rm -rf build *.egg-info
+# Every dependency at the version requirements.lock pins (make lock).
+RUN pip install -c requirements.lock '.[ops]' && rm -rf build *.egg-info
 
 # The fake destinations (`python -m tests.fakes.destinations`) and the example configs and
 # events (placeholder keys only), for the demo profile.

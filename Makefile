@@ -7,10 +7,11 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Versions pinned by requirements.lock (make lock), as the Docker image installs them.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
 ## run: a worker against PREFSYNC_REDIS_URL (default: Redis on localhost)
@@ -59,8 +60,16 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## audit: pip-audit the installed dependencies; --strict fails when one cannot be checked.
-## Needs PyPI's vulnerability data (or OSV): not part of .ci/run, whose machine may lack it.
+## audit: pip-audit the pinned dependencies (requirements.lock); --strict fails when one
+## cannot be checked. Needs PyPI's vulnerability data (or OSV): not part of .ci/run.
 audit: install
 	$(BIN)/python -m pip install --quiet pip-audit
-	$(BIN)/pip-audit --strict --skip-editable
+	$(BIN)/pip-audit --strict -r requirements.lock
+
+## lock: pin every dependency (and theirs) of pyproject.toml, test and ops extras included,
+## into requirements.lock; `make install` and the Dockerfile install those versions.
+.PHONY: lock
+lock: install
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --extra test --extra ops --strip-extras --no-emit-index-url \
+		--no-emit-find-links -o requirements.lock pyproject.toml

@@ -222,7 +222,10 @@ def test_flower_comes_with_the_image() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     ops = pyproject["project"]["optional-dependencies"]["ops"]
     assert any(re.match(r"flower\b", requirement) for requirement in ops)
-    assert re.search(r"pip install ['\"]?\.\[ops\]", (ROOT / "Dockerfile").read_text())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    # The image installs the versions requirements.lock pins, and copies it in first.
+    assert re.search(r"pip install -c requirements\.lock ['\"]?\.\[ops\]", dockerfile)
+    assert re.search(r"COPY [^\n]*requirements\.lock", dockerfile)
 
 
 def test_flower_and_fake_destinations_use_the_worker_image(services: dict[str, Any]) -> None:
@@ -481,3 +484,19 @@ def test_every_metric_the_dashboard_queries_is_in_a_real_metrics_answer(
     }
     assert len(queried) >= 9
     assert queried - samples == set()
+
+
+def test_the_lock_file_pins_every_dependency_pyproject_names() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    wanted += project["optional-dependencies"]["ops"]
+    pinned = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    for requirement in wanted:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
+        assert name in pinned, f"{name} is not pinned in requirements.lock (make lock)"
