@@ -1,17 +1,18 @@
 # prefsync worker image: also runs Flower (the `ops` extra) and, for the demo profile, the
 # local Braze/Brevo look-alike (tests/fakes). No secret is baked in: settings come from the
 # environment at run time (PREFSYNC_*, see docs/operations.md).
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# A non-root user; /data is where Flower keeps its database (a volume in docker-compose).
+# A non-root user; /data is where Flower keeps its database and /acl where the redis-acl
+# service writes Redis's ACL file (volumes in docker-compose, which take this ownership).
 RUN useradd --create-home --uid 10001 prefsync \
-    && mkdir -p /data \
-    && chown prefsync:prefsync /data
+    && mkdir -p /data /acl \
+    && chown prefsync:prefsync /data /acl
 
 WORKDIR /app
 

@@ -25,7 +25,9 @@ from worker.cli import main as cli_main
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"redis", "worker", "ingress", "flower", "fake-destinations"}
+SERVICES = {"redis-acl", "redis", "worker", "ingress", "flower", "fake-destinations"}
+# Each component's Redis user (worker.redis_acl) and the service that uses it.
+USERS = {"worker": "worker", "ingress": "producer", "flower": "flower"}
 OBSERVABILITY = {"prometheus", "grafana"}  # profile "observability"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "prefsync.json"
 # ${VAR}, ${VAR:-default}, ${VAR:?error}; "$${...}" is an escaped dollar, not a variable.
@@ -103,20 +105,50 @@ def test_the_services_exist(services: dict[str, Any]) -> None:
 
 def test_every_service_restarts_by_itself(services: dict[str, Any]) -> None:
     for name, service in services.items():
+        if name == "redis-acl":  # writes the ACL file once, then exits
+            assert service.get("restart") == "no"
+            continue
         assert service.get("restart") in ("always", "unless-stopped", "on-failure"), name
 
 
-def test_redis_keeps_every_message_and_requires_the_password(services: dict[str, Any]) -> None:
+def test_every_long_running_service_but_the_demo_fake_has_a_healthcheck(
+    services: dict[str, Any],
+) -> None:
+    for name in ("redis", "ingress", "flower"):
+        assert services[name].get("healthcheck"), name
+
+
+def test_redis_keeps_every_message_within_a_memory_bound_and_knows_only_its_acl_users(
+    services: dict[str, Any],
+) -> None:
     redis = services["redis"]
     args = argv(redis)
-    assert redis["image"].split(":")[0] == "redis"
+    name, _, tag = redis["image"].partition(":")
+    assert name == "redis" and re.fullmatch(r"\d+\.\d+\.\d+", tag), "a pinned version"
     assert args[0] == "redis-server"
     # Redis is the only copy of queued messages (../shared/reference/celery.md).
     assert option_value(args, "--appendonly") == "yes"
     assert option_value(args, "--appendfsync") == "everysec"
     assert option_value(args, "--maxmemory-policy") == "noeviction"
-    password = REQUIRED_VARIABLE.match(option_value(args, "--requirepass") or "")
-    assert password and password.group(1) == "REDIS_PASSWORD"
+    assert option_value(args, "--maxmemory")
+    # No password on its command line: the users and their password hashes are in the
+    # ACL file the redis-acl service wrote before Redis started.
+    assert "--requirepass" not in args
+    acl = option_value(args, "--aclfile")
+    assert acl and any(str(v).split(":")[1] == acl.rsplit("/", 1)[0] for v in redis["volumes"])
+    assert redis["depends_on"]["redis-acl"]["condition"] == "service_completed_successfully"
+
+
+def test_the_acl_file_is_written_by_prefsync_redis_acl_from_required_passwords(
+    services: dict[str, Any],
+) -> None:
+    writer = services["redis-acl"]
+    assert "prefsync redis-acl > /acl/users.acl" in " ".join(argv(writer))
+    env = environment(writer)
+    for component in ("WORKER", "PRODUCER", "FLOWER", "ADMIN"):
+        password = REQUIRED_VARIABLE.match(env[f"REDIS_{component}_PASSWORD"])
+        assert password and password.group(1) == f"REDIS_{component}_PASSWORD"
+    assert "PREFSYNC_SECRET_KEYS" not in env
 
 
 def test_the_stack_refuses_to_start_without_keys_sealing_the_connector_keys(
@@ -138,15 +170,14 @@ def test_redis_data_lives_in_a_named_volume(
     assert named[0] in (compose.get("volumes") or {}), "the /data volume is not a named volume"
 
 
-def test_redis_healthcheck_pings_with_the_password(services: dict[str, Any]) -> None:
+def test_redis_healthcheck_pings_without_any_password(services: dict[str, Any]) -> None:
     redis = services["redis"]
     test = redis["healthcheck"]["test"]
     command = test if isinstance(test, str) else " ".join(test)
-    assert "redis-cli" in command
-    assert "ping" in command.lower()
-    # The password reaches redis-cli from the container's environment ($$ escapes compose).
-    assert "$$REDIS_PASSWORD" in command or "REDISCLI_AUTH" in environment(redis)
-    assert REQUIRED_VARIABLE.match(environment(redis).get("REDIS_PASSWORD", ""))
+    assert "redis-cli" in command and "ping" in command.lower()
+    # The default user is off: NOAUTH is an answer, so no password needs to be here.
+    assert "NOAUTH" in command and "PASSWORD" not in command
+    assert not any("PASSWORD" in key for key in environment(redis))
 
 
 def test_worker_is_built_from_the_dockerfile_and_runs_prefsync_worker(
@@ -186,15 +217,15 @@ def test_prefsync_worker_command_exists() -> None:
     assert "--loglevel" in result.output
 
 
-def test_worker_and_flower_share_one_redis_url_with_the_password(
-    services: dict[str, Any],
-) -> None:
-    worker_url = environment(services["worker"])["PREFSYNC_REDIS_URL"]
-    assert environment(services["flower"])["PREFSYNC_REDIS_URL"] == worker_url
-    match = re.fullmatch(r"redis://:(?P<password>[^@]+)@redis:6379/\d+", worker_url)
-    assert match, worker_url
-    password = REQUIRED_VARIABLE.match(match["password"])
-    assert password and password.group(1) == "REDIS_PASSWORD"
+def test_each_component_reaches_redis_as_its_own_user(services: dict[str, Any]) -> None:
+    for service, user in USERS.items():
+        url = environment(services[service])["PREFSYNC_REDIS_URL"]
+        match = re.fullmatch(r"redis://(?P<user>\w+):(?P<password>[^@]+)@redis:6379/\d+", url)
+        assert match and match["user"] == user, (service, url)
+        password = REQUIRED_VARIABLE.match(match["password"])
+        assert password and password.group(1) == f"REDIS_{user.upper()}_PASSWORD"
+    # Flower needs no key to open connector configs it may not even read.
+    assert "PREFSYNC_SECRET_KEYS" not in environment(services["flower"])
 
 
 def test_flower_publishes_5555_with_basic_auth_and_a_persistent_db(
@@ -204,7 +235,8 @@ def test_flower_publishes_5555_with_basic_auth_and_a_persistent_db(
     args = argv(flower)
     assert args[:4] == ["celery", "-A", "worker", "flower"]
     assert option_value(args, "--port") == "5555"
-    assert "5555:5555" in [str(p) for p in flower["ports"]]
+    # Loopback only: plain HTTP with basic auth is not for the open network.
+    assert [str(p) for p in flower["ports"]] == ["127.0.0.1:5555:5555"]
     auth = (
         option_value(args, "--basic-auth")
         or option_value(args, "--basic_auth")
@@ -290,14 +322,16 @@ def test_every_password_is_a_required_variable_never_a_literal(
                 assert literal in ("", ":"), f"{name}.{key} holds a literal secret"
                 for variable in re.findall(r"\$\{[^}]*\}", value):
                     assert REQUIRED_VARIABLE.match(variable), f"{name}.{key}: {variable}"
-    for password in re.findall(r"redis://:([^@]*)@", compose_text):
+    for password in re.findall(r"redis://\w*:([^@]*)@", compose_text):
         assert REQUIRED_VARIABLE.match(password), password
-    assert "requirepass" in compose_text
+    # An example .env leaves every password empty: compose then refuses to start.
+    for name in re.findall(r"^(\w*PASSWORD)=(.*)$", env_example_text(), flags=re.M):
+        assert name[1] == "", f"{name[0]} has a placeholder value in .env.example"
 
 
 def test_every_compose_variable_is_in_env_example(compose_text: str) -> None:
     used = set(COMPOSE_VARIABLE.findall(compose_text))
-    assert {"REDIS_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD"} <= used
+    assert {"REDIS_WORKER_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD"} <= used
     assert used - env_example_names() == set()
 
 
@@ -318,7 +352,7 @@ def test_image_runs_as_a_non_root_user_without_secrets() -> None:
         for line in dockerfile.splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    assert lines[0].startswith("FROM python:3.11-slim")
+    assert re.fullmatch(r"FROM python:3\.11\.\d+-slim-\w+", lines[0]), "a pinned base image"
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     assert not re.search(r"^(ENV|ARG)\b.*(PASSWORD|API_KEY|SECRET)", dockerfile, re.M)
@@ -421,8 +455,7 @@ def test_ingress_serves_port_8000_and_is_healthy_only_when_ready(
     test = " ".join(ingress["healthcheck"]["test"])
     assert "http://127.0.0.1:8000/readyz" in test
     assert ingress["depends_on"]["redis"]["condition"] == "service_healthy"
-    url = environment(services["worker"])["PREFSYNC_REDIS_URL"]
-    assert environment(ingress)["PREFSYNC_REDIS_URL"] == url
+    assert environment(ingress)["PREFSYNC_REDIS_URL"].startswith("redis://producer:")
 
 
 def test_prometheus_scrapes_the_ingress_and_grafana_is_provisioned_from_the_repo(
