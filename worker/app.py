@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery, signals
 
 from worker.logging import configure as configure_logging
+from worker.pool import send_messages_whole
 from worker.redis_client import SENTINEL_KWARGS
 from worker.settings import Settings, get_settings
 
@@ -88,6 +89,12 @@ def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
     # the worker's --loglevel. celeryd_init: comes before the worker's first warnings
     # (running as root, say), so they are JSON lines too.
     configure_logging(get_settings(), level=loglevel)
+
+
+@signals.worker_process_init.connect
+def _send_messages_whole(**_: object) -> None:
+    # A result cut in two by a signal corrupts the pipe to the main process (worker.pool).
+    send_messages_whole()
 
 
 app = make_app(get_settings())
