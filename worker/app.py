@@ -7,15 +7,20 @@ every line below closes one of them.
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery, signals
 
+from worker.liveness import Liveness
 from worker.logging import configure as configure_logging
 from worker.pool import send_messages_whole
+from worker.reconnect import survive_restore_without_connection
 from worker.redis_client import SENTINEL_KWARGS
-from worker.settings import Settings, get_settings
+from worker.settings import InvalidSettings, Settings, get_settings
 
 
 def make_app(settings: Settings) -> Celery:
+    survive_restore_without_connection()
     app = Celery("prefsync", broker=settings.redis_url, include=["worker.tasks"])
     app.conf.update(
         # Acknowledge a message only after its task ran: a crash mid-task re-delivers it.
@@ -54,7 +59,7 @@ def make_app(settings: Settings) -> Celery:
         # Bound "in flight": the hard limit feeds the visibility-timeout rule; the soft limit
         # fires first so a stuck attempt is retried on schedule rather than dead-lettered.
         task_time_limit=settings.task_time_limit,
-        task_soft_time_limit=max(1, settings.task_time_limit - 5),
+        task_soft_time_limit=settings.soft_time_limit,
         # Redis blips while enqueueing or while a retry republishes: keep trying for ~10 s,
         # then fail loudly (a producer gets an error, never a silent drop or a hang).
         task_publish_retry=True,
@@ -75,6 +80,8 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    # A main process that stops consuming is seen, and exits to be restarted.
+    app.steps["worker"].add(Liveness)
     return app
 
 
@@ -97,4 +104,10 @@ def _send_messages_whole(**_: object) -> None:
     send_messages_whole()
 
 
-app = make_app(get_settings())
+try:
+    app = make_app(get_settings())
+except InvalidSettings as exc:
+    # One line, no traceback: a setting to fix, not a bug (`celery worker` imports this).
+    # Exit code 2, as the CLI's "could not run".
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)

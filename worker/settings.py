@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
+# The soft time limit comes this long before the hard one: time to write the retry.
+SOFT_LIMIT_LEAD = 5
+# The least time a task must have left, after one HTTP call, to wait for Redis before its
+# soft time limit; with less, a Redis blip would always end in the time limits.
+MIN_REDIS_WAIT = 0.5
+
+
+class InvalidSettings(Exception):
+    """The PREFSYNC_* environment cannot run prefsync: fix the setting it names."""
 
 
 def _split_commas(value: object) -> object:
@@ -43,6 +53,12 @@ class Settings(BaseSettings):
     state_ttl: int = Field(90 * 24 * 3600, gt=0)
     max_event_bytes: int = Field(256 * 1024, gt=0)
     audit_maxlen: int = Field(1_000_000, gt=0)
+    # Liveness (worker.liveness): the file the worker's heartbeat is written to (one per
+    # worker on a host), and how long its main process may stop consuming before it exits
+    # and `prefsync worker-health` fails. It must outlast a warm shutdown: the hard time
+    # limit plus 10 s.
+    heartbeat_file: str = "/tmp/prefsync-worker.heartbeat"
+    liveness_timeout: float = Field(120.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
@@ -93,6 +109,29 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _soft_limit_fits_a_call(self) -> Settings:
+        # A task makes an HTTP call, then may wait for Redis to settle it (tasks.patiently);
+        # both must end before the soft time limit, or every slow answer or Redis blip
+        # would end in the time limits instead of a retry.
+        soft = self.soft_time_limit
+        if soft - self.http_timeout < MIN_REDIS_WAIT:
+            needed = self.http_timeout + MIN_REDIS_WAIT + SOFT_LIMIT_LEAD
+            raise ValueError(
+                f"PREFSYNC_HTTP_TIMEOUT ({self.http_timeout:g}s) does not fit in the soft time "
+                f"limit ({soft:g}s: PREFSYNC_TASK_TIME_LIMIT {self.task_time_limit}s minus "
+                f"{SOFT_LIMIT_LEAD}s) with {MIN_REDIS_WAIT:g}s left to wait for Redis: lower "
+                f"PREFSYNC_HTTP_TIMEOUT or raise PREFSYNC_TASK_TIME_LIMIT to at least "
+                f"{math.ceil(needed)}"
+            )
+        return self
+
+    @property
+    def soft_time_limit(self) -> int:
+        """When a task is told to stop (SoftTimeLimitExceeded), SOFT_LIMIT_LEAD seconds
+        before it is killed: it then writes its retry."""
+        return max(1, self.task_time_limit - SOFT_LIMIT_LEAD)
+
     @property
     def lock_ttl(self) -> float:
         """How long a (connector, user) lock may live: longer than a task may run (its hard
@@ -102,4 +141,15 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidSettings("; ".join(_describe(error) for error in exc.errors())) from None
+
+
+def _describe(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:  # a rule across settings names its settings itself
+        return message
+    name = "PREFSYNC_" + str(error["loc"][0]).upper()
+    return f"{name}: {message}"

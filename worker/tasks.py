@@ -52,7 +52,10 @@ T = TypeVar("T")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # How long the writes that settle a failed attempt wait for Redis: a restart takes a second
 # or a few, and a publish waits about as long (task_publish_retry_policy, worker/app.py).
+# Within a task, the waits also end this long before its soft time limit: a task waiting
+# for Redis puts its message back rather than meet the time limits (issue 18).
 REDIS_PATIENCE = 15.0
+WAITS_END_BEFORE_SOFT_LIMIT = 0.25
 
 TRANSIENT = (RetryableError, SoftTimeLimitExceeded, *REDIS_DOWN)
 
@@ -67,6 +70,8 @@ class ScheduledTask(Task):
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         self.request.attempt_started_at = clock()
+        soft_limit = get_settings().soft_time_limit
+        self.request.waits_end = monotonic() + soft_limit - WAITS_END_BEFORE_SOFT_LIMIT
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             task_id=task_id,
@@ -137,9 +142,10 @@ class ScheduledTask(Task):
                 patiently(
                     lambda: runtime().outbox.rescheduled(
                         self.request.id, list(args), kwargs, clock(), countdown
-                    )
+                    ),
+                    until=self.waits_end(),
                 )
-                return celery_retry()
+                return celery_retry(retry_policy=publish_policy(self.waits_end()))
         except (SoftTimeLimitExceeded, *REDIS_DOWN) as error:
             raise self.put_back(error) from None
         except Reject as rejected:
@@ -151,8 +157,8 @@ class ScheduledTask(Task):
             # dead letter instead, or, if even that fails, put the message back.
             reason, once = rejected.reason, once_key(self.request.id, self.request.kwargs)
             try:
-                patiently(lambda: self.dead_letter(args, attempts, reason, once))
-                patiently(lambda: runtime().outbox.done(self.request.id))
+                patiently(lambda: self.dead_letter(args, attempts, reason, once), self.waits_end())
+                patiently(lambda: runtime().outbox.done(self.request.id), self.waits_end())
             except Exception:
                 raise self.put_back(reason) from None
             raise
@@ -238,7 +244,11 @@ class ScheduledTask(Task):
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         # Should Redis stay away longer, the sweep publishes the task again: all duplicates.
-        patiently(lambda: runtime().outbox.done(task_id))
+        patiently(lambda: runtime().outbox.done(task_id), until=self.waits_end())
+
+    def waits_end(self) -> float | None:
+        """When this run's waits for Redis end (monotonic): before its soft time limit."""
+        return getattr(self.request, "waits_end", None)
 
     def dead_letter(
         self,
@@ -265,10 +275,12 @@ class ScheduledTask(Task):
             )
 
 
-def patiently(write: Callable[[], T]) -> T:
+def patiently(write: Callable[[], T], until: float | None = None) -> T:
     """``write`` (idempotent Redis writes), tried again while Redis is unreachable, for up to
-    REDIS_PATIENCE seconds; then its error is raised."""
+    REDIS_PATIENCE seconds and never past ``until`` (monotonic); then its error is raised."""
     deadline = monotonic() + REDIS_PATIENCE
+    if until is not None:
+        deadline = min(deadline, until)
     pause = 0.2
     while True:
         try:
@@ -278,6 +290,21 @@ def patiently(write: Callable[[], T]) -> T:
                 raise
             sleep(pause)
             pause = min(2 * pause, 2.0)
+
+
+def publish_policy(until: float | None) -> dict[str, float]:
+    """Celery's retry policy for publishing (worker/app.py's), with only the tries whose
+    pauses end before ``until`` (monotonic): a publish waiting for Redis gives up, and the
+    message is put back, before the soft time limit."""
+    policy = dict(app.conf.task_publish_retry_policy)
+    if until is None:
+        return policy
+    left, pause, tries = until - monotonic(), policy["interval_start"], 0
+    while tries < policy["max_retries"] and left >= pause:
+        left -= pause
+        tries += 1
+        pause = min(pause + policy["interval_step"], policy["interval_max"])
+    return {**policy, "max_retries": tries}
 
 
 @contextmanager
