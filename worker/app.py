@@ -13,14 +13,14 @@ from celery import Celery, signals
 
 from worker.liveness import Liveness
 from worker.logging import configure as configure_logging
-from worker.pool import send_messages_whole
-from worker.reconnect import survive_restore_without_connection
+from worker.pool import send_messages_whole, soft_limit_armed
+from worker.reconnect import closed_channels_raise_connection_errors
 from worker.redis_client import SENTINEL_KWARGS
 from worker.settings import InvalidSettings, Settings, get_settings
 
 
 def make_app(settings: Settings) -> Celery:
-    survive_restore_without_connection()
+    closed_channels_raise_connection_errors()
     app = Celery("prefsync", broker=settings.redis_url, include=["worker.tasks"])
     app.conf.update(
         # Acknowledge a message only after its task ran: a crash mid-task re-delivers it.
@@ -102,6 +102,12 @@ def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
 def _send_messages_whole(**_: object) -> None:
     # A result cut in two by a signal corrupts the pipe to the main process (worker.pool).
     send_messages_whole()
+
+
+@signals.task_prerun.connect
+def _arm_soft_limit(**_: object) -> None:
+    # The soft time limit is ignored between tasks in a pool process (worker.pool).
+    soft_limit_armed()
 
 
 try:

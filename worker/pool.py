@@ -14,9 +14,10 @@ takes the second message's bytes as the rest of it and either fails to unpickle 
 exits) or reads a garbage length and waits forever for that many bytes (in warm shutdown,
 ``_flush_outqueue``: the worker hangs). Issue 18; measured with tests/e2e/soak.py.
 
-So in a pool process both signals are held while a message is written, and let through
-once it is whole. A soft time limit that came meanwhile is dropped: it was for a task that
-had already ended. SIGKILL (the hard time limit) cannot be held and needs no holding: a
+So in a pool process both signals are held while a message is written, and SIGTERM is let
+through once it is whole. The soft time limit's signal is ignored from then on until the
+next task starts: one that came meanwhile, or comes later, was for a task that had already
+ended. SIGKILL (the hard time limit) cannot be held and needs no holding: a
 killed process writes nothing after its half message, and the main process drops the pipe
 of a dead process.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from billiard.pool import SIG_SOFT_TIMEOUT
 from billiard.queues import _SimpleQueue
@@ -47,17 +49,30 @@ def send_messages_whole() -> None:
     _SimpleQueue.send_payload = send_whole  # type: ignore[method-assign]
 
 
+# billiard's soft time limit handler, set aside while no task runs (``signals_held``).
+_soft_limit_handler: Any = None
+
+
 @contextmanager
 def signals_held() -> Iterator[None]:
     """SIGTERM and the soft time limit's signal held off until the block is done; then
-    SIGTERM is let through and a soft time limit dropped."""
+    SIGTERM is let through, and the soft time limit is ignored until the next task starts
+    (``soft_limit_armed``): one that came meanwhile, or comes later, is for a task whose
+    result is written already, and would otherwise raise in billiard's own code (the pool
+    process would die waiting for its next task: celery/celery#2952)."""
+    global _soft_limit_handler
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
     try:
         yield
     finally:
-        # Ignoring a pending signal discards it (POSIX); then its handler is put back.
+        # Ignoring a pending signal discards it (POSIX).
         handler = signal.signal(SIG_SOFT_TIMEOUT, signal.SIG_IGN)
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        finally:
-            signal.signal(SIG_SOFT_TIMEOUT, handler)
+        if handler not in (signal.SIG_IGN, None):
+            _soft_limit_handler = handler
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def soft_limit_armed() -> None:
+    """At the start of a task: its soft time limit raises again."""
+    if _soft_limit_handler is not None:
+        signal.signal(SIG_SOFT_TIMEOUT, _soft_limit_handler)

@@ -1,42 +1,44 @@
-"""The worker's main process survives losing its Redis connection.
+"""The worker's main process survives what it does with messages of a lost connection.
 
-kombu 5.7 can crash the main process as Celery drops a lost connection: Celery first
-collects the connection (which detaches the transport from it), then closes it, and the
-Redis channel's close then restores its unacknowledged messages through a connection that
-is gone (``Unrecoverable error: AttributeError: 'NoneType' object has no attribute
-'hostname'`` in ``kombu.transport.redis.Channel._connparams``; related upstream:
-celery/celery#9250). Two worker exits in twelve Redis faults in the soak (tests/e2e/soak.py)
-before this was worked around.
+When the broker connection drops, Celery collects it (which detaches kombu's transport
+from it) and connects anew, but the messages taken by the old connection are still
+acknowledged, rejected (put back) or restored through their old Redis channel. kombu 5.7
+then builds a Redis client from the detached transport and raises AttributeError
+(``'NoneType' object has no attribute 'hostname'`` or ``... 'client'``, in
+``kombu.transport.redis.Channel._connparams``), which Celery does not expect there: the
+main process dies (``Unrecoverable error``). Seen in the soak (tests/e2e/soak.py) as the
+channel closed (restore of unacknowledged messages) and as a task put its message back
+after the reconnect; related upstream: celery/celery#9250.
 
-Those messages are then left where they are, as when Redis is down at that moment (the
-usual case): unacknowledged in Redis, handed out again after the visibility timeout (and
-published again by the outbox past their due time).
+So such a channel raises a Redis ConnectionError instead, which Celery and kombu handle as
+the lost connection it is: they log it and go on. The message stays unacknowledged in
+Redis, and is handed out again after the visibility timeout (or published again by the
+outbox), as when Redis is down at that moment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import structlog
+import redis
 from kombu.transport import redis as kombu_redis
 
-log = structlog.get_logger("prefsync.reconnect")
 
-
-def survive_restore_without_connection() -> None:
-    restore = kombu_redis.QoS.restore_unacked
-    if getattr(restore, "survives", False):
+def closed_channels_raise_connection_errors() -> None:
+    acquire = kombu_redis.Channel.conn_or_acquire
+    if getattr(acquire, "checks_connection", False):
         return
 
-    def restore_unacked(qos: Any, client: Any = None) -> Any:
-        if client is None and getattr(qos.channel.connection, "client", None) is None:
-            log.warning(
-                "unacknowledged messages left to the visibility timeout: the broker "
-                "connection was gone before they could be restored",
-                messages=len(qos._delivered),
+    @contextmanager
+    def conn_or_acquire(channel: Any, client: Any = None) -> Iterator[Any]:
+        if not client and getattr(channel.connection, "client", None) is None:
+            raise redis.exceptions.ConnectionError(
+                "the broker connection this message came by is closed"
             )
-            return None
-        return restore(qos, client)
+        with acquire(channel, client) as acquired:
+            yield acquired
 
-    restore_unacked.survives = True  # type: ignore[attr-defined]
-    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+    conn_or_acquire.checks_connection = True  # type: ignore[attr-defined]
+    kombu_redis.Channel.conn_or_acquire = conn_or_acquire  # type: ignore[method-assign]

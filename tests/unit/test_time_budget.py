@@ -15,7 +15,7 @@ import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 from billiard.pool import SIG_SOFT_TIMEOUT
 
-from worker.pool import signals_held
+from worker.pool import signals_held, soft_limit_armed
 from worker.settings import Settings
 from worker.tasks import REDIS_PATIENCE, patiently, publish_policy
 
@@ -101,7 +101,7 @@ def test_a_publish_waiting_for_redis_retries_only_as_long_as_time_is_left():
     assert publish_policy(time.monotonic() + 1000)["max_retries"] == 10
 
 
-def test_a_soft_time_limit_while_a_result_is_written_is_dropped_and_sigterm_waits_for_the_end():
+def test_a_soft_time_limit_while_a_result_is_written_or_after_is_dropped_until_the_next_task():
     def soft_limit(signum, frame):
         raise SoftTimeLimitExceeded()
 
@@ -127,7 +127,9 @@ def test_a_soft_time_limit_while_a_result_is_written_is_dropped_and_sigterm_wait
                 time.sleep(0.05)
                 written.append("whole")
             time.sleep(0.05)  # SIGTERM arrives here, once the message is whole
-        # The soft time limit's handler is back.
+        os.kill(os.getpid(), SIG_SOFT_TIMEOUT)  # between tasks: ignored
+        time.sleep(0.05)
+        soft_limit_armed()  # the next task starts: its soft time limit raises again
         with pytest.raises(SoftTimeLimitExceeded):
             os.kill(os.getpid(), SIG_SOFT_TIMEOUT)
             time.sleep(0.05)
@@ -135,3 +137,18 @@ def test_a_soft_time_limit_while_a_result_is_written_is_dropped_and_sigterm_wait
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     assert written == ["first half", "second half", "after", "whole"]
+
+
+def test_a_redis_channel_whose_connection_is_gone_raises_a_connection_error():
+    # What Celery does with a message of a lost connection (ack, put back, restore) then
+    # fails as a lost connection, which it logs, not as a crash (worker.reconnect).
+    from types import SimpleNamespace
+
+    from kombu.transport import redis as kombu_redis
+
+    import worker.app  # noqa: F401  (applies worker.reconnect)
+
+    for detached in (SimpleNamespace(connection=None), SimpleNamespace(connection=object())):
+        with pytest.raises(redis.exceptions.ConnectionError, match="is closed"):
+            with kombu_redis.Channel.conn_or_acquire(detached):
+                pass
