@@ -149,6 +149,8 @@ def test_a_redis_channel_whose_connection_is_gone_raises_a_connection_error():
     import worker.app  # noqa: F401  (applies worker.reconnect)
 
     for detached in (SimpleNamespace(connection=None), SimpleNamespace(connection=object())):
-        with pytest.raises(redis.exceptions.ConnectionError, match="is closed"):
-            with kombu_redis.Channel.conn_or_acquire(detached):
-                pass
+        with (
+            pytest.raises(redis.exceptions.ConnectionError, match="is closed"),
+            kombu_redis.Channel.conn_or_acquire(detached),
+        ):
+            pass
