@@ -1,6 +1,6 @@
 # prefsync worker image: also runs Flower (the `ops` extra) and, for the demo profile, the
 # local Braze/Brevo look-alike (tests/fakes). No secret is baked in: settings come from the
-# environment at run time (PREFSYNC_*, see the README).
+# environment at run time (PREFSYNC_*, see docs/operations.md).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -1,7 +1,7 @@
 """The Celery app and the settings the delivery guarantee rests on.
 
-Each setting says why it is there; see ../shared/reference/celery.md and the README's
-"Delivery guarantee" section. Celery + Redis loses messages by default in several ways;
+Each setting says why it is there; see ../shared/reference/celery.md and the "Delivery
+guarantee" section of docs/delivery.md. Celery + Redis loses messages by default in several ways;
 every line below closes one of them.
 """
 

@@ -57,7 +57,7 @@ class ReportRedisErrors(click.Group):
 def main() -> None:
     """prefsync: carries consent and preference changes to Braze and Brevo (Sendinblue).
 
-    Settings come from PREFSYNC_* environment variables (see the README).
+    Settings come from PREFSYNC_* environment variables (see docs/operations.md).
     """
 
 
