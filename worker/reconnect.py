@@ -10,10 +10,12 @@ main process dies (``Unrecoverable error``). Seen in the soak (tests/e2e/soak.py
 channel closed (restore of unacknowledged messages) and as a task put its message back
 after the reconnect; related upstream: celery/celery#9250.
 
-So such a channel raises a Redis ConnectionError instead, which Celery and kombu handle as
-the lost connection it is: they log it and go on. The message stays unacknowledged in
-Redis, and is handed out again after the visibility timeout (or published again by the
-outbox), as when Redis is down at that moment.
+So such a channel uses a client of our own (``worker.runtime``: the same Redis, the same
+database) instead. kombu keeps unacknowledged messages in Redis under keys every channel
+shares, so an acknowledgement or a put-back through it does what the old channel would
+have: a task cut off by the outage is put back as soon as Redis is back, rather than an
+hour later when the visibility timeout hands it out again. With Redis still down, it fails
+as a lost connection (redis-py's ConnectionError), which Celery logs and goes on.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import redis
 from kombu.transport import redis as kombu_redis
 
+from worker.runtime import runtime
 
-def closed_channels_raise_connection_errors() -> None:
+
+def closed_channels_use_our_connection() -> None:
     acquire = kombu_redis.Channel.conn_or_acquire
     if getattr(acquire, "checks_connection", False):
         return
@@ -34,9 +37,7 @@ def closed_channels_raise_connection_errors() -> None:
     @contextmanager
     def conn_or_acquire(channel: Any, client: Any = None) -> Iterator[Any]:
         if not client and getattr(channel.connection, "client", None) is None:
-            raise redis.exceptions.ConnectionError(
-                "the broker connection this message came by is closed"
-            )
+            client = runtime().redis
         with acquire(channel, client) as acquired:
             yield acquired
 

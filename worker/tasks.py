@@ -145,7 +145,7 @@ class ScheduledTask(Task):
                     ),
                     until=self.waits_end(),
                 )
-                return celery_retry(retry_policy=publish_policy(self.waits_end()))
+                return celery_retry()
         except (SoftTimeLimitExceeded, *REDIS_DOWN) as error:
             raise self.put_back(error) from None
         except Reject as rejected:
@@ -290,21 +290,6 @@ def patiently(write: Callable[[], T], until: float | None = None) -> T:
                 raise
             sleep(pause)
             pause = min(2 * pause, 2.0)
-
-
-def publish_policy(until: float | None) -> dict[str, float]:
-    """Celery's retry policy for publishing (worker/app.py's), with only the tries whose
-    pauses end before ``until`` (monotonic): a publish waiting for Redis gives up, and the
-    message is put back, before the soft time limit."""
-    policy = dict(app.conf.task_publish_retry_policy)
-    if until is None:
-        return policy
-    left, pause, tries = until - monotonic(), policy["interval_start"], 0
-    while tries < policy["max_retries"] and left >= pause:
-        left -= pause
-        tries += 1
-        pause = min(pause + policy["interval_step"], policy["interval_max"])
-    return {**policy, "max_retries": tries}
 
 
 @contextmanager
