@@ -14,7 +14,7 @@ from celery import Celery, signals
 from worker.liveness import Liveness
 from worker.logging import configure as configure_logging
 from worker.pool import send_messages_whole, soft_limit_armed
-from worker.reconnect import closed_channels_use_our_connection
+from worker.reconnect import QuickReconnect, closed_channels_use_our_connection
 from worker.redis_client import SENTINEL_KWARGS
 from worker.settings import InvalidSettings, Settings, get_settings
 
@@ -49,6 +49,10 @@ def make_app(settings: Settings) -> Celery:
             "sentinel_kwargs": SENTINEL_KWARGS,
         },
         broker_connection_retry_on_startup=True,
+        # Reconnect for as long as Redis is away (default: give up after 100 tries, under
+        # three minutes at worker.reconnect's pace): a worker that gave up would only be
+        # restarted to try again.
+        broker_connection_max_retries=None,
         # After a reconnect, tasks still running can no longer ack their old messages, which
         # come back and would run twice: cancel them and let them be re-delivered.
         worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -82,6 +86,8 @@ def make_app(settings: Settings) -> Celery:
     )
     # A main process that stops consuming is seen, and exits to be restarted.
     app.steps["worker"].add(Liveness)
+    # Back soon after Redis is (worker.reconnect).
+    app.steps["worker"].add(QuickReconnect)
     return app
 
 

@@ -384,3 +384,12 @@ def test_readme_layout_names_every_worker_module(readme: str) -> None:
         for path in (ROOT / "worker").rglob("*.py")
     }
     assert present <= listed, f"modules missing from the README layout: {present - listed}"
+
+
+def test_worker_healthcheck_runs_prefsync_worker_health(services: dict[str, Any]) -> None:
+    # Issue 18: a worker that stops consuming is seen; it exits by itself and its restart
+    # policy brings a new one.
+    worker = services["worker"]
+    assert worker["healthcheck"]["test"] == ["CMD", "prefsync", "worker-health"]
+    assert worker["restart"] in ("always", "unless-stopped")
+    assert "worker-health" in cli_main.commands
