@@ -221,7 +221,7 @@ def prefsync_env(
         PREFSYNC_ALLOW_HOSTS=fake_destinations.host_port,
         PREFSYNC_SENDINBLUE_API_URL=f"{fake_destinations.url}/v3",
         PREFSYNC_RETRY_COUNTDOWNS="0.1,0.3,0.6,0.9,1.1",
-        PREFSYNC_VISIBILITY_TIMEOUT="11",
+        PREFSYNC_VISIBILITY_TIMEOUT="13",
         PREFSYNC_HTTP_TIMEOUT="2",
         # A soft limit (3 s) that fits one HTTP call and a wait for Redis (Settings checks).
         PREFSYNC_TASK_TIME_LIMIT="8",
