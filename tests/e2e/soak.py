@@ -3,7 +3,8 @@
 Each fault is a clean restart (SIGTERM) or a crash (SIGKILL), alternately, of a
 redis-server with every write on disk before it answers (``appendfsync always``), back on
 the same port after 1 to 10 s. A producer keeps enqueueing meanwhile (retrying what Redis
-refused), the worker delivers to the local Braze look-alike. After each fault the soak
+refused), with a burst of ``burst`` events just before each fault so that it finds that many
+deliveries in flight; the worker delivers to the local Braze look-alike. After each fault the soak
 waits for deliveries to resume; a worker that exited is restarted at once, as a
 supervisor would (and counted); a worker still running that delivers nothing for
 ``hang_after`` seconds is hung (counted, its stacks dumped with py-spy when available, then
@@ -58,9 +59,10 @@ import signal, sys, time
 from worker.errors import BrokerUnavailable
 from worker.producer import enqueue_many
 
-size, pace = int(sys.argv[1]), float(sys.argv[2])
-stop = []
+size, pace, burst = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+stop, bursts = [], []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+signal.signal(signal.SIGUSR1, lambda *_: bursts.append(1))
 
 def event(n):
     user = f"soak-{n}"
@@ -72,27 +74,29 @@ def event(n):
 
 n = 0
 while not stop:
-    batch = [event(m) for m in range(n, n + size)]
+    count = burst if bursts and not bursts.clear() else size
+    batch = [event(m) for m in range(n, n + count)]
     while True:
         try:
-            enqueue_many(batch)
+            enqueue_many(batch)  # 100 events a message
             break
         except BrokerUnavailable:
             time.sleep(0.2)
-    print(n, n + size, flush=True)
-    n += size
+    print(n, n + count, flush=True)
+    n += count
     time.sleep(pace)
 """
 
 
 class Producer:
     """Enqueues ``size`` events a message (one Braze call), one new user each, every
-    ``pace`` seconds, retrying a message Redis refused until it is acknowledged."""
+    ``pace`` seconds, retrying a message Redis refused until it is acknowledged; on
+    ``burst()``, ``burst`` events at once (in messages of 100) instead."""
 
-    def __init__(self, env: dict[str, str], size: int, pace: float) -> None:
+    def __init__(self, env: dict[str, str], size: int, pace: float, burst: int) -> None:
         self.acknowledged = 0  # events soak-0 .. soak-(acknowledged - 1)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", PRODUCER, str(size), str(pace)],
+            [sys.executable, "-c", PRODUCER, str(size), str(pace), str(burst)],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -105,6 +109,9 @@ class Producer:
     def _read(self) -> None:
         for line in self.proc.stdout:
             self.acknowledged = int(line.split()[1])
+
+    def burst(self) -> None:
+        self.proc.send_signal(signal.SIGUSR1)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -238,6 +245,7 @@ def soak(
     concurrency: int = 2,
     size: int = 20,
     pace: float = 0.15,
+    burst: int = 2000,
     seed: int | None = None,
     log=print,
 ) -> SoakResult:
@@ -268,7 +276,7 @@ def soak(
     )
     assert put.returncode == 0, put.stderr
     worker = Worker(env, directory, concurrency)
-    producer = Producer(env, size, pace)
+    producer = Producer(env, size, pace, burst)
 
     def delivered_users() -> set[str]:
         return {obj["external_id"] for obj in braze_attributes(fake.calls("braze"))}
@@ -281,6 +289,11 @@ def soak(
         wait_until(lambda: last_delivery() > 0, timeout=60, message="nothing delivered")
         for number in range(faults):
             time.sleep(rng.uniform(1.0, 3.0))  # under load for a moment
+            # Then a burst, so that the fault finds many deliveries in flight.
+            target = producer.acknowledged + burst
+            producer.burst()
+            wait_until(lambda target=target: producer.acknowledged >= target, timeout=60)
+            time.sleep(rng.uniform(0.2, 1.0))
             kind = "restart" if number % 2 == 0 else "crash"
             in_flight = producer.acknowledged - len(delivered_users())
             (redis_server.stop if kind == "restart" else redis_server.kill)()
@@ -341,11 +354,17 @@ def main() -> None:
     parser.add_argument("--min-down", type=float, default=1.0)
     parser.add_argument("--max-down", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--burst", type=int, default=2000, help="events enqueued before a fault")
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="prefsync-soak-"))
     result = soak(
-        directory, args.faults, args.profile, (args.min_down, args.max_down), seed=args.seed
+        directory,
+        args.faults,
+        args.profile,
+        (args.min_down, args.max_down),
+        burst=args.burst,
+        seed=args.seed,
     )
     for dump in result.hang_dumps:
         print("---- hung worker ----\n" + dump)
