@@ -9,8 +9,9 @@ restarts it, and nothing is delivered. So:
 - a watchdog thread writes the heartbeat file (PREFSYNC_HEARTBEAT_FILE) while the loop
   ticks, or while the worker is connecting to Redis (a Redis outage is not a hang:
   restarting would not bring Redis back);
-- once the loop has not ticked for PREFSYNC_LIVENESS_TIMEOUT seconds, the watchdog kills
-  the pool processes and exits (code 70), so that the supervisor (compose's restart policy,
+- once the loop has not ticked for PREFSYNC_LIVENESS_TIMEOUT seconds while the process
+  ran (a pause of the whole process, SIGSTOP or a frozen VM, does not count), the watchdog
+  kills the pool processes and exits (code 70), so that the supervisor (compose's restart policy,
   systemd's Restart=, Kubernetes) starts a fresh worker. What the worker held is
   unacknowledged in Redis, and comes back after the visibility timeout.
 - `prefsync worker-health` reads the heartbeat file and fails when it is older than
@@ -104,8 +105,12 @@ class Liveness(bootsteps.StartStopStep):
     def watch(self, worker: Any) -> None:
         interval = min(TICK, self.timeout / 5)
         while True:
+            before = time.monotonic()
             time.sleep(interval)
-            if self.connecting:
+            # Slept far longer than asked: the whole process was paused (SIGSTOP, a frozen
+            # VM), not only its event loop. Give the loop its time to tick again.
+            paused = time.monotonic() - before > interval + max(1.0, self.timeout / 2)
+            if self.connecting or paused:
                 self.tick()
             stalled = time.monotonic() - self.last_tick
             if stalled <= self.timeout:
