@@ -289,7 +289,14 @@ def soak(
         wait_until(lambda: last_delivery() > 0, timeout=60, message="nothing delivered")
         for number in range(faults):
             time.sleep(rng.uniform(1.0, 3.0))  # under load for a moment
-            # Then a burst, so that the fault finds many deliveries in flight.
+            # Then a burst, so that the fault finds about ``burst`` deliveries in flight
+            # (once the backlog of the previous fault is mostly delivered).
+            with contextlib.suppress(AssertionError):
+                wait_until(
+                    lambda: producer.acknowledged - len(delivered_users()) < burst // 4,
+                    timeout=120,
+                    interval=0.5,
+                )
             target = producer.acknowledged + burst
             producer.burst()
             wait_until(lambda target=target: producer.acknowledged >= target, timeout=60)
