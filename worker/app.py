@@ -14,13 +14,18 @@ from celery import Celery, signals
 from worker.liveness import Liveness
 from worker.logging import configure as configure_logging
 from worker.pool import send_messages_whole, soft_limit_armed
-from worker.reconnect import QuickReconnect, closed_channels_use_our_connection
+from worker.reconnect import (
+    QuickReconnect,
+    closed_channels_use_our_connection,
+    exited_pool_processes_not_watched,
+)
 from worker.redis_client import SENTINEL_KWARGS
 from worker.settings import InvalidSettings, Settings, get_settings
 
 
 def make_app(settings: Settings) -> Celery:
     closed_channels_use_our_connection()
+    exited_pool_processes_not_watched()
     app = Celery("prefsync", broker=settings.redis_url, include=["worker.tasks"])
     app.conf.update(
         # Acknowledge a message only after its task ran: a crash mid-task re-delivers it.

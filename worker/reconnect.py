@@ -1,5 +1,6 @@
 """The worker's main process and a lost broker connection: it survives settling the messages
-of the old connection, and it reconnects soon after Redis is back.
+of the old connection and registering its pool again, and it reconnects soon after Redis
+is back.
 
 When the broker connection drops, Celery collects it (which detaches kombu's transport
 from it) and connects anew, but the messages taken by the old connection are still
@@ -27,6 +28,7 @@ from functools import partial
 from typing import Any
 
 from celery import bootsteps
+from celery.concurrency.asynpool import AsynPool
 from kombu.transport import redis as kombu_redis
 
 from worker.runtime import runtime
@@ -46,6 +48,27 @@ def closed_channels_use_our_connection() -> None:
 
     conn_or_acquire.checks_connection = True  # type: ignore[attr-defined]
     kombu_redis.Channel.conn_or_acquire = conn_or_acquire  # type: ignore[method-assign]
+
+
+def exited_pool_processes_not_watched() -> None:
+    """After a reconnect Celery registers the pool with its event loop again, and watches
+    every pool process for its exit. A process that had exited (its watch already removed,
+    ``_sentinel_poll`` set to None) but was not yet replaced is watched again with no file
+    descriptor: kombu raises ValueError (celery/kombu#2623), which celery 5.7's asynpool
+    does not catch (it expects AttributeError), and the main process dies (``Unrecoverable
+    error: ValueError('file descriptor is None')``; once in 50 faults under a 44,000-event
+    backlog in the soak). There is nothing left to watch: skip it; the pool replaces it."""
+    track = AsynPool._track_child_process
+    if getattr(track, "skips_exited", False):
+        return
+
+    def track_child_process(pool: AsynPool, process: Any, hub: Any) -> None:
+        if getattr(process, "_sentinel_poll", 0) is None:
+            return
+        track(pool, process, hub)
+
+    track_child_process.skips_exited = True  # type: ignore[attr-defined]
+    AsynPool._track_child_process = track_child_process  # type: ignore[method-assign]
 
 
 # Celery tries to reconnect at 0, 2, 6, 12, 20, 30, 42, 56… s after the loss (kombu's

@@ -144,3 +144,20 @@ def test_a_redis_channel_whose_connection_is_gone_works_through_our_own_client()
     for detached in (SimpleNamespace(connection=None), SimpleNamespace(connection=object())):
         with kombu_redis.Channel.conn_or_acquire(detached) as client:
             assert client is runtime().redis
+
+
+def test_a_pool_process_that_exited_is_not_watched_again_after_a_reconnect():
+    from types import SimpleNamespace
+
+    from celery.concurrency.asynpool import AsynPool
+
+    import worker.app  # noqa: F401  (applies worker.reconnect)
+
+    watched = []
+    hub = SimpleNamespace(add_reader=lambda fd, *args: watched.append(fd))
+    exited = SimpleNamespace(_sentinel_poll=None)
+    AsynPool._track_child_process(object.__new__(AsynPool), exited, hub)
+    assert watched == []
+    running = SimpleNamespace(_sentinel_poll=7)
+    AsynPool._track_child_process(object.__new__(AsynPool), running, hub)
+    assert watched == [7]
