@@ -244,7 +244,7 @@ def soak(
     hang_after: float = 60.0,
     concurrency: int = 2,
     size: int = 20,
-    pace: float = 0.15,
+    pace: float = 0.5,
     burst: int = 2000,
     seed: int | None = None,
     log=print,
@@ -293,7 +293,7 @@ def soak(
             # (once the backlog of the previous fault is mostly delivered).
             with contextlib.suppress(AssertionError):
                 wait_until(
-                    lambda: producer.acknowledged - len(delivered_users()) < burst // 4,
+                    lambda: producer.acknowledged - len(delivered_users()) < burst // 2,
                     timeout=120,
                     interval=0.5,
                 )
@@ -362,6 +362,7 @@ def main() -> None:
     parser.add_argument("--max-down", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--burst", type=int, default=2000, help="events enqueued before a fault")
+    parser.add_argument("--pace", type=float, default=0.5, help="seconds between messages")
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="prefsync-soak-"))
@@ -371,6 +372,7 @@ def main() -> None:
         args.profile,
         (args.min_down, args.max_down),
         burst=args.burst,
+        pace=args.pace,
         seed=args.seed,
     )
     for dump in result.hang_dumps:
