@@ -28,10 +28,12 @@ test-unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
 ## chaos: the fault tests (tests/e2e/test_faults.py) with ten times the events and longer
-## faults, printing what each measured; minutes, not in `make test` (which runs them short)
+## faults, printing what each measured; minutes, not in `make test` (which runs them short).
+## Then the Redis soak (tests/e2e/test_soak.py): 50 Redis faults of 1-10 s in a row under
+## load, with short limits and with the defaults (about half an hour)
 .PHONY: chaos
 chaos: install
-	PREFSYNC_CHAOS=1 $(BIN)/python -m pytest tests/e2e/test_faults.py -rP -v
+	PREFSYNC_CHAOS=1 $(BIN)/python -m pytest tests/e2e/test_faults.py tests/e2e/test_soak.py -rP -v
 
 ## demo: own redis-server, fake Braze/Brevo and a worker; deliver the examples, show the calls
 demo: install

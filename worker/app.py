@@ -7,14 +7,25 @@ every line below closes one of them.
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery, signals
 
+from worker.liveness import Liveness
 from worker.logging import configure as configure_logging
+from worker.pool import send_messages_whole, soft_limit_armed
+from worker.reconnect import (
+    QuickReconnect,
+    closed_channels_use_our_connection,
+    exited_pool_processes_not_watched,
+)
 from worker.redis_client import SENTINEL_KWARGS
-from worker.settings import Settings, get_settings
+from worker.settings import InvalidSettings, Settings, get_settings
 
 
 def make_app(settings: Settings) -> Celery:
+    closed_channels_use_our_connection()
+    exited_pool_processes_not_watched()
     app = Celery("prefsync", broker=settings.redis_url, include=["worker.tasks"])
     app.conf.update(
         # Acknowledge a message only after its task ran: a crash mid-task re-delivers it.
@@ -49,6 +60,10 @@ def make_app(settings: Settings) -> Celery:
         # verified, as for prefsync's own connection (Settings.tls_options).
         broker_use_ssl=settings.tls_options() or None,
         broker_connection_retry_on_startup=True,
+        # Reconnect for as long as Redis is away (default: give up after 100 tries, under
+        # three minutes at worker.reconnect's pace): a worker that gave up would only be
+        # restarted to try again.
+        broker_connection_max_retries=None,
         # After a reconnect, tasks still running can no longer ack their old messages, which
         # come back and would run twice: cancel them and let them be re-delivered.
         worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -59,7 +74,7 @@ def make_app(settings: Settings) -> Celery:
         # Bound "in flight": the hard limit feeds the visibility-timeout rule; the soft limit
         # fires first so a stuck attempt is retried on schedule rather than dead-lettered.
         task_time_limit=settings.task_time_limit,
-        task_soft_time_limit=max(1, settings.task_time_limit - 5),
+        task_soft_time_limit=settings.soft_time_limit,
         # Redis blips while enqueueing or while a retry republishes: keep trying for ~10 s,
         # then fail loudly (a producer gets an error, never a silent drop or a hang).
         task_publish_retry=True,
@@ -80,6 +95,10 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    # A main process that stops consuming is seen, and exits to be restarted.
+    app.steps["worker"].add(Liveness)
+    # Back soon after Redis is (worker.reconnect).
+    app.steps["worker"].add(QuickReconnect)
     return app
 
 
@@ -96,4 +115,22 @@ def _setup_logging(loglevel: int | str | None = None, **_: object) -> None:
     configure_logging(get_settings(), level=loglevel)
 
 
-app = make_app(get_settings())
+@signals.worker_process_init.connect
+def _send_messages_whole(**_: object) -> None:
+    # A result cut in two by a signal corrupts the pipe to the main process (worker.pool).
+    send_messages_whole()
+
+
+@signals.task_prerun.connect
+def _arm_soft_limit(**_: object) -> None:
+    # The soft time limit is ignored between tasks in a pool process (worker.pool).
+    soft_limit_armed()
+
+
+try:
+    app = make_app(get_settings())
+except InvalidSettings as exc:
+    # One line, no traceback: a setting to fix, not a bug (`celery worker` imports this).
+    # Exit code 2, as the CLI's "could not run".
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)

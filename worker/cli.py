@@ -18,7 +18,7 @@ import redis
 
 from worker.errors import InvalidConfig, InvalidEvent, PermanentError
 from worker.payloads import read_payloads
-from worker.settings import get_settings
+from worker.settings import InvalidSettings, get_settings
 
 if TYPE_CHECKING:
     from worker.configs import ConnectorConfig
@@ -60,6 +60,8 @@ class ReportRedisErrors(click.Group):
             if (known := problem(get_settings().redis_url, exc)) is None:
                 raise
             fail(known)
+        except InvalidSettings as exc:
+            fail(str(exc))
 
 
 @click.group(cls=ReportRedisErrors)
@@ -93,6 +95,30 @@ def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) ->
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     os.execvp(sys.executable, [sys.executable, "-m", *argv, *ctx.args])
+
+
+@main.command("worker-health")
+def worker_health() -> None:
+    """Check that the worker on this host is consuming: exits 0 while its heartbeat
+    (PREFSYNC_HEARTBEAT_FILE) is fresher than PREFSYNC_LIVENESS_TIMEOUT, 1 otherwise. For
+    healthchecks and liveness probes; it needs neither Redis nor Celery."""
+    import time
+    from pathlib import Path
+
+    from worker.liveness import heartbeat_age
+
+    settings = get_settings()
+    path = Path(settings.heartbeat_file)
+    age = heartbeat_age(path, time.time())
+    if age is None:
+        fail(f"no heartbeat in {path}: the worker has not started, or writes elsewhere", 1)
+    if age > settings.liveness_timeout:
+        fail(
+            f"the worker stopped consuming: its last heartbeat is {age:.0f}s old "
+            f"(PREFSYNC_LIVENESS_TIMEOUT: {settings.liveness_timeout:g}s)",
+            1,
+        )
+    click.echo(f"ok: heartbeat {age:.1f}s ago")
 
 
 # ---------------------------------------------------------------- enqueue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -13,6 +14,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from worker.errors import PrefsyncError
 
 DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
+# The soft time limit comes this long before the hard one: time to write the retry.
+SOFT_LIMIT_LEAD = 5
+# The least time a task must have left, after one HTTP call, to wait for Redis before its
+# soft time limit; with less, a Redis blip would always end in the time limits.
+MIN_REDIS_WAIT = 0.5
 
 
 def _split_commas(value: object) -> object:
@@ -67,6 +73,12 @@ class Settings(BaseSettings):
     # every one opens (worker.sealing). Unset: a development key in dev_key_file.
     secret_keys: SecretStr | None = None
     dev_key_file: str = "~/.config/prefsync/secret.key"
+    # Liveness (worker.liveness): the file the worker's heartbeat is written to (one per
+    # worker on a host), and how long its main process may stop consuming before it exits
+    # and `prefsync worker-health` fails. It must outlast a warm shutdown: the hard time
+    # limit plus 10 s.
+    heartbeat_file: str = "/tmp/prefsync-worker.heartbeat"
+    liveness_timeout: float = Field(120.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     # People's ids in log lines: the keyed hash `prefsync audit --user` shows, left out, or
     # as they are (for a developer's machine).
@@ -175,6 +187,29 @@ class Settings(BaseSettings):
                 f"countdown or rate-limit wait plus task_time_limit ({longest:g}s)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _soft_limit_fits_a_call(self) -> Settings:
+        # A task makes an HTTP call, then may wait for Redis to settle it (tasks.patiently);
+        # both must end before the soft time limit, or every slow answer or Redis blip
+        # would end in the time limits instead of a retry.
+        soft = self.soft_time_limit
+        if soft - self.http_timeout < MIN_REDIS_WAIT:
+            needed = self.http_timeout + MIN_REDIS_WAIT + SOFT_LIMIT_LEAD
+            raise ValueError(
+                f"PREFSYNC_HTTP_TIMEOUT ({self.http_timeout:g}s) does not fit in the soft time "
+                f"limit ({soft:g}s: PREFSYNC_TASK_TIME_LIMIT {self.task_time_limit}s minus "
+                f"{SOFT_LIMIT_LEAD}s) with {MIN_REDIS_WAIT:g}s left to wait for Redis: lower "
+                f"PREFSYNC_HTTP_TIMEOUT or raise PREFSYNC_TASK_TIME_LIMIT to at least "
+                f"{math.ceil(needed)}"
+            )
+        return self
+
+    @property
+    def soft_time_limit(self) -> int:
+        """When a task is told to stop (SoftTimeLimitExceeded), SOFT_LIMIT_LEAD seconds
+        before it is killed: it then writes its retry."""
+        return max(1, self.task_time_limit - SOFT_LIMIT_LEAD)
 
     @property
     def uses_tls(self) -> bool:

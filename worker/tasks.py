@@ -53,7 +53,10 @@ T = TypeVar("T")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # How long the writes that settle a failed attempt wait for Redis: a restart takes a second
 # or a few, and a publish waits about as long (task_publish_retry_policy, worker/app.py).
+# Within a task, the waits also end this long before its soft time limit: a task waiting
+# for Redis puts its message back rather than meet the time limits (issue 18).
 REDIS_PATIENCE = 15.0
+WAITS_END_BEFORE_SOFT_LIMIT = 0.25
 
 TRANSIENT = (RetryableError, SoftTimeLimitExceeded, *REDIS_DOWN)
 
@@ -68,6 +71,8 @@ class ScheduledTask(Task):
 
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         self.request.attempt_started_at = clock()
+        soft_limit = get_settings().soft_time_limit
+        self.request.waits_end = monotonic() + soft_limit - WAITS_END_BEFORE_SOFT_LIMIT
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             task_id=task_id,
@@ -138,7 +143,8 @@ class ScheduledTask(Task):
                 patiently(
                     lambda: runtime().outbox.rescheduled(
                         self.request.id, list(args), kwargs, clock(), countdown, metrics.count_retry
-                    )
+                    ),
+                    until=self.waits_end(),
                 )
                 return celery_retry()
         except (SoftTimeLimitExceeded, *REDIS_DOWN) as error:
@@ -152,8 +158,8 @@ class ScheduledTask(Task):
             # dead letter instead, or, if even that fails, put the message back.
             reason, once = rejected.reason, once_key(self.request.id, self.request.kwargs)
             try:
-                patiently(lambda: self.dead_letter(args, attempts, reason, once))
-                patiently(lambda: runtime().outbox.done(self.request.id))
+                patiently(lambda: self.dead_letter(args, attempts, reason, once), self.waits_end())
+                patiently(lambda: runtime().outbox.done(self.request.id), self.waits_end())
             except Exception:
                 raise self.put_back(reason) from None
             raise
@@ -239,7 +245,11 @@ class ScheduledTask(Task):
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         # Should Redis stay away longer, the sweep publishes the task again: all duplicates.
-        patiently(lambda: runtime().outbox.done(task_id))
+        patiently(lambda: runtime().outbox.done(task_id), until=self.waits_end())
+
+    def waits_end(self) -> float | None:
+        """When this run's waits for Redis end (monotonic): before its soft time limit."""
+        return getattr(self.request, "waits_end", None)
 
     def dead_letter(
         self,
@@ -266,10 +276,12 @@ class ScheduledTask(Task):
             )
 
 
-def patiently(write: Callable[[], T]) -> T:
+def patiently(write: Callable[[], T], until: float | None = None) -> T:
     """``write`` (idempotent Redis writes), tried again while Redis is unreachable, for up to
-    REDIS_PATIENCE seconds; then its error is raised."""
+    REDIS_PATIENCE seconds and never past ``until`` (monotonic); then its error is raised."""
     deadline = monotonic() + REDIS_PATIENCE
+    if until is not None:
+        deadline = min(deadline, until)
     pause = 0.2
     while True:
         try:

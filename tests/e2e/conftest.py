@@ -224,7 +224,9 @@ def fake_destinations() -> Iterator[FakeDestinations]:
 
 
 @pytest.fixture
-def prefsync_env(redis_server: RedisServer, fake_destinations: FakeDestinations) -> dict[str, str]:
+def prefsync_env(
+    redis_server: RedisServer, fake_destinations: FakeDestinations, tmp_path: Path
+) -> dict[str, str]:
     """Environment for worker and CLI subprocesses: short timeouts, local Redis and fakes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFSYNC_")}
     env.update(
@@ -232,12 +234,15 @@ def prefsync_env(redis_server: RedisServer, fake_destinations: FakeDestinations)
         PREFSYNC_ALLOW_HOSTS=fake_destinations.host_port,
         PREFSYNC_SENDINBLUE_API_URL=f"{fake_destinations.url}/v3",
         PREFSYNC_RETRY_COUNTDOWNS="0.1,0.3,0.6,0.9,1.1",
-        PREFSYNC_VISIBILITY_TIMEOUT="10",
+        PREFSYNC_VISIBILITY_TIMEOUT="13",
         PREFSYNC_HTTP_TIMEOUT="2",
-        PREFSYNC_TASK_TIME_LIMIT="5",
+        # A soft limit (3 s) that fits one HTTP call and a wait for Redis (Settings checks).
+        PREFSYNC_TASK_TIME_LIMIT="8",
         PREFSYNC_LOG_FORMAT="json",
         PREFSYNC_RATE_LIMIT_MAX_WAIT="2",  # visibility timeout must outlast the longest wait
         PREFSYNC_SECRET_KEYS=SEALING_KEY,
+        # The test's own: workers of other tests (and other test runs) write theirs.
+        PREFSYNC_HEARTBEAT_FILE=str(tmp_path / "worker.heartbeat"),
     )
     return env
 

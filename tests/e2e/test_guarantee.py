@@ -29,6 +29,7 @@ NEWSLETTER_ON = {"newsletter": True}
 # held, or the broker lost, is back in seconds rather than an hour.
 QUICK_RECOVERY = {
     "PREFSYNC_TASK_TIME_LIMIT": "2",
+    "PREFSYNC_HTTP_TIMEOUT": "0.5",  # fits the 1 s soft limit with a wait for Redis
     "PREFSYNC_RATE_LIMIT_MAX_WAIT": "1",
     "PREFSYNC_VISIBILITY_TIMEOUT": "4",
 }
@@ -261,6 +262,7 @@ def test_a_retry_countdown_shorter_than_the_visibility_timeout_runs_once(
         **prefsync_env,
         "PREFSYNC_RETRY_COUNTDOWNS": "3",
         "PREFSYNC_TASK_TIME_LIMIT": "1",
+        "PREFSYNC_HTTP_TIMEOUT": "0.5",
         "PREFSYNC_RATE_LIMIT_MAX_WAIT": "1",
         "PREFSYNC_VISIBILITY_TIMEOUT": "5",
     }

@@ -114,7 +114,7 @@ def test_every_service_restarts_by_itself(services: dict[str, Any]) -> None:
 def test_every_long_running_service_but_the_demo_fake_has_a_healthcheck(
     services: dict[str, Any],
 ) -> None:
-    for name in ("redis", "ingress", "flower"):
+    for name in ("redis", "worker", "ingress", "flower"):
         assert services[name].get("healthcheck"), name
 
 
@@ -533,3 +533,12 @@ def test_the_lock_file_pins_every_dependency_pyproject_names() -> None:
     for requirement in wanted:
         name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
         assert name in pinned, f"{name} is not pinned in requirements.lock (make lock)"
+
+
+def test_worker_healthcheck_runs_prefsync_worker_health(services: dict[str, Any]) -> None:
+    # Issue 18: a worker that stops consuming is seen; it exits by itself and its restart
+    # policy brings a new one.
+    worker = services["worker"]
+    assert worker["healthcheck"]["test"] == ["CMD", "prefsync", "worker-health"]
+    assert worker["restart"] in ("always", "unless-stopped")
+    assert "worker-health" in cli_main.commands
