@@ -418,28 +418,23 @@ def _attributes(
 
 
 def _track_request(config: ConnectorConfig, objects: Sequence[Mapping[str, Any]]) -> HttpRequest:
-    options = _options(config)
-    return HttpRequest(
-        method="POST",
-        url=f"{options.server}/users/track",
-        headers={
-            "Authorization": f"Bearer {options.api_key.get_secret_value()}",
-            "Content-Type": "application/json",
-        },
-        json={"attributes": list(objects)},
-    )
+    return _post(config, "/users/track", {"attributes": list(objects)})
 
 
 def _delete_request(config: ConnectorConfig, users: Sequence[str]) -> HttpRequest:
+    return _post(config, "/users/delete", {"external_ids": list(users)})
+
+
+def _post(config: ConnectorConfig, path: str, body: Mapping[str, Any]) -> HttpRequest:
     options = _options(config)
     return HttpRequest(
         method="POST",
-        url=f"{options.server}/users/delete",
+        url=f"{options.server}{path}",
         headers={
             "Authorization": f"Bearer {options.api_key.get_secret_value()}",
             "Content-Type": "application/json",
         },
-        json={"external_ids": list(users)},
+        json=dict(body),
     )
 
 
