@@ -141,6 +141,10 @@ class ConnectorConfig(_Common):
         return CONNECTORS[self.type_id]
 
     @property
+    def mapping_ids(self) -> tuple[str, ...]:
+        return tuple(mapping.id for mapping in self.mappings)
+
+    @property
     def credentials(self) -> str:
         """Every credential of the config, joined: together they name the destination
         account a rate limit counts (worker.pacing keeps only a digest)."""

@@ -29,6 +29,7 @@ from worker.connectors.base import (
     Value,
     erasure_change,
     fed_fields,
+    feeds,
     own_fields,
 )
 from worker.errors import Deferred, DeliveryError, PermanentError, PrefsyncError, RetryableError
@@ -397,8 +398,11 @@ def _fed_to_send(
 
     ``changed``: mapped property name -> canonical name, for the properties the change's
     events own; ``current``: canonical name -> newest known value."""
-    feeds = [(mapping.value, config.connector.feed(mapping.id)) for mapping in config.mappings]
-    feeding = {feed.field for name, feed in feeds if feed is not None and name in changed}
+    feeding = {
+        feed.field
+        for mapping, feed in feeds(config)
+        if feed is not None and mapping.value in changed
+    }
     if not feeding:
         return {}
     return {

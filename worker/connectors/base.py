@@ -13,6 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import requests
@@ -23,6 +24,7 @@ from worker.events import Value
 
 if TYPE_CHECKING:
     from worker.configs import ConnectorConfig
+    from worker.configs import Mapping as MappingConfig
 
 SECRET_HEADERS = frozenset({"authorization", "api-key"})
 
@@ -102,6 +104,17 @@ class Feed:
     strongest_first: tuple[Any, ...]
 
 
+def feeds(config: ConnectorConfig) -> list[tuple[MappingConfig, Feed | None]]:
+    """Each mapping of ``config`` with the field it feeds (None: a field of its own). Asked
+    for every change: the connector is asked once per set of mapping ids."""
+    return list(zip(config.mappings, _feeds(config.connector, config.mapping_ids), strict=True))
+
+
+@lru_cache(maxsize=4096)
+def _feeds(connector: Connector, mapping_ids: tuple[str, ...]) -> tuple[Feed | None, ...]:
+    return tuple(connector.feed(mapping_id) for mapping_id in mapping_ids)
+
+
 def fed_fields(config: ConnectorConfig, current: Mapping[str, Value]) -> dict[str, Any]:
     """The value of every field the config's mappings feed (``Connector.feed``), from
     ``current``: a mapping's property name (as the config writes it) -> its current value.
@@ -109,8 +122,7 @@ def fed_fields(config: ConnectorConfig, current: Mapping[str, Value]) -> dict[st
     when a feeding property holds text (the config maps the wrong property)."""
     states: dict[str, list[Any]] = {}
     order: dict[str, tuple[Any, ...]] = {}
-    for mapping in config.mappings:
-        feed = config.connector.feed(mapping.id)
+    for mapping, feed in feeds(config):
         value = current.get(mapping.value)
         if feed is None or value is None:
             continue
@@ -124,8 +136,7 @@ def fed_fields(config: ConnectorConfig, current: Mapping[str, Value]) -> dict[st
 def refusals(config: ConnectorConfig) -> dict[str, Any]:
     """Every field the config's mappings feed, set to its refusal (its strongest state):
     what ``on_user_deleted: unsubscribe`` sends. Custom attributes are left alone."""
-    feeds = (config.connector.feed(mapping.id) for mapping in config.mappings)
-    return {feed.field: feed.strongest_first[0] for feed in feeds if feed is not None}
+    return {feed.field: feed.strongest_first[0] for _, feed in feeds(config) if feed is not None}
 
 
 def erasure_change(config: ConnectorConfig, user: str) -> Change | None:
@@ -147,11 +158,10 @@ def standalone_change(config: ConnectorConfig, user: str, values: Mapping[str, V
 def own_fields(config: ConnectorConfig, values: Mapping[str, Value]) -> dict[str, Value]:
     """Mapping id -> value, for the mappings with a value that write a field of their own
     (not a ``Feed``): custom attributes, as the mapping id names them."""
-    connector = config.connector
     return {
         mapping.id: values[mapping.value]
-        for mapping in config.mappings
-        if values.get(mapping.value) is not None and connector.feed(mapping.id) is None
+        for mapping, feed in feeds(config)
+        if feed is None and values.get(mapping.value) is not None
     }
 
 
