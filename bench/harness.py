@@ -19,7 +19,15 @@ import requests
 from bench import feed, naive
 from bench.events import EventFactory, braze_config, brevo_config
 from bench.metrics import RunResult
-from bench.procs import Process, memory, start_fake, start_redis, start_worker
+from bench.procs import (
+    Process,
+    cpu_seconds,
+    memory,
+    start_fake,
+    start_redis,
+    start_worker,
+    tree_cpu_seconds,
+)
 from bench.scenarios import Scenario
 
 POLL = 0.02  # seconds between looks at the progress
@@ -39,12 +47,15 @@ class Stack:
         self.workdir = workdir
         self.started: list[Process] = []
         self.http = requests.Session()
+        self.redis_pid: int | None = None  # None: a Redis we did not start (its CPU unknown)
         try:
             if redis_url is None:
                 redis_process, redis_url = start_redis(workdir)
                 self.started.append(redis_process)
+                self.redis_pid = redis_process.pid
             fake_process, self.fake_url = start_fake(workdir, brevo_limit, brevo_window)
             self.started.append(fake_process)
+            self.fake_pid = fake_process.pid
         except BaseException:
             self.close()
             raise
@@ -91,6 +102,19 @@ class Stack:
         usec = sum(u - before.get(n, (0, 0))[1] for n, (_, u) in after.items() if n != "info")
         return calls, usec
 
+    def cpu(self, system: System) -> dict[str, float]:
+        """CPU seconds used so far by each part of the tree: the system's workers (main
+        processes and pools), Redis, the fake and this process (the producer)."""
+        producer = os.times()
+        used = {
+            "worker": sum(tree_cpu_seconds(w.pid) for w in system.workers),
+            "fake": cpu_seconds(self.fake_pid),
+            "producer": producer.user + producer.system,
+        }
+        if self.redis_pid is not None:
+            used["redis"] = cpu_seconds(self.redis_pid)
+        return used
+
     def fake_reset(self) -> None:
         self.http.post(f"{self.fake_url}/_bench/reset").raise_for_status()
 
@@ -106,7 +130,7 @@ class System(Protocol):
     """What a run needs from the system under test."""
 
     name: str
-    worker: Process
+    workers: list[Process]  # one per node; the first is profiled and its memory read
     polls_redis: bool  # whether ended() sends a command to Redis
 
     def sink(self) -> feed.Sink: ...
@@ -116,6 +140,28 @@ class System(Protocol):
         ...
 
     def stop(self) -> None: ...
+
+
+def _start_workers(
+    what: str, app: str, node: str, concurrency: int, nodes: int, env: dict[str, str], log: Path
+) -> list[Process]:
+    """``nodes`` Celery worker nodes (``-n NODE-1@host``, ``-n NODE-2@host``...) on the
+    same Redis, each with ``concurrency`` pool processes and a log of its own."""
+    workers: list[Process] = []
+    try:
+        for number in range(1, nodes + 1):
+            name, path = (node, log) if nodes == 1 else (f"{node}-{number}", _numbered(log, number))
+            command = _worker_command(app, name, concurrency)
+            workers.append(start_worker(f"{what} {name}", command, env, path))
+    except BaseException:
+        for worker in workers:
+            worker.stop()
+        raise
+    return workers
+
+
+def _numbered(log: Path, number: int) -> Path:
+    return log.with_name(f"{log.stem}-{number}{log.suffix}")
 
 
 def _worker_command(app: str, name: str, concurrency: int) -> list[str]:
@@ -132,7 +178,9 @@ class Prefsync:
     name = "prefsync"
     polls_redis = True
 
-    def __init__(self, stack: Stack, scenario: Scenario, concurrency: int, log: Path) -> None:
+    def __init__(
+        self, stack: Stack, scenario: Scenario, concurrency: int, log: Path, nodes: int = 1
+    ) -> None:
         from worker.configs import parse_config
         from worker.runtime import runtime
         from worker.settings import get_settings
@@ -142,8 +190,9 @@ class Prefsync:
         config = parse_config(raw, allow_hosts=get_settings().allow_hosts)
         self.runtime = runtime()
         self.runtime.configs.put(self.tenant, config)
-        command = _worker_command("worker", "bench-prefsync", concurrency)
-        self.worker = start_worker("prefsync worker", command, stack.env, log)
+        self.workers = _start_workers(
+            "prefsync worker", "worker", "bench-prefsync", concurrency, nodes, stack.env, log
+        )
 
     def sink(self) -> feed.Sink:
         return feed.prefsync_sink()
@@ -154,7 +203,8 @@ class Prefsync:
         return ok, counts.get("dead_lettered", 0), counts
 
     def stop(self) -> None:
-        self.worker.stop()
+        for worker in self.workers:
+            worker.stop()
 
 
 class Naive:
@@ -163,12 +213,15 @@ class Naive:
     name = "naive"
     polls_redis = False
 
-    def __init__(self, stack: Stack, scenario: Scenario, concurrency: int, log: Path) -> None:
+    def __init__(
+        self, stack: Stack, scenario: Scenario, concurrency: int, log: Path, nodes: int = 1
+    ) -> None:
         self.stack = stack
         self.service = scenario.service
         self.task = f"naive.{scenario.service}"
-        command = _worker_command("bench.naive", "bench-naive", concurrency)
-        self.worker = start_worker("naive worker", command, stack.env, log)
+        self.workers = _start_workers(
+            "naive worker", "bench.naive", "bench-naive", concurrency, nodes, stack.env, log
+        )
 
     def sink(self) -> feed.Sink:
         return feed.Sink("NAIVE BASELINE apply_async per event", self._submit, 1)
@@ -182,7 +235,8 @@ class Naive:
         return stats["accepted_calls"], stats["calls"] - stats["accepted_calls"], counts
 
     def stop(self) -> None:
-        self.worker.stop()
+        for worker in self.workers:
+            worker.stop()
 
 
 def measure(
@@ -201,6 +255,7 @@ def measure(
     stack.fake_reset()
     ok0, failed0, counts0 = system.ended()
     redis0 = stack.redis_commands()
+    cpu0 = stack.cpu(system)
     if on_start is not None:
         on_start()
     fed = feed.feed(system.sink(), factory, scenario.events, scenario.rate)
@@ -209,7 +264,8 @@ def measure(
     polls = 1
     last, progress_at, complete = -1, time.monotonic(), True
     while True:
-        system.worker.check_running()
+        for worker in system.workers:
+            worker.check_running()
         ok, failed, counts = system.ended()
         polls += 1
         done = ok - ok0 + failed - failed0
@@ -222,6 +278,7 @@ def measure(
             break
         time.sleep(POLL)
     finished = time.time()
+    cpu = {part: used - cpu0[part] for part, used in stack.cpu(system).items()}
     redis_calls, redis_usec = stack.redis_commands_since(redis0)
     if system.polls_redis:  # the runner's own HGETALL per look at the progress
         redis_calls["hgetall"] = redis_calls.get("hgetall", 0) - polls
@@ -247,7 +304,8 @@ def measure(
         users=stats["users"],
         peak_calls_per_window=stats["peak_calls_per_window"],
         accepted_calls_per_s=stats["accepted_calls"] / accepted_span if accepted_span > 0 else None,
-        memory=memory(system.worker.pid),
+        memory=memory(system.workers[0].pid),
+        cpu_seconds=cpu,
         redis_calls={k: v for k, v in redis_calls.items() if v > 0},
         redis_usec=redis_usec,
     )

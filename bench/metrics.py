@@ -48,6 +48,16 @@ class RunResult:
     memory: Memory | None = None
     redis_calls: dict[str, int] = field(default_factory=dict)  # producer + worker, by command
     redis_usec: int = 0  # Redis CPU for them
+    #: CPU seconds of each part of the tree during the run: worker (all nodes, pools
+    #: included), redis (when the runner started it), fake, producer (the runner)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    def cpu_us_per_event(self, part: str | None = None) -> float | None:
+        """CPU µs per event of one part of the tree, or of all of it (None: not read)."""
+        if not self.events or not self.cpu_seconds or (part and part not in self.cpu_seconds):
+            return None
+        used = self.cpu_seconds[part] if part else sum(self.cpu_seconds.values())
+        return used / self.events * 1e6
 
     @property
     def redis_per_event(self) -> float:
@@ -103,6 +113,9 @@ class Summary:
     @property
     def redis_per_event(self) -> float | None:
         return median([r.redis_per_event for r in self.runs])
+
+    def cpu_us_per_event(self, part: str | None = None) -> float | None:
+        return median([r.cpu_us_per_event(part) for r in self.runs])
 
     @property
     def rate_limited(self) -> int:

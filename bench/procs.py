@@ -190,6 +190,20 @@ class Memory:
         return self.peak_main + sum(self.peak_children)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU ``pid`` has used so far (0 once it is gone)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        # The command name (field 2) may hold spaces: the fields after its ")" are fixed.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU used by ``pid`` and its direct children (a worker and its pool)."""
+    return sum(cpu_seconds(p) for p in [pid, *children(pid)])
+
+
 def memory(pid: int) -> Memory:
     pids = [pid, *children(pid)]
     return Memory(

@@ -102,14 +102,28 @@ def _rss(summary: Summary) -> str:
     return f"{after}{trend}"
 
 
+def _cpu(measured: Summary) -> str:
+    """Median CPU µs per event of the whole tree, then of each part: "410 (worker 300,
+    redis 60, fake 20, producer 30)"."""
+    total = measured.cpu_us_per_event()
+    if total is None:
+        return "-"
+    parts = [
+        f"{part} {_num(measured.cpu_us_per_event(part))}"
+        for part in ("worker", "redis", "fake", "producer")
+        if measured.cpu_us_per_event(part) is not None
+    ]
+    return f"{_num(total)} ({', '.join(parts)})"
+
+
 def scenario_table(scenario: Scenario, summaries: list[Summary]) -> str:
     """A markdown table, one row per system (readable as plain text too)."""
     lines = [
         "| system | events | events/s (median) | after enqueue events/s | p50 ms | p99 ms "
         "| destination calls | 429s "
-        "| accepted calls/s | enqueue/s | Redis cmds/event | peak RSS MiB "
-        "| RSS after each run MiB | complete |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| accepted calls/s | enqueue/s | Redis cmds/event | CPU µs/event (tree) "
+        "| peak RSS MiB | RSS after each run MiB | complete |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         lines.append(
@@ -117,7 +131,8 @@ def scenario_table(scenario: Scenario, summaries: list[Summary]) -> str:
             f"| {_num(s.latency_ms(50))} "
             f"| {_num(s.latency_ms(99))} | {_num(s.calls)} | {s.rate_limited} "
             f"| {_num(s.accepted_calls_per_s, 1)} | {_num(s.feed_rate)} "
-            f"| {_num(s.redis_per_event, 1)} | {_num(s.peak_rss)} | {_rss(s)} "
+            f"| {_num(s.redis_per_event, 1)} | {_cpu(s)} "
+            f"| {_num(s.peak_rss)} | {_rss(s)} "
             f"| {'yes' if s.complete else 'NO'} |"
         )
     return "\n".join(lines)

@@ -65,7 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scale", type=float, default=1.0, help="shrink every scenario (0.01: 2,000 events)"
     )
     parser.add_argument("--runs", type=int, default=3, help="measured runs per system")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="pool processes per worker node")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="worker nodes on the same Redis (celery worker -n bench-prefsync-1@host, -2@...)",
+    )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument(
         "--naive-scale",
@@ -141,7 +147,7 @@ def run_system(
         recording: list[profile.Recording] = []
 
         def start() -> None:
-            recording.append(profile.Recording(binary, system.worker.pid, output))
+            recording.append(profile.Recording(binary, system.workers[0].pid, output))
             time.sleep(0.5)  # py-spy attaches to the worker and its children
 
         try:
@@ -151,7 +157,7 @@ def run_system(
                 r.stop()
         print(f"  {system.name} profiled run: {describe(result)}", flush=True)
         if output.exists():
-            profiled = profile.markdown(profile.summarize(output, system.worker.pid, result.ok))
+            profiled = profile.markdown(profile.summarize(output, system.workers[0].pid, result.ok))
             print(profiled, flush=True)
         else:
             print(f"  py-spy wrote nothing; see {output.with_suffix('.log')}", file=sys.stderr)
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in systems:
                 sized = scenario if kind is Prefsync else scenario.for_baseline(args.naive_scale)
                 log = workdir / f"{scenario.name}-{kind.name}.log"
-                system = kind(stack, sized, args.concurrency, log)
+                system = kind(stack, sized, args.concurrency, log, args.nodes)
                 try:
                     summary, profiled = run_system(stack, system, sized, args, workdir)
                 finally:
@@ -207,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": str(args.runs),
             "naive baseline size": f"{args.naive_scale:g} of the events, at least 2,000",
             "worker concurrency": str(args.concurrency),
+            "worker nodes": str(args.nodes),
             "fake Brevo limit": f"{args.brevo_limit} calls per {args.brevo_window:g} s",
             "wall time": f"{elapsed / 60:.1f} min",
             "producer": _producer_name(),
