@@ -11,6 +11,7 @@ import sys
 
 from celery import Celery, signals
 
+from worker.connectors import rate_limits
 from worker.liveness import Liveness
 from worker.logging import configure as configure_logging
 from worker.pool import send_messages_whole, soft_limit_armed
@@ -129,6 +130,7 @@ def _arm_soft_limit(**_: object) -> None:
 
 try:
     app = make_app(get_settings())
+    rate_limits(get_settings().rate_limits)  # a worker with an unknown name must not start
 except InvalidSettings as exc:
     # One line, no traceback: a setting to fix, not a bug (`celery worker` imports this).
     # Exit code 2, as the CLI's "could not run".

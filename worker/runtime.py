@@ -15,6 +15,7 @@ import redis
 
 from worker.audit import AuditTrail
 from worker.configs import ConfigStore
+from worker.connectors import rate_limits
 from worker.connectors.base import Transport
 from worker.deadletter import DeadLetterStore
 from worker.delivery import Deliverer
@@ -103,7 +104,7 @@ class Runtime:
             self.recorder,
             Transport(self.settings.http_timeout),
             Pacer(self.redis, max_hold=self.settings.rate_limit_max_wait),
-            self.settings.rate_limits,
+            rate_limits(self.settings.rate_limits),
             self.settings.pacing_max_sleep,
         )
 

@@ -159,19 +159,6 @@ class Settings(BaseSettings):
             raise ValueError("retry_countdowns must be one or more positive numbers of seconds")
         return countdowns
 
-    @field_validator("rate_limits")
-    @classmethod
-    def _known_connectors(cls, limits: dict[str, float]) -> dict[str, float]:
-        from worker.connectors import get_connector  # connectors read settings when used
-
-        resolved: dict[str, float] = {}
-        for name, rate in limits.items():
-            connector = get_connector(name)
-            if connector is None:
-                raise ValueError(f"rate_limits names {name!r}, which is not a connector type")
-            resolved[connector.type_id] = rate
-        return resolved
-
     @model_validator(mode="after")
     def _visibility_outlasts_retries(self) -> Settings:
         # A retry waits in a worker, unacknowledged, until its countdown ends. If the broker's

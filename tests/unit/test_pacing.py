@@ -4,7 +4,10 @@ test needs exact times."""
 from __future__ import annotations
 
 import heapq
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from itertools import pairwise
@@ -16,10 +19,11 @@ import responses
 from pydantic import ValidationError
 
 from worker import pacing
+from worker.connectors import rate_limits
 from worker.connectors.base import HttpRequest, Quota, Transport
 from worker.errors import Deferred
 from worker.pacing import MARGIN, PacedTransport, Pacer, account_key
-from worker.settings import Settings
+from worker.settings import InvalidSettings, Settings
 
 BUCKET = account_key("sendinblue", "xkeysib-TESTKEY-0123456789abcdef")
 SLOT = 1e-6  # slots are stored to the microsecond
@@ -180,14 +184,24 @@ def test_a_reset_far_away_holds_the_account_no_longer_than_the_maximum(
 
 
 def test_rate_limits_are_read_by_connector_type_or_alias_and_unknown_names_refused() -> None:
-    assert Settings(rate_limits={"brevo": 20, "Braze": 500}).rate_limits == {
+    assert rate_limits(Settings(rate_limits={"brevo": 20, "Braze": 500}).rate_limits) == {
         "sendinblue": 20.0,
         "braze": 500.0,
     }
-    with pytest.raises(ValidationError, match="'mailchimp', which is not a connector type"):
-        Settings(rate_limits={"mailchimp": 5})
+    with pytest.raises(InvalidSettings, match="'mailchimp', which is not a connector type"):
+        rate_limits(Settings(rate_limits={"mailchimp": 5}).rate_limits)
     with pytest.raises(ValidationError, match="greater than 0"):
         Settings(rate_limits={"braze": 0})
+
+
+def test_a_worker_with_an_unknown_rate_limit_name_does_not_start() -> None:
+    env = {**os.environ, "PREFSYNC_RATE_LIMITS": '{"mailchimp": 5}'}
+    started = subprocess.run(
+        [sys.executable, "-c", "import worker"], env=env, capture_output=True, text=True
+    )
+    assert started.returncode == 2
+    assert started.stderr.strip().startswith("error: PREFSYNC_RATE_LIMITS: names 'mailchimp'")
+    assert "Traceback" not in started.stderr
 
 
 def paced(server: fakeredis.FakeServer, max_sleep: float) -> PacedTransport:
