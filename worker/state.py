@@ -153,7 +153,8 @@ while a <= #ARGV do
     if fold then
       local flat = redis.call('HGETALL', older[1])
       for i = 1, #flat, 2 do
-        local ts, ver, value, ekey = string.match(flat[i + 1], '^(%-?%d+)\\t(%-?%d*)\\t([^\\t]*)\\t(.*)$')
+        local ts, ver, value, ekey =
+          string.match(flat[i + 1], '^(%-?%d+)\\t(%-?%d*)\\t([^\\t]*)\\t(.*)$')
         local cur = b.p[flat[i]]
         if not cur or newer(ts, ver, cur[1], cur[2]) then
           b.p[flat[i]] = {ts, ver, value, ekey}
@@ -202,7 +203,9 @@ while a <= #ARGV do
       else
         for i = event.first, event.first + 2 * (event.count - 1), 2 do
           local cur = b.p[ARGV[i]]
-          if not cur or (cur[4] ~= event.key and newer(event.raw_ts, event.ver, cur[1], cur[2])) then
+          local wins = not cur
+            or (cur[4] ~= event.key and newer(event.raw_ts, event.ver, cur[1], cur[2]))
+          if wins then
             b.p[ARGV[i]] = {event.raw_ts, event.ver, ARGV[i + 1], event.key}
             changed = true
           end

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 import fakeredis
 import pytest
 
+from tests.unit.conftest import hold_elsewhere, lock_holder
 from worker.events import OrderingKey, Value
 from worker.pseudonym import Pseudonyms
-from tests.unit.conftest import hold_elsewhere, lock_holder
 from worker.state import Owners, StateStore, Write, _load, key
 
 NEWSLETTER = "consents_purposes_newsletter_enabled"
