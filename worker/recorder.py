@@ -48,6 +48,49 @@ def _counted(outcome: Outcome) -> list[str]:
     return names
 
 
+def _log(tenant: str, connector_id: str, ended: Sequence[Ended], totals: Counter[str]) -> None:
+    """One line for the events delivered together (a destination call): their keys, how
+    many, and how every event recorded with them ended; a line of its own for each event
+    that did not reach the destination (skipped, dead-lettered), saying why."""
+    delivered = [item for item in ended if item.outcome.kind is OutcomeKind.DELIVERED]
+    if len(delivered) == 1:
+        (item,) = delivered
+        log.info(
+            str(OutcomeKind.DELIVERED),
+            tenant=tenant,
+            connector_id=connector_id,
+            event_key=item.event_key,
+            user=item.user,
+            outcome=str(OutcomeKind.DELIVERED),
+            status=item.outcome.status,
+        )
+    elif delivered:
+        log.info(
+            str(OutcomeKind.DELIVERED),
+            tenant=tenant,
+            connector_id=connector_id,
+            count=len(delivered),
+            event_keys=[item.event_key for item in delivered],
+            outcomes=dict(totals),
+            status=sorted({item.outcome.status for item in delivered}, key=str),
+        )
+    for item in ended:
+        outcome = item.outcome
+        if outcome.kind is OutcomeKind.DELIVERED:
+            continue
+        log.info(
+            str(outcome.kind),
+            tenant=tenant,
+            connector_id=connector_id,
+            event_key=item.event_key,
+            user=item.user,
+            outcome=str(outcome.kind),
+            reason=outcome.reason or None,
+            detail=outcome.detail or None,
+            status=outcome.status,
+        )
+
+
 class OutcomeRecorder:
     def __init__(
         self,
@@ -108,31 +151,20 @@ class OutcomeRecorder:
                 pipe.hincrby(TOTALS, name, count)
                 pipe.hincrby(key("stats", tenant), name, count)
                 pipe.hincrby(key("stats", tenant, connector_id), name, count)
-            if tenant:  # an event refused before its tenant was known has no trail to join
-                for item in ended:
-                    self.audit.append(
-                        tenant=tenant,
-                        connector_id=connector_id,
-                        event_key=self.audited_event_key(item.event_key),
-                        user=self.pseudonyms.user(item.user) if item.user else "",
-                        outcome=item.outcome,
-                        at=now,
-                        client=pipe,
+            if tenant and ended:  # an event refused before its tenant was known: no trail
+                audited = [
+                    (
+                        self.audited_event_key(item.event_key),
+                        self.pseudonyms.user(item.user) if item.user else "",
+                        item.outcome,
                     )
+                    for item in ended
+                ]
+                self.audit.append(
+                    tenant=tenant, connector_id=connector_id, outcomes=audited, at=now, client=pipe
+                )
             pipe.execute()
-        for item in ended:
-            outcome = item.outcome
-            log.info(
-                str(outcome.kind),
-                tenant=tenant,
-                connector_id=connector_id,
-                event_key=item.event_key,
-                user=item.user,
-                outcome=str(outcome.kind),
-                reason=outcome.reason or None,
-                detail=outcome.detail or None,
-                status=outcome.status,
-            )
+        _log(tenant, connector_id, ended, totals)
 
     def matches(
         self, tenant: str, config: ConnectorConfig, resolved: Iterable[Collection[str]]
