@@ -143,31 +143,22 @@ def _held(tenant: str) -> str:
 
 
 def _entries(stream_id: bytes, raw: Mapping[bytes, bytes]) -> list[AuditEntry]:
-    """The outcomes of one stream entry, newest first. An entry that lists several is
-    named by its stream id and the outcome's place in it (``<id>.<n>``)."""
+    """The outcomes of one stream entry, newest first. An entry that lists several names
+    each by its stream id and its place in the entry (``<id>.<n>``)."""
     data = {k.decode(): v.decode() for k, v in raw.items()}
+    if "outcomes" in data:
+        listed = json.loads(data["outcomes"])
+    else:  # one outcome, as a release before this one wrote it
+        status = int(data["status"]) if data["status"] else None
+        fields = json.loads(data["fields"])
+        listed = [[data[name] for name in ("event_key", "user", "outcome", "reason")]]
+        listed[0] += [status, fields]
     name = stream_id.decode()
-    if "outcomes" not in data:  # one outcome, as a release before this one wrote it
-        return [
-            AuditEntry(
-                id=name,
-                at=float(data["at"]),
-                connector_id=data["connector_id"],
-                event_key=data["event_key"],
-                user=data["user"],
-                outcome=data["outcome"],
-                reason=data["reason"],
-                status=int(data["status"]) if data["status"] else None,
-                fields=json.loads(data["fields"]),
-            )
-        ]
-    listed = json.loads(data["outcomes"])
-    at, connector_id = float(data["at"]), data["connector_id"]
     return [
         AuditEntry(
-            id=f"{name}.{n}",
-            at=at,
-            connector_id=connector_id,
+            id=name if len(listed) == 1 else f"{name}.{n}",
+            at=float(data["at"]),
+            connector_id=data["connector_id"],
             event_key=event_key,
             user=user,
             outcome=outcome,

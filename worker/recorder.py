@@ -50,33 +50,25 @@ def _counted(outcome: Outcome) -> list[str]:
 
 def _log(tenant: str, connector_id: str, ended: Sequence[Ended], totals: Counter[str]) -> None:
     """One line for the events delivered together (a destination call): their keys, how
-    many, and how every event recorded with them ended; a line of its own for each event
-    that did not reach the destination (skipped, dead-lettered), saying why."""
-    delivered = [item for item in ended if item.outcome.kind is OutcomeKind.DELIVERED]
-    if len(delivered) == 1:
-        (item,) = delivered
-        log.info(
-            str(OutcomeKind.DELIVERED),
-            tenant=tenant,
-            connector_id=connector_id,
-            event_key=item.event_key,
-            user=item.user,
-            outcome=str(OutcomeKind.DELIVERED),
-            status=item.outcome.status,
-        )
-    elif delivered:
+    many, and how every event recorded with them ended; a line of its own for a lone
+    delivered event and for each event that did not reach the destination (skipped,
+    dead-lettered), saying why."""
+    delivered = [item.event_key for item in ended if item.outcome.kind is OutcomeKind.DELIVERED]
+    together = len(delivered) > 1
+    if together:
+        statuses = {item.outcome.status for item in ended if item.event_key in delivered}
         log.info(
             str(OutcomeKind.DELIVERED),
             tenant=tenant,
             connector_id=connector_id,
             count=len(delivered),
-            event_keys=[item.event_key for item in delivered],
+            event_keys=delivered,
             outcomes=dict(totals),
-            status=sorted({item.outcome.status for item in delivered}, key=str),
+            status=sorted(statuses, key=str),
         )
     for item in ended:
         outcome = item.outcome
-        if outcome.kind is OutcomeKind.DELIVERED:
+        if together and outcome.kind is OutcomeKind.DELIVERED:
             continue
         log.info(
             str(outcome.kind),
