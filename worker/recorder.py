@@ -116,8 +116,9 @@ class OutcomeRecorder:
         answers: Counter[int | None] | None = None,
     ) -> None:
         """Count, audit and log how each of ``ended`` ended, in one Redis transaction that
-        also holds ``also``'s commands: the done markers are written with the audit
-        entries or not at all, so no delivered event is ever audited only as a duplicate.
+        also holds ``also``'s commands: what the events told each connector (worker.state)
+        is written with the audit entry or not at all, so no delivered event is ever
+        audited only as a duplicate. One audit entry and one log line serve the call.
 
         The metrics (worker.metrics) are counted in the same transaction: by
         ``connector_type``, with the latency from ``enqueued_at`` (when the message said)
