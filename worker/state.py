@@ -368,6 +368,9 @@ class Claim:
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
     #: per user, the writes claimed
     writes: Mapping[str, Sequence[Write]] = field(default_factory=dict)
+    #: per user, their record's key; per event key, its ref (both keyed hashes: made once)
+    records: dict[str, str] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,10 +480,11 @@ class StateStore:
         keys: list[str] = []
         args: list[str | int] = [claim.token, self.lock_ttl_ms, self.state_ttl]
         args += [int(clock() * 1000), connector_id, "1" if fold else "", "1" if marked else ""]
-        refs: dict[str, str] = {}
+        refs = claim.refs
         for user in waiting:
             person = self.person(user)
-            keys.append(self._record(tenant, person))
+            claim.records[user] = self._record(tenant, person)
+            keys.append(claim.records[user])
             if fold or marked:
                 keys += [
                     key("state", tenant, person),
@@ -541,7 +545,7 @@ class StateStore:
         releases its locks itself on exit."""
         if not claim.held:
             return
-        tenant, connector_id = claim.tenant, claim.connector_id
+        connector_id = claim.connector_id
         keys: list[str] = []
         lines: list[str] = []
         for user in claim.held:
@@ -552,7 +556,7 @@ class StateStore:
             for write in claim.writes.get(user, ()):
                 if write.event_key not in ended:
                     continue
-                ref = self._ref(write.event_key)[:_REF]
+                ref = claim.refs[write.event_key][:_REF]
                 if write.erase:
                     patch["x"] = [str(write.ordering.timestamp_us), ref]
                 for name in write.values:
@@ -563,7 +567,7 @@ class StateStore:
             delivered = delivered_by_user.get(user)
             if delivered:
                 patch["d"] = {name: json.dumps(value) for name, value in delivered.items()}
-            keys.append(self._record(tenant, self.person(user)))
+            keys.append(claim.records[user])
             lines.append(_encode_line(patch))
         self._finish(keys=keys, args=[self.state_ttl, *lines], client=client)
 
