@@ -97,6 +97,13 @@ local function load(raw)
   end
   return b
 end
+-- Parts left empty are left out: every byte of a record is kept for every person.
+local function encode(b)
+  for _, part in ipairs({'p', 't', 'd', 'l', 'x'}) do
+    if next(b[part]) == nil then b[part] = nil end
+  end
+  return cjson.encode(b)
+end
 local function newer(ts, ver, cts, cver)
   if ver ~= '' and cver ~= '' and ver ~= cver then
     return tonumber(ver) > tonumber(cver)
@@ -213,7 +220,7 @@ while a <= #ARGV do
       end
     end
     b.l[c] = {token, string.format('%d', now + lock_ms)}
-    local written = cjson.encode(b)
+    local written = encode(b)
     if changed then
       redis.call('SET', name, written, 'EX', ttl)
     else
@@ -255,7 +262,7 @@ if not tomb or tonumber(ARGV[1]) > tomb then
   changed = true
 end
 if not changed then return 0 end
-redis.call('SET', KEYS[1], cjson.encode(b), 'EX', ARGV[2])
+redis.call('SET', KEYS[1], encode(b), 'EX', ARGV[2])
 if older then redis.call('DEL', KEYS[2]) end
 return 1
 """
@@ -288,7 +295,7 @@ if raw then
     for _ in pairs(delivered) do gone = gone + 1 end
   end
   b.d = {}
-  redis.call('SET', KEYS[1], cjson.encode(b), 'KEEPTTL')
+  redis.call('SET', KEYS[1], encode(b), 'KEEPTTL')
 end
 if #KEYS > 1 then gone = gone + redis.call('DEL', unpack(KEYS, 2)) end
 return gone
@@ -455,9 +462,9 @@ class StateStore:
         forever; ``lock_ttl`` outlasts the longest a task may run (its hard time limit).
         A tie in ordering keeps the value already stored (or written first).
         """
-        claim = Claim(
-            tenant, connector_id, uuid.uuid4().hex, busy=set(writes_by_user), writes=writes_by_user
-        )
+        # 64 random bits tell holders apart; the token is kept in the person's record.
+        token = uuid.uuid4().hex[:16]
+        claim = Claim(tenant, connector_id, token, busy=set(writes_by_user), writes=writes_by_user)
         deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
         try:
             while True:
