@@ -127,6 +127,7 @@ class Deliverer:
     ) -> Unfinished:
         """Deliver ``events`` (all of ``tenant``) to ``config``'s destination;
         ``enqueued_at`` (when the producer enqueued them) is for the latency metric."""
+        self.state.older()  # decided before this release records anything (see there)
         recording = _Recording(tenant, config, events, enqueued_at)
         ended: dict[int, Outcome] = {}
         plans: dict[int, Resolved] = {}

@@ -2,13 +2,13 @@
 
 When a ``user.deleted`` is routed (``begin``), the person's tombstone is written — from
 then on every event of theirs dated at or before the deletion is skipped as ``erased``
-(worker.state) — and so is the list of the tenant's connectors whose part is still to
-come. Each connector ends its part (delivered, skipped or dead-lettered: ``ended``); the
-last one forgets the person: their newest-wins state up to the deletion, the values last
-delivered, the done markers, and the dead letters of their earlier events in that tenant
-(a replay would undo the erasure). What remains is the tombstone, named by the keyed hash
-of the user id, expiring with the state TTL, and the audit trail, which names the person
-by that hash too.
+(worker.state) — and so is the list of the tenant's connectors whose part is still to come.
+Each connector ends its part (delivered, skipped or dead-lettered: ``ended``); the last one
+forgets the person: their newest-wins state up to the deletion, the values last delivered
+and what each connector was told of the values forgotten, and the dead letters of their
+earlier events in that tenant (a replay would undo the erasure). What remains is the
+tombstone, named by the keyed hash of the user id, expiring with the state TTL, and the
+audit trail, which names the person by that hash too.
 
 A dead letter of the deletion itself is kept: it is the erasure still owed to that
 destination, for an operator to replay once the cause is fixed (a key without the

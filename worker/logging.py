@@ -88,18 +88,24 @@ def _user_ids(mode: str) -> Any:
     the keyed hash ``prefsync audit --user`` also shows, ``omit`` left out."""
 
     def hide(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        hasher = (
-            _hasher() if mode == "hash" and (event.get("user") or "event_key" in event) else None
-        )
+        keyed = event.get("user") or "event_key" in event or "event_keys" in event
+        hasher = _hasher() if mode == "hash" and keyed else None
+
+        def hidden(key: Any) -> Any:
+            if not (isinstance(key, str) and key.startswith("user.")):
+                return key
+            kind = key.partition(":")[0]
+            return f"{kind}:{hasher.of('event', key)}" if hasher else kind
+
         if event.get("user"):
             if hasher is None:
                 event.pop("user")
             else:
                 event["user"] = hasher.user(str(event["user"]))
-        key = event.get("event_key")
-        if isinstance(key, str) and key.startswith("user."):
-            kind = key.partition(":")[0]
-            event["event_key"] = f"{kind}:{hasher.of('event', key)}" if hasher else kind
+        if "event_key" in event:
+            event["event_key"] = hidden(event["event_key"])
+        if isinstance(event.get("event_keys"), list):  # a destination call's (recorder)
+            event["event_keys"] = [hidden(key) for key in event["event_keys"]]
         return event
 
     return hide

@@ -1,11 +1,12 @@
 """A keyed hash that stands for a user id wherever prefsync keeps one.
 
-prefsync's own records (the newest-wins state, idempotency markers, locks, the erasure
-tombstone, the audit trail) name a person by ``Pseudonyms.user(id)`` — HMAC-SHA256 of the
-id under a secret key, hex, cut to 32 characters (128 bits: no collision among any number
-of people a tenant will ever have) — never by the id itself. Once the person is erased,
-nothing in Redis holds their id, yet whoever knows it (the tenant, asked to prove the
-erasure) finds their records again by hashing it with the same key.
+prefsync's own records (each person's record: newest-wins state, what each connector was
+told, locks, the erasure tombstone; the audit trail) name a person by
+``Pseudonyms.user(id)`` — HMAC-SHA256 of the id under a secret key, hex, cut to 32
+characters (128 bits: no collision among any number of people a tenant will ever have) —
+never by the id itself. Once the person is erased, nothing in Redis holds their id, yet
+whoever knows it (the tenant, asked to prove the erasure) finds their records again by
+hashing it with the same key.
 
 The key is ``PREFSYNC_USER_HASH_KEY``. A machine without it generates one, once, and keeps
 it in Redis (``KEY``), so every worker and the CLI agree; a warning says so, since a key

@@ -48,6 +48,41 @@ def _counted(outcome: Outcome) -> list[str]:
     return names
 
 
+def _log(tenant: str, connector_id: str, ended: Sequence[Ended], totals: Counter[str]) -> None:
+    """One line for the events delivered together (a destination call): their keys, how
+    many, and how every event recorded with them ended; a line of its own for a lone
+    delivered event and for each event that did not reach the destination (skipped,
+    dead-lettered), saying why."""
+    delivered = [item.event_key for item in ended if item.outcome.kind is OutcomeKind.DELIVERED]
+    together = len(delivered) > 1
+    if together:
+        statuses = {item.outcome.status for item in ended if item.event_key in delivered}
+        log.info(
+            str(OutcomeKind.DELIVERED),
+            tenant=tenant,
+            connector_id=connector_id,
+            count=len(delivered),
+            event_keys=delivered,
+            outcomes=dict(totals),
+            status=sorted(statuses, key=str),
+        )
+    for item in ended:
+        outcome = item.outcome
+        if together and outcome.kind is OutcomeKind.DELIVERED:
+            continue
+        log.info(
+            str(outcome.kind),
+            tenant=tenant,
+            connector_id=connector_id,
+            event_key=item.event_key,
+            user=item.user,
+            outcome=str(outcome.kind),
+            reason=outcome.reason or None,
+            detail=outcome.detail or None,
+            status=outcome.status,
+        )
+
+
 class OutcomeRecorder:
     def __init__(
         self,
@@ -81,8 +116,9 @@ class OutcomeRecorder:
         answers: Counter[int | None] | None = None,
     ) -> None:
         """Count, audit and log how each of ``ended`` ended, in one Redis transaction that
-        also holds ``also``'s commands: the done markers are written with the audit
-        entries or not at all, so no delivered event is ever audited only as a duplicate.
+        also holds ``also``'s commands: what the events told each connector (worker.state)
+        is written with the audit entry or not at all, so no delivered event is ever
+        audited only as a duplicate. One audit entry and one log line serve the call.
 
         The metrics (worker.metrics) are counted in the same transaction: by
         ``connector_type``, with the latency from ``enqueued_at`` (when the message said)
@@ -108,31 +144,20 @@ class OutcomeRecorder:
                 pipe.hincrby(TOTALS, name, count)
                 pipe.hincrby(key("stats", tenant), name, count)
                 pipe.hincrby(key("stats", tenant, connector_id), name, count)
-            if tenant:  # an event refused before its tenant was known has no trail to join
-                for item in ended:
-                    self.audit.append(
-                        tenant=tenant,
-                        connector_id=connector_id,
-                        event_key=self.audited_event_key(item.event_key),
-                        user=self.pseudonyms.user(item.user) if item.user else "",
-                        outcome=item.outcome,
-                        at=now,
-                        client=pipe,
+            if tenant and ended:  # an event refused before its tenant was known: no trail
+                audited = [
+                    (
+                        self.audited_event_key(item.event_key),
+                        self.pseudonyms.user(item.user) if item.user else "",
+                        item.outcome,
                     )
+                    for item in ended
+                ]
+                self.audit.append(
+                    tenant=tenant, connector_id=connector_id, outcomes=audited, at=now, client=pipe
+                )
             pipe.execute()
-        for item in ended:
-            outcome = item.outcome
-            log.info(
-                str(outcome.kind),
-                tenant=tenant,
-                connector_id=connector_id,
-                event_key=item.event_key,
-                user=item.user,
-                outcome=str(outcome.kind),
-                reason=outcome.reason or None,
-                detail=outcome.detail or None,
-                status=outcome.status,
-            )
+        _log(tenant, connector_id, ended, totals)
 
     def matches(
         self, tenant: str, config: ConnectorConfig, resolved: Iterable[Collection[str]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import fakeredis
 import pytest
@@ -12,6 +12,7 @@ import responses
 from worker import runtime as runtime_module
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.state import Claim, StateStore, _load, key
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +39,27 @@ def install_runtime(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Runt
 @pytest.fixture
 def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
     return install_runtime(monkeypatch, Settings())
+
+
+def hold_elsewhere(
+    state: StateStore, tenant: str, connector_id: str, user: str
+) -> Callable[[], None]:
+    """Take the (connector, user) lock as another worker's delivery in flight would (its
+    token: "another-worker"); returns what releases it."""
+    claim = Claim(tenant, connector_id, "another-worker", busy={user}, writes={user: []})
+    state._claim_busy(claim)
+    assert claim.held == [user]
+
+    def release() -> None:
+        with state.redis.pipeline() as pipe:
+            state.finish(claim, {}, {}, pipe)
+            pipe.execute()
+
+    return release
+
+
+def lock_holder(state: StateStore, tenant: str, connector_id: str, user: str) -> str | None:
+    """The token of whoever holds the (connector, user) lock, if anyone."""
+    record = state.redis.get(key("person", tenant, state.person(user)))
+    lock = _load(record)["l"].get(connector_id)
+    return lock[0] if lock else None

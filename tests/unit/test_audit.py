@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import responses
+import structlog.testing
 from click.testing import CliRunner
 
 from tests.unit.conftest import install_runtime
@@ -149,3 +150,66 @@ def test_a_user_payload_s_event_key_is_audited_as_its_type_and_a_keyed_hash(rt: 
     (entry,) = rt.audit.query("acme", user=rt.pseudonyms.user(JANE))
     assert entry.event_key == f"user.updated:{rt.pseudonyms.of('event', key)}"
     assert "pmp-jane-7" not in entry.model_dump_json()
+
+
+def test_the_outcomes_of_one_call_share_a_stream_entry_and_are_read_one_by_one(
+    rt: Runtime,
+) -> None:
+    delivered = Outcome(OutcomeKind.DELIVERED, status=201, fields={"email_subscribe": "opted_in"})
+    skipped = Outcome(OutcomeKind.SKIPPED, reason="stale")
+    # What a release before this one wrote: one outcome an entry, still read as it was.
+    rt.redis.xadd(
+        'prefsync:audit:["acme"]',
+        {"at": "3.0", "connector_id": "braze", "event_key": "k-old", "user": "h",
+         "outcome": "delivered", "reason": "", "status": "201", "fields": "{}"},
+    )  # fmt: skip
+    rt.recorder.record("acme", "braze", [Ended("k-0", "a", delivered), Ended("k-1", "b", skipped)])
+    rt.recorder.record("acme", "braze", [Ended("k-2", "a", delivered)])
+
+    assert rt.redis.xlen('prefsync:audit:["acme"]') == 3
+    entries = rt.audit.query("acme")
+    assert [(e.event_key, e.outcome, e.reason) for e in entries] == [
+        ("k-2", "delivered", ""),
+        ("k-1", "skipped", "stale"),
+        ("k-0", "delivered", ""),
+        ("k-old", "delivered", ""),
+    ]
+    assert len({e.id for e in entries}) == 4
+    assert entries[2].fields == {"email_subscribe": "opted_in"} and entries[2].status == 201
+    assert [e.event_key for e in rt.audit.query("acme", user=rt.pseudonyms.user("a"))] == [
+        "k-2",
+        "k-0",
+    ]
+    # The bound counts outcomes (5 here); the oldest entries go whole once it is passed.
+    assert rt.audit.length("acme") == 4
+    rt.recorder.record("acme", "braze", [Ended(f"k-{n}", "c", skipped) for n in (3, 4)])
+    assert rt.audit.length("acme") == 5
+    assert [e.event_key for e in rt.audit.query("acme")] == ["k-4", "k-3", "k-2", "k-1", "k-0"]
+    rt.recorder.record("acme", "braze", [Ended("k-5", "c", skipped)])
+    assert rt.audit.length("acme") == 4
+    assert [e.event_key for e in rt.audit.query("acme")] == ["k-5", "k-4", "k-3", "k-2"]
+
+
+def test_one_log_line_says_what_a_call_delivered_and_each_skip_has_its_own(rt: Runtime) -> None:
+    delivered = Outcome(OutcomeKind.DELIVERED, status=201)
+    skipped = Outcome(OutcomeKind.SKIPPED, reason="stale")
+    with structlog.testing.capture_logs() as logs:
+        rt.recorder.record(
+            "acme",
+            "braze",
+            [
+                Ended("k-0", "a", delivered),
+                Ended("k-1", "b", delivered),
+                Ended("k-2", "c", skipped),
+            ],
+        )
+        rt.recorder.record("acme", "braze", [Ended("k-3", "d", delivered)])
+    lines = [(line["event"], line.get("event_keys") or line.get("event_key")) for line in logs]
+    assert lines == [
+        ("delivered", ["k-0", "k-1"]),
+        ("skipped", "k-2"),
+        ("delivered", "k-3"),
+    ]
+    assert logs[0]["count"] == 2
+    assert logs[0]["outcomes"] == {"delivered": 2, "skipped": 1, "skipped:stale": 1}
+    assert logs[2]["user"] == "d"

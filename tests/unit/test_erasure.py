@@ -227,7 +227,7 @@ def test_the_tombstone_only_moves_forward_and_lives_as_long_as_the_state(store) 
     store.erase(TENANT, JANE, 20_000_000)
     store.erase(TENANT, JANE, 10_000_000)
     assert store.erased_at(TENANT, JANE) == 20_000_000
-    assert 3500 < store.redis.ttl(key("erased", TENANT, store.person(JANE))) <= 3600
+    assert 3500 < store.redis.ttl(key("person", TENANT, store.person(JANE))) <= 3600
     assert store.erased_at(TENANT, "john") is None
 
 

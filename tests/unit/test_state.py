@@ -1,5 +1,5 @@
-"""Newest-wins state, idempotency markers and the per-user locks: StateStore.claim and
-finish (fakeredis + Lua)."""
+"""Newest-wins state, what each connector was told (idempotency) and the per-user locks,
+all in one record per person: StateStore.claim and finish (fakeredis + Lua)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from collections.abc import Mapping
 import fakeredis
 import pytest
 
+from tests.unit.conftest import hold_elsewhere, lock_holder
 from worker.events import OrderingKey, Value
 from worker.pseudonym import Pseudonyms
-from worker.state import Owners, StateStore, Write, key
+from worker.state import Owners, StateStore, Write, _load, key
 
 NEWSLETTER = "consents_purposes_newsletter_enabled"
 PRODUCT = "consents_purposes_product_enabled"
@@ -124,7 +125,7 @@ def test_tenants_and_users_with_separators_never_share_state(store):
 
 def test_merged_state_expires(store):
     merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True})
-    assert 0 < store.redis.ttl(key("state", "acme", store.person("u1"))) <= 3600
+    assert 0 < store.redis.ttl(key("person", "acme", store.person("u1"))) <= 3600
 
 
 # -- several events and users in one call ----------------------------------------------------
@@ -197,48 +198,91 @@ def test_several_users_in_one_call_are_merged_apart(store):
     assert store.current("acme", "u3") == {}
 
 
-# -- done markers -----------------------------------------------------------------------------
+# -- what ended, per connector (idempotency) -------------------------------------------------
 
 
-def finish(store: StateStore, tenant: str, connector_id: str, done: dict[str, list[str]]) -> None:
-    """Claim the users of ``done`` and mark their events done, as a delivery does."""
-    with (
-        store.claim(tenant, connector_id, {user: [] for user in done}) as claim,
-        store.redis.pipeline() as pipe,
-    ):
+def end(store: StateStore, tenant: str, connector_id: str, writes: dict[str, list[Write]]) -> None:
+    """Claim the users' writes and record them all ended, as a delivery does."""
+    with store.claim(tenant, connector_id, writes) as claim, store.redis.pipeline() as pipe:
+        done = {user: [write.event_key for write in found] for user, found in writes.items()}
         store.finish(claim, done, {}, pipe)
         pipe.execute()
 
 
-def test_done_markers_are_per_connector_and_expire(store):
-    finish(store, "acme", "braze", {"u1": ["A"], "u2": ["B"]})
+def test_what_ended_is_kept_per_connector_in_one_record_per_person(store):
+    end(
+        store,
+        "acme",
+        "braze",
+        {
+            "u1": [Write("A", at(10), {NEWSLETTER: True})],
+            "u2": [Write("B", at(10), {PRODUCT: True})],
+        },
+    )
     assert store.is_done("acme", "braze", "u1", "A")
     assert store.is_done("acme", "braze", "u2", "B")
     assert not store.is_done("acme", "sendinblue", "u1", "A")
     assert not store.is_done("other", "braze", "u1", "A")
-    markers = list(store.redis.scan_iter("prefsync:dones:*"))
-    assert len(markers) == 2  # one set per connector and person
-    for marker in markers:
-        assert 0 < store.redis.ttl(marker) <= 60
-    assert b"u1" not in b"".join(markers) and b"A" not in store.redis.zrange(markers[0], 0, -1)
+    assert not store.is_done("acme", "braze", "u2", "A")
+    records = list(store.redis.scan_iter("prefsync:person:*"))
+    assert len(records) == 2  # one per person: no marker per event
+    for record in records:
+        assert 0 < store.redis.ttl(record) <= 3600
+        assert b"u1" not in record + store.redis.get(record)  # the keyed hash names them
+    # What a connector was told is a short keyed hash of the event key.
+    told = _load(store.redis.get(key("person", "acme", store.person("u1"))))["t"]
+    assert told == {"braze": {NEWSLETTER: store._ref("A")[:16]}}
 
 
-def test_a_claim_reports_the_events_already_done_and_merges_only_the_others(store):
-    finish(store, "acme", "braze", {"u1": ["A"]})
+def test_a_claim_reports_the_events_already_told_and_sends_only_the_others(store):
+    end(store, "acme", "braze", {"u1": [Write("A", at(20), {NEWSLETTER: False})]})
     writes = {"u1": [Write("A", at(20), {NEWSLETTER: False}), Write("B", at(10), {PRODUCT: True})]}
     with store.claim("acme", "braze", writes) as claim:
         assert claim.done == {("u1", "A")}
-        # A's newer value was not merged again (it ended already): B owns only its own.
         assert claim.owners == {"u1": {PRODUCT: "B"}}
-    assert store.current("acme", "u1") == {PRODUCT: True}
-    # Done for braze, not for another connector: there, A is merged and owns its value.
+    assert store.current("acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
+    # Told to braze, not to another connector: there, A owns its value and is sent.
     with store.claim("acme", "sendinblue", writes) as claim:
         assert claim.done == set()
         assert claim.owners == {"u1": {NEWSLETTER: "A", PRODUCT: "B"}}
 
 
+def test_a_retry_after_a_failed_send_still_owns_and_sends(store):
+    writes = {"u1": [Write("A", at(10), {NEWSLETTER: False})]}
+    with store.claim("acme", "braze", writes) as claim, store.redis.pipeline() as pipe:
+        store.finish(claim, {}, {}, pipe)  # the send failed: nothing ended
+        pipe.execute()
+    with store.claim("acme", "braze", writes) as claim:
+        assert claim.done == set()
+        assert claim.owners == {"u1": {NEWSLETTER: "A"}}
+
+
+def test_a_copy_of_an_event_told_then_superseded_is_stale_and_never_sent(store):
+    end(store, "acme", "braze", {"u1": [Write("A", at(10), {NEWSLETTER: True})]})
+    end(store, "acme", "braze", {"u1": [Write("B", at(20), {NEWSLETTER: False})]})
+    with store.claim("acme", "braze", {"u1": [Write("A", at(10), {NEWSLETTER: True})]}) as claim:
+        assert claim.done == set() and claim.owners == {"u1": {}}
+    assert not store.is_done("acme", "braze", "u1", "A")
+    assert store.is_done("acme", "braze", "u1", "B")
+
+
+def test_the_record_grows_with_properties_not_with_events(store):
+    for n in range(50):
+        end(store, "acme", "braze", {"u1": [Write(f"e-{n}", at(n + 1), {NEWSLETTER: n % 2 == 0})]})
+    record = key("person", "acme", store.person("u1"))
+    with store.claim("acme", "braze", {"u1": []}):
+        pass
+    size = len(store.redis.get(record))
+    for n in range(50, 500):
+        end(store, "acme", "braze", {"u1": [Write(f"e-{n}", at(n + 1), {NEWSLETTER: n % 2 == 0})]})
+    with store.claim("acme", "braze", {"u1": []}):
+        pass
+    assert len(store.redis.get(record)) <= size + 8  # a longer event key, at most
+    assert store.is_done("acme", "braze", "u1", "e-499")
+
+
 def test_one_event_key_of_two_users_is_two_events(store):
-    finish(store, "acme", "braze", {"u1": ["A"]})
+    end(store, "acme", "braze", {"u1": [Write("A", at(10), {NEWSLETTER: False})]})
     assert not store.is_done("acme", "braze", "u2", "A")
     writes = {"u2": [Write("A", at(10), {NEWSLETTER: False})]}
     with store.claim("acme", "braze", writes) as claim:
@@ -246,8 +290,14 @@ def test_one_event_key_of_two_users_is_two_events(store):
         assert claim.owners == {"u2": {NEWSLETTER: "A"}}
 
 
+def older_release_ran(store: StateStore) -> None:
+    """What every older release left: its outcome counters (worker.state.StateStore.older)."""
+    store.redis.hset("prefsync:stats", "delivered", 1)
+
+
 def test_a_done_marker_of_the_older_shape_still_counts_until_it_expires(store):
-    # Written by the previous release, whose markers did not name the user.
+    # Written two releases ago, whose markers did not name the user.
+    older_release_ran(store)
     store.redis.set(key("done", "acme", "braze", "A"), 1, ex=60)
     assert store.is_done("acme", "braze", "u1", "A")
     with store.claim("acme", "braze", {"u1": [Write("A", at(10), {NEWSLETTER: True})]}) as claim:
@@ -255,9 +305,43 @@ def test_a_done_marker_of_the_older_shape_still_counts_until_it_expires(store):
     assert store.current("acme", "u1") == {}
 
 
+def test_the_records_of_the_release_before_are_honoured_and_folded_in(store):
+    older_release_ran(store)
+    person = store.person("u1")
+    entry = f"{at(10).timestamp_us}\t\ttrue\tA"
+    store.redis.hset(key("state", "acme", person), NEWSLETTER, entry)
+    store.redis.hset(key("sent", "acme", "braze", person), "email_subscribe", '"opted_in"')
+    store.redis.set(key("erased", "acme", person), at(5).timestamp_us)
+    store.redis.zadd(key("dones", "acme", "braze", person), {store._ref("A"): 1e12})
+    assert store.current("acme", "u1") == {NEWSLETTER: True}
+    assert store.delivered("acme", "braze", "u1") == {"email_subscribe": "opted_in"}
+    assert store.erased_at("acme", "u1") == at(5).timestamp_us
+    assert store.is_done("acme", "braze", "u1", "A")
+
+    writes = {"u1": [Write("A", at(10), {NEWSLETTER: True}), Write("B", at(3), {PRODUCT: True})]}
+    with store.claim("acme", "braze", writes) as claim:
+        assert claim.done == {("u1", "A")}
+        assert claim.erased == {("u1", "B")}
+        assert claim.delivered == {"u1": {"email_subscribe": "opted_in"}}
+        assert claim.current == {"u1": {NEWSLETTER: True}}
+    # Folded into the person's record, the older keys are gone.
+    assert not store.redis.exists(
+        key("state", "acme", person), key("sent", "acme", "braze", person)
+    )
+    assert store.current("acme", "u1") == {NEWSLETTER: True}
+    assert store.erased_at("acme", "u1") == at(5).timestamp_us
+
+
+def test_a_fresh_redis_never_reads_the_older_records(store):
+    merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True})
+    store.redis.set(key("done", "acme", "braze", "B"), 1)  # no older release counted here
+    assert store.older() == (False, False)
+    assert not store.is_done("acme", "braze", "u1", "B")
+
+
 def test_a_losing_merge_does_not_extend_the_state_it_lost_to(store):
     merge_one(store, "acme", "u1", "future", at(99), {NEWSLETTER: True})
-    state = key("state", "acme", store.person("u1"))
+    state = key("person", "acme", store.person("u1"))
     store.redis.expire(state, 100)
     assert merge_one(store, "acme", "u1", "old", at(10), {NEWSLETTER: False}) == set()
     assert store.redis.ttl(state) <= 100
@@ -276,7 +360,7 @@ def test_derived_fields_delivered_are_kept_per_connector_and_user(store):
             "u2": {},
         }
     assert store.delivered("acme", "sendinblue", "u1") == {}
-    assert 0 < store.redis.ttl(key("sent", "acme", "braze", store.person("u1"))) <= 3600
+    assert 0 < store.redis.ttl(key("person", "acme", store.person("u1"))) <= 3600
 
 
 def test_a_claim_returns_the_current_value_of_every_property(store):
@@ -287,8 +371,8 @@ def test_a_claim_returns_the_current_value_of_every_property(store):
 
 
 def test_forget_drops_the_state_and_what_each_connector_was_told(store):
-    merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True})
-    with store.claim("acme", "braze", {"u1": []}) as claim, store.redis.pipeline() as pipe:
+    writes = {"u1": [Write("A", at(10), {NEWSLETTER: True})]}
+    with store.claim("acme", "braze", writes) as claim, store.redis.pipeline() as pipe:
         store.finish(claim, {"u1": ["A"]}, {"u1": {"email_subscribe": "opted_in"}}, pipe)
         pipe.execute()
     merge_one(store, "acme", "u2", "B", at(10), {NEWSLETTER: True})
@@ -299,23 +383,29 @@ def test_forget_drops_the_state_and_what_each_connector_was_told(store):
     assert store.delivered("acme", "braze", "u1") == {}
     assert store.current("acme", "u2") == {NEWSLETTER: True}
     assert store.is_done("acme", "braze", "u1", "A")  # an event that ended is not re-sent
+    with store.claim("acme", "braze", writes) as claim:
+        assert claim.done == {("u1", "A")}
 
 
 def test_finishing_with_nothing_done_only_releases(store):
-    finish(store, "acme", "braze", {"u1": []})
-    assert list(store.redis.scan_iter("prefsync:done*")) == []
-    assert not store.redis.exists(key("lock", "acme", "braze", store.person("u1")))
+    end(store, "acme", "braze", {"u1": []})
+    assert lock_holder(store, "acme", "braze", "u1") is None
+    with store.claim("acme", "braze", {"u1": []}) as claim:
+        assert claim.delivered == {"u1": {}} and claim.owners == {"u1": {}}
 
 
 def test_finish_marks_done_even_when_the_lock_was_taken_over_but_leaves_that_lock(store):
-    lock = key("lock", "acme", "braze", store.person("u1"))
-    with store.claim("acme", "braze", {"u1": []}) as claim:
-        store.redis.set(lock, "next-holder")  # ours expired; another worker took it
+    store.lock_ttl_ms = 1
+    writes = {"u1": [Write("A", at(10), {NEWSLETTER: True})]}
+    with store.claim("acme", "braze", writes) as claim:
+        time.sleep(0.01)  # ours expired; another worker takes it
+        hold_elsewhere(store, "acme", "braze", "u1")
         with store.redis.pipeline() as pipe:
             store.finish(claim, {"u1": ["A"]}, {}, pipe)
             pipe.execute()
+        claim.finished = True
     assert store.is_done("acme", "braze", "u1", "A")
-    assert store.redis.get(lock) == b"next-holder"
+    assert lock_holder(store, "acme", "braze", "u1") == "another-worker"
 
 
 # -- locks ------------------------------------------------------------------------------------
@@ -354,10 +444,10 @@ def test_lock_held_elsewhere_reports_the_user_busy_after_a_short_wait(store):
             waited = time.monotonic() - started
             # Only the held user is busy; the other one is held by this block.
             assert again.busy == {"u1"}
-            assert store.redis.exists(key("lock", "acme", "braze", store.person("u2")))
+            assert lock_holder(store, "acme", "braze", "u2") == again.token
         assert 0.1 <= waited < 1.0
         # Its lock was not taken over nor released by the block that did not get it.
-        assert store.redis.exists(key("lock", "acme", "braze", store.person("u1")))
+        assert lock_holder(store, "acme", "braze", "u1") == claim.token
         # Other users and other connectors are not blocked.
         with (
             store.claim("acme", "braze", {"u2": []}) as other_user,
@@ -369,8 +459,7 @@ def test_lock_held_elsewhere_reports_the_user_busy_after_a_short_wait(store):
 
 def test_a_busy_user_is_neither_checked_nor_merged(store):
     store.lock_wait = 0.05
-    store.redis.set(key("lock", "acme", "braze", store.person("u1")), "someone-else", px=60_000)
-    store.redis.set(key("done", "acme", "braze", "A"), 1)
+    hold_elsewhere(store, "acme", "braze", "u1")
     writes = {"u1": [Write("A", at(10), {NEWSLETTER: True}), Write("B", at(20), {PRODUCT: True})]}
     with store.claim("acme", "braze", writes) as claim:
         assert claim.busy == {"u1"}
@@ -381,23 +470,24 @@ def test_a_busy_user_is_neither_checked_nor_merged(store):
 
 
 def test_locks_release_what_they_held_on_exit(store):
-    names = [key("lock", "acme", "braze", store.person(user)) for user in ("u1", "u2")]
     with store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
         assert claim.busy == set()
-        assert all(store.redis.exists(name) for name in names)
-        assert 0 < store.redis.pttl(names[0]) <= 2000
-    assert not any(store.redis.exists(name) for name in names)
+        assert [lock_holder(store, "acme", "braze", u) for u in ("u1", "u2")] == [claim.token] * 2
+        record = _load(store.redis.get(key("person", "acme", store.person("u1"))))
+        expires_ms = int(record["l"]["braze"][1])
+        assert 0 < expires_ms - time.time() * 1000 <= 2000
+    assert [lock_holder(store, "acme", "braze", u) for u in ("u1", "u2")] == [None, None]
 
 
 def test_locks_release_what_they_held_when_the_body_raises(store):
     store.lock_wait = 0.05
-    store.redis.set(key("lock", "acme", "braze", store.person("u2")), "someone-else", px=60_000)
+    hold_elsewhere(store, "acme", "braze", "u2")
     with pytest.raises(RuntimeError), store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
         assert claim.busy == {"u2"}
         raise RuntimeError("boom")
-    assert not store.redis.exists(key("lock", "acme", "braze", store.person("u1")))
+    assert lock_holder(store, "acme", "braze", "u1") is None
     # The lock held elsewhere is left to its holder.
-    assert store.redis.get(key("lock", "acme", "braze", store.person("u2"))) == b"someone-else"
+    assert lock_holder(store, "acme", "braze", "u2") == "another-worker"
     with store.claim("acme", "braze", {"u1": []}) as claim:
         assert claim.busy == set()
 
@@ -408,8 +498,10 @@ def test_locks_of_no_users_yield_nothing_busy(store):
 
 
 def test_a_lock_left_by_a_killed_worker_expires(store):
-    store.redis.set(key("lock", "acme", "braze", store.person("u1")), "dead-worker", px=100)
+    store.lock_ttl_ms = 100
+    hold_elsewhere(store, "acme", "braze", "u1")  # never released: the worker was killed
+    store.lock_ttl_ms = 2000
     store.lock_wait = 1
     with store.claim("acme", "braze", {"u1": []}) as claim:
         assert claim.busy == set()
-        assert store.redis.get(key("lock", "acme", "braze", store.person("u1"))) != b"dead-worker"
+        assert lock_holder(store, "acme", "braze", "u1") == claim.token

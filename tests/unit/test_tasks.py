@@ -45,6 +45,7 @@ import worker.connectors.braze
 import worker.outbox
 import worker.pacing
 import worker.tasks
+from tests.unit.conftest import hold_elsewhere
 from worker.app import app
 from worker.configs import parse_config
 from worker.connectors.base import Delivered
@@ -52,7 +53,6 @@ from worker.deadletter import DeadLetter
 from worker.errors import RetryableError
 from worker.runtime import Runtime
 from worker.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
-from worker.state import key as state_key
 from worker.tasks import REDIS_PATIENCE, ScheduledTask, deliver, route
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events" / "event-created.json"
@@ -980,8 +980,7 @@ def test_a_user_another_delivery_holds_is_deferred_with_its_attempts_not_retried
     answers(harness, mocked, [(503, UNAVAILABLE, {}), (201, SUCCESS, {})])
     harness.worker.send(deliver, [event()], connector_id)
     harness.worker.execute(harness.broker.queue.pop())  # 503: a retry is scheduled
-    lock = state_key("lock", TENANT, connector_id, harness.rt.state.person(USER))
-    harness.rt.redis.set(lock, "another-worker", px=60_000)
+    release = hold_elsewhere(harness.rt.state, TENANT, connector_id, USER)
 
     [retry] = harness.broker.queue
     harness.clock.now = retry.due
@@ -990,7 +989,7 @@ def test_a_user_another_delivery_holds_is_deferred_with_its_attempts_not_retried
     assert (deferred.retries, deferred.kwargs) == (retry.retries, retry.kwargs)
     assert len(mocked.calls) == 1
 
-    harness.rt.redis.delete(lock)
+    release()
     harness.worker.drain()
     assert len(mocked.calls) == 2
     assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
