@@ -133,11 +133,17 @@ def read_text(file: click.utils.LazyFile) -> str:
 
 @main.command()
 @click.argument("file", type=click.File("rb"))
-def enqueue(file: click.utils.LazyFile) -> None:
+@click.option(
+    "--bulk",
+    is_flag=True,
+    help="A bulk load: it travels in the bulk lane, behind live events and shared with "
+    "other tenants' bulk loads in turn.",
+)
+def enqueue(file: click.utils.LazyFile, bulk: bool) -> None:
     """Validate and enqueue the events of FILE (`-` for stdin): a JSON object, a JSON array
     or JSON Lines. Each invalid event is reported with its line or item number; the valid
     ones are enqueued all the same, in order, in messages of up to 100 events. Exits 1 if
-    any was invalid."""
+    any was invalid. They travel as live events unless --bulk."""
     from worker.errors import BrokerUnavailable
     from worker.producer import MAX_BATCH, enqueue_many, validate
 
@@ -158,7 +164,7 @@ def enqueue(file: click.utils.LazyFile) -> None:
     for start in range(0, len(valid), MAX_BATCH):
         batch = valid[start : start + MAX_BATCH]
         try:
-            enqueue_many(payload for _, payload in batch)
+            enqueue_many((payload for _, payload in batch), bulk=bulk)
         except BrokerUnavailable as exc:
             # Say where it stopped: what came before is enqueued, so a caller can resume
             # there (or resend everything: copies are skipped as duplicates).
@@ -398,15 +404,19 @@ def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> Iterable:
 @click.option("--tenant", help="Replay every entry of this tenant.")
 def dlq_replay(ids: tuple[str, ...], all_: bool, tenant: str | None) -> None:
     """Re-enqueue entries through the normal path. An entry is removed once its event is
-    enqueued; if it fails again it comes back as a new entry."""
+    enqueued; if it fails again it comes back as a new entry. Entries named by id travel
+    as live events; --all and --tenant in the bulk lane, behind live events."""
     from worker.deadletter import replay
+    from worker.lanes import BULK, LIVE
     from worker.producer import enqueue as enqueue_all
     from worker.producer import redeliver
 
+    lane = LIVE if ids else BULK
+
     def enqueue(entry) -> str:
         if entry.connector_id:
-            return redeliver(entry.payload, entry.connector_id)
-        return enqueue_all(entry.payload)
+            return redeliver(entry.payload, entry.connector_id, lane)
+        return enqueue_all(entry.payload, lane)
 
     done, failed = replay(_runtime().deadletters, _select(ids, all_, tenant), enqueue)
     for entry, error in failed:
