@@ -13,7 +13,6 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from worker import lanes
-
 from worker.liveness import Liveness
 from worker.logging import configure as configure_logging
 from worker.pool import send_messages_whole, soft_limit_armed
