@@ -1,0 +1,43 @@
+"""Lanes end to end: a live opt-out is not kept behind a bulk load (worker.lanes,
+worker.feeder). Real Redis, one real worker consuming every queue, the local Braze
+look-alike answering each call after a delay, so the bulk load takes seconds."""
+
+from __future__ import annotations
+
+import json
+
+from tests.e2e.helpers import braze_attributes, braze_config, consent_event, jsonl, wait_until
+
+BULK_EVENTS = 2_000  # 40 Braze calls of 50 users, 0.1 s each: 2 s or more for 2 processes
+
+
+def test_a_live_opt_out_is_delivered_while_a_bulk_load_is_still_queued(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    fake = fake_destinations
+    put = run_cli(
+        prefsync_env, "connectors", "put", "acme", "-", input=json.dumps(braze_config(fake.url))
+    )
+    assert put.returncode == 0, put.stderr
+    fake.set_delay("braze", 0.1)
+    bulk = [
+        consent_event(f"b-{n}", f"bulk-{n}", "2026-11-20T09:00:00Z", {"newsletter": True})
+        for n in range(BULK_EVENTS)
+    ]
+    loaded = run_cli(prefsync_env, "enqueue", "--bulk", "-", input=jsonl(bulk))
+    assert loaded.returncode == 0, loaded.stderr
+    start_worker(prefsync_env, concurrency=2)
+
+    def delivered() -> list[str]:
+        return [obj["external_id"] for obj in braze_attributes(fake.calls("braze"))]
+
+    wait_until(lambda: delivered(), timeout=20, message="the bulk load did not start")
+    opt_out = consent_event("live-1", "live-person", "2026-11-20T10:00:00Z", {"newsletter": False})
+    sent = run_cli(prefsync_env, "enqueue", "-", input=jsonl([opt_out]))
+    assert sent.returncode == 0, sent.stderr
+
+    wait_until(lambda: "live-person" in delivered(), timeout=20)
+    before = delivered().index("live-person")
+    assert before < BULK_EVENTS / 2, f"{before} bulk events were delivered before it"
+    # The bulk load goes on, and ends, behind it.
+    wait_until(lambda: len(delivered()) == BULK_EVENTS + 1, timeout=30)
