@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import profile, report
+from bench import fairness, profile, report
 from bench.harness import Naive, Prefsync, Stack, System, measure
 from bench.metrics import RunResult, Summary
 from bench.procs import REPO_ROOT
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     info = report.machine()
     sections: list[tuple[Scenario, list[Summary]]] = []
     profiles: dict[str, str] = {}
+    extra: list[tuple[Scenario, str]] = []
     # Stop everything started also when killed, or interrupted from a background job (which
     # starts with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -178,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis {stack.redis_url}, fake {stack.fake_url}, work dir {workdir}", flush=True)
         for scenario in scenarios:
             print(f"\n{scenario.name}: {scenario.events:,} events", flush=True)
+            if scenario.name == "fairness":  # tenants of its own, no naive baseline
+                results = {
+                    name: fairness.run(stack, scenario, workers, workdir / f"fairness-{n}.log")
+                    for n, (name, workers) in enumerate(
+                        fairness.deployments(args.concurrency).items()
+                    )
+                }
+                shown = fairness.text(results)
+                print(shown, flush=True)
+                extra.append((scenario, shown))
+                continue
             summaries = []
             for kind in systems:
                 sized = scenario if kind is Prefsync else scenario.for_baseline(args.naive_scale)
@@ -219,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             args.brevo_limit / args.brevo_window,
             profiles,
             args.notes,
+            extra,
         )
         report.update_results(args.results, args.label, new_block)
         print(f"wrote {args.results} ({args.label!r})")

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import redis
 
+from worker.connectors import CONNECTORS
 from worker.errors import InvalidConfig, InvalidEvent, PermanentError
+from worker.lanes import BULK, LANES, LIVE, queues
 from worker.payloads import read_payloads
 from worker.settings import InvalidSettings, get_settings
 
@@ -76,11 +78,41 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", default=None, help="Worker processes (default: CPUs).")
 @click.option("--loglevel", "-l", default=None, help="Log level (default: PREFSYNC_LOG_LEVEL).")
+@click.option(
+    "--lane",
+    "lanes_",
+    multiple=True,
+    type=click.Choice(LANES),
+    help="Consume only this lane's queues (repeatable; default: both).",
+)
+@click.option(
+    "--destination",
+    multiple=True,
+    type=click.Choice(sorted(CONNECTORS)),
+    help="Deliver only to this destination type (repeatable); no routing.",
+)
+@click.option(
+    "--without-destination",
+    multiple=True,
+    type=click.Choice(sorted(CONNECTORS)),
+    help="Everything but deliveries to this destination type (repeatable).",
+)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) -> None:
-    """Run a worker (same as `celery -A worker worker`); extra options go to Celery."""
+def worker(
+    ctx: click.Context,
+    concurrency: str | None,
+    loglevel: str | None,
+    lanes_: tuple[str, ...],
+    destination: tuple[str, ...],
+    without_destination: tuple[str, ...],
+) -> None:
+    """Run a worker (same as `celery -A worker worker`); extra options go to Celery.
+    Without --lane or --destination it consumes every queue, live before bulk
+    (docs/delivery.md, "Lanes")."""
     from worker.redis_client import connect
 
+    if destination and without_destination:
+        fail("give --destination or --without-destination, not both")
     settings = get_settings()
     try:
         connect(settings, socket_connect_timeout=3).ping()
@@ -94,6 +126,10 @@ def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) ->
     argv.append(f"--loglevel={loglevel or settings.log_level}")
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
+    if lanes_ or destination or without_destination:
+        chosen = queues(tuple(lane for lane in LANES if lane in lanes_) or LANES,
+                        only=destination, without=without_destination)  # fmt: skip
+        argv.append(f"--queues={','.join(chosen)}")
     os.execvp(sys.executable, [sys.executable, "-m", *argv, *ctx.args])
 
 
@@ -407,7 +443,6 @@ def dlq_replay(ids: tuple[str, ...], all_: bool, tenant: str | None) -> None:
     enqueued; if it fails again it comes back as a new entry. Entries named by id travel
     as live events; --all and --tenant in the bulk lane, behind live events."""
     from worker.deadletter import replay
-    from worker.lanes import BULK, LIVE
     from worker.producer import enqueue as enqueue_all
     from worker.producer import redeliver
 

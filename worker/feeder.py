@@ -32,7 +32,7 @@ TURN = "prefsync:bulk:turn"  # the turn counter
 FEEDER = "prefsync:bulk:feeder"  # one feeder at a time
 FEEDER_EXPIRY = 10  # seconds: a feeder that died holds the others off no longer
 
-QUEUED = 100  # bulk messages waiting in the bulk queues, at most, before more are fed
+QUEUED = 20  # bulk messages waiting in the bulk queues, at most, before more are fed
 INTERVAL = 0.1  # seconds between feeding rounds
 
 # A message fed: popped if still first; then the tenant takes its turn, or leaves the

@@ -56,9 +56,16 @@ def queue(lane: str, destination: str | None = None) -> str:
     return ".".join(parts)
 
 
-def queues(lanes: tuple[str, ...] = LANES) -> list[str]:
-    """Every queue of ``lanes``, in the order a worker takes them."""
-    return [queue(lane, kind) for lane in lanes for kind in (*CONNECTORS, None)]
+def queues(
+    lanes: tuple[str, ...] = LANES,
+    only: tuple[str, ...] = (),
+    without: tuple[str, ...] = (),
+) -> list[str]:
+    """Every queue of ``lanes``, in the order a worker takes them. ``only``: just the
+    delivery queues of these destination types (no routing); ``without``: all but the
+    delivery queues of these."""
+    kinds: tuple[str | None, ...] = only or (*(k for k in CONNECTORS if k not in without), None)
+    return [queue(lane, kind) for lane in lanes for kind in kinds]
 
 
 def lane_of(kwargs: dict[str, Any] | None) -> str:

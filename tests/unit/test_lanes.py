@@ -297,3 +297,78 @@ def test_the_producer_api_is_live_unless_told_or_large(
     assert rt.feeder.parked() == {"acme": 1 + producer.BULK_ABOVE // producer.MAX_BATCH + 1}
     [parked] = [json.loads(raw) for raw in rt.redis.lrange("prefsync:bulk:acme", 0, 0)]
     assert queue_for(parked["name"], parked["kwargs"]) == "celery.bulk"
+
+
+# -- which queues a worker consumes ----------------------------------------------------------
+
+
+def worker_queues(monkeypatch: pytest.MonkeyPatch, *options: str) -> list[str] | None:
+    """The queues `prefsync worker OPTIONS` has Celery consume (None: every queue)."""
+    from click.testing import CliRunner
+
+    import worker.cli
+    import worker.redis_client
+
+    execed: list[list[str]] = []
+    monkeypatch.setattr(worker.redis_client, "connect", lambda *_, **__: FakeRedis())
+    monkeypatch.setattr(worker.cli.os, "execvp", lambda _, argv: execed.append(argv))
+    result = CliRunner().invoke(worker.cli.main, ["worker", *options])
+    assert result.exit_code == 0, result.output
+    chosen = [arg for arg in execed[0] if arg.startswith("--queues=")]
+    return chosen[0].removeprefix("--queues=").split(",") if chosen else None
+
+
+def test_prefsync_worker_consumes_every_queue_unless_told_which(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert worker_queues(monkeypatch) is None  # Celery's default: every queue of task_queues
+    assert worker_queues(monkeypatch, "--lane", "live") == [
+        "celery.braze",
+        "celery.sendinblue",
+        "celery",
+    ]
+    assert worker_queues(monkeypatch, "--destination", "sendinblue") == [
+        "celery.sendinblue",
+        "celery.bulk.sendinblue",
+    ]
+    assert worker_queues(monkeypatch, "--without-destination", "sendinblue") == [
+        "celery.braze",
+        "celery",
+        "celery.bulk.braze",
+        "celery.bulk",
+    ]
+    assert worker_queues(monkeypatch, "--lane", "bulk", "--destination", "braze") == [
+        "celery.bulk.braze"
+    ]
+
+
+def test_the_compose_workers_together_consume_every_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    from tests.unit.test_compose import ROOT, argv
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    consumed: set[str] = set()
+    commands = [argv(s) for s in services.values() if "command" in s]
+    workers = [c[2:] for c in commands if c[:2] == ["prefsync", "worker"]]
+    assert len(workers) == 2
+    for options in workers:
+        chosen = worker_queues(monkeypatch, *_lane_options(options))
+        consumed |= set(chosen or queues())
+    assert consumed == set(queues())
+
+
+def _lane_options(options: list[str]) -> list[str]:
+    """The lane and destination options of a worker's command (not its ${VARIABLES})."""
+    kept = []
+    for option, value in zip(options, [*options[1:], ""], strict=True):
+        if option in ("--lane", "--destination", "--without-destination"):
+            kept += [option, value]
+    return kept
+
+
+class FakeRedis:
+    def ping(self) -> bool:
+        return True
