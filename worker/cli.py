@@ -677,7 +677,6 @@ def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> Non
     then the backlog now, for all tenants: messages queued, retries waiting, outbox
     entries, dead letters (and per tenant, their count and bytes), and how long the oldest
     unfinished task has been due. With --mappings, when each mapping last matched."""
-    from worker.app import app
     from worker.metrics import read_backlog
     from worker.retries import clock
 
@@ -692,11 +691,12 @@ def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> Non
         click.echo("no outcomes recorded yet")
     for name, value in counts.items():
         click.echo(f"{name}\t{value}")
-    backlog = read_backlog(
-        rt.redis, app.conf.task_default_queue, rt.settings.visibility_timeout, clock()
-    )
+    backlog = read_backlog(rt.redis, queues(), rt.settings.visibility_timeout, clock())
     click.echo("\nbacklog (all tenants)\tnow")
     click.echo(f"queue depth\t{backlog.queue_depth}")
+    for name, parked in rt.feeder.parked().items():
+        if tenant is None or name == tenant:
+            click.echo(f"bulk messages parked for {name}\t{parked}")
     click.echo(f"retries waiting\t{backlog.retries_waiting}")
     click.echo(f"outbox entries\t{backlog.outbox}")
     click.echo(f"dead letters\t{backlog.dead_letters} ({backlog.dead_letter_bytes:,} bytes)")
