@@ -496,7 +496,7 @@ def feed_bulk() -> int:
     try:
         queued = sum(queue_lengths(lanes.queues((lanes.BULK,))).values())
         return runtime().feeder.feed(_publish_parked, queued)
-    except redis.exceptions.RedisError as exc:  # the next round tries again
+    except (redis.exceptions.RedisError, OperationalError) as exc:  # the next round tries again
         log.warning("bulk feeding failed", error=f"{type(exc).__name__}: {exc}")
         return 0
 

@@ -14,6 +14,7 @@ from celery import states
 from celery.exceptions import SoftTimeLimitExceeded
 
 import worker.connectors.braze
+import worker.feeder
 import worker.lanes
 import worker.tasks
 from tests.unit.test_producer import broker
@@ -372,3 +373,34 @@ def _lane_options(options: list[str]) -> list[str]:
 class FakeRedis:
     def ping(self) -> bool:
         return True
+
+
+def test_the_workers_feeder_publishes_parked_messages_into_the_bulk_lane_under_its_bound(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parked = [(f"t-{n}", route.name, [[event()]], {"lane": BULK}) for n in range(3)]
+    harness.rt.feeder.park(TENANT, parked)
+    waiting = dict.fromkeys(queues(), 0)
+    monkeypatch.setattr(worker.tasks, "queue_lengths", lambda names: {n: waiting[n] for n in names})
+
+    waiting["celery"] = 1_000  # a live backlog does not hold bulk back from the queues
+    waiting["celery.bulk.braze"] = worker.feeder.QUEUED - 2
+    assert worker.tasks.feed_bulk() == 2
+
+    fed = harness.broker.queue
+    assert [m.task_id for m in fed] == ["t-0", "t-1"]  # the ids given at parking
+    assert {queue_for(m.task, m.kwargs) for m in fed} == {"celery.bulk"}
+    assert harness.rt.outbox.entry("t-0") is not None  # published through the outbox
+    assert harness.rt.feeder.parked() == {TENANT: 1}
+
+
+def test_prefsync_stats_shows_the_bulk_messages_parked_per_tenant(rt: Any) -> None:
+    from tests.unit.test_cli import run
+
+    rt.feeder.park("acme", [("t-1", route.name, [[event()]], {"lane": BULK})] * 2)
+    rt.feeder.park("globex", [("t-2", route.name, [[event()]], {"lane": BULK})])
+
+    shown = run("stats", "--tenant", "acme").output.splitlines()
+
+    assert "bulk messages parked for acme\t2" in shown
+    assert not any("globex" in line for line in shown)
