@@ -159,7 +159,7 @@ def run(
                 count = min(CHUNK, tenant.events - start)
                 bulk([factory.make(i, tenant.started) for i in range(start, start + count)])
         c.started = time.time()
-        enqueue_many([factories["c"].make(i, c.started) for i in range(c.events)], bulk=False)
+        enqueue_many([factories["c"].make(i, c.started) for i in range(c.events)])
         b.started = time.time()
         pending = [a, d, c]
         while a.ended is None:  # B's live opt-outs at the rate, while A's load drains
@@ -167,7 +167,7 @@ def run(
                 worker.check_running()
             due = b.started + b.events / scenario.rate
             if time.time() >= due:
-                enqueue_many([factories["b"].make(b.events, time.time())], bulk=False)
+                enqueue_many([factories["b"].make(b.events, time.time())])
                 b.events += 1
             pending = _note_ends(pending)
             time.sleep(min(max(due - time.time(), 0.0), 0.02))
