@@ -68,6 +68,11 @@ def queues(
     return [queue(lane, kind) for lane in lanes for kind in kinds]
 
 
+def in_lane(lane: str) -> dict[str, str]:
+    """The kwargs that put a message in ``lane``: none for live, the default."""
+    return {} if lane == LIVE else {"lane": lane}
+
+
 def lane_of(kwargs: dict[str, Any] | None) -> str:
     """The lane a message's kwargs name: live unless they say bulk."""
     return BULK if (kwargs or {}).get("lane") == BULK else LIVE

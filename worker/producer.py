@@ -98,19 +98,14 @@ def redeliver(payload: Any, connector_id: str, lane: str = lanes.LIVE) -> str:
     from worker.tasks import deliver, publish
 
     validate(payload)
-    return _to_broker(partial(publish, deliver, [[payload], connector_id], _in(lane)))
-
-
-def _in(lane: str) -> dict[str, str]:
-    """The kwargs that put a message in ``lane``: none for live, the default."""
-    return {} if lane == lanes.LIVE else {"lane": lane}
+    return _to_broker(partial(publish, deliver, [[payload], connector_id], lanes.in_lane(lane)))
 
 
 def _publish_routes(payloads: list[Any], lane: str = lanes.LIVE) -> list[str]:
     from worker.tasks import publish, route
 
     # Carried to every delivery of these events, for the enqueue->delivered latency.
-    enqueued = {"enqueued_at": clock(), **_in(lane)}
+    enqueued = {"enqueued_at": clock(), **lanes.in_lane(lane)}
     return [
         _to_broker(partial(publish, route, [payloads[start : start + MAX_BATCH]], enqueued), start)
         for start in range(0, len(payloads), MAX_BATCH)
@@ -122,7 +117,7 @@ def _park_routes(payloads: list[Any], tenants: list[str]) -> list[str]:
     (worker.feeder); each chunk of ``MAX_BATCH`` input events is parked whole or not."""
     from worker.tasks import route
 
-    kwargs = {"enqueued_at": clock(), **_in(lanes.BULK)}
+    kwargs = {"enqueued_at": clock(), **lanes.in_lane(lanes.BULK)}
     task_ids = []
     for start in range(0, len(payloads), MAX_BATCH):
         by_tenant: dict[str, list[Any]] = {}

@@ -569,8 +569,7 @@ def route(
     batch per connector, in the same lane, queued for the connector's destination type.
     ``enqueued_at`` (epoch seconds) goes along, for the latency."""
     carried: dict[str, Any] = {"enqueued_at": enqueued_at} if enqueued_at is not None else {}
-    if lane != lanes.LIVE:
-        carried["lane"] = lane
+    carried |= lanes.in_lane(lane)
 
     def fan_out(batch: list[Any], connector_id: str) -> None:
         tenant, _ = describe_payload_owner(batch[0])
