@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.events import NEWSLETTER_PROPERTY, EventFactory, braze_config, brevo_config
-from bench.harness import Stack, _worker_command
+from bench.harness import Stack, worker_command
 from bench.metrics import percentile
 from bench.procs import start_worker
 from bench.scenarios import Scenario
@@ -107,14 +107,14 @@ def deployments(concurrency: int) -> dict[str, list[tuple[list[str], dict[str, s
     ``make run`` starts; "paced apart" is the compose file's (docs/delivery.md, "Lanes"):
     Brevo's deliveries, which sleep for their slots, in a worker of their own. Against a
     worker without lanes, only the first."""
-    one = [(_worker_command("worker", "bench-fair", concurrency), {})]
+    one = [(worker_command("worker", "bench-fair", concurrency), {})]
     try:
         from worker.lanes import queues
     except ImportError:
         return {"one worker": one}
     apart = [
         (
-            [*_worker_command("worker", f"bench-fair-{name}", workers), f"--queues={','.join(q)}"],
+            [*worker_command("worker", f"bench-fair-{name}", workers), f"--queues={','.join(q)}"],
             {"PREFSYNC_HEARTBEAT_FILE": f"/tmp/prefsync-bench-fair-{name}.heartbeat"},
         )
         for name, workers, q in (

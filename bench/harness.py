@@ -118,7 +118,7 @@ class System(Protocol):
     def stop(self) -> None: ...
 
 
-def _worker_command(app: str, name: str, concurrency: int) -> list[str]:
+def worker_command(app: str, name: str, concurrency: int) -> list[str]:
     # What `prefsync worker --concurrency N` runs when its output is not a terminal.
     return [
         sys.executable, "-m", "celery", "-A", app, "--quiet", "worker", "--loglevel=INFO",
@@ -142,7 +142,7 @@ class Prefsync:
         config = parse_config(raw, allow_hosts=get_settings().allow_hosts)
         self.runtime = runtime()
         self.runtime.configs.put(self.tenant, config)
-        command = _worker_command("worker", "bench-prefsync", concurrency)
+        command = worker_command("worker", "bench-prefsync", concurrency)
         self.worker = start_worker("prefsync worker", command, stack.env, log)
 
     def sink(self) -> feed.Sink:
@@ -167,7 +167,7 @@ class Naive:
         self.stack = stack
         self.service = scenario.service
         self.task = f"naive.{scenario.service}"
-        command = _worker_command("bench.naive", "bench-naive", concurrency)
+        command = worker_command("bench.naive", "bench-naive", concurrency)
         self.worker = start_worker("naive worker", command, stack.env, log)
 
     def sink(self) -> feed.Sink:

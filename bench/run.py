@@ -16,6 +16,10 @@ runs of each in the same worker process:
 * worker RSS: VmHWM (peak) of the main process and of each pool child, summed, and
   VmRSS summed, read after each run; growth over the runs shows a leak.
 
+The fairness scenario (bench/fairness.py) runs prefsync alone, with tenants of its own: a
+live tenant's latency while other tenants' bulk loads and a Brevo backlog drain, for one
+worker and for Brevo's deliveries in a worker of their own.
+
 The numbers are medians over the runs. The naive baseline runs ``--naive-scale`` of each
 scenario's events (at least 2,000; its rate does not depend on the count). Results are
 printed and written to bench/RESULTS.md under ``--label``. ``--profile [NAME ...]`` adds

@@ -6,8 +6,8 @@ test: one event in 200). So every prefsync task is written here before it is pub
 removed when it ends (delivered, skipped or dead-lettered). Whatever has not ended, nor been
 rescheduled, by its due time (publish time + the broker's visibility timeout, by which
 Redis would have handed an unacknowledged message out again) is published again by the
-sweep that workers run, once no message waits in the queue (see ``sweep``). A copy costs
-nothing: idempotency absorbs it.
+sweep that workers run, once no message waits in its queue (see ``sweep``), into that same
+queue (its lane's: worker.lanes). A copy costs nothing: idempotency absorbs it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from tests.e2e.helpers import braze_attributes, braze_config, consent_event, jsonl, wait_until
+from tests.e2e.test_redis_acl import acl_redis, env_of  # noqa: F401 (a fixture)
 
 BULK_EVENTS = 2_000  # 40 Braze calls of 50 users, 0.1 s each: 2 s or more for 2 processes
 
@@ -41,3 +42,35 @@ def test_a_live_opt_out_is_delivered_while_a_bulk_load_is_still_queued(
     assert before < BULK_EVENTS / 2, f"{before} bulk events were delivered before it"
     # The bulk load goes on, and ends, behind it.
     wait_until(lambda: len(delivered()) == BULK_EVENTS + 1, timeout=30)
+
+
+def test_a_bulk_load_goes_through_with_the_producers_and_the_workers_redis_users(
+    acl_redis,  # noqa: F811 (the fixture imported above)
+    prefsync_env,
+    fake_destinations,
+    start_worker,
+    run_cli,
+):
+    # The producer parks the load (its Redis user may write prefsync:bulk:*); the worker's
+    # feeder feeds it to the bulk lane (worker.redis_acl).
+    admin = env_of(prefsync_env, acl_redis, "admin")
+    put = run_cli(
+        admin,
+        "connectors",
+        "put",
+        "acme",
+        "-",
+        input=json.dumps(braze_config(fake_destinations.url)),
+    )
+    assert put.returncode == 0, put.stderr
+    worker = start_worker(env_of(prefsync_env, acl_redis, "worker"))
+    events = [
+        consent_event(f"e{n}", f"u-{n}", "2026-11-20T09:00:00Z", {"newsletter": True})
+        for n in range(3)
+    ]
+    producer = env_of(prefsync_env, acl_redis, "producer")
+    loaded = run_cli(producer, "enqueue", "--bulk", "-", input=jsonl(events))
+    assert loaded.returncode == 0, loaded.stderr
+
+    wait_until(lambda: len(braze_attributes(fake_destinations.calls("braze"))) == 3, timeout=15)
+    assert "NOPERM" not in worker.log()
