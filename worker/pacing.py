@@ -28,7 +28,9 @@ has no upper bound) and would cost rate: this one costs ``MARGIN / (1 + MARGIN)`
 
 A caller reserves only a slot within the sleep it has left: a slot further away is not
 reserved (a deferred batch must not hold a slot it would leave empty), and the caller
-defers.
+defers. A batch's first call takes only the account's next slot (at most one interval
+away): while another batch sleeps for the slots before, it defers at once, so a backlog
+holds one worker process asleep per account rather than every process.
 
 When a destination's rate-limit headers say its quota is nearly spent (another client
 shares the account, or the limit is lower than configured), ``slow_down`` pushes the next
