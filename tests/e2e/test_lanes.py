@@ -12,21 +12,33 @@ from tests.e2e.test_redis_acl import acl_redis, env_of  # noqa: F401 (a fixture)
 BULK_EVENTS = 2_000  # 40 Braze calls of 50 users, 0.1 s each: 2 s or more for 2 processes
 
 
+def put_braze(run_cli, env, url: str) -> None:
+    put = run_cli(env, "connectors", "put", "acme", "-", input=json.dumps(braze_config(url)))
+    assert put.returncode == 0, put.stderr
+
+
+def opt_ins(prefix: str, count: int) -> list[dict]:
+    """``count`` newsletter opt-ins of as many people, ``prefix-N``."""
+    return [
+        consent_event(
+            f"{prefix}-e{n}", f"{prefix}-{n}", "2026-11-20T09:00:00Z", {"newsletter": True}
+        )
+        for n in range(count)
+    ]
+
+
+def enqueue_bulk(run_cli, env, events: list[dict]) -> None:
+    loaded = run_cli(env, "enqueue", "--bulk", "-", input=jsonl(events))
+    assert loaded.returncode == 0, loaded.stderr
+
+
 def test_a_live_opt_out_is_delivered_while_a_bulk_load_is_still_queued(
     prefsync_env, fake_destinations, start_worker, run_cli
 ):
     fake = fake_destinations
-    put = run_cli(
-        prefsync_env, "connectors", "put", "acme", "-", input=json.dumps(braze_config(fake.url))
-    )
-    assert put.returncode == 0, put.stderr
+    put_braze(run_cli, prefsync_env, fake.url)
     fake.set_delay("braze", 0.1)
-    bulk = [
-        consent_event(f"b-{n}", f"bulk-{n}", "2026-11-20T09:00:00Z", {"newsletter": True})
-        for n in range(BULK_EVENTS)
-    ]
-    loaded = run_cli(prefsync_env, "enqueue", "--bulk", "-", input=jsonl(bulk))
-    assert loaded.returncode == 0, loaded.stderr
+    enqueue_bulk(run_cli, prefsync_env, opt_ins("bulk", BULK_EVENTS))
     start_worker(prefsync_env, concurrency=2)
 
     def delivered() -> list[str]:
@@ -53,24 +65,9 @@ def test_a_bulk_load_goes_through_with_the_producers_and_the_workers_redis_users
 ):
     # The producer parks the load (its Redis user may write prefsync:bulk:*); the worker's
     # feeder feeds it to the bulk lane (worker.redis_acl).
-    admin = env_of(prefsync_env, acl_redis, "admin")
-    put = run_cli(
-        admin,
-        "connectors",
-        "put",
-        "acme",
-        "-",
-        input=json.dumps(braze_config(fake_destinations.url)),
-    )
-    assert put.returncode == 0, put.stderr
+    put_braze(run_cli, env_of(prefsync_env, acl_redis, "admin"), fake_destinations.url)
     worker = start_worker(env_of(prefsync_env, acl_redis, "worker"))
-    events = [
-        consent_event(f"e{n}", f"u-{n}", "2026-11-20T09:00:00Z", {"newsletter": True})
-        for n in range(3)
-    ]
-    producer = env_of(prefsync_env, acl_redis, "producer")
-    loaded = run_cli(producer, "enqueue", "--bulk", "-", input=jsonl(events))
-    assert loaded.returncode == 0, loaded.stderr
+    enqueue_bulk(run_cli, env_of(prefsync_env, acl_redis, "producer"), opt_ins("u", 3))
 
     wait_until(lambda: len(braze_attributes(fake_destinations.calls("braze"))) == 3, timeout=15)
     assert "NOPERM" not in worker.log()
