@@ -151,7 +151,7 @@ def _start_workers(
     try:
         for number in range(1, nodes + 1):
             name, path = (node, log) if nodes == 1 else (f"{node}-{number}", _numbered(log, number))
-            command = _worker_command(app, name, concurrency)
+            command = worker_command(app, name, concurrency)
             workers.append(start_worker(f"{what} {name}", command, env, path))
     except BaseException:
         for worker in workers:
@@ -164,7 +164,7 @@ def _numbered(log: Path, number: int) -> Path:
     return log.with_name(f"{log.stem}-{number}{log.suffix}")
 
 
-def _worker_command(app: str, name: str, concurrency: int) -> list[str]:
+def worker_command(app: str, name: str, concurrency: int) -> list[str]:
     # What `prefsync worker --concurrency N` runs when its output is not a terminal.
     return [
         sys.executable, "-m", "celery", "-A", app, "--quiet", "worker", "--loglevel=INFO",

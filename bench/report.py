@@ -207,6 +207,7 @@ def block(
     brevo_limit: float,
     profiles: dict[str, str],
     notes: str = "",
+    extra: list[tuple[Scenario, str]] = (),
 ) -> str:
     out = [
         f"<!-- bench:begin {label} -->",
@@ -243,6 +244,8 @@ def block(
         if scenario.name in profiles:
             out += ["", f"#### Where the worker spends its time ({scenario.name})", "",
                     profiles[scenario.name]]  # fmt: skip
+    for scenario, shown in extra:  # scenarios with a table of their own (fairness)
+        out += ["", f"### {scenario.name}: {scenario.summary}", "", shown]
     out.append(f"<!-- bench:end {label} -->")
     return "\n".join(out) + "\n"
 

@@ -16,6 +16,10 @@ runs of each in the same worker process:
 * worker RSS: VmHWM (peak) of the main process and of each pool child, summed, and
   VmRSS summed, read after each run; growth over the runs shows a leak.
 
+The fairness scenario (bench/fairness.py) runs prefsync alone, with tenants of its own: a
+live tenant's latency while other tenants' bulk loads and a Brevo backlog drain, for one
+worker and for Brevo's deliveries in a worker of their own.
+
 The numbers are medians over the runs. The naive baseline runs ``--naive-scale`` of each
 scenario's events (at least 2,000; its rate does not depend on the count). Results are
 printed and written to bench/RESULTS.md under ``--label``. ``--profile [NAME ...]`` adds
@@ -42,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import profile, report
+from bench import fairness, profile, report
 from bench.harness import Naive, Prefsync, Stack, System, measure
 from bench.metrics import RunResult, Summary
 from bench.procs import REPO_ROOT
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     info = report.machine()
     sections: list[tuple[Scenario, list[Summary]]] = []
     profiles: dict[str, str] = {}
+    extra: list[tuple[Scenario, str]] = []
     # Stop everything started also when killed, or interrupted from a background job (which
     # starts with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -184,6 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis {stack.redis_url}, fake {stack.fake_url}, work dir {workdir}", flush=True)
         for scenario in scenarios:
             print(f"\n{scenario.name}: {scenario.events:,} events", flush=True)
+            if scenario.name == "fairness":  # tenants of its own, no naive baseline
+                results = {
+                    name: fairness.run(stack, scenario, workers, workdir / f"fairness-{n}.log")
+                    for n, (name, workers) in enumerate(
+                        fairness.deployments(args.concurrency).items()
+                    )
+                }
+                shown = fairness.text(results)
+                print(shown, flush=True)
+                extra.append((scenario, shown))
+                continue
             summaries = []
             for kind in systems:
                 sized = scenario if kind is Prefsync else scenario.for_baseline(args.naive_scale)
@@ -226,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             args.brevo_limit / args.brevo_window,
             profiles,
             args.notes,
+            extra,
         )
         report.update_results(args.results, args.label, new_block)
         print(f"wrote {args.results} ({args.label!r})")

@@ -67,6 +67,15 @@ SCENARIOS = {
             summary="2,000 events to one Brevo connector under its default limit",
         ),
         Scenario(
+            name="fairness",
+            service="braze",
+            events=200_000,
+            users=None,
+            rate=50.0,
+            summary="tenant B's live Braze opt-outs at 50/s while tenant A's bulk load of "
+            "200,000 events and a Brevo backlog drain (bench/fairness.py)",
+        ),
+        Scenario(
             name="steady",
             service="braze",
             events=15_000,

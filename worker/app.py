@@ -10,7 +10,9 @@ from __future__ import annotations
 import sys
 
 from celery import Celery, signals
+from kombu import Exchange, Queue
 
+from worker import lanes
 from worker.connectors import rate_limits
 from worker.liveness import Liveness
 from worker.logging import configure as configure_logging
@@ -35,9 +37,20 @@ def make_app(settings: Settings) -> Celery:
         # lost; this republishes it as a retry instead.
         task_retry_on_worker_lost=True,
         task_reject_on_worker_lost=True,
-        # One message at a time per process: a dead worker strands as few as possible.
+        # One message at a time per process: a dead worker strands as few as possible. With
+        # late acks a running task's message counts too, so a worker holds at most one
+        # message per process, running ones included: it cannot hoard a bulk backlog while
+        # live messages arrive (docs/delivery.md, "Lanes").
         worker_prefetch_multiplier=1,
+        # The lanes (worker.lanes): a queue per lane for routing and per lane and destination
+        # type for deliveries. Without -Q a worker consumes them all, in this order.
+        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in lanes.queues()],
+        task_default_queue=lanes.DEFAULT_QUEUE,
+        task_routes=(lanes.route_for,),
         broker_transport_options={
+            # A worker consuming several queues takes from the first that has a message
+            # (kombu's default, round_robin, would take bulk as often as live).
+            "queue_order_strategy": "priority",
             # Unacked messages come back after this long; it must outlast every retry
             # countdown (Settings checks it) or retries would run twice.
             "visibility_timeout": settings.visibility_timeout,

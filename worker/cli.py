@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import redis
 
+from worker.connectors import CONNECTORS
 from worker.errors import InvalidConfig, InvalidEvent, PermanentError
+from worker.lanes import BULK, LANES, LIVE, queues
 from worker.payloads import read_payloads
 from worker.settings import InvalidSettings, get_settings
 
@@ -76,11 +78,41 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", "-c", default=None, help="Worker processes (default: CPUs).")
 @click.option("--loglevel", "-l", default=None, help="Log level (default: PREFSYNC_LOG_LEVEL).")
+@click.option(
+    "--lane",
+    "lanes_",
+    multiple=True,
+    type=click.Choice(LANES),
+    help="Consume only this lane's queues (repeatable; default: both).",
+)
+@click.option(
+    "--destination",
+    multiple=True,
+    type=click.Choice(sorted(CONNECTORS)),
+    help="Deliver only to this destination type (repeatable); no routing.",
+)
+@click.option(
+    "--without-destination",
+    multiple=True,
+    type=click.Choice(sorted(CONNECTORS)),
+    help="Everything but deliveries to this destination type (repeatable).",
+)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) -> None:
-    """Run a worker (same as `celery -A worker worker`); extra options go to Celery."""
+def worker(
+    ctx: click.Context,
+    concurrency: str | None,
+    loglevel: str | None,
+    lanes_: tuple[str, ...],
+    destination: tuple[str, ...],
+    without_destination: tuple[str, ...],
+) -> None:
+    """Run a worker (same as `celery -A worker worker`); extra options go to Celery.
+    Without --lane or --destination it consumes every queue, live before bulk
+    (docs/delivery.md, "Lanes")."""
     from worker.redis_client import connect
 
+    if destination and without_destination:
+        fail("give --destination or --without-destination, not both")
     settings = get_settings()
     try:
         connect(settings, socket_connect_timeout=3).ping()
@@ -94,6 +126,10 @@ def worker(ctx: click.Context, concurrency: str | None, loglevel: str | None) ->
     argv.append(f"--loglevel={loglevel or settings.log_level}")
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
+    if lanes_ or destination or without_destination:
+        chosen = queues(tuple(lane for lane in LANES if lane in lanes_) or LANES,
+                        only=destination, without=without_destination)  # fmt: skip
+        argv.append(f"--queues={','.join(chosen)}")
     os.execvp(sys.executable, [sys.executable, "-m", *argv, *ctx.args])
 
 
@@ -133,11 +169,17 @@ def read_text(file: click.utils.LazyFile) -> str:
 
 @main.command()
 @click.argument("file", type=click.File("rb"))
-def enqueue(file: click.utils.LazyFile) -> None:
+@click.option(
+    "--bulk",
+    is_flag=True,
+    help="A bulk load: it travels in the bulk lane, behind live events and shared with "
+    "other tenants' bulk loads in turn.",
+)
+def enqueue(file: click.utils.LazyFile, bulk: bool) -> None:
     """Validate and enqueue the events of FILE (`-` for stdin): a JSON object, a JSON array
     or JSON Lines. Each invalid event is reported with its line or item number; the valid
     ones are enqueued all the same, in order, in messages of up to 100 events. Exits 1 if
-    any was invalid."""
+    any was invalid. They travel as live events unless --bulk."""
     from worker.errors import BrokerUnavailable
     from worker.producer import MAX_BATCH, enqueue_many, validate
 
@@ -158,7 +200,7 @@ def enqueue(file: click.utils.LazyFile) -> None:
     for start in range(0, len(valid), MAX_BATCH):
         batch = valid[start : start + MAX_BATCH]
         try:
-            enqueue_many(payload for _, payload in batch)
+            enqueue_many((payload for _, payload in batch), bulk=bulk)
         except BrokerUnavailable as exc:
             # Say where it stopped: what came before is enqueued, so a caller can resume
             # there (or resend everything: copies are skipped as duplicates).
@@ -398,15 +440,18 @@ def _select(ids: tuple[str, ...], all_: bool, tenant: str | None) -> Iterable:
 @click.option("--tenant", help="Replay every entry of this tenant.")
 def dlq_replay(ids: tuple[str, ...], all_: bool, tenant: str | None) -> None:
     """Re-enqueue entries through the normal path. An entry is removed once its event is
-    enqueued; if it fails again it comes back as a new entry."""
+    enqueued; if it fails again it comes back as a new entry. Entries named by id travel
+    as live events; --all and --tenant in the bulk lane, behind live events."""
     from worker.deadletter import replay
     from worker.producer import enqueue as enqueue_all
     from worker.producer import redeliver
 
+    lane = LIVE if ids else BULK
+
     def enqueue(entry) -> str:
         if entry.connector_id:
-            return redeliver(entry.payload, entry.connector_id)
-        return enqueue_all(entry.payload)
+            return redeliver(entry.payload, entry.connector_id, lane)
+        return enqueue_all(entry.payload, lane)
 
     done, failed = replay(_runtime().deadletters, _select(ids, all_, tenant), enqueue)
     for entry, error in failed:
@@ -632,7 +677,6 @@ def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> Non
     then the backlog now, for all tenants: messages queued, retries waiting, outbox
     entries, dead letters (and per tenant, their count and bytes), and how long the oldest
     unfinished task has been due. With --mappings, when each mapping last matched."""
-    from worker.app import app
     from worker.metrics import read_backlog
     from worker.retries import clock
 
@@ -647,11 +691,12 @@ def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> Non
         click.echo("no outcomes recorded yet")
     for name, value in counts.items():
         click.echo(f"{name}\t{value}")
-    backlog = read_backlog(
-        rt.redis, app.conf.task_default_queue, rt.settings.visibility_timeout, clock()
-    )
+    backlog = read_backlog(rt.redis, queues(), rt.settings.visibility_timeout, clock())
     click.echo("\nbacklog (all tenants)\tnow")
     click.echo(f"queue depth\t{backlog.queue_depth}")
+    for name, parked in rt.feeder.parked().items():
+        if tenant is None or name == tenant:
+            click.echo(f"bulk messages parked for {name}\t{parked}")
     click.echo(f"retries waiting\t{backlog.retries_waiting}")
     click.echo(f"outbox entries\t{backlog.outbox}")
     click.echo(f"dead letters\t{backlog.dead_letters} ({backlog.dead_letter_bytes:,} bytes)")

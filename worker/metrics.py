@@ -19,7 +19,7 @@ Redis keys (hashes):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -146,19 +146,24 @@ def read_tenant_outcomes(client: redis.Redis) -> dict[tuple[str, str, str, str],
     return counts
 
 
-def read_backlog(client: redis.Redis, queue: str, grace: float, now: float) -> Backlog:
-    """``queue``: the broker's queue name; ``grace``: the outbox's (the visibility
-    timeout), which every due time in the outbox includes."""
+def read_backlog(
+    client: redis.Redis, queues: str | Sequence[str], grace: float, now: float
+) -> Backlog:
+    """``queues``: the broker's queue names (their messages are summed: each lane has its
+    own, worker.lanes); ``grace``: the outbox's (the visibility timeout), which every due
+    time in the outbox includes."""
+    names = [queues] if isinstance(queues, str) else list(queues)
     with client.pipeline(transaction=False) as pipe:
-        pipe.llen(queue)
+        for name in names:
+            pipe.llen(name)
         pipe.zcount(outbox.DUE, f"({now + grace}", "+inf")
         pipe.zcard(outbox.DUE)
         pipe.zcard(deadletter.ORDER)
         pipe.zrange(outbox.DUE, 0, 0, withscores=True)
         pipe.hvals(deadletter.SIZES)
-        depth, waiting, entries, dead, first, sizes = pipe.execute()
+        *depths, waiting, entries, dead, first, sizes = pipe.execute()
     oldest = max(0.0, now - (first[0][1] - grace)) if first else 0.0
-    return Backlog(depth, waiting, entries, dead, oldest, sum(int(size) for size in sizes))
+    return Backlog(sum(depths), waiting, entries, dead, oldest, sum(int(s) for s in sizes))
 
 
 def _decoded(raw: dict[bytes, bytes]) -> list[tuple[str, str]]:

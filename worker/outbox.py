@@ -6,8 +6,8 @@ test: one event in 200). So every prefsync task is written here before it is pub
 removed when it ends (delivered, skipped or dead-lettered). Whatever has not ended, nor been
 rescheduled, by its due time (publish time + the broker's visibility timeout, by which
 Redis would have handed an unacknowledged message out again) is published again by the
-sweep that workers run, once no message waits in the queue (see ``sweep``). A copy costs
-nothing: idempotency absorbs it.
+sweep that workers run, once no message waits in its queue (see ``sweep``), into that same
+queue (its lane's: worker.lanes). A copy costs nothing: idempotency absorbs it.
 """
 
 from __future__ import annotations
@@ -87,17 +87,23 @@ class Outbox:
     def pending(self) -> int:
         return int(self.redis.zcard(DUE))
 
-    def sweep(self, now: float, publish: Publish, queued: int = 0, limit: int = 1000) -> int:
+    def sweep(
+        self,
+        now: float,
+        publish: Publish,
+        queued: int | Callable[[dict[str, Any]], int] = 0,
+        limit: int = 1000,
+    ) -> int:
         """Publish again every task overdue at ``now`` (at most ``limit``); returns how many
         were published. Skips the round when another worker is sweeping.
 
-        ``queued`` is how many messages still wait in the broker's queue. While any do, an
-        overdue task may be one of them rather than lost — a backlog older than the
-        visibility timeout — and copying it would grow the backlog it is stuck in. So
-        nothing is published then; a task the broker did lose is published once the queue
-        has drained."""
-        if queued > 0:
-            return 0
+        ``queued`` is how many messages still wait in the broker's queue, or, given an
+        entry ({"name", "args", "kwargs"}), in the queue that entry's task travels in (each
+        lane has its queues: worker.lanes). While any do, an overdue task may be one of them
+        rather than lost — a backlog older than the visibility timeout — and copying it
+        would grow the backlog it is stuck in. So it is not published then; a task the
+        broker did lose is published once its queue has drained."""
+        waiting = queued if callable(queued) else lambda _: queued
         if not self.redis.set(SWEEPER, 1, nx=True, ex=SWEEPER_EXPIRY):
             return 0
         published = 0
@@ -109,6 +115,8 @@ class Outbox:
                     self.redis.zrem(DUE, task_id)
                     continue
                 entry = json.loads(raw)
+                if waiting(entry) > 0:
+                    continue
                 publish(task_id, entry["name"], entry["args"], entry["kwargs"])
                 self.redis.zadd(DUE, {task_id: now + self.grace}, xx=True)
                 published += 1

@@ -28,7 +28,9 @@ has no upper bound) and would cost rate: this one costs ``MARGIN / (1 + MARGIN)`
 
 A caller reserves only a slot within the sleep it has left: a slot further away is not
 reserved (a deferred batch must not hold a slot it would leave empty), and the caller
-defers.
+defers. A batch's first call takes only the account's next slot (at most one interval
+away): while another batch sleeps for the slots before, it defers at once, so a backlog
+holds one worker process asleep per account rather than every process.
 
 When a destination's rate-limit headers say its quota is nearly spent (another client
 shares the account, or the limit is lower than configured), ``slow_down`` pushes the next
@@ -157,9 +159,11 @@ class PacedTransport(Transport):
         self.quota = quota
         self.max_sleep = max_sleep
         self.slept = 0.0
+        self.sent = 0
 
     def send(self, request: HttpRequest) -> HttpResponse:
         self._wait_for_slot()
+        self.sent += 1
         response = super().send(request)
         quota = self.quota(response.headers)
         if quota is not None:
@@ -169,7 +173,13 @@ class PacedTransport(Transport):
     def _wait_for_slot(self) -> None:
         while True:
             # A sleep's overshoot may pass the budget: a free slot is still taken then.
-            slot = self.pacer.take(self.bucket, self.rate, max(self.max_sleep - self.slept, 0))
+            within = max(self.max_sleep - self.slept, 0)
+            if not self.sent:
+                # A batch starts sleeping only for a slot no other batch waits before: a
+                # backlog of an account then holds one worker process asleep, not every
+                # one (docs/delivery.md, "Lanes"); the others defer until it is through.
+                within = min(within, (1 + MARGIN) / self.rate)
+            slot = self.pacer.take(self.bucket, self.rate, within)
             if not slot.taken:
                 wait = max(slot.at - clock(), 0.0)
                 raise Deferred(f"paced: next call to this account in {wait:.2f}s", wait=wait)

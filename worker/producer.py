@@ -3,6 +3,7 @@
     from worker.producer import enqueue, enqueue_many
     task_id = enqueue(payload)            # raises worker.errors.InvalidEvent with the reason
     task_ids = enqueue_many(payloads)     # "event 3: <reason>"; up to MAX_BATCH a message
+    task_ids = enqueue_many(payloads, bulk=True)  # a bulk load (worker.lanes, worker.feeder)
 
 A payload is validated before it is enqueued, so a producer learns at once what is wrong
 with it; the worker validates it again (a message can reach Redis some other way).
@@ -16,8 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
+from worker import lanes
 from worker.errors import BrokerUnavailable, InvalidEvent
 from worker.events import PreferenceEvent, parse_event, refuse_future
 from worker.redis_client import redacted_url
@@ -28,6 +31,8 @@ from worker.settings import get_settings
 # Events per message: Celery moves about 700 tasks/s here, but about 64,000 events/s when
 # each message carries 100 events.
 MAX_BATCH = 100
+# An enqueue_many of more events than this is a bulk load unless told otherwise.
+BULK_ABOVE = 10 * MAX_BATCH
 
 # What an unreachable, stopped or hung Redis raises: from our outbox write (redis-py) or
 # from Celery's publish once its retries are used up (kombu).
@@ -46,18 +51,23 @@ def validate(payload: Any) -> PreferenceEvent:
     return event
 
 
-def enqueue(payload: Any) -> str:
-    """Validate ``payload`` and enqueue it for every connector of its tenant; returns the
-    task id. Raises ``InvalidEvent`` for a malformed event and ``BrokerUnavailable`` when
-    Redis cannot take it (publishing retries for about ten seconds first; a Redis that
-    refuses connections fails at once)."""
+def enqueue(payload: Any, lane: str = lanes.LIVE) -> str:
+    """Validate ``payload`` and enqueue it for every connector of its tenant, in ``lane``
+    (worker.lanes); returns the task id. Raises ``InvalidEvent`` for a malformed event and
+    ``BrokerUnavailable`` when Redis cannot take it (publishing retries for about ten
+    seconds first; a Redis that refuses connections fails at once)."""
     validate(payload)
-    return _publish_routes([payload])[0]
+    return _publish_routes([payload], lane)[0]
 
 
-def enqueue_many(payloads: Iterable[Any]) -> list[str]:
+def enqueue_many(payloads: Iterable[Any], bulk: bool | None = None) -> list[str]:
     """Validate every payload, then enqueue them in order, ``MAX_BATCH`` events a message;
     returns one task id a message (none for no payloads).
+
+    ``bulk``: whether they are a bulk load, which travels in the bulk lane and is shared
+    with other tenants' bulk loads in turn (worker.lanes, worker.feeder); None (default):
+    when there are more than ``BULK_ABOVE`` payloads. Live events are never kept behind
+    a bulk load.
 
     Raises ``InvalidEvent`` naming the first bad event by its 1-based position
     ("event 3: ...") before anything is enqueued. Raises ``BrokerUnavailable`` when Redis
@@ -65,11 +75,14 @@ def enqueue_many(payloads: Iterable[Any]) -> list[str]:
     stopped (whole messages, in order), so a caller can resume from the event after them.
     Resending everything is safe as well: the worker skips the copies as duplicates."""
     batch = list(payloads)
+    tenants = []
     for number, payload in enumerate(batch, start=1):
         try:
-            validate(payload)
+            tenants.append(validate(payload).tenant)
         except InvalidEvent as exc:
             raise InvalidEvent(f"event {number}: {exc}") from exc
+    if bulk or (bulk is None and len(batch) > BULK_ABOVE):
+        return _park_routes(batch, tenants)
     return _publish_routes(batch)
 
 
@@ -80,23 +93,43 @@ def enqueue_validated(payloads: list[Any]) -> list[str]:
     return _publish_routes(payloads)
 
 
-def redeliver(payload: Any, connector_id: str) -> str:
-    """Enqueue ``payload`` for one connector only (dead-letter replay)."""
+def redeliver(payload: Any, connector_id: str, lane: str = lanes.LIVE) -> str:
+    """Enqueue ``payload`` for one connector only (dead-letter replay), in ``lane``."""
     from worker.tasks import deliver, publish
 
     validate(payload)
-    return _to_broker(partial(publish, deliver, [[payload], connector_id]))
+    return _to_broker(partial(publish, deliver, [[payload], connector_id], lanes.in_lane(lane)))
 
 
-def _publish_routes(payloads: list[Any]) -> list[str]:
+def _publish_routes(payloads: list[Any], lane: str = lanes.LIVE) -> list[str]:
     from worker.tasks import publish, route
 
     # Carried to every delivery of these events, for the enqueue->delivered latency.
-    enqueued = {"enqueued_at": clock()}
+    enqueued = {"enqueued_at": clock(), **lanes.in_lane(lane)}
     return [
         _to_broker(partial(publish, route, [payloads[start : start + MAX_BATCH]], enqueued), start)
         for start in range(0, len(payloads), MAX_BATCH)
     ]
+
+
+def _park_routes(payloads: list[Any], tenants: list[str]) -> list[str]:
+    """Park ``payloads`` as route messages, ``MAX_BATCH`` events or fewer, a tenant's own
+    (worker.feeder); each chunk of ``MAX_BATCH`` input events is parked whole or not."""
+    from worker.tasks import route
+
+    kwargs = {"enqueued_at": clock(), **lanes.in_lane(lanes.BULK)}
+    task_ids = []
+    for start in range(0, len(payloads), MAX_BATCH):
+        by_tenant: dict[str, list[Any]] = {}
+        for payload, tenant in zip(
+            payloads[start : start + MAX_BATCH], tenants[start : start + MAX_BATCH], strict=True
+        ):
+            by_tenant.setdefault(tenant, []).append(payload)
+        for tenant, events in by_tenant.items():
+            message = (uuid(), route.name, [events], kwargs)
+            _to_broker(partial(runtime().feeder.park, tenant, [message]), start)
+            task_ids.append(message[0])
+    return task_ids
 
 
 def _to_broker(publish: Callable[[], str], enqueued: int = 0) -> str:

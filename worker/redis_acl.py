@@ -3,9 +3,9 @@
 - ``worker``: the broker's keys and prefsync's data (configs, state, audit, dead letters…);
   no administration (``-@dangerous``: no FLUSHALL, CONFIG, KEYS, DEBUG…).
 - ``producer`` (``prefsync enqueue``, the Python producer, the HTTP ingress): may enqueue
-  (the queues, kombu's bindings, prefsync's outbox), keep ingress credentials and read the
-  metrics the workers count (``/metrics``); cannot read connector configs, people's state,
-  the audit trail or dead letters.
+  (the queues of both lanes, kombu's bindings, prefsync's outbox, parked bulk loads), keep
+  ingress credentials and read the metrics the workers count (``/metrics``); cannot read
+  connector configs, people's state, the audit trail or dead letters.
 - ``flower``: may read the queues and follow the workers' events; cannot write a queue (so
   it cannot send tasks) and gets ``NOPERM`` on every prefsync key.
 - ``admin`` (the ``prefsync`` CLI of an operator): everything but administering Redis.
@@ -31,6 +31,8 @@ RULES: dict[str, str] = {
     "admin": "~* &* +@all -@dangerous +info",
     "producer": (
         f"{_BROKER} ~prefsync:outbox ~prefsync:outbox:due ~prefsync:ingress:* "
+        # Bulk loads parked per tenant (worker.feeder).
+        "~prefsync:bulk:* "
         # The ingress's /metrics: the workers' counters and the dead letters' count.
         "%R~prefsync:metrics:* %R~prefsync:deadletters:order %R~prefsync:deadletters:bytes &* "
         "-@all +@connection +@transaction +@read +@write +@scripting +time -@dangerous"

@@ -20,6 +20,8 @@ from worker.connectors.base import Transport
 from worker.deadletter import DeadLetterStore
 from worker.delivery import Deliverer
 from worker.erasure import Erasures
+from worker.feeder import BulkFeeder
+from worker.lanes import Destinations
 from worker.logging import hide_users_with
 from worker.outbox import Outbox
 from worker.pacing import Pacer
@@ -82,6 +84,14 @@ class Runtime:
     @cached_property
     def outbox(self) -> Outbox:
         return Outbox(self.redis, grace=self.settings.visibility_timeout)
+
+    @cached_property
+    def feeder(self) -> BulkFeeder:
+        return BulkFeeder(self.redis)
+
+    @cached_property
+    def destinations(self) -> Destinations:
+        return Destinations(self.configs)
 
     @cached_property
     def deadletters(self) -> DeadLetterStore:

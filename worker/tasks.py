@@ -26,7 +26,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
-from worker import metrics, pipeline
+from worker import feeder, lanes, metrics, pipeline
 from worker.app import app
 from worker.deadletter import Attempt, describe_payload_owner
 from worker.delivery import Unfinished
@@ -362,9 +362,11 @@ def publish(
     kwargs: dict[str, Any] | None = None,
     countdown: float = 0.0,
     retries: int = 0,
+    task_id: str | None = None,
 ) -> str:
-    """Publish a task, written to the outbox first (worker.outbox says why)."""
-    task_id = uuid()
+    """Publish a task, written to the outbox first (worker.outbox says why), into the queue
+    its kwargs name (worker.lanes.route_for, which Celery asks)."""
+    task_id = task_id or uuid()
     kwargs = kwargs or {}
     runtime().outbox.add(task_id, task.name, args, kwargs, clock(), wait=countdown)
     task.apply_async(
@@ -462,13 +464,57 @@ class OutboxSweep(bootsteps.StartStopStep):
 
     def sweep(self) -> None:
         try:
-            queued = runtime().redis.llen(app.conf.task_default_queue)
-            runtime().outbox.sweep(clock(), _publish_again, queued=queued)
+            waiting = queue_lengths(lanes.queues())
+            runtime().outbox.sweep(
+                clock(),
+                _publish_again,
+                queued=lambda entry: waiting[lanes.queue_for(entry["name"], entry["kwargs"])],
+            )
         except redis.exceptions.RedisError as exc:  # the next round tries again
             log.warning("outbox sweep failed", error=f"{type(exc).__name__}: {exc}")
 
 
+class BulkFeeding(bootsteps.StartStopStep):
+    """Each worker feeds parked bulk loads into the bulk lane, fairly between tenants
+    (worker.feeder), every little while."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.tref = None
+
+    def start(self, worker: Any) -> None:
+        self.tref = worker.timer.call_repeatedly(feeder.INTERVAL, feed_bulk)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+def feed_bulk() -> int:
+    """One feeding round; returns how many parked messages were published."""
+    try:
+        queued = sum(queue_lengths(lanes.queues((lanes.BULK,))).values())
+        return runtime().feeder.feed(_publish_parked, queued)
+    except (redis.exceptions.RedisError, OperationalError) as exc:  # the next round tries again
+        log.warning("bulk feeding failed", error=f"{type(exc).__name__}: {exc}")
+        return 0
+
+
+def _publish_parked(task_id: str, name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    publish(app.tasks[name], args, kwargs, task_id=task_id)
+
+
+def queue_lengths(names: list[str]) -> dict[str, int]:
+    """Messages waiting in each of the broker's queues ``names``."""
+    with runtime().redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.llen(name)
+        return dict(zip(names, pipe.execute(), strict=True))
+
+
 app.steps["worker"].add(OutboxSweep)
+app.steps["worker"].add(BulkFeeding)
 
 
 @signals.task_failure.connect
@@ -517,17 +563,20 @@ def route(
     payloads: list[Any],
     attempts: list | None = None,
     enqueued_at: float | None = None,
+    lane: str = lanes.LIVE,
 ) -> str:
     """Validate a batch of preference events and fan it out: per tenant, one delivery
-    batch per connector. ``enqueued_at`` (epoch seconds) goes along, for the latency."""
-    carried = {"enqueued_at": enqueued_at} if enqueued_at is not None else None
-    return self.run_batch(
-        lambda: pipeline.route(
-            runtime(),
-            payloads,
-            lambda batch, connector_id: publish(deliver, [batch, connector_id], carried),
-        )
-    )
+    batch per connector, in the same lane, queued for the connector's destination type.
+    ``enqueued_at`` (epoch seconds) goes along, for the latency."""
+    carried: dict[str, Any] = {"enqueued_at": enqueued_at} if enqueued_at is not None else {}
+    carried |= lanes.in_lane(lane)
+
+    def fan_out(batch: list[Any], connector_id: str) -> None:
+        tenant, _ = describe_payload_owner(batch[0])
+        destination = runtime().destinations.type_of(tenant, connector_id)
+        publish(deliver, [batch, connector_id], {**carried, "destination": destination})
+
+    return self.run_batch(lambda: pipeline.route(runtime(), payloads, fan_out))
 
 
 @app.task(bind=True, base=ScheduledTask, name="prefsync.deliver")
@@ -537,6 +586,9 @@ def deliver(
     connector_id: str,
     attempts: list | None = None,
     enqueued_at: float | None = None,
+    lane: str = lanes.LIVE,
+    destination: str | None = None,
 ) -> str:
-    """Deliver a batch of preference events to one connector."""
+    """Deliver a batch of preference events to one connector. ``lane`` and
+    ``destination`` (its type) only say which queue the message travels in."""
     return self.run_batch(lambda: pipeline.deliver(runtime(), payloads, connector_id, enqueued_at))

@@ -25,9 +25,11 @@ from worker.cli import main as cli_main
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"redis-acl", "redis", "worker", "ingress", "flower", "fake-destinations"}
+SERVICES = {
+    "redis-acl", "redis", "worker", "worker-brevo", "ingress", "flower", "fake-destinations"
+}  # fmt: skip
 # Each component's Redis user (worker.redis_acl) and the service that uses it.
-USERS = {"worker": "worker", "ingress": "producer", "flower": "flower"}
+USERS = {"worker": "worker", "worker-brevo": "worker", "ingress": "producer", "flower": "flower"}
 OBSERVABILITY = {"prometheus", "grafana"}  # profile "observability"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "prefsync.json"
 # ${VAR}, ${VAR:-default}, ${VAR:?error}; "$${...}" is an escaped dollar, not a variable.

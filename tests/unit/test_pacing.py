@@ -279,3 +279,28 @@ def test_only_a_refused_call_holds_the_account_until_a_reset_within_the_second(
         transport.send(REQUEST)
     assert sent_at[1] - sent_at[0] == pytest.approx((1 + MARGIN) / 10, abs=SLOT)
     assert sent_at[2] - sent_at[1] == pytest.approx(1.0, abs=SLOT)
+
+
+def test_a_batch_starts_sleeping_only_for_a_slot_no_other_batch_waits_before(
+    server, fake_time: FakeTime, mocked: responses.RequestsMock
+) -> None:
+    # Another batch of the account has reserved the next slots and sleeps for them: a new
+    # batch defers at once rather than hold a second worker process asleep (lanes).
+    mocked.post(REQUEST.url, status=204)
+    other = pacer(server)
+    for _ in range(3):
+        assert other.take(BUCKET, 10, within=1.0).taken
+
+    with pytest.raises(Deferred) as deferred:
+        paced(server, max_sleep=1.0).send(REQUEST)
+    assert deferred.value.wait == pytest.approx(3 * (1 + MARGIN) / 10, abs=SLOT)
+    assert len(mocked.calls) == 0
+
+    # Once its first call went out, a batch sleeps for its next slots within its budget,
+    # whoever reserved the ones before.
+    fake_time.now += 3 * (1 + MARGIN) / 10
+    batch = paced(server, max_sleep=1.0)
+    batch.send(REQUEST)
+    assert other.take(BUCKET, 10, within=1.0).taken
+    batch.send(REQUEST)
+    assert len(mocked.calls) == 2 and batch.slept == pytest.approx(2 * (1 + MARGIN) / 10)

@@ -28,7 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from worker import metrics
+from worker import lanes, metrics
 from worker.connectors import CONNECTORS
 from worker.outcomes import OutcomeKind
 from worker.retries import clock
@@ -48,13 +48,11 @@ class WorkerFigures(Collector):
         self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
-        from worker.app import app  # the queue's name is Celery's
-
         client = runtime().redis
         try:
             counters = metrics.read_counters(client)
             backlog = metrics.read_backlog(
-                client, app.conf.task_default_queue, self.settings.visibility_timeout, clock()
+                client, lanes.queues(), self.settings.visibility_timeout, clock()
             )
         except redis.exceptions.RedisError as exc:
             # The ingress's own series still answer; this one says why the rest are missing.
