@@ -638,7 +638,7 @@ def state_forget(tenant: str, user: str, yes: bool) -> None:
     """Reset what prefsync believes about USER (for a state a mis-dated event poisoned):
     the newest-wins state and the fields last delivered to each connector. The next
     event of the person is then taken as the newest. Events that already ended stay
-    ended (their idempotency markers expire by themselves)."""
+    ended: what each connector was told, and the erasure tombstone, are kept."""
     if not yes and not click.confirm(f"forget the state of {user!r} in tenant {tenant!r}?"):
         fail("nothing forgotten", 1)
     rt = _runtime()
