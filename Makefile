@@ -54,9 +54,11 @@ BENCH_INGRESS_ARGS ?=
 bench-ingress: install
 	$(BIN)/python -m bench.ingress $(BENCH_INGRESS_ARGS)
 
+## lint: ruff, and the layers (tests/unit/test_architecture.py: imports point down, no circle)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_architecture.py
 
 format: install
 	$(BIN)/ruff check --fix .

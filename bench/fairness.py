@@ -1,5 +1,6 @@
 """The fairness scenario: live events are not kept behind a bulk load or a slow
-destination, and a bulk load is shared with other tenants' (worker.lanes, worker.feeder).
+destination, and a bulk load is shared with other tenants'
+(worker.queue.lanes, worker.records.feeder).
 
 One prefsync worker (default settings, ``--concurrency``) and four tenants:
 
@@ -79,9 +80,9 @@ def bulk_sink() -> tuple[Callable[[list[dict[str, Any]]], object], bool]:
 
 
 def configure(stack: Stack) -> None:
-    from worker.configs import parse_config
-    from worker.runtime import runtime
-    from worker.settings import get_settings
+    from worker.connectors.config import parse_config
+    from worker.delivery.runtime import runtime
+    from worker.infra.settings import get_settings
 
     unstamped = braze_config(stack.fake_url)
     unstamped["mappings"] = [{"id": "OPTED_IN", "value": NEWSLETTER_PROPERTY}]
@@ -96,7 +97,7 @@ def configure(stack: Stack) -> None:
 
 
 def ended(tenant: str) -> int:
-    from worker.runtime import runtime
+    from worker.delivery.runtime import runtime
 
     counts = runtime().recorder.counts(tenant)
     return sum(counts.get(k, 0) for k in ("delivered", "skipped", "dead_lettered"))
@@ -109,7 +110,7 @@ def deployments(concurrency: int) -> dict[str, list[tuple[list[str], dict[str, s
     worker without lanes, only the first."""
     one = [(worker_command("worker", "bench-fair", concurrency), {})]
     try:
-        from worker.lanes import queues
+        from worker.queue.lanes import queues
     except ImportError:
         return {"one worker": one}
     apart = [

@@ -181,9 +181,9 @@ class Prefsync:
     def __init__(
         self, stack: Stack, scenario: Scenario, concurrency: int, log: Path, nodes: int = 1
     ) -> None:
-        from worker.configs import parse_config
-        from worker.runtime import runtime
-        from worker.settings import get_settings
+        from worker.connectors.config import parse_config
+        from worker.delivery.runtime import runtime
+        from worker.infra.settings import get_settings
 
         self.tenant = f"bench-{scenario.name}"
         raw = braze_config(stack.fake_url) if scenario.service == "braze" else brevo_config()

@@ -26,12 +26,12 @@ import requests
 
 from bench.events import EventFactory, braze_config
 from bench.procs import start_redis
-from worker.configs import parse_config
 from worker.connectors.base import Transport
-from worker.events import parse_event
-from worker.logging import configure
-from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.connectors.config import parse_config
+from worker.core.events import parse_event
+from worker.delivery.runtime import Runtime
+from worker.infra.logging import configure
+from worker.infra.settings import Settings
 
 TENANT = "bench-memory"
 SERVER = "http://fake.invalid:1"

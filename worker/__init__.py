@@ -1,18 +1,16 @@
 """prefsync: carries consent and preference changes to the tools that email people.
 
-``celery -A worker worker`` finds the Celery app here.
+``celery -A worker worker`` finds the Celery app here, as ``worker.app``. It is built on
+first use, not on import: importing ``worker.core.events`` (say) loads no Celery.
 """
 
-import sys
+from typing import Any
 
-from worker.settings import InvalidSettings
 
-try:
-    from worker.app import app
-except InvalidSettings as exc:
-    # Every entry point (prefsync, celery -A worker) imports this first: a refused
-    # PREFSYNC_* variable is one line naming it, not a traceback. Exit 2: could not run.
-    print(f"error: {exc}", file=sys.stderr)
-    raise SystemExit(2) from None
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        # worker.queue.app exits with one line (code 2) for a refused PREFSYNC_* setting.
+        from worker.queue.app import app
 
-__all__ = ["app"]
+        return app
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

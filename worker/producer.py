@@ -1,9 +1,9 @@
 """The producer API: validate preference events, then enqueue them.
 
     from worker.producer import enqueue, enqueue_many
-    task_id = enqueue(payload)            # raises worker.errors.InvalidEvent with the reason
+    task_id = enqueue(payload)            # raises worker.core.errors.InvalidEvent with the reason
     task_ids = enqueue_many(payloads)     # "event 3: <reason>"; up to MAX_BATCH a message
-    task_ids = enqueue_many(payloads, bulk=True)  # a bulk load (worker.lanes, worker.feeder)
+    task_ids = enqueue_many(payloads, bulk=True)  # a bulk load (lanes, feeder)
 
 A payload is validated before it is enqueued, so a producer learns at once what is wrong
 with it; the worker validates it again (a message can reach Redis some other way).
@@ -20,13 +20,13 @@ import redis
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
-from worker import lanes
-from worker.errors import BrokerUnavailable, InvalidEvent
-from worker.events import PreferenceEvent, parse_event, refuse_future
-from worker.redis_client import redacted_url
-from worker.retries import clock
-from worker.runtime import runtime
-from worker.settings import get_settings
+from worker.core.errors import InvalidEvent, PrefsyncError
+from worker.core.events import PreferenceEvent, parse_event, refuse_future
+from worker.core.retries import clock
+from worker.delivery.runtime import runtime
+from worker.infra.redis_client import redacted_url
+from worker.infra.settings import get_settings
+from worker.queue import lanes
 
 # Events per message: Celery moves about 700 tasks/s here, but about 64,000 events/s when
 # each message carries 100 events.
@@ -43,6 +43,15 @@ _BROKER_ERRORS = (
 )
 
 
+class BrokerUnavailable(PrefsyncError, redis.exceptions.ConnectionError, OperationalError):
+    """Redis, the broker, could not take the event: it was not acknowledged; enqueue it
+    again later (a copy that did get through is skipped as a duplicate).
+
+    Also a redis ``ConnectionError`` and a kombu ``OperationalError``: producers written
+    against the errors ``enqueue`` used to raise still catch it.
+    """
+
+
 def validate(payload: Any) -> PreferenceEvent:
     """Raise ``InvalidEvent`` naming what is wrong, or return the parsed event."""
     settings = get_settings()
@@ -53,7 +62,7 @@ def validate(payload: Any) -> PreferenceEvent:
 
 def enqueue(payload: Any, lane: str = lanes.LIVE) -> str:
     """Validate ``payload`` and enqueue it for every connector of its tenant, in ``lane``
-    (worker.lanes); returns the task id. Raises ``InvalidEvent`` for a malformed event and
+    (worker.queue.lanes); returns the task id. Raises ``InvalidEvent`` for a malformed event and
     ``BrokerUnavailable`` when Redis cannot take it (publishing retries for about ten
     seconds first; a Redis that refuses connections fails at once)."""
     validate(payload)
@@ -65,7 +74,8 @@ def enqueue_many(payloads: Iterable[Any], bulk: bool | None = None) -> list[str]
     returns one task id a message (none for no payloads).
 
     ``bulk``: whether they are a bulk load, which travels in the bulk lane and is shared
-    with other tenants' bulk loads in turn (worker.lanes, worker.feeder); None (default):
+    with other tenants' bulk loads in turn (worker.queue.lanes, worker.records.feeder);
+    None (default):
     when there are more than ``BULK_ABOVE`` payloads. Live events are never kept behind
     a bulk load.
 
@@ -95,14 +105,14 @@ def enqueue_validated(payloads: list[Any]) -> list[str]:
 
 def redeliver(payload: Any, connector_id: str, lane: str = lanes.LIVE) -> str:
     """Enqueue ``payload`` for one connector only (dead-letter replay), in ``lane``."""
-    from worker.tasks import deliver, publish
+    from worker.queue.tasks import deliver, publish
 
     validate(payload)
     return _to_broker(partial(publish, deliver, [[payload], connector_id], lanes.in_lane(lane)))
 
 
 def _publish_routes(payloads: list[Any], lane: str = lanes.LIVE) -> list[str]:
-    from worker.tasks import publish, route
+    from worker.queue.tasks import publish, route
 
     # Carried to every delivery of these events, for the enqueue->delivered latency.
     enqueued = {"enqueued_at": clock(), **lanes.in_lane(lane)}
@@ -114,8 +124,8 @@ def _publish_routes(payloads: list[Any], lane: str = lanes.LIVE) -> list[str]:
 
 def _park_routes(payloads: list[Any], tenants: list[str]) -> list[str]:
     """Park ``payloads`` as route messages, ``MAX_BATCH`` events or fewer, a tenant's own
-    (worker.feeder); each chunk of ``MAX_BATCH`` input events is parked whole or not."""
-    from worker.tasks import route
+    (worker.records.feeder); each chunk of ``MAX_BATCH`` input events is parked whole or not."""
+    from worker.queue.tasks import route
 
     kwargs = {"enqueued_at": clock(), **lanes.in_lane(lanes.BULK)}
     task_ids = []

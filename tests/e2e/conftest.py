@@ -178,7 +178,7 @@ def redis_server(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
 
 # Every API key the end-to-end tests use has this shape (tests.e2e.helpers); what a test
 # captured — worker logs, CLI output, everything in Redis, the stored configs included
-# (sealed: worker.sealing) — is scanned for it after the test.
+# (sealed: worker.infra.sealing) — is scanned for it after the test.
 SECRET = re.compile(rb"test-key-[0-9]{4}")
 # The key the configs of the end-to-end tests are sealed with (PREFSYNC_SECRET_KEYS).
 SEALING_KEY = "MDZA89by3YRpiwUP6154HXJBVs4bZmSt0gmLEYjQXNE="

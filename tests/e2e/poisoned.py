@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker import app
 from worker.connectors.base import Answer, Change, Transport
 from worker.connectors.braze import BrazeConnector
+from worker.queue import app
 
 RAISES = "poison-raises"
 HANGS = "poison-hangs"

@@ -56,7 +56,7 @@ PROFILES: dict[str, dict[str, str]] = {
 
 PRODUCER = """
 import signal, sys, time
-from worker.errors import BrokerUnavailable
+from worker.producer import BrokerUnavailable
 from worker.producer import enqueue_many
 
 size, pace, burst = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])

@@ -355,7 +355,7 @@ def test_worker_killed_with_a_queue_in_flight_loses_nothing_and_the_newest_value
 
 PRODUCER = """
 import json, sys, time
-from worker.errors import BrokerUnavailable
+from worker.producer import BrokerUnavailable
 from worker.producer import enqueue_many
 events = [json.loads(line) for line in sys.stdin]
 size, pace = int(sys.argv[1]), float(sys.argv[2])
@@ -902,7 +902,7 @@ def test_a_delivery_cut_off_by_a_redis_outage_is_not_dead_lettered(
     # after the loss, so an outage of 3 s outlasts the soft limit: the worker fires the
     # task's time limits as it reconnects, before it reads the task's result. That used to
     # corrupt the pipe the result came by and kill the worker's main process (issue 18:
-    # worker.pool). In production: 55 s and 60 s against attempts 0, 2, 6, 12, 20, 30, 42,
+    # worker.queue.pool). In production: 55 s and 60 s against attempts 0, 2, 6, 12, 20, 30, 42,
     # 56 s after the loss: 42 s or more.
     fake = fake_destinations
     redis_server.stop()

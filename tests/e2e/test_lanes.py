@@ -1,5 +1,5 @@
-"""Lanes end to end: a live opt-out is not kept behind a bulk load (worker.lanes,
-worker.feeder). Real Redis, one real worker consuming every queue, the local Braze
+"""Lanes end to end: a live opt-out is not kept behind a bulk load (worker.queue.lanes,
+worker.records.feeder). Real Redis, one real worker consuming every queue, the local Braze
 look-alike answering each call after a delay, so the bulk load takes seconds."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_a_bulk_load_goes_through_with_the_producers_and_the_workers_redis_users
     run_cli,
 ):
     # The producer parks the load (its Redis user may write prefsync:bulk:*); the worker's
-    # feeder feeds it to the bulk lane (worker.redis_acl).
+    # feeder feeds it to the bulk lane (worker.infra.redis_acl).
     put_braze(run_cli, env_of(prefsync_env, acl_redis, "admin"), fake_destinations.url)
     worker = start_worker(env_of(prefsync_env, acl_redis, "worker"))
     enqueue_bulk(run_cli, env_of(prefsync_env, acl_redis, "producer"), opt_ins("u", 3))

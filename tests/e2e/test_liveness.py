@@ -9,7 +9,7 @@ import signal
 import time
 
 from tests.e2e.helpers import wait_until
-from worker.liveness import EXIT_STALLED
+from worker.queue.liveness import EXIT_STALLED
 
 TIMEOUT = 3.0  # PREFSYNC_LIVENESS_TIMEOUT for these tests
 

@@ -1,4 +1,4 @@
-"""A Redis user per component (worker.redis_acl) against a real redis-server started with the
+"""A Redis user per component (worker.infra.redis_acl) against a real redis-server started with the
 ACL file `prefsync redis-acl` prints: each component does its job end to end, and no more.
 """
 

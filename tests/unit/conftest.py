@@ -9,10 +9,10 @@ import fakeredis
 import pytest
 import responses
 
-from worker import runtime as runtime_module
-from worker.runtime import Runtime
-from worker.settings import Settings
-from worker.state import Claim, StateStore, _load, key
+from worker.delivery import runtime as runtime_module
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import Settings
+from worker.records.state import Claim, StateStore, _load, key
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,8 @@ def mocked() -> Iterator[responses.RequestsMock]:
 
 
 def install_runtime(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Runtime:
-    """Make a Runtime on fakeredis the one `worker.runtime.runtime()` returns (the CLI's)."""
+    """Make a Runtime on fakeredis the one
+    `worker.delivery.runtime.runtime()` returns (the CLI's)."""
     rt = Runtime(settings)
     rt.__dict__["redis"] = fakeredis.FakeRedis()
     monkeypatch.setattr(runtime_module, "_runtime", (os.getpid(), rt))

@@ -13,15 +13,15 @@ import structlog.testing
 from click.testing import CliRunner
 
 from tests.unit.conftest import install_runtime
-from worker import pipeline
 from worker.cli import main
-from worker.configs import parse_config
-from worker.deadletter import Attempt
-from worker.errors import PermanentError
-from worker.outcomes import Outcome, OutcomeKind
-from worker.recorder import Ended
-from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.connectors.config import parse_config
+from worker.core.errors import PermanentError
+from worker.core.outcomes import Outcome, OutcomeKind
+from worker.delivery import pipeline
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import Settings
+from worker.records.deadletter import Attempt
+from worker.records.recorder import Ended
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 KEY = "braze-rest-key-abcdef-0123456789"

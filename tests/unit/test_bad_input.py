@@ -26,19 +26,20 @@ from hypothesis import strategies as st
 
 from tests.unit import test_tasks
 from tests.unit.test_tasks import Harness
-from worker import runtime as runtime_module
-from worker import tasks
 from worker.cli import main
-from worker.configs import ConnectorConfig, parse_config
 from worker.connectors.base import mask
 from worker.connectors.braze import INSTANCES
-from worker.errors import InvalidConfig, InvalidEvent
-from worker.events import MAX_DEPTH, PreferenceEvent
-from worker.outbox import ENTRIES as OUTBOX_ENTRIES
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig
+from worker.core.errors import InvalidConfig, InvalidEvent
+from worker.core.events import MAX_DEPTH, PreferenceEvent
+from worker.delivery import runtime as runtime_module
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import get_settings
 from worker.producer import enqueue, validate
-from worker.runtime import Runtime
-from worker.settings import get_settings
-from worker.tasks import route
+from worker.queue import tasks
+from worker.queue.tasks import route
+from worker.records.outbox import ENTRIES as OUTBOX_ENTRIES
 
 # The real route task through Celery's Request and tracer, on fakeredis and a frozen clock.
 harness = test_tasks.harness

@@ -13,7 +13,6 @@ import requests
 import responses
 from pydantic import ValidationError
 
-from worker.configs import ConnectorConfig, parse_config
 from worker.connectors.base import (
     Change,
     Delivered,
@@ -23,9 +22,11 @@ from worker.connectors.base import (
     Transport,
     standalone_change,
 )
-from worker.errors import Deferred, PermanentError, RetryableError
-from worker.outcomes import SkipReason
-from worker.settings import Settings, get_settings
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig
+from worker.core.errors import Deferred, PermanentError, RetryableError
+from worker.core.outcomes import SkipReason
+from worker.infra.settings import Settings, get_settings
 
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
 SERVER = "https://rest.fra-01.braze.eu"

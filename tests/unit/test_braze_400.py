@@ -12,8 +12,8 @@ import responses
 
 from tests.unit.test_braze import OPTED_IN, TRACK, deliver_many, opt_ins, sent_ids, users
 from worker.connectors.base import Delivered
-from worker.errors import PermanentError
-from worker.settings import get_settings
+from worker.core.errors import PermanentError
+from worker.infra.settings import get_settings
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from tests.unit.test_sendinblue import (
 )
 from worker.connectors.base import Change, Delivered, Transport, standalone_change
 from worker.connectors.sendinblue import identifier_problem
-from worker.errors import PermanentError
-from worker.pipeline import final_reason
+from worker.core.errors import PermanentError
+from worker.delivery.pipeline import final_reason
 
 REFUSED = {
     "": "empty or blank",

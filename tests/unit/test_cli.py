@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.unit.test_producer import broker
-from worker import tasks
 from worker.cli import main
-from worker.deadletter import Attempt
-from worker.runtime import Runtime
+from worker.delivery.runtime import Runtime
+from worker.queue import tasks
+from worker.records.deadletter import Attempt
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BRAZE_KEY = "braze-rest-key-abcdef-0123456789"
@@ -234,8 +234,8 @@ def test_dlq_purge_needs_ids_or_all(rt: Runtime) -> None:
 def test_an_unreachable_redis_is_named_without_its_password(
     monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
 ) -> None:
-    from worker import runtime as runtime_module
-    from worker.settings import get_settings
+    from worker.delivery import runtime as runtime_module
+    from worker.infra.settings import get_settings
 
     monkeypatch.setenv("PREFSYNC_REDIS_URL", "redis://:s3cret-pw@127.0.0.1:1/0")
     monkeypatch.setattr(runtime_module, "_runtime", None)
@@ -331,7 +331,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
 def test_a_redis_that_refuses_us_is_named_as_such(url: str, error: str, said: str) -> None:
     import redis
 
-    from worker.redis_client import problem
+    from worker.infra.redis_client import problem
 
     kind, _, text = error.partition(":")
     described = problem(url, getattr(redis.exceptions, kind)(text))

@@ -1,5 +1,5 @@
-"""One clock: Redis's (worker.redis_client.RedisClock), which retry schedules and pacing
-slots are computed on (worker.retries.clock), whatever a host's own clock says."""
+"""One clock: Redis's (worker.infra.redis_client.RedisClock), which retry schedules and pacing
+slots are computed on (worker.core.retries.clock), whatever a host's own clock says."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import fakeredis
 import pytest
 import redis
 
-from worker import retries
-from worker import runtime as runtime_module
-from worker.redis_client import RedisClock
-from worker.runtime import Runtime, runtime
-from worker.settings import Settings
+from worker.core import retries
+from worker.delivery import runtime as runtime_module
+from worker.delivery.runtime import Runtime, runtime
+from worker.infra.redis_client import RedisClock
+from worker.infra.settings import Settings
 
 
 def redis_time(client: redis.Redis) -> float:

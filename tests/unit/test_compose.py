@@ -22,13 +22,13 @@ import yaml
 from click.testing import CliRunner
 
 from worker.cli import main as cli_main
-from worker.settings import Settings
+from worker.infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {
     "redis-acl", "redis", "worker", "worker-brevo", "ingress", "flower", "fake-destinations"
 }  # fmt: skip
-# Each component's Redis user (worker.redis_acl) and the service that uses it.
+# Each component's Redis user (worker.infra.redis_acl) and the service that uses it.
 USERS = {"worker": "worker", "worker-brevo": "worker", "ingress": "producer", "flower": "flower"}
 OBSERVABILITY = {"prometheus", "grafana"}  # profile "observability"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "prefsync.json"
@@ -429,14 +429,31 @@ def test_docs_lists_every_setting_with_its_default(documentation: str) -> None:
         assert shown in rows[0], f"{env}: the documentation does not show its default {shown!r}"
 
 
-def test_readme_layout_names_every_worker_module(readme: str) -> None:
-    layout = readme.split("```text\nworker/")[-1].split("```")[0]
-    listed = set(re.findall(r"^\s+([\w/]+\.py)\b", layout, flags=re.M))
-    present = {
-        path.relative_to(ROOT / "worker").as_posix().replace("connectors/", "")
-        for path in (ROOT / "worker").rglob("*.py")
-    }
-    assert present <= listed, f"modules missing from the README layout: {present - listed}"
+def layout_tree(text: str) -> set[str]:
+    """The files a ```text tree names, as paths: two spaces of indent a level; a folder's
+    own line stands for its __init__.py."""
+    block = text.split("## Layout", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    stack: list[str] = []
+    listed: set[str] = set()
+    for line in block.splitlines():
+        match = re.match(r"^( *)([\w./]+)", line)
+        if not match:
+            continue
+        depth, name = len(match.group(1)) // 2, match.group(2)
+        stack[depth:] = [name.rstrip("/")]
+        if name.endswith(".py"):
+            listed.add("/".join(stack))
+        elif name.endswith("/"):
+            listed.add("/".join([*stack, "__init__.py"]))
+    return listed
+
+
+def test_the_layout_names_every_worker_module_and_no_other() -> None:
+    text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    listed = {path for path in layout_tree(text) if path.startswith("worker/")}
+    present = {path.relative_to(ROOT).as_posix() for path in (ROOT / "worker").rglob("*.py")}
+    assert present - listed == set(), "modules missing from docs/development.md's layout"
+    assert listed - present == set(), "docs/development.md's layout names modules that are gone"
 
 
 # -- the ingress and the observability profile -----------------------------------------

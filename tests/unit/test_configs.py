@@ -11,12 +11,14 @@ from typing import Any
 import fakeredis
 import pytest
 
-from worker.configs import ConfigStore, ConnectorConfig, Mapping, parse_config
 from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, get_connector
 from worker.connectors.braze import BrazeConnector
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig, Mapping
 from worker.connectors.sendinblue import SendinblueConnector
-from worker.errors import InvalidConfig
-from worker.sealing import Sealer, new_key
+from worker.core.errors import InvalidConfig
+from worker.infra.sealing import Sealer, new_key
+from worker.records.configs import ConfigStore
 
 SEALER = Sealer([new_key()])
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "connectors"
@@ -602,4 +604,5 @@ def test_connector_config_refuses_options_of_another_connector() -> None:
             type_id="sendinblue",
             mappings=braze_config.mappings,
             options=braze_config.options,
+            connector=CONNECTORS["sendinblue"],
         )

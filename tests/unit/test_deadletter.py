@@ -1,4 +1,5 @@
-"""The dead-letter store (worker.deadletter): compact entries, per-tenant count and bytes, an
+"""The dead-letter store (worker.records.deadletter): compact entries, per-tenant count and
+bytes, an
 error past a threshold, and listing a page at a time (fakeredis)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import fakeredis
 import pytest
 import structlog
 
-from worker.deadletter import ENTRIES, ORDER, DeadLetterStore, _decode, replay
+from worker.records.deadletter import ENTRIES, ORDER, DeadLetterStore, _decode, replay
 
 
 def add(store: DeadLetterStore, n: int, tenant: str = "acme", at: float = 1.0, payload=None):

@@ -1,5 +1,5 @@
-"""Delivering a batch of events to one connector (worker.delivery.Deliverer and
-worker.pipeline.deliver): per-user coalescing with newest-wins, duplicates, busy users and
+"""Delivering a batch of events to one connector (worker.delivery.deliverer.Deliverer and
+worker.delivery.pipeline.deliver): per-user coalescing with newest-wins, duplicates, busy users and
 how a failing call ends the batch. Redis is fakeredis, HTTP is mocked by ``responses``."""
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import pytest
 import responses
 
 from tests.unit.conftest import hold_elsewhere, install_runtime, lock_holder
-from worker import pipeline
-from worker.configs import ConnectorConfig, parse_config
 from worker.connectors.base import Delivered, Transport, standalone_change
-from worker.delivery import Unfinished
-from worker.errors import Deferred, InvalidEvent, PermanentError, RetryableError
-from worker.events import parse_event
-from worker.pacing import MARGIN
-from worker.runtime import Runtime
-from worker.settings import Settings, get_settings
-from worker.state import UserBusy, key
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig
+from worker.core.errors import Deferred, InvalidEvent, PermanentError, RetryableError
+from worker.core.events import parse_event
+from worker.delivery import pipeline
+from worker.delivery.deliverer import Unfinished
+from worker.delivery.pacing import MARGIN
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import Settings, get_settings
+from worker.records.state import UserBusy, key
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events" / "event-created.json"
 TENANT = "acme"

@@ -19,16 +19,17 @@ from click.testing import CliRunner
 from tests.fakes.destinations import FakeDestinations
 from tests.unit.conftest import install_runtime
 from tests.unit.test_producer import broker
-from worker import pipeline
 from worker.cli import main
-from worker.configs import ConnectorConfig, parse_config
-from worker.deadletter import Attempt
-from worker.errors import PermanentError, RetryableError
-from worker.events import OrderingKey, parse_event
-from worker.pseudonym import KEY, Pseudonyms, load_key
-from worker.runtime import Runtime
-from worker.settings import Settings, get_settings
-from worker.state import StateStore, UserBusy, Write, key
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig
+from worker.core.errors import PermanentError, RetryableError
+from worker.core.events import OrderingKey, parse_event
+from worker.delivery import pipeline
+from worker.delivery.runtime import Runtime
+from worker.infra.pseudonym import KEY, Pseudonyms, load_key
+from worker.infra.settings import Settings, get_settings
+from worker.records.deadletter import Attempt
+from worker.records.state import StateStore, UserBusy, Write, key
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TENANT = "acme"

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from worker.errors import InvalidEvent
-from worker.events import (
+from worker.core.errors import InvalidEvent
+from worker.core.events import (
     EVENT_TYPES,
     FlatProperties,
     OrderingKey,
     PreferenceEvent,
     parse_event,
 )
-from worker.outcomes import SkipReason
+from worker.core.outcomes import SkipReason
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "events"
 

@@ -1,7 +1,7 @@
 """Fields several mappings feed (Braze email_subscribe from OPTED_IN and UNSUBSCRIBED,
 push_subscribe, subscription groups; Brevo emailBlacklisted, smsBlacklisted) are computed
 from the person's whole current state and sent only when they change (braze.md, "derived
-fields"). worker.delivery on fakeredis, HTTP mocked by ``responses``."""
+fields"). worker.delivery.deliverer on fakeredis, HTTP mocked by ``responses``."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.configs import ConnectorConfig, parse_config
 from worker.connectors.base import standalone_change
-from worker.events import parse_event
-from worker.runtime import Runtime
-from worker.settings import Settings, get_settings
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig
+from worker.core.events import parse_event
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import Settings, get_settings
 
 TENANT = "acme"
 TRACK = "https://rest.fra-01.braze.eu/users/track"

@@ -1,5 +1,5 @@
 """The bulk feeder: tenants' parked loads fed in turn, within the bound of bulk messages
-queued, and never lost when a feeder dies mid-way (worker.feeder)."""
+queued, and never lost when a feeder dies mid-way (worker.records.feeder)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import fakeredis
 import pytest
 
-from worker import feeder
-from worker.feeder import QUEUED, TENANTS, BulkFeeder, parked_key
+from worker.records import feeder
+from worker.records.feeder import QUEUED, TENANTS, BulkFeeder, parked_key
 
 
 @pytest.fixture

@@ -14,13 +14,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.unit.conftest import install_runtime
-from worker.errors import BrokerUnavailable
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import Settings
 from worker.ingress import app as app_module
 from worker.ingress.batching import BatchingEnqueuer
 from worker.ingress.credentials import CheckCache, CredentialStore
-from worker.producer import MAX_BATCH
-from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.producer import MAX_BATCH, BrokerUnavailable
 
 EVENT = json.loads(
     (Path(__file__).resolve().parents[2] / "examples/events/event-created.json").read_text()

@@ -1,7 +1,7 @@
 # ruff: noqa: F811 (the fixtures of test_tasks, imported to be used here)
 """Lanes: which queue each publish chooses, and that a message's lane and destination type
 stay with it through the fan-out, a retry, a deferral, a split, the outbox's copy and a
-dead letter's replay (worker.lanes)."""
+dead letter's replay (worker.queue.lanes)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from celery import states
 from celery.exceptions import SoftTimeLimitExceeded
 
 import worker.connectors.braze
-import worker.feeder
-import worker.lanes
-import worker.tasks
+import worker.queue.lanes
+import worker.queue.tasks
+import worker.records.configs
+import worker.records.feeder
 from tests.unit.test_producer import broker
 from tests.unit.test_tasks import (  # noqa: F401 (fixtures)
     BREVO_UPDATE,
@@ -33,10 +34,11 @@ from tests.unit.test_tasks import (  # noqa: F401 (fixtures)
     no_sleep,
     settings,
 )
-from worker.app import app
 from worker.connectors.base import Connector, Delivered
-from worker.lanes import BULK, LIVE, Destinations, queue_for, queues
-from worker.tasks import deliver, route
+from worker.queue.app import app
+from worker.queue.lanes import BULK, LIVE, queue_for, queues
+from worker.queue.tasks import deliver, route
+from worker.records.configs import Destinations
 
 BULK_BRAZE = {"lane": BULK, "destination": "braze"}
 
@@ -65,7 +67,7 @@ def test_a_third_destination_type_gets_its_queues_from_the_registry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     third = type("Third", (Connector,), {"type_id": "third"})
-    monkeypatch.setitem(worker.lanes.CONNECTORS, "third", third)
+    monkeypatch.setitem(worker.queue.lanes.CONNECTORS, "third", third)
 
     assert "celery.third" in queues() and "celery.bulk.third" in queues()
     assert queue_for("prefsync.deliver", {"lane": BULK, "destination": "third"}) == (
@@ -102,7 +104,7 @@ def test_a_retry_celery_publishes_itself_keeps_its_queue() -> None:
 
 
 def test_tasks_that_are_not_prefsyncs_go_where_celery_sends_them() -> None:
-    assert worker.lanes.route_for("celery.ping", [], {}, {}) is None
+    assert worker.queue.lanes.route_for("celery.ping", [], {}, {}) is None
 
 
 def test_the_destination_type_is_read_once_in_a_while_and_none_when_unreadable(
@@ -122,7 +124,7 @@ def test_the_destination_type_is_read_once_in_a_while_and_none_when_unreadable(
     assert destinations.type_of(TENANT, connector_id) == "sendinblue"
     assert destinations.type_of(TENANT, connector_id) == "sendinblue"
     assert reads == [connector_id]
-    now[0] += worker.lanes.TYPE_TTL
+    now[0] += worker.records.configs.TYPE_TTL
     assert destinations.type_of(TENANT, "gone") is None
     assert destinations.type_of(TENANT, connector_id) == "sendinblue"
     assert reads == [connector_id, "gone", connector_id]
@@ -137,7 +139,7 @@ def test_a_bulk_route_fans_out_to_bulk_deliveries_queued_by_destination_type(
     braze = braze_config(harness)
     brevo = brevo_config(harness)
 
-    worker.tasks.publish(route, [[event()]], {"lane": BULK, "enqueued_at": 1.0})
+    worker.queue.tasks.publish(route, [[event()]], {"lane": BULK, "enqueued_at": 1.0})
     harness.worker.execute(harness.broker.queue.pop())
 
     fanned = {m.args[1]: m for m in harness.broker.queue}
@@ -170,7 +172,7 @@ def test_a_retry_stays_in_its_lane_and_queue(
     connector_id = braze_config(harness)
     answers(harness, mocked, [(503, UNAVAILABLE, {}), (201, SUCCESS, {})])
 
-    worker.tasks.publish(deliver, [[event()], connector_id], BULK_BRAZE)
+    worker.queue.tasks.publish(deliver, [[event()], connector_id], BULK_BRAZE)
     runs = harness.worker.drain()
 
     assert [r.state for r in runs] == [states.RETRY, states.SUCCESS]
@@ -187,7 +189,7 @@ def test_a_deferral_stays_in_its_lane_and_queue(
     kwargs = {"lane": BULK, "destination": "sendinblue"}
     users = [f"u{n}@example.com" for n in range(2)]
 
-    worker.tasks.publish(deliver, [[event_of(u) for u in users], connector_id], kwargs)
+    worker.queue.tasks.publish(deliver, [[event_of(u) for u in users], connector_id], kwargs)
     harness.worker.execute(harness.broker.queue.pop())  # the second call must wait its slot
 
     [deferred] = harness.broker.queue
@@ -210,7 +212,7 @@ def test_a_split_stays_in_its_lane_and_queue(
     monkeypatch.setattr(worker.connectors.braze.BrazeConnector, "deliver_many", slow_once)
     batch = [event_of("a@example.com"), event_of("b@example.com")]
 
-    worker.tasks.publish(deliver, [batch, connector_id], BULK_BRAZE)
+    worker.queue.tasks.publish(deliver, [batch, connector_id], BULK_BRAZE)
     runs = harness.worker.drain()
 
     assert calls == [2, 1, 1]
@@ -223,19 +225,19 @@ def test_the_outbox_publishes_a_lost_message_again_into_its_own_queue(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     connector_id = braze_config(harness)
-    worker.tasks.publish(deliver, [[event()], connector_id], BULK_BRAZE)
+    worker.queue.tasks.publish(deliver, [[event()], connector_id], BULK_BRAZE)
     [lost] = harness.broker.queue
     harness.broker.queue.clear()
     harness.clock.now += harness.rt.outbox.grace + 1
     waiting = {name: 0 for name in queues()}
-    monkeypatch.setattr(worker.tasks, "queue_lengths", lambda names: waiting)
+    monkeypatch.setattr(worker.queue.tasks, "queue_lengths", lambda names: waiting)
 
     waiting["celery.bulk.braze"] = 1  # a backlog in its queue: it may be one of them
-    worker.tasks.OutboxSweep(None).sweep()
+    worker.queue.tasks.OutboxSweep(None).sweep()
     assert harness.broker.queue == []
 
     waiting["celery.bulk.braze"], waiting["celery"] = 0, 5  # other queues do not matter
-    worker.tasks.OutboxSweep(None).sweep()
+    worker.queue.tasks.OutboxSweep(None).sweep()
     [again] = harness.broker.queue
     assert (again.task_id, again.kwargs) == (lost.task_id, lost.kwargs)
     assert queue_for(again.task, again.kwargs) == "celery.bulk.braze"
@@ -308,10 +310,10 @@ def worker_queues(monkeypatch: pytest.MonkeyPatch, *options: str) -> list[str] |
     from click.testing import CliRunner
 
     import worker.cli
-    import worker.redis_client
+    import worker.infra.redis_client
 
     execed: list[list[str]] = []
-    monkeypatch.setattr(worker.redis_client, "connect", lambda *_, **__: FakeRedis())
+    monkeypatch.setattr(worker.infra.redis_client, "connect", lambda *_, **__: FakeRedis())
     monkeypatch.setattr(worker.cli.os, "execvp", lambda _, argv: execed.append(argv))
     result = CliRunner().invoke(worker.cli.main, ["worker", *options])
     assert result.exit_code == 0, result.output
@@ -381,11 +383,13 @@ def test_the_workers_feeder_publishes_parked_messages_into_the_bulk_lane_under_i
     parked = [(f"t-{n}", route.name, [[event()]], {"lane": BULK}) for n in range(3)]
     harness.rt.feeder.park(TENANT, parked)
     waiting = dict.fromkeys(queues(), 0)
-    monkeypatch.setattr(worker.tasks, "queue_lengths", lambda names: {n: waiting[n] for n in names})
+    monkeypatch.setattr(
+        worker.queue.tasks, "queue_lengths", lambda names: {n: waiting[n] for n in names}
+    )
 
     waiting["celery"] = 1_000  # a live backlog does not hold bulk back from the queues
-    waiting["celery.bulk.braze"] = worker.feeder.QUEUED - 2
-    assert worker.tasks.feed_bulk() == 2
+    waiting["celery.bulk.braze"] = worker.records.feeder.QUEUED - 2
+    assert worker.queue.tasks.feed_bulk() == 2
 
     fed = harness.broker.queue
     assert [m.task_id for m in fed] == ["t-0", "t-1"]  # the ids given at parking

@@ -1,4 +1,4 @@
-"""`prefsync worker-health` reads the heartbeat the worker writes (worker.liveness)."""
+"""`prefsync worker-health` reads the heartbeat the worker writes (worker.queue.liveness)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from worker.cli import main
-from worker.liveness import heartbeat_age, write_heartbeat
-from worker.settings import get_settings
+from worker.infra.settings import get_settings
+from worker.queue.liveness import heartbeat_age, write_heartbeat
 
 
 @pytest.fixture

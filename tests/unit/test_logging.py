@@ -1,10 +1,10 @@
-"""Redaction of credentials in log lines (worker.logging.redact)."""
+"""Redaction of credentials in log lines (worker.infra.logging.redact)."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.logging import redact
+from worker.infra.logging import redact
 
 SECRET = "s3cr3t-V4lue"
 
@@ -45,7 +45,7 @@ class _Hasher:
 
 
 def test_user_ids_hashed_omitted_or_left_out_when_no_key_can_be_read(monkeypatch):
-    from worker import logging as prefsync_logging
+    from worker.infra import logging as prefsync_logging
 
     hide = prefsync_logging._user_ids("hash")
     monkeypatch.setattr(prefsync_logging, "_pseudonyms", lambda: _Hasher())

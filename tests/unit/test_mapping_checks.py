@@ -24,11 +24,13 @@ from tests.unit.test_tasks import (
     event,
     harness,  # noqa: F401 (fixture)
 )
-from worker.configs import ConfigStore, ConnectorConfig, Mapping, parse_config
-from worker.errors import InvalidConfig
-from worker.events import PROPERTY_SHAPES, FlatProperties, is_property_name
-from worker.sealing import Sealer, new_key
-from worker.tasks import deliver
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig, Mapping
+from worker.core.errors import InvalidConfig
+from worker.core.events import PROPERTY_SHAPES, FlatProperties, is_property_name
+from worker.infra.sealing import Sealer, new_key
+from worker.queue.tasks import deliver
+from worker.records.configs import ConfigStore
 
 KEY = "test-key-0000-abcdefgh"
 PROPERTY = "consents_purposes_newsletter_enabled"

@@ -12,9 +12,9 @@ import responses
 from redis.client import Pipeline
 
 from tests.unit.test_cli import braze_config, event, run
-from worker.configs import parse_config
-from worker.events import parse_event
-from worker.runtime import Runtime
+from worker.connectors.config import parse_config
+from worker.core.events import parse_event
+from worker.delivery.runtime import Runtime
 
 TRACK = "https://rest.fra-01.braze.eu/users/track"
 
@@ -27,7 +27,7 @@ def test_a_delivery_records_when_each_mapping_matched_in_one_write(
     second = event()
     second["parameters"]["entity"].update(id="e-2", user={"organization_user_id": "u-2"})
     events = [parse_event(event()), parse_event(second)]
-    monkeypatch.setattr("worker.recorder.clock", lambda: 1_800_000_000.0)
+    monkeypatch.setattr("worker.records.recorder.clock", lambda: 1_800_000_000.0)
     written: list[str] = []
     hset = Pipeline.hset
 
@@ -72,7 +72,7 @@ def test_connectors_check_shows_when_each_mapping_last_matched(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run("connectors", "put", "acme", "-", input=json.dumps(braze_config()))
-    monkeypatch.setattr("worker.recorder.clock", lambda: 1_800_000_000.0)
+    monkeypatch.setattr("worker.records.recorder.clock", lambda: 1_800_000_000.0)
     record_match(rt, "consents_purposes_newsletter_enabled")
 
     result = run("connectors", "check", "acme")
@@ -125,7 +125,7 @@ def test_stats_for_a_tenant_lists_its_mappings_last_matches(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run("connectors", "put", "acme", "-", input=json.dumps(braze_config()))
-    monkeypatch.setattr("worker.recorder.clock", lambda: 1_800_000_000.0)
+    monkeypatch.setattr("worker.records.recorder.clock", lambda: 1_800_000_000.0)
     record_match(rt, "consents_purposes_product_updates_enabled")
 
     output = run("stats", "--tenant", "acme", "--mappings").output.splitlines()

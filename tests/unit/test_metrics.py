@@ -1,4 +1,4 @@
-"""What workers record for /metrics (worker.metrics, written by the recorder and the outbox)
+"""What workers record for /metrics (worker.records.metrics, written by the recorder and the outbox)
 and how /metrics shows it (worker.ingress.metrics). Redis is fakeredis, HTTP ``responses``."""
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ from tests.unit.test_delivery import (  # noqa: F401
     rt,
     update_url,
 )
-from worker import metrics
-from worker.configs import ConnectorConfig, parse_config
-from worker.deadletter import Attempt
-from worker.errors import RetryableError
-from worker.events import parse_event
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig
+from worker.core.errors import RetryableError
+from worker.core.events import parse_event
+from worker.core.retries import clock
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import Settings
 from worker.ingress.metrics import IngressMetrics
-from worker.retries import clock
-from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.records import metrics
+from worker.records.deadletter import Attempt
 
 TENANT = "acme"
 

@@ -8,7 +8,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from worker.outbox import SWEEPER, SWEEPER_EXPIRY, Outbox
+from worker.records.outbox import SWEEPER, SWEEPER_EXPIRY, Outbox
 
 ARGS = [[{"type": "event.created", "n": 1}, {"type": "event.created", "n": 2}], "braze"]
 

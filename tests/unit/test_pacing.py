@@ -1,4 +1,5 @@
-"""The shared rate limiter (worker.pacing), on fakeredis; the workers' clock is faked where a
+"""The shared rate limiter (worker.delivery.pacing), on fakeredis; the workers' clock is faked
+where a
 test needs exact times."""
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import pytest
 import responses
 from pydantic import ValidationError
 
-from worker import pacing
 from worker.connectors import rate_limits
 from worker.connectors.base import HttpRequest, Quota, Transport
-from worker.errors import Deferred
-from worker.pacing import MARGIN, PacedTransport, Pacer, account_key
-from worker.settings import InvalidSettings, Settings
+from worker.core.errors import Deferred
+from worker.delivery import pacing
+from worker.delivery.pacing import MARGIN, PacedTransport, Pacer, account_key
+from worker.infra.settings import InvalidSettings, Settings
 
 BUCKET = account_key("sendinblue", "xkeysib-TESTKEY-0123456789abcdef")
 SLOT = 1e-6  # slots are stored to the microsecond
@@ -197,7 +198,7 @@ def test_rate_limits_are_read_by_connector_type_or_alias_and_unknown_names_refus
 def test_a_worker_with_an_unknown_rate_limit_name_does_not_start() -> None:
     env = {**os.environ, "PREFSYNC_RATE_LIMITS": '{"mailchimp": 5}'}
     started = subprocess.run(
-        [sys.executable, "-c", "import worker"], env=env, capture_output=True, text=True
+        [sys.executable, "-c", "from worker import app"], env=env, capture_output=True, text=True
     )
     assert started.returncode == 2
     assert started.stderr.strip().startswith("error: PREFSYNC_RATE_LIMITS: names 'mailchimp'")

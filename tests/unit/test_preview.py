@@ -16,9 +16,10 @@ import responses
 from click.testing import CliRunner, Result
 
 from worker.cli import main
-from worker.configs import KEY_PREFIX, parse_config
-from worker.runtime import Runtime
-from worker.settings import get_settings
+from worker.connectors.config import parse_config
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import get_settings
+from worker.records.configs import KEY_PREFIX
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BRAZE_KEY = "braze-rest-key-abcdef-0123456789"

@@ -14,12 +14,15 @@ import redis
 from click.testing import CliRunner
 from kombu.exceptions import OperationalError
 
-from worker import outbox, producer, tasks
+from worker import producer
 from worker.cli import main
-from worker.errors import BrokerUnavailable, InvalidEvent, PrefsyncError
-from worker.redis_client import redacted_url
-from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.core.errors import InvalidEvent, PrefsyncError
+from worker.delivery.runtime import Runtime
+from worker.infra.redis_client import redacted_url
+from worker.infra.settings import Settings
+from worker.producer import BrokerUnavailable
+from worker.queue import tasks
+from worker.records import outbox
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PASSWORD = "hunter2-redis-pass"

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.events import FlatProperties, PreferenceEvent, parse_event
+from worker.core.events import FlatProperties, PreferenceEvent, parse_event
 
 MAPPINGS = [
     "consents_purposes_p_enabled",

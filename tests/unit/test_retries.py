@@ -5,8 +5,8 @@ from itertools import accumulate
 
 import pytest
 
-from worker.retries import retry_countdown
-from worker.settings import DEFAULT_RETRY_COUNTDOWNS, Settings
+from worker.core.retries import retry_countdown
+from worker.infra.settings import DEFAULT_RETRY_COUNTDOWNS, Settings
 
 OFFSETS = list(accumulate(DEFAULT_RETRY_COUNTDOWNS))
 

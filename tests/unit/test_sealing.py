@@ -1,4 +1,4 @@
-"""Connector configs sealed at rest (worker.sealing, ConfigStore): no credential in Redis in
+"""Connector configs sealed at rest (worker.infra.sealing, ConfigStore): no credential in Redis in
 clear, plain configs of an older release still read, keys rotated by reencrypt."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import stat
 import fakeredis
 import pytest
 
-from worker.configs import KEY_PREFIX, ConfigStore, parse_config
-from worker.errors import InvalidConfig
-from worker.sealing import PREFIX, Sealer, SealingError, keys_from, new_key
-from worker.settings import Settings
+from worker.connectors.config import parse_config
+from worker.core.errors import InvalidConfig
+from worker.infra.sealing import PREFIX, Sealer, SealingError, keys_from, new_key
+from worker.infra.settings import Settings
+from worker.records.configs import KEY_PREFIX, ConfigStore
 
 API_KEY = "xkeysib-SEALED-0123456789abcdef"
 CONFIG = {

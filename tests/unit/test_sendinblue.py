@@ -12,11 +12,12 @@ import pytest
 import requests
 import responses
 
-from worker.configs import ConnectorConfig, parse_config
 from worker.connectors.base import Delivered, Skipped, Transport, standalone_change
-from worker.errors import PermanentError, RetryableError
-from worker.outcomes import SkipReason
-from worker.settings import get_settings
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig
+from worker.core.errors import PermanentError, RetryableError
+from worker.core.outcomes import SkipReason
+from worker.infra.settings import get_settings
 
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
 BASE = "https://api.test-brevo.example/v3"

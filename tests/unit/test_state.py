@@ -11,9 +11,9 @@ import fakeredis
 import pytest
 
 from tests.unit.conftest import hold_elsewhere, lock_holder
-from worker.events import OrderingKey, Value
-from worker.pseudonym import Pseudonyms
-from worker.state import Owners, StateStore, Write, _load, key
+from worker.core.events import OrderingKey, Value
+from worker.infra.pseudonym import Pseudonyms
+from worker.records.state import Owners, StateStore, Write, _load, key
 
 NEWSLETTER = "consents_purposes_newsletter_enabled"
 PRODUCT = "consents_purposes_product_enabled"
@@ -291,7 +291,8 @@ def test_one_event_key_of_two_users_is_two_events(store):
 
 
 def older_release_ran(store: StateStore) -> None:
-    """What every older release left: its outcome counters (worker.state.StateStore.older)."""
+    """What every older release left: its outcome counters
+    (worker.records.state.StateStore.older)."""
     store.redis.hset("prefsync:stats", "delivered", 1)
 
 

@@ -1,11 +1,11 @@
-"""What a prefsync task's message shows Flower (worker.tasks.describe_arguments /
+"""What a prefsync task's message shows Flower (worker.queue.tasks.describe_arguments /
 describe_keywords): counts, types, tenants, consent event ids, the connector; no person."""
 
 from __future__ import annotations
 
 import json
 
-from worker.tasks import _shown_without_people, describe_arguments, describe_keywords
+from worker.queue.tasks import _shown_without_people, describe_arguments, describe_keywords
 
 
 def user_updated(user: str, pmp_id: str) -> dict:

@@ -7,7 +7,7 @@ solo pool, so the tracer (not eager), ``autoretry_for``, ``ScheduledTask.retry``
 are all Celery's code. The broker is replaced by a recorder of what the tasks publish
 (``ScheduledTask.apply_async``): a retry becomes a message with its args, kwargs (the carried
 ``attempts``), retries and countdown. ``Worker.drain`` moves the frozen clock
-(``worker.tasks.clock``) to when each message is due and runs it.
+(``worker.queue.tasks.clock``) to when each message is due and runs it.
 
 Our data is in fakeredis, HTTP is mocked by ``responses``.
 """
@@ -42,18 +42,18 @@ from celery.worker.request import Request
 from kombu.exceptions import EncodeError, OperationalError
 
 import worker.connectors.braze
-import worker.outbox
-import worker.pacing
-import worker.tasks
+import worker.delivery.pacing
+import worker.queue.tasks
+import worker.records.outbox
 from tests.unit.conftest import hold_elsewhere
-from worker.app import app
-from worker.configs import parse_config
 from worker.connectors.base import Delivered
-from worker.deadletter import DeadLetter
-from worker.errors import RetryableError
-from worker.runtime import Runtime
-from worker.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
-from worker.tasks import REDIS_PATIENCE, ScheduledTask, deliver, route
+from worker.connectors.config import parse_config
+from worker.core.errors import RetryableError
+from worker.delivery.runtime import Runtime
+from worker.infra.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
+from worker.queue.app import app
+from worker.queue.tasks import REDIS_PATIENCE, ScheduledTask, deliver, route
+from worker.records.deadletter import DeadLetter
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events" / "event-created.json"
 TENANT = "acme"
@@ -74,7 +74,7 @@ UNAVAILABLE = {"message": "Service Unavailable"}
 
 
 class Clock:
-    """The one clock (worker.retries.clock), frozen; only tests move it."""
+    """The one clock (worker.core.retries.clock), frozen; only tests move it."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -206,7 +206,7 @@ class Worker:
 
     def send(self, task: ScheduledTask, *args: Any) -> None:
         """A producer's publish: the first attempt of a message, through the outbox."""
-        worker.tasks.publish(task, list(args))
+        worker.queue.tasks.publish(task, list(args))
 
     def drain(self, limit: int = 50) -> list[Run]:
         """Run every queued message, earliest due first, moving the clock to its due time."""
@@ -255,11 +255,11 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
     rt.__dict__["redis"] = fakeredis.FakeRedis(server=server)
     clock = Clock(START)
     broker = Broker(clock)
-    monkeypatch.setattr(worker.tasks, "runtime", lambda: rt)
-    monkeypatch.setattr(worker.tasks, "clock", clock)
+    monkeypatch.setattr(worker.queue.tasks, "runtime", lambda: rt)
+    monkeypatch.setattr(worker.queue.tasks, "clock", clock)
     # Braze's X-RateLimit-Reset is an epoch time, read against the connector's own clock.
     monkeypatch.setattr(worker.connectors.braze, "clock", clock)
-    monkeypatch.setattr(worker.pacing, "clock", clock)  # rate-limit slots
+    monkeypatch.setattr(worker.delivery.pacing, "clock", clock)  # rate-limit slots
 
     def apply_async(task: ScheduledTask, args: Any = None, kwargs: Any = None, **options: Any):
         return broker.publish(task, args, kwargs, **options)
@@ -275,7 +275,7 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
 @dataclass
 class Outage:
     """Our Redis (fakeredis) down from ``begin()`` until the tasks have waited ``lasts``
-    seconds for it, on the clock of their waits (worker.tasks' sleep and monotonic, faked);
+    seconds for it, on the clock of their waits (worker.queue.tasks' sleep and monotonic, faked);
     the soft time limit comes after ``soft_limit`` seconds of waiting."""
 
     server: fakeredis.FakeServer
@@ -300,8 +300,8 @@ class Outage:
 @pytest.fixture
 def outage(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Outage:
     outage = Outage(harness.server)
-    monkeypatch.setattr(worker.tasks, "sleep", outage.sleep)
-    monkeypatch.setattr(worker.tasks, "monotonic", outage.monotonic)
+    monkeypatch.setattr(worker.queue.tasks, "sleep", outage.sleep)
+    monkeypatch.setattr(worker.queue.tasks, "monotonic", outage.monotonic)
     return outage
 
 
@@ -880,7 +880,7 @@ def test_a_sigterm_while_the_retry_waits_for_redis_is_let_through_once_it_is_wri
             raise_signal(SIGTERM)
         outage.sleep(seconds)
 
-    monkeypatch.setattr(worker.tasks, "sleep", sleep)
+    monkeypatch.setattr(worker.queue.tasks, "sleep", sleep)
     connector_id = braze_takes_the_call_as_redis_dies(harness, mocked, outage)
     harness.worker.send(deliver, [event()], connector_id)
     previous = set_signal_handler(SIGTERM, exit_pool_process)
@@ -1062,7 +1062,7 @@ def test_a_transient_failure_retries_only_the_events_left_and_a_refusal_only_its
     # Should Celery report that first run as failed too (a hard time limit after the
     # answers came), b keeps its one entry: one per event and run, whichever path.
     first = runs[0].message
-    worker.tasks._dead_letter_failures(
+    worker.queue.tasks._dead_letter_failures(
         sender=deliver,
         task_id=first.task_id,
         exception=RetryableError("reported late"),

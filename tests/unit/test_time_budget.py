@@ -15,9 +15,9 @@ import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 from billiard.pool import SIG_SOFT_TIMEOUT
 
-from worker.pool import signals_held, soft_limit_armed
-from worker.settings import Settings
-from worker.tasks import REDIS_PATIENCE, patiently
+from worker.infra.settings import Settings
+from worker.queue.pool import signals_held, soft_limit_armed
+from worker.queue.tasks import REDIS_PATIENCE, patiently
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRADICTION = {
@@ -133,13 +133,13 @@ def test_a_soft_time_limit_while_a_result_is_written_or_after_is_dropped_until_t
 
 def test_a_redis_channel_whose_connection_is_gone_works_through_our_own_client():
     # What Celery does with a message of a lost connection (ack, put back, restore) goes
-    # through the runtime's client, not a crash (worker.reconnect).
+    # through the runtime's client, not a crash (worker.queue.reconnect).
     from types import SimpleNamespace
 
     from kombu.transport import redis as kombu_redis
 
-    import worker.app  # noqa: F401  (applies worker.reconnect)
-    from worker.runtime import runtime
+    import worker.queue.app  # noqa: F401  (applies worker.queue.reconnect)
+    from worker.delivery.runtime import runtime
 
     for detached in (SimpleNamespace(connection=None), SimpleNamespace(connection=object())):
         with kombu_redis.Channel.conn_or_acquire(detached) as client:
@@ -151,7 +151,7 @@ def test_a_pool_process_that_exited_is_not_watched_again_after_a_reconnect():
 
     from celery.concurrency.asynpool import AsynPool
 
-    import worker.app  # noqa: F401  (applies worker.reconnect)
+    import worker.queue.app  # noqa: F401  (applies worker.queue.reconnect)
 
     watched = []
     hub = SimpleNamespace(add_reader=lambda fd, *args: watched.append(fd))

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from worker.connectors.base import Connector
 from worker.connectors.braze import BrazeConnector
 from worker.connectors.sendinblue import SendinblueConnector
-from worker.settings import InvalidSettings
+from worker.infra.settings import InvalidSettings
 
 _REGISTERED: tuple[Connector, ...] = (
     BrazeConnector(),

@@ -4,7 +4,7 @@ transport and the small interface a connector implements.
 A connector knows nothing of Celery or Redis: given a user, the values its mappings
 resolved to and its config, it builds requests, sends them through a ``Transport`` and
 turns the answers into a ``Delivered``/``Skipped`` result or a ``RetryableError`` /
-``PermanentError`` (worker.errors).
+``PermanentError`` (worker.core.errors).
 """
 
 from __future__ import annotations
@@ -14,19 +14,54 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import requests
 from pydantic import BaseModel
 
-from worker.errors import Deferred, DeliveryError, PermanentError, RetryableError
-from worker.events import Value
-
-if TYPE_CHECKING:
-    from worker.configs import ConnectorConfig
-    from worker.configs import Mapping as MappingConfig
+from worker.core.errors import Deferred, DeliveryError, PermanentError, RetryableError
+from worker.core.events import Value
+from worker.core.masking import mask
 
 SECRET_HEADERS = frozenset({"authorization", "api-key"})
+
+
+class MappingLike(Protocol):
+    """A mapping of a connector config: ``id`` names the destination field, ``value`` the
+    PMP property."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
+
+
+class Account(Protocol):
+    """What a connector reads of a connector config. worker.connectors.model's
+    ``ConnectorConfig`` is one; named here so that the interface does not import the
+    model, which names its connector."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def mappings(self) -> tuple[MappingLike, ...]: ...
+
+    @property
+    def mapping_ids(self) -> tuple[str, ...]: ...
+
+    @property
+    def options(self) -> Any: ...
+
+    @property
+    def upsert_mode(self) -> bool: ...
+
+    @property
+    def on_user_deleted(self) -> str: ...
+
+    @property
+    def connector(self) -> Connector: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +96,7 @@ class Delivered:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    reason: str  # one of worker.outcomes.SkipReason values
+    reason: str  # one of worker.core.outcomes.SkipReason values
     detail: str = ""
 
 
@@ -104,7 +139,7 @@ class Feed:
     strongest_first: tuple[Any, ...]
 
 
-def feeds(config: ConnectorConfig) -> list[tuple[MappingConfig, Feed | None]]:
+def feeds(config: Account) -> list[tuple[MappingLike, Feed | None]]:
     """Each mapping of ``config`` with the field it feeds (None: a field of its own). Asked
     for every change: the connector is asked once per set of mapping ids."""
     return list(zip(config.mappings, _feeds(config.connector, config.mapping_ids), strict=True))
@@ -115,7 +150,7 @@ def _feeds(connector: Connector, mapping_ids: tuple[str, ...]) -> tuple[Feed | N
     return tuple(connector.feed(mapping_id) for mapping_id in mapping_ids)
 
 
-def fed_fields(config: ConnectorConfig, current: Mapping[str, Value]) -> dict[str, Any]:
+def fed_fields(config: Account, current: Mapping[str, Value]) -> dict[str, Any]:
     """The value of every field the config's mappings feed (``Connector.feed``), from
     ``current``: a mapping's property name (as the config writes it) -> its current value.
     A field none of whose properties has a value is left out. Raises ``PermanentError``
@@ -133,13 +168,13 @@ def fed_fields(config: ConnectorConfig, current: Mapping[str, Value]) -> dict[st
     return {name: min(found, key=order[name].index) for name, found in states.items()}
 
 
-def refusals(config: ConnectorConfig) -> dict[str, Any]:
+def refusals(config: Account) -> dict[str, Any]:
     """Every field the config's mappings feed, set to its refusal (its strongest state):
     what ``on_user_deleted: unsubscribe`` sends. Custom attributes are left alone."""
     return {feed.field: feed.strongest_first[0] for _, feed in feeds(config) if feed is not None}
 
 
-def erasure_change(config: ConnectorConfig, user: str) -> Change | None:
+def erasure_change(config: Account, user: str) -> Change | None:
     """What ``config``'s ``on_user_deleted`` sends for a person's erasure; None for
     ``ignore``."""
     if config.on_user_deleted == "delete":
@@ -149,13 +184,13 @@ def erasure_change(config: ConnectorConfig, user: str) -> Change | None:
     return None
 
 
-def standalone_change(config: ConnectorConfig, user: str, values: Mapping[str, Value]) -> Change:
+def standalone_change(config: Account, user: str, values: Mapping[str, Value]) -> Change:
     """The change ``values`` make on their own, fed fields computed from them alone: what
     the dry-run preview shows (the worker computes fed fields from the whole state)."""
     return Change(user, values, fed_fields(config, values))
 
 
-def own_fields(config: ConnectorConfig, values: Mapping[str, Value]) -> dict[str, Value]:
+def own_fields(config: Account, values: Mapping[str, Value]) -> dict[str, Value]:
     """Mapping id -> value, for the mappings with a value that write a field of their own
     (not a ``Feed``): custom attributes, as the mapping id names them."""
     return {
@@ -190,12 +225,6 @@ class Quota:
     limit: int | None
     remaining: int
     reset_in: float  # seconds until the window resets
-
-
-def mask(secret: str) -> str:
-    """Show a credential the way operators may see it: only its last 4 characters."""
-    tail = secret[-4:] if len(secret) >= 12 else ""
-    return f"…{tail}" if tail else "…"
 
 
 def _mask_credential(header_value: str) -> str:
@@ -265,7 +294,7 @@ class Connector(ABC):
 
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
         """What the rate-limit headers of an answer say is left, if the destination sends
-        any: it slows the calls down before the quota is spent (worker.pacing)."""
+        any: it slows the calls down before the quota is spent (worker.delivery.pacing)."""
         return None
 
     def mapping_problem(self, mapping_id: str) -> str | None:
@@ -279,16 +308,16 @@ class Connector(ABC):
         return None
 
     @abstractmethod
-    def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+    def requests(self, config: Account, change: Change) -> list[HttpRequest]:
         """Every request ``deliver`` may send, in order (fallbacks such as a create after a
         404 included). Empty when the change maps to nothing. Used by the dry-run preview."""
 
     @abstractmethod
-    def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
+    def deliver(self, transport: Transport, config: Account, change: Change) -> Result:
         """Send the change and classify the answer, or raise Retryable/PermanentError."""
 
     def deliver_many(
-        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+        self, transport: Transport, config: Account, changes: Sequence[Change]
     ) -> list[Answer]:
         """Deliver the changes of several users (one change per user, at most
         ``batch_size``); one answer per change, in order. A destination with a batch API
@@ -309,7 +338,7 @@ class Connector(ABC):
         return answers
 
     def deliver_erasures(
-        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+        self, transport: Transport, config: Account, changes: Sequence[Change]
     ) -> list[Answer]:
         """Delete several people (changes whose ``erase`` is ``"delete"``); one answer per
         change, in order. Deleting someone the destination does not know is done, not an

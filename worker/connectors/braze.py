@@ -1,5 +1,5 @@
 """Braze: ``POST {server}/users/track`` calls of up to ``braze_batch_size`` attributes
-objects (worker.settings), one per change and so one per user, whose ``external_id`` is the
+objects (worker.infra.settings), one per change and so one per user, whose ``external_id`` is the
 PMP's ``organization_user_id``.
 
 How a mapping id becomes a field of that object (docs/reference braze.md):
@@ -50,12 +50,13 @@ from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
 
 from worker.connectors.base import (
+    Account,
     Answer,
     Change,
     Connector,
@@ -69,16 +70,13 @@ from worker.connectors.base import (
     Transport,
     header,
     header_number,
-    mask,
     own_fields,
 )
-from worker.errors import Deferred, DeliveryError, PermanentError, RetryableError
-from worker.outcomes import SkipReason
-from worker.retries import clock
-from worker.settings import get_settings
-
-if TYPE_CHECKING:
-    from worker.configs import ConnectorConfig
+from worker.core.errors import Deferred, DeliveryError, PermanentError, RetryableError
+from worker.core.masking import mask
+from worker.core.outcomes import SkipReason
+from worker.core.retries import clock
+from worker.infra.settings import get_settings
 
 
 class Instance(NamedTuple):
@@ -298,7 +296,7 @@ class BrazeConnector(Connector):
             return Feed(mapping_id, "subscribed", "unsubscribed", _GROUP_STATES)
         return None
 
-    def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+    def requests(self, config: Account, change: Change) -> list[HttpRequest]:
         if change.erase == "delete":
             return [_delete_request(config, [change.user])]
         fields = _fields(config, change)
@@ -308,7 +306,7 @@ class BrazeConnector(Connector):
             else []
         )
 
-    def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
+    def deliver(self, transport: Transport, config: Account, change: Change) -> Result:
         many = self.deliver_erasures if change.erase == "delete" else self.deliver_many
         (answer,) = many(transport, config, [change])
         if isinstance(answer, DeliveryError | Deferred):
@@ -316,7 +314,7 @@ class BrazeConnector(Connector):
         return answer
 
     def deliver_erasures(
-        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+        self, transport: Transport, config: Account, changes: Sequence[Change]
     ) -> list[Answer]:
         """``POST /users/delete`` calls of up to 50 ``external_ids`` (Braze's cap, and
         ``braze_batch_size`` when lower). A call Braze refuses as a whole (400, 413) is
@@ -341,7 +339,7 @@ class BrazeConnector(Connector):
         return [answers[position] for position in positions]
 
     def deliver_many(
-        self, transport: Transport, config: ConnectorConfig, changes: Sequence[Change]
+        self, transport: Transport, config: Account, changes: Sequence[Change]
     ) -> list[Answer]:
         answers: dict[int, Answer] = {}
         updates: list[_Update] = []
@@ -385,13 +383,13 @@ class _Update:
     fields: dict[str, Any]
 
 
-def _options(config: ConnectorConfig) -> Options:
+def _options(config: Account) -> Options:
     if not isinstance(config.options, Options):
         raise TypeError(f"connector {config.id!r} is not a Braze config")
     return config.options
 
 
-def _fields(config: ConnectorConfig, change: Change) -> dict[str, Any]:
+def _fields(config: Account, change: Change) -> dict[str, Any]:
     """The Braze fields of a change, without the user's identifier."""
     fields: dict[str, Any] = {}
     groups: list[dict[str, str]] = []
@@ -407,7 +405,7 @@ def _fields(config: ConnectorConfig, change: Change) -> dict[str, Any]:
 
 
 def _attributes(
-    config: ConnectorConfig, user: str, fields: Mapping[str, Any], erase: str | None = None
+    config: Account, user: str, fields: Mapping[str, Any], erase: str | None = None
 ) -> dict[str, Any]:
     return {
         "external_id": user,
@@ -417,15 +415,15 @@ def _attributes(
     }
 
 
-def _track_request(config: ConnectorConfig, objects: Sequence[Mapping[str, Any]]) -> HttpRequest:
+def _track_request(config: Account, objects: Sequence[Mapping[str, Any]]) -> HttpRequest:
     return _post(config, "/users/track", {"attributes": list(objects)})
 
 
-def _delete_request(config: ConnectorConfig, users: Sequence[str]) -> HttpRequest:
+def _delete_request(config: Account, users: Sequence[str]) -> HttpRequest:
     return _post(config, "/users/delete", {"external_ids": list(users)})
 
 
-def _post(config: ConnectorConfig, path: str, body: Mapping[str, Any]) -> HttpRequest:
+def _post(config: Account, path: str, body: Mapping[str, Any]) -> HttpRequest:
     options = _options(config)
     return HttpRequest(
         method="POST",
@@ -439,7 +437,7 @@ def _post(config: ConnectorConfig, path: str, body: Mapping[str, Any]) -> HttpRe
 
 
 def _send_deletion(
-    transport: Transport, config: ConnectorConfig, users: Sequence[str]
+    transport: Transport, config: Account, users: Sequence[str]
 ) -> list[Answer] | None:
     """One /users/delete call and an answer per user of it, or None when Braze refused
     it as a whole and it can be split. Braze counts the ids it queued for deletion; one it
@@ -478,9 +476,7 @@ def _send_deletion(
     return [error] * len(users)
 
 
-def _send(
-    transport: Transport, config: ConnectorConfig, call: Sequence[_Update]
-) -> list[Answer] | None:
+def _send(transport: Transport, config: Account, call: Sequence[_Update]) -> list[Answer] | None:
     """One /users/track call and an answer per object of it, or None when the call is to be
     split. Raises ``RetryableError`` or ``Deferred`` when Braze takes no calls for now."""
     response = transport.send(_track_request(config, [update.attributes for update in call]))

@@ -36,7 +36,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 from pydantic import (
@@ -51,6 +51,7 @@ from pydantic import (
 )
 
 from worker.connectors.base import (
+    Account,
     Change,
     Connector,
     Delivered,
@@ -63,15 +64,12 @@ from worker.connectors.base import (
     Transport,
     header,
     header_number,
-    mask,
     own_fields,
 )
-from worker.errors import PermanentError, RetryableError
-from worker.outcomes import SkipReason
-from worker.settings import get_settings
-
-if TYPE_CHECKING:
-    from worker.configs import ConnectorConfig
+from worker.core.errors import PermanentError, RetryableError
+from worker.core.masking import mask
+from worker.core.outcomes import SkipReason
+from worker.infra.settings import get_settings
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 # Blocklisted is the refusal, so True is the stronger state.
@@ -173,7 +171,7 @@ class SendinblueConnector(Connector):
     def feed(self, mapping_id: str) -> Feed | None:
         return _BLOCKLISTS.get(mapping_id.upper())
 
-    def requests(self, config: ConnectorConfig, change: Change) -> list[HttpRequest]:
+    def requests(self, config: Account, change: Change) -> list[HttpRequest]:
         _checked(change.user)
         options, user = _options(config), change.user
         if change.erase == "delete":
@@ -186,7 +184,7 @@ class SendinblueConnector(Connector):
             return [update, _create_request(options, user, fields)]
         return [update]
 
-    def deliver(self, transport: Transport, config: ConnectorConfig, change: Change) -> Result:
+    def deliver(self, transport: Transport, config: Account, change: Change) -> Result:
         # Refused whatever the values: the event is dead-lettered for this connector.
         _checked(change.user)
         options, user = _options(config), change.user
@@ -249,13 +247,13 @@ def _contact_url(user: str) -> str:
     return f"{_base_url()}/contacts/{segment}?identifierType={identifier_type}"
 
 
-def _options(config: ConnectorConfig) -> Options:
+def _options(config: Account) -> Options:
     if not isinstance(config.options, Options):
         raise TypeError(f"connector {config.id!r} is not a Brevo config")
     return config.options
 
 
-def _fields(config: ConnectorConfig, change: Change) -> dict[str, Any]:
+def _fields(config: Account, change: Change) -> dict[str, Any]:
     """The update body of a change: ``attributes`` (Brevo's names are upper case) and the
     blocklist flags, each only when something sets it."""
     attributes = {name.upper(): value for name, value in own_fields(config, change.values).items()}

@@ -32,14 +32,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from worker.errors import EventTooLarge, InvalidEvent
+from worker.core.errors import EventTooLarge, InvalidEvent
+from worker.core.payloads import read_payloads
+from worker.delivery.runtime import runtime
+from worker.infra.settings import Settings
 from worker.ingress.batching import BatchingEnqueuer
 from worker.ingress.credentials import CheckCache, Client, CredentialStore
 from worker.ingress.metrics import IngressMetrics
-from worker.payloads import read_payloads
 from worker.producer import enqueue_validated, validate
-from worker.runtime import runtime
-from worker.settings import Settings
 
 log = structlog.get_logger("prefsync.ingress")
 T = TypeVar("T")
@@ -267,7 +267,7 @@ class Ingress:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    from worker.settings import get_settings
+    from worker.infra.settings import get_settings
 
     # The enqueueing thread blocks on Redis several times a round; each time Redis answers
     # it must win the GIL back from the busy event loop, which by default holds it up to
@@ -288,8 +288,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 def serve_app() -> Starlette:
     """What `prefsync serve` runs in each of its processes (uvicorn's factory): with
     ``--workers N`` they are new processes, which set up our log pipeline themselves."""
-    from worker.logging import configure
-    from worker.settings import get_settings
+    from worker.infra.logging import configure
+    from worker.infra.settings import get_settings
 
     configure(get_settings())
     return create_app()

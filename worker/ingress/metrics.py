@@ -1,4 +1,4 @@
-"""``/metrics``: what every worker recorded in Redis (worker.metrics), the backlog read from
+"""``/metrics``: what every worker recorded in Redis (worker.records.metrics), the backlog read from
 Redis at each scrape, and this ingress process's own requests — in Prometheus's text format,
 written by prometheus_client.
 
@@ -28,12 +28,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from worker import lanes, metrics
 from worker.connectors import CONNECTORS
-from worker.outcomes import OutcomeKind
-from worker.retries import clock
-from worker.runtime import runtime
-from worker.settings import Settings
+from worker.core.outcomes import OutcomeKind
+from worker.core.retries import clock
+from worker.delivery.runtime import runtime
+from worker.infra.settings import Settings
+from worker.queue import lanes
+from worker.records import metrics
 
 log = structlog.get_logger("prefsync.ingress")
 

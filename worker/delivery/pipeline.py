@@ -1,0 +1,222 @@
+"""The steps the Celery tasks run, as plain functions of a Runtime (no Celery here).
+
+route:        validate a batch of payloads and fan it out: per tenant, one delivery batch
+              per connector of the tenant;
+deliver:      deliver a batch of events to one connector (worker.delivery.deliverer records
+              outcomes);
+dead_letter:  keep a delivery that ended in failure, with every attempt, for an operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from worker.core.errors import InvalidConfig, InvalidEvent, PermanentError, PrefsyncError
+from worker.core.events import PreferenceEvent, parse_event, refuse_future
+from worker.core.outcomes import Outcome, OutcomeKind, SkipReason
+from worker.delivery.deliverer import Unfinished
+from worker.delivery.runtime import Runtime
+from worker.infra.logging import redact
+from worker.records.deadletter import Attempt, DeadLetter, describe_payload_owner
+from worker.records.recorder import Ended
+
+log = structlog.get_logger("prefsync.pipeline")
+
+
+def route(
+    rt: Runtime, payloads: Any, enqueue_delivery: Callable[[list[Any], str], None]
+) -> Unfinished:
+    """Validate a batch of payloads and enqueue, for each tenant in it, one delivery batch
+    per connector of that tenant. The invalid payloads come back, to be dead-lettered.
+
+    Every connector is fanned out to, disabled or broken ones included, so that each
+    (event, connector) pair ends in a recorded outcome of its own.
+    """
+    batch = as_batch(payloads)
+    unfinished, by_tenant = parse_batch(rt, batch)
+    for tenant, events in by_tenant.items():
+        connector_ids = rt.configs.ids(tenant)
+        if not connector_ids:
+            log.warning("tenant has no connectors: nothing to deliver", tenant=tenant)
+        # Before the fan-out: from now on the person's older events are outranked, and
+        # the erasure knows whose part is still to come (worker.records.erasure).
+        for event in events.values():
+            if event.erasure:
+                rt.erasures.begin(tenant, event.user, event.ordering.timestamp_us, connector_ids)
+        for connector_id in connector_ids:
+            enqueue_delivery([batch[index] for index in events], connector_id)
+    return unfinished
+
+
+def deliver(
+    rt: Runtime, payloads: Any, connector_id: str, enqueued_at: float | None = None
+) -> Unfinished:
+    """Deliver a batch of payloads to one connector of their tenant (a batch may mix
+    tenants: each gets its own config). What has not ended comes back by index.
+    ``enqueued_at``: when the producer enqueued them, for the latency metric."""
+    unfinished, by_tenant = parse_batch(rt, as_batch(payloads))
+    for tenant, by_index in by_tenant.items():
+        indexes, events = list(by_index), list(by_index.values())
+        structlog.contextvars.bind_contextvars(tenant=tenant)
+        try:
+            config = rt.configs.get(tenant, connector_id)
+        except InvalidConfig as exc:
+            unfinished |= dict.fromkeys(indexes, exc)
+            continue
+        if config is None:
+            missing = PermanentError(
+                f"connector {connector_id!r} is not configured for tenant {tenant!r}"
+            )
+            unfinished |= dict.fromkeys(indexes, missing)
+            continue
+        left = rt.deliverer.deliver(tenant, events, config, enqueued_at)
+        for index, why in left.items():
+            unfinished[indexes[index]] = why
+        for index, event in enumerate(events):
+            if event.erasure and index not in left:
+                rt.erasures.ended(tenant, event.user, connector_id, event.ordering.timestamp_us)
+    return unfinished
+
+
+def parse_batch(
+    rt: Runtime, batch: list[Any]
+) -> tuple[Unfinished, dict[str, dict[int, PreferenceEvent]]]:
+    """The payloads of ``batch`` that are not valid events (by index), and the events,
+    by tenant and then by their index in the batch."""
+    invalid: Unfinished = {}
+    by_tenant: dict[str, dict[int, PreferenceEvent]] = {}
+    now, max_skew = rt.clock.now(), rt.settings.max_clock_skew
+    for index, payload in enumerate(batch):
+        try:
+            event = parse_event(payload, max_bytes=rt.settings.max_event_bytes)
+            refuse_future(event, now, max_skew)
+        except InvalidEvent as exc:
+            invalid[index] = exc
+            continue
+        by_tenant.setdefault(event.tenant, {})[index] = event
+    return invalid, by_tenant
+
+
+def as_batch(payloads: Any) -> list[Any]:
+    """The events a message carries: a task's first argument is a list of payloads."""
+    if not isinstance(payloads, list):
+        raise InvalidEvent(f"a message must carry a list of events, not {type(payloads).__name__}")
+    return payloads
+
+
+def attempt_from(exc: BaseException, at: float) -> Attempt:
+    return Attempt(at=at, status=getattr(exc, "status", None), error=describe_error(exc))
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, PrefsyncError):
+        return redact(str(exc))
+    # An exception we did not expect is a bug or a poison event: keep its type to find it.
+    return redact(f"{type(exc).__name__}: {exc}")
+
+
+def final_reason(exc: BaseException, attempts: Sequence[Attempt]) -> str:
+    if isinstance(exc, InvalidEvent):
+        return f"invalid event: {describe_error(exc)}"
+    if isinstance(exc, InvalidConfig):
+        problems = "; ".join(describe_error(exc).splitlines())
+        return (
+            f"connector config no longer valid: {problems} (store a corrected config with "
+            "`prefsync connectors put`, then replay these dead letters)"
+        )
+    if isinstance(exc, PermanentError):
+        # Without a status no destination answered: prefsync itself refused to send it (a
+        # contact identifier no request could name, a mapping that cannot take the value).
+        refused_by = "the destination" if exc.status is not None else "prefsync, not sent"
+        return f"refused by {refused_by}: {describe_error(exc)}"
+    if isinstance(exc, PrefsyncError):
+        return f"gave up after {len(attempts)} attempts: {describe_error(exc)}"
+    return f"unexpected error: {describe_error(exc)}"
+
+
+def connector_type(rt: Runtime, tenant: str, connector_id: str) -> str:
+    """The type of a connector, for the metrics of a dead letter: "" for none (an event
+    refused before it was routed), "unknown" when its config is gone or broken."""
+    if not connector_id:
+        return ""
+    try:
+        config = rt.configs.get(tenant, connector_id)
+    except InvalidConfig:
+        config = None
+    return config.type_id if config is not None else "unknown"
+
+
+def _erased(rt: Runtime, event: PreferenceEvent) -> bool:
+    """Whether the person's erasure outranks ``event`` (dated at or before it)."""
+    erased_at = rt.state.erased_at(event.tenant, event.user)
+    return erased_at is not None and event.ordering.timestamp_us <= erased_at
+
+
+def dead_letter(
+    rt: Runtime,
+    *,
+    payload: Any,
+    connector_id: str,
+    attempts: Sequence[Attempt],
+    exc: BaseException,
+    now: float,
+    once: str | None = None,
+) -> DeadLetter | None:
+    """Keep a failed delivery for an operator, and record the outcome; nothing when an
+    entry for ``once`` was already kept (worker.records.deadletter)."""
+    tenant, user = describe_payload_owner(payload)
+    try:
+        event: PreferenceEvent | None = parse_event(payload)
+    except InvalidEvent:
+        event = None
+    event_key = event.event_key if event is not None else ""
+    if connector_id and event_key and rt.state.is_done(tenant, connector_id, user, event_key):
+        # The delivery ended after all: Celery can report a task it cut off (a lost Redis
+        # connection, then a hard time limit) whose work was done. Nothing to hand over.
+        log.warning("not dead-lettered: the delivery had ended", error=describe_error(exc))
+        return None
+    if event is not None and not event.erasure and _erased(rt, event):
+        # Kept, a replay could bring the person back: it ends as the erasure says.
+        why = describe_error(exc)
+        outcome = Outcome(OutcomeKind.SKIPPED, reason=str(SkipReason.ERASED), detail=why)
+        rt.recorder.record(tenant, connector_id, [Ended(event_key, user, outcome)])
+        return None
+    entry = rt.deadletters.add(
+        tenant=tenant,
+        connector_id=connector_id,
+        user=user,
+        event_key=event_key,
+        payload=payload,
+        attempts=list(attempts),
+        reason=final_reason(exc, attempts),
+        dead_lettered_at=now,
+        once=once,
+    )
+    if entry is None:
+        return None
+    outcome = Outcome(OutcomeKind.DEAD_LETTERED, reason=entry.reason, status=attempts[-1].status)
+    rt.recorder.record(
+        tenant,
+        connector_id,
+        [Ended(event_key, user, outcome)],
+        connector_type=connector_type(rt, tenant, connector_id),
+    )
+    if event is not None and event.erasure and connector_id:
+        # A dead-lettered part ends it too; the dead letter of the deletion is kept.
+        rt.erasures.ended(tenant, user, connector_id, event.ordering.timestamp_us)
+    operator_action = getattr(exc, "operator_action", False)
+    (log.error if operator_action else log.warning)(
+        "dead-lettered",
+        tenant=tenant,
+        connector_id=connector_id,
+        event_key=event_key,
+        user=user,
+        deadletter_id=entry.id,
+        reason=entry.reason,
+        attempts=len(attempts),
+        operator_action=operator_action or None,
+    )
+    return entry

@@ -1,0 +1,159 @@
+"""The per-tenant store of connector configs in Redis, sealed at rest, and the cached
+destination type of each connector that routing asks for."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from redis.exceptions import WatchError
+
+from worker.connectors.config import parse_config
+from worker.connectors.model import ConnectorConfig
+from worker.core.errors import InvalidConfig
+from worker.infra.sealing import Sealer, SealingError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+KEY_PREFIX = "prefsync:connectors:"
+
+# How long a worker process trusts the destination type it read for a connector: a config
+# stored again with another type sends that connector's deliveries to the old type's queue
+# for at most this long, where they are delivered all the same.
+TYPE_TTL = 30.0
+
+
+class ConfigStore:
+    """Every tenant's connector configs in Redis: one hash per tenant, key
+    ``prefsync:connectors:{tenant}``, field = connector id, value = ``to_stored()`` JSON
+    sealed with the first of PREFSYNC_SECRET_KEYS (worker.infra.sealing): the credentials are
+    never in Redis, its AOF or a backup in clear."""
+
+    def __init__(self, redis: Redis, sealer: Sealer, allow_hosts: tuple[str, ...] = ()) -> None:
+        self.redis = redis
+        self.sealer = sealer
+        self.allow_hosts = allow_hosts
+
+    def put(self, tenant: str, config: ConnectorConfig) -> None:
+        """Store ``config``, replacing the tenant's config of the same id. It is validated
+        again as it will be read (InvalidConfig otherwise), so a model built without
+        ``parse_config`` cannot store what every read would refuse."""
+        stored = config.to_stored()
+        parse_config(stored, connector_id=config.id, allow_hosts=self.allow_hosts)
+        self.redis.hset(_key(tenant), config.id, self.sealer.seal(json.dumps(stored)))
+
+    def reencrypt(self) -> tuple[int, int]:
+        """Seal again, under the first key, every stored config that is not (plain, or
+        sealed under an older key); (re-encrypted, already current). A config no key opens
+        is left as it is and named in the ``InvalidConfig`` raised at the end."""
+        changed = current = 0
+        unreadable: builtins.list[str] = []
+        for name in self.redis.scan_iter(match=f"{KEY_PREFIX}*", count=500):
+            tenant = _text(name).removeprefix(KEY_PREFIX)
+            for connector_id, raw in self.redis.hgetall(name).items():
+                if self.sealer.is_current(raw):
+                    current += 1
+                    continue
+                try:
+                    text = self.sealer.open(raw)
+                except SealingError:
+                    unreadable.append(f"tenant {tenant!r}, connector {_text(connector_id)!r}")
+                    continue
+                # Only if unchanged since read: a config put meanwhile is already current.
+                with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.watch(name)
+                    if pipe.hget(name, connector_id) != raw:
+                        continue
+                    pipe.multi()
+                    pipe.hset(name, connector_id, self.sealer.seal(text))
+                    try:
+                        pipe.execute()
+                    except WatchError:
+                        continue
+                changed += 1
+        if unreadable:
+            raise InvalidConfig(
+                f"re-encrypted {changed}, but no key of PREFSYNC_SECRET_KEYS opens: "
+                + "; ".join(unreadable)
+            )
+        return changed, current
+
+    def get(self, tenant: str, connector_id: str) -> ConnectorConfig | None:
+        raw = self.redis.hget(_key(tenant), connector_id)
+        return None if raw is None else self._load(tenant, connector_id, raw)
+
+    # builtins.list: within this class, "list" is the method below.
+    def ids(self, tenant: str) -> builtins.list[str]:
+        """The tenant's connector ids, sorted, without reading (or validating) the configs."""
+        return sorted(_text(field) for field in self.redis.hkeys(_key(tenant)))
+
+    def list(self, tenant: str) -> builtins.list[ConnectorConfig]:
+        """The tenant's configs, sorted by id."""
+        stored = {_text(field): raw for field, raw in self.redis.hgetall(_key(tenant)).items()}
+        return [
+            self._load(tenant, connector_id, stored[connector_id])
+            for connector_id in sorted(stored)
+        ]
+
+    def delete(self, tenant: str, connector_id: str) -> bool:
+        """Remove a config; False when the tenant had none of that id."""
+        return bool(self.redis.hdel(_key(tenant), connector_id))
+
+    def _load(self, tenant: str, connector_id: str, raw: bytes | str) -> ConnectorConfig:
+        where = f"tenant {tenant!r}, connector {connector_id!r}"
+        try:
+            text = self.sealer.open(raw)
+        except SealingError as exc:
+            raise InvalidConfig(f"{where}: the stored config cannot be read: {exc}") from None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise InvalidConfig(f"{where}: the stored config is not JSON") from None
+        try:
+            return parse_config(data, connector_id=connector_id, allow_hosts=self.allow_hosts)
+        except InvalidConfig as exc:
+            lines = str(exc).splitlines()
+            raise InvalidConfig(
+                "\n".join(f"{where}: stored config no longer valid: {line}" for line in lines)
+            ) from None
+
+
+def _key(tenant: str) -> str:
+    return f"{KEY_PREFIX}{tenant}"
+
+
+def _text(value: bytes | str) -> str:
+    # The shared client is created with decode_responses=False.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Destinations:
+    """The destination type of a tenant's connector, read from its config and kept a little
+    while (``TYPE_TTL``): routing asks it for every delivery batch it publishes. None when
+    the config is missing or cannot be read (the delivery dead-letters it)."""
+
+    def __init__(self, configs: ConfigStore, now: Callable[[], float] = time.monotonic) -> None:
+        self.configs = configs
+        self.now = now
+        self.known: dict[tuple[str, str], tuple[str | None, float]] = {}
+
+    def type_of(self, tenant: str, connector_id: str) -> str | None:
+        key = (tenant, connector_id)
+        kind, until = self.known.get(key, (None, 0.0))
+        if until <= self.now():
+            kind = self._read(tenant, connector_id)
+            if len(self.known) > 10_000:  # many tenants: start over rather than grow
+                self.known.clear()
+            self.known[key] = (kind, self.now() + TYPE_TTL)
+        return kind
+
+    def _read(self, tenant: str, connector_id: str) -> str | None:
+        try:
+            config = self.configs.get(tenant, connector_id)
+        except InvalidConfig:
+            return None
+        return config.type_id if config is not None else None

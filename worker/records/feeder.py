@@ -1,0 +1,113 @@
+"""Bulk loads shared fairly between tenants: parked per tenant, fed in turn.
+
+A bulk load is not published straight into the bulk queues, where a tenant's 200,000 events
+would sit in front of every other tenant's. Its messages (up to 100 events each) are parked
+in Redis, one list per tenant, and a feeder moves them into the bulk lane one tenant's
+message at a time, round-robin over the tenants that have some parked, while fewer than
+``QUEUED`` bulk messages wait in the bulk queues. A tenant who parks a load while another's
+is being fed has its first message fed at the next turn: it waits behind at most ``QUEUED``
+messages, not behind the other load.
+
+At least once: a message leaves its list only after it was published (outbox, then broker:
+worker.queue.tasks.publish), and only if it is still the list's first (a script checks), so a
+feeder that dies in between leaves it parked, to be published again, a duplicate that
+idempotency absorbs. A message keeps its task id from parking on: its copies share one
+outbox entry.
+
+Every worker runs the feeder every ``INTERVAL`` (worker.queue.tasks.BulkFeeding); a lock in Redis
+lets one feed at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+PREFIX = "prefsync:bulk:"  # prefsync:bulk:{tenant}: the tenant's parked messages, oldest first
+TENANTS = "prefsync:bulk:tenants"  # zset tenant -> turn of its last feed (lowest goes next)
+TURN = "prefsync:bulk:turn"  # the turn counter
+FEEDER = "prefsync:bulk:feeder"  # one feeder at a time
+FEEDER_EXPIRY = 10  # seconds: a feeder that died holds the others off no longer
+
+QUEUED = 20  # bulk messages waiting in the bulk queues, at most, before more are fed
+INTERVAL = 0.1  # seconds between feeding rounds
+
+# A message fed: popped if still first; then the tenant takes its turn, or leaves the
+# rotation when nothing of it is parked any more. Parking adds to the list and puts the
+# tenant in the rotation in one transaction, so a tenant never has messages parked and
+# no turn.
+_FED = """
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) end
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
+end
+return 1
+"""
+
+# (task id, task name, args, kwargs)
+Message = tuple[str, str, list[Any], dict[str, Any]]
+Publish = Callable[[str, str, list[Any], dict[str, Any]], None]
+
+
+def parked_key(tenant: str) -> str:
+    return f"{PREFIX}{tenant}"
+
+
+class BulkFeeder:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._fed = client.register_script(_FED)
+
+    def park(self, tenant: str, messages: Iterable[Message]) -> None:
+        """Park a tenant's messages, in order, all or none. A tenant new to the rotation
+        goes first."""
+        encoded = [
+            json.dumps({"id": task_id, "name": name, "args": args, "kwargs": kwargs})
+            for task_id, name, args, kwargs in messages
+        ]
+        if not encoded:
+            return
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(parked_key(tenant), *encoded)
+            pipe.zadd(TENANTS, {tenant: 0}, nx=True)
+            pipe.execute()
+
+    def parked(self) -> dict[str, int]:
+        """tenant -> messages parked."""
+        tenants = [t.decode() for t in self.redis.zrange(TENANTS, 0, -1)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.llen(parked_key(tenant))
+            return dict(zip(tenants, pipe.execute(), strict=True))
+
+    def feed(self, publish: Publish, queued: int) -> int:
+        """Publish parked messages, a tenant's at a time in turn, until ``QUEUED`` bulk
+        messages wait (``queued`` do now). Returns how many were published; 0 when another
+        worker is feeding."""
+        room = QUEUED - queued
+        if room <= 0 or not self.redis.zcard(TENANTS):
+            return 0
+        if not self.redis.set(FEEDER, 1, nx=True, ex=FEEDER_EXPIRY):
+            return 0
+        fed = 0
+        try:
+            while fed < room:
+                first = self.redis.zrange(TENANTS, 0, 0)
+                if not first:
+                    break
+                tenant = first[0].decode()
+                key = parked_key(tenant)
+                raw = self.redis.lindex(key, 0)
+                if raw is not None:
+                    message = json.loads(raw)
+                    publish(message["id"], message["name"], message["args"], message["kwargs"])
+                    fed += 1
+                self._fed(keys=[key, TENANTS, TURN], args=[raw or b"", tenant])
+            return fed
+        finally:
+            self.redis.delete(FEEDER)
