@@ -1,4 +1,4 @@
-"""The benchmark's scenarios (the issue's numbers) and how ``--scale`` shrinks them."""
+"""The benchmark's scenarios (the loads of docs/performance.md) and how ``--scale`` shrinks them."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ from tests.fakes.destinations import FakeDestinations
 # "defaults": production's time limits, HTTP timeout and retry schedule (only the
 # visibility timeout is shorter, so that the soak can tell a stranded message from a lost
 # one in minutes rather than hours: it must outlast the schedule, 181 s). "short": the
-# short limits of the issue that found the crash (a 1 s soft time limit).
+# short limits under which the soak found the worker's crash (a 1 s soft time limit).
 PROFILES: dict[str, dict[str, str]] = {
     "defaults": {"PREFSYNC_VISIBILITY_TIMEOUT": "200"},
     "short": {

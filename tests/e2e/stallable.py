@@ -2,7 +2,7 @@
 
 Started as ``celery -A tests.e2e.stallable worker``: SIGUSR2 to the main process blocks its
 event loop for good (the handler runs on the main thread and never returns), as the
-corrupted-pipe read of issue 18 did. Everything else is the real worker.
+corrupted-pipe read seen in the soak did. Everything else is the real worker.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A person's consent is never misstated by how events combine (issue: consent integrity).
+"""A person's consent is never misstated by how events combine (consent integrity).
 Real Redis, a real worker, the local Braze/Brevo look-alike; events go in through
 `prefsync enqueue` (or, to test the worker's own check, straight onto the route queue).
 

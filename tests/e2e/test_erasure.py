@@ -1,4 +1,4 @@
-"""A deleted person is deleted everywhere, provably, and stays deleted (issue 14).
+"""A deleted person is deleted everywhere, provably, and stays deleted (docs/erasure.md).
 
 Real Redis, a real worker, the local Braze/Brevo look-alike. The Braze connector is the
 example with a push mapping and a subscription group (plus a custom attribute), the Brevo

@@ -510,7 +510,7 @@ def test_redis_restarted_under_load_delivers_every_acknowledged_event_and_produc
         message=lambda: f"never delivered: {sorted(set(users) - set(braze_sends(fake)))[:10]}",
     )
     # The same worker process delivered again, and said so in its log: its main process
-    # reconnected by itself (issue 18: it used to crash, or hang, as Redis went away).
+    # reconnected by itself (it used to crash, or hang, as Redis went away).
     assert worker.running
     logged = [line["event"] for line in log_lines(worker)]
     assert not any("Unrecoverable error" in text for text in logged)
@@ -901,7 +901,7 @@ def test_a_delivery_cut_off_by_a_redis_outage_is_not_dead_lettered(
     # Soft limit 1 s, hard 6 s; the worker tries to reconnect at once, then 2 s and 6 s
     # after the loss, so an outage of 3 s outlasts the soft limit: the worker fires the
     # task's time limits as it reconnects, before it reads the task's result. That used to
-    # corrupt the pipe the result came by and kill the worker's main process (issue 18:
+    # corrupt the pipe the result came by and kill the worker's main process (see
     # worker.queue.pool). In production: 55 s and 60 s against attempts 0, 2, 6, 12, 20, 30, 42,
     # 56 s after the loss: 42 s or more.
     fake = fake_destinations

@@ -1,4 +1,4 @@
-"""Liveness (issue 18): a worker whose main process stops consuming is reported by
+"""Liveness: a worker whose main process stops consuming is reported by
 `prefsync worker-health` and exits by itself, to be restarted; a Redis outage longer than
 the liveness timeout is neither. Real Redis, real worker processes."""
 

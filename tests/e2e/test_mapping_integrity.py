@@ -1,4 +1,4 @@
-"""Consent integrity at the edges of a mapping, end to end (issue 13): configs stored through
+"""Consent integrity at the edges of a mapping, end to end: configs stored through
 the real `prefsync connectors put`, a real Redis and worker, the local Braze/Brevo fake.
 
 - a mapping id naming a reserved destination field is refused with the id to map instead;

@@ -1,7 +1,7 @@
 """Redis faults in a row under continuous load (tests/e2e/soak.py): no hang, nothing lost.
 
 `make test` runs a short soak: 5 faults of 1 to 3 s with the short limits that found the
-crash of issue 18. `make chaos` runs 50 faults of 1 to 10 s (PREFSYNC_SOAK_FAULTS), with the
+worker's crash. `make chaos` runs 50 faults of 1 to 10 s (PREFSYNC_SOAK_FAULTS), with the
 short limits and with production's defaults, and prints the figures ("[soak]" lines).
 """
 

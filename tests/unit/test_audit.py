@@ -112,7 +112,7 @@ def test_cli_audit_filters_by_user_limits_and_prints_json(rt: Runtime) -> None:
     as_json = runner.invoke(main, ["audit", "acme", "--user", "b", "--json"]).output
     (only,) = [json.loads(line) for line in as_json.splitlines()]
     assert (only["user"], only["event_key"]) == (rt.pseudonyms.user("b"), "k-1")
-    unknown = runner.invoke(main, ["audit", "globex"])  # no rows; it says why (issue 15)
+    unknown = runner.invoke(main, ["audit", "globex"])  # no rows; it says why on stderr
     assert (unknown.exit_code, unknown.stdout) == (1, "")
     assert "unknown tenant 'globex'" in unknown.stderr
 

@@ -1,4 +1,4 @@
-"""Braze: every mapping row of braze.md becomes the exact /users/track request, and every
+"""Braze: every mapping row of docs/mappings.md becomes the exact /users/track request, and every
 kind of answer the right result or error."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A 400 from Braze for a call of several users splits the call until the object at fault
-is alone: only that user is refused (braze.md, "What to do with each answer")."""
+is alone: only that user is refused (docs/choices.md)."""
 
 from __future__ import annotations
 

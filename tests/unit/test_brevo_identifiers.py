@@ -1,6 +1,6 @@
 """A Brevo contact identifier that cannot name one contact is never sent: the change is
 refused for the connector (a dead letter), never turned into a request on another path;
-every other identifier is sent as one URL-encoded path segment (sendinblue.md)."""
+every other identifier is sent as one URL-encoded path segment (docs/mappings.md)."""
 
 from __future__ import annotations
 

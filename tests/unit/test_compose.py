@@ -127,7 +127,7 @@ def test_redis_keeps_every_message_within_a_memory_bound_and_knows_only_its_acl_
     name, _, tag = redis["image"].partition(":")
     assert name == "redis" and re.fullmatch(r"\d+\.\d+\.\d+", tag), "a pinned version"
     assert args[0] == "redis-server"
-    # Redis is the only copy of queued messages (../shared/reference/celery.md).
+    # Redis is the only copy of queued messages (docs/vendors.md#celery-on-redis).
     assert option_value(args, "--appendonly") == "yes"
     assert option_value(args, "--appendfsync") == "everysec"
     assert option_value(args, "--maxmemory-policy") == "noeviction"
@@ -554,7 +554,7 @@ def test_the_lock_file_pins_every_dependency_pyproject_names() -> None:
 
 
 def test_worker_healthcheck_runs_prefsync_worker_health(services: dict[str, Any]) -> None:
-    # Issue 18: a worker that stops consuming is seen; it exits by itself and its restart
+    # Liveness: a worker that stops consuming is seen; it exits by itself and its restart
     # policy brings a new one.
     worker = services["worker"]
     assert worker["healthcheck"]["test"] == ["CMD", "prefsync", "worker-health"]

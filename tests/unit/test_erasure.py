@@ -1,4 +1,4 @@
-"""Erasure (issue 14), piece by piece: the keyed hash, the tombstone and the claim, what
+"""Erasure (`user.deleted`), piece by piece: the keyed hash, the tombstone and the claim, what
 each on_user_deleted policy sends to Braze and Brevo, how prefsync forgets the person, and
 the commands. fakeredis for Redis, ``responses`` for HTTP; the e2e tests
 (tests/e2e/test_erasure.py) run the whole path."""

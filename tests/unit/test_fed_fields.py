@@ -1,6 +1,6 @@
 """Fields several mappings feed (Braze email_subscribe from OPTED_IN and UNSUBSCRIBED,
 push_subscribe, subscription groups; Brevo emailBlacklisted, smsBlacklisted) are computed
-from the person's whole current state and sent only when they change (braze.md, "derived
+from the person's whole current state and sent only when they change (docs/mappings.md, "fed
 fields"). worker.delivery.deliverer on fakeredis, HTTP mocked by ``responses``."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PUSH = "consents_channels_push_enabled"
 SMS = "consents_channels_sms_enabled"
 PRODUCT = "consents_purposes_product_updates_enabled"
 GROUP = "7c0b8f2e-4b7e-4d2a-9b1e-2f6a3c1d9e55"
-# Strongest first, as braze.md gives the precedence.
+# Strongest first: any refusal wins (docs/mappings.md#braze).
 EMAIL_STATES = ("unsubscribed", "opted_in", "subscribed")
 
 
@@ -160,7 +160,7 @@ def mocked() -> Iterator[responses.RequestsMock]:
         yield rsps
 
 
-# -- the cases of the issue, one at a time ---------------------------------------------------
+# -- the cases of the rule, one at a time ----------------------------------------------------
 
 
 def test_a_later_opt_in_to_one_list_does_not_resubscribe_someone_who_refused_all(rt, mocked):

@@ -1,5 +1,5 @@
 """What a config's mappings are checked against when it is stored (and read back): the
-reserved destination names (braze.md, sendinblue.md) and the property grammar (events.md).
+reserved destination names and the property grammar (docs/mappings.md).
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def test_events_for_a_stored_config_that_no_longer_validates_are_dead_lettered_u
     assert (error["log_level"], error["connector_id"]) == ("error", connector_id)
 
 
-# The grammar of events.md as a regular expression: the specification the linear check
+# The grammar of docs/mappings.md as a regular expression: the specification the linear check
 # must agree with (too slow to use: it backtracks in cubic time on long names).
 _S = "(?:__|_)"
 _SPEC = re.compile(

@@ -1,4 +1,4 @@
-"""Brevo (Sendinblue): every mapping row of sendinblue.md becomes the exact contact
+"""Brevo (Sendinblue): every mapping row of docs/mappings.md becomes the exact contact
 request, contacts are addressed by the identifier rules, and every kind of answer gives the
 right result or error."""
 

@@ -1,4 +1,4 @@
-"""Issue 18: a task's HTTP call and its waits for Redis fit before its soft time limit, and
+"""A task's HTTP call and its waits for Redis fit before its soft time limit, and
 a pool process's result reaches the main process whole whatever signal comes meanwhile."""
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ class Feed:
     gives the field one state (``if_true`` or ``if_false``); the field takes the strongest
     of them (a refusal beats a consent). It is computed from the current value of every
     property feeding it, never from one event alone: a standing refusal must survive a
-    later event that only opts in to something else (braze.md, "derived fields")."""
+    later event that only opts in to something else (docs/mappings.md, "fed fields")."""
 
     field: str
     if_true: Any

@@ -2,7 +2,7 @@
 objects (worker.infra.settings), one per change and so one per user, whose ``external_id`` is the
 PMP's ``organization_user_id``.
 
-How a mapping id becomes a field of that object (docs/reference braze.md):
+How a mapping id becomes a field of that object (docs/mappings.md#braze):
 
 - ``OPTED_IN``: true gives ``email_subscribe: "opted_in"``, false ``"unsubscribed"``;
 - ``UNSUBSCRIBED``: true gives ``"unsubscribed"``, false ``"subscribed"``. When both yield a
@@ -33,7 +33,7 @@ paces on a bucket of their own (``erasure_rate``: Braze limits /users/delete apa
 counted, which is no error: deleting what is gone is done. A 401/403 there names the
 ``users.delete`` permission the key needs.
 
-Each change gets its own answer from a call's answer (braze.md): a 201 "success" delivers
+Each change gets its own answer from a call's answer (docs/vendors.md): a 201 "success" delivers
 every object but those its ``errors`` list, which are refused; a 413 or a 400 splits a call
 of several users in halves, until the object at fault is alone; any other refusal of the
 whole call refuses each of its objects; a rate limit (Braze's or
@@ -132,7 +132,7 @@ _GROUP_HINT = "use the subscription group's id (its UUID) as the mapping id"
 _USER_HINT = "it identifies the Braze user, and a mapping must not change who is updated"
 #: Mapping ids (lower case) that name a Braze identifier, a standard subscription field or
 #: a key of the attributes object this connector sets itself, with what to map instead
-#: (braze.md): as custom attributes they would send Braze what it refuses (a boolean
+#: (docs/vendors.md#braze): as custom attributes they would send Braze what it refuses (a boolean
 #: push_subscribe) or overwrite what identifies the person (email).
 _RESERVED = {
     "external_id": _USER_HINT,
@@ -148,9 +148,9 @@ _RESERVED = {
     "_merge_objects": "it is an option of the call, not a field of the user",
 }
 _REASON_LENGTH = 300
-#: Answers to a call of several users that split it in halves (braze.md).
+#: Answers to a call of several users that split it in halves (docs/choices.md).
 _SPLIT = frozenset({400, 413})
-DELETE_BATCH = 50  # external_ids per /users/delete call (braze-docs post_user_delete)
+DELETE_BATCH = 50  # external_ids per /users/delete call (docs/vendors.md#braze)
 
 
 def rest_endpoint(server: str, allow_hosts: Collection[str] = ()) -> str:
@@ -264,10 +264,10 @@ class Options(BaseModel):
 class BrazeConnector(Connector):
     type_id = "braze"
     options_model = Options
-    # /users/track: 3,000 calls per 3 s per workspace (braze.md).
+    # /users/track: 3,000 calls per 3 s per workspace (docs/vendors.md#braze).
     default_rate = 1000.0
     # /users/delete: 20,000 calls a minute, shared with /users/alias/new and
-    # /users/identify (braze-docs rate_limits.md), apart from /users/track's.
+    # /users/identify (docs/vendors.md#braze), apart from /users/track's.
     erasure_rate = 20000 / 60
 
     @property

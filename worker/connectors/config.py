@@ -2,7 +2,7 @@
 per-tenant store in Redis.
 
 Tenants arrive with either generation of the vendor's config shape
-(docs/reference/connectors.md)::
+(docs/mappings.md#connector-configs)::
 
     newer: {"type_id", "authentication": {...}, "properties": {...}, "mappings": [...]}
     older: {"type_id", "config": {credentials and options..., "properties": [mappings]}}
@@ -232,7 +232,7 @@ def _mappings(
             problems.append(
                 f"{where}.value: {mapping.value!r} (mapping {mapping.id}) is not a property "
                 f"name an event can carry, so it would never have a value; the names are "
-                f"{', '.join(PROPERTY_SHAPES)} (events.md)"
+                f"{', '.join(PROPERTY_SHAPES)} (docs/mappings.md#property-names)"
             )
         key = mapping.id.casefold()
         if key in first_index:

@@ -24,7 +24,7 @@ _ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.-")
 
 
 class Mapping(BaseModel):
-    """``id`` names the destination field or state, ``value`` the PMP property (events.md)."""
+    """``id`` names the destination field or state, ``value`` the PMP property: docs/mappings.md."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 

@@ -1,7 +1,7 @@
 """Brevo (formerly Sendinblue): one ``PUT {base}/contacts/{identifier}`` per change and, in
 upsert mode, a ``POST {base}/contacts`` that creates the contact Brevo did not know.
 
-How a mapping id becomes part of the update (docs/reference sendinblue.md):
+How a mapping id becomes part of the update (docs/mappings.md#brevo-sendinblue):
 
 - ``EMAIL_CAMPAIGNS_SUBSCRIBED`` (any case): true gives ``emailBlacklisted: false``, false
   gives ``emailBlacklisted: true``; ``SMS_CAMPAIGNS_SUBSCRIBED`` gives ``smsBlacklisted``
@@ -82,7 +82,7 @@ _SMS_HINT = "map SMS_CAMPAIGNS_SUBSCRIBED to change whether the contact receives
 _CONTACT_HINT = "it identifies the Brevo contact, and a mapping must not change who is updated"
 _LIST_HINT = "list membership comes from the connector's list_id option, not from a mapping"
 #: Mapping ids (upper case, as Brevo's attribute names are) that name an identifier or a
-#: top-level field of a contact, with what to map instead (sendinblue.md). As attributes
+#: top-level field of a contact, with what to map instead (docs/vendors.md#brevo). As attributes
 #: they would update an identifier (changing a blocklisted contact's EMAIL clears its
 #: blocklist, resubscribing the person) or miss the field they seem to set.
 _RESERVED = {
@@ -151,7 +151,7 @@ class SendinblueConnector(Connector):
     type_id = "sendinblue"
     aliases = ("brevo",)
     options_model = Options
-    # Contact calls: 10 per second per account on every plan (sendinblue.md).
+    # Contact calls: 10 per second per account on every plan (docs/vendors.md#brevo).
     default_rate = 10.0
 
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
@@ -208,7 +208,7 @@ class SendinblueConnector(Connector):
 def identifier_problem(user: str) -> str | None:
     """Why ``user`` cannot name one Brevo contact, or None when it can.
 
-    Such an identifier is never sent (sendinblue.md): ``..`` in a URL's path is resolved
+    Such an identifier is never sent (docs/mappings.md): ``..`` in a URL's path is resolved
     away (``PUT /v3/contacts/..`` is ``PUT /v3/``), and a blank, invisible or overlong one
     may name no contact or another one. The identifier itself is not quoted: it is
     personal data, and the dead letter keeps it."""
@@ -379,7 +379,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def _reset_in(headers: Mapping[str, str]) -> float | None:
-    # A relative value in seconds; some answers give milliseconds (sendinblue.md).
+    # A relative value in seconds; some answers give milliseconds (docs/vendors.md#brevo).
     seconds = header_number(headers, "x-sib-ratelimit-reset")
     if seconds is None:
         return None

@@ -1,6 +1,6 @@
 """Preference events: turning a PMP webhook payload into what the worker propagates.
 
-A producer forwards the PMP's webhook payload unchanged (events.md, the event format
+A producer forwards the PMP's webhook payload unchanged (docs/vendors.md, the event format
 reference, describes it). ``parse_event`` validates it and returns a ``PreferenceEvent``,
 which knows:
 
@@ -244,7 +244,7 @@ _ENVELOPES: dict[str, type[_Envelope[Any]]] = {
 _SEPARATORS = ("__", "_")
 _UNDERSCORES = re.compile("_+")
 
-#: The shapes of the property names (events.md), as a config's author reads them.
+#: The shapes of the property names (docs/mappings.md), as a config's author reads them.
 PROPERTY_SHAPES = (
     "consents_purposes_<P>_enabled",
     "consents_purposes_<P>_enabled_li",
@@ -338,7 +338,7 @@ def _chosen(listed: str) -> frozenset[str]:
 
 
 class FlatProperties:
-    """The flat property map of one ``consents`` object, with the grammar of events.md:
+    """The flat property map of one ``consents`` object, with the grammar of docs/mappings.md:
 
     ===============================================================  ======================
     property                                                         value
@@ -585,7 +585,7 @@ def parse_event(payload: object, *, max_bytes: int | None = None) -> PreferenceE
 def refuse_future(event: PreferenceEvent, now: float, max_skew: float) -> None:
     """Raise ``InvalidEvent`` when ``event`` is dated more than ``max_skew`` seconds after
     ``now`` (Redis's clock): the future is not newer, and a mis-dated event would outrank
-    every later change of the person (events.md, "The future is not newer")."""
+    every later change of the person (docs/delivery.md, "The future is not newer")."""
     ahead = event.ordering.timestamp_us / 1e6 - now
     if ahead > max_skew:
         moment = (_EPOCH + event.ordering.timestamp_us * _MICROSECOND).isoformat()

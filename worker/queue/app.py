@@ -1,6 +1,6 @@
 """The Celery app and the settings the delivery guarantee rests on.
 
-Each setting says why it is there; see ../shared/reference/celery.md and the "Delivery
+Each setting says why it is there; see docs/vendors.md#celery-on-redis and the "Delivery
 guarantee" section of docs/delivery.md. Celery + Redis loses messages by default in several ways;
 every line below closes one of them.
 """

@@ -1,7 +1,7 @@
 """Liveness: a worker whose main process stops consuming is seen, and ends itself.
 
 The main process runs Celery's event loop: it takes messages from Redis, hands them to the
-pool processes and reads their results. If that loop stops (a bug like issue 18's, where it
+pool processes and reads their results. If that loop stops (as it did in the soak, where it
 waited forever for bytes a corrupted pipe would never send), the process is alive, nothing
 restarts it, and nothing is delivered. So:
 

@@ -12,7 +12,7 @@ same job) after the half-written one. The main process reads the first message's
 takes the second message's bytes as the rest of it and either fails to unpickle it
 (``Unrecoverable error: UnicodeDecodeError`` in ``asynpool._recv_message``: the worker
 exits) or reads a garbage length and waits forever for that many bytes (in warm shutdown,
-``_flush_outqueue``: the worker hangs). Issue 18; measured with tests/e2e/soak.py.
+``_flush_outqueue``: the worker hangs). Seen and measured with tests/e2e/soak.py.
 
 So in a pool process both signals are held while a message is written, and SIGTERM is let
 through once it is whole. The soft time limit's signal is ignored from then on until the

@@ -56,7 +56,7 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # How long the writes that settle a failed attempt wait for Redis: a restart takes a second
 # or a few, and a publish waits about as long (task_publish_retry_policy, worker/queue/app.py).
 # Within a task, the waits also end this long before its soft time limit: a task waiting
-# for Redis puts its message back rather than meet the time limits (issue 18).
+# for Redis puts its message back rather than meet the time limits (docs/reliability.md).
 REDIS_PATIENCE = 15.0
 WAITS_END_BEFORE_SOFT_LIMIT = 0.25
 
