@@ -23,7 +23,7 @@ from worker.infra.settings import Settings
 from worker.records.deadletter import Attempt
 from worker.records.recorder import Ended
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 KEY = "braze-rest-key-abcdef-0123456789"
 TRACK = "https://rest.fra-01.braze.eu/users/track"
 JANE = "jane.doe@example.com"
@@ -112,7 +112,7 @@ def test_cli_audit_filters_by_user_limits_and_prints_json(rt: Runtime) -> None:
     as_json = runner.invoke(main, ["audit", "acme", "--user", "b", "--json"]).output
     (only,) = [json.loads(line) for line in as_json.splitlines()]
     assert (only["user"], only["event_key"]) == (rt.pseudonyms.user("b"), "k-1")
-    unknown = runner.invoke(main, ["audit", "globex"])  # no rows; it says why (issue 15)
+    unknown = runner.invoke(main, ["audit", "globex"])  # no rows; it says why
     assert (unknown.exit_code, unknown.stdout) == (1, "")
     assert "unknown tenant 'globex'" in unknown.stderr
 
