@@ -21,7 +21,7 @@ from worker.delivery.runtime import Runtime
 from worker.infra.settings import get_settings
 from worker.records.configs import KEY_PREFIX
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 BRAZE_KEY = "braze-rest-key-abcdef-0123456789"
 BREVO_KEY = "xkeysib-0123456789abcdef-WXYZ"
 TRACK = "https://rest.fra-01.braze.eu/users/track"

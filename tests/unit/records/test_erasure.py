@@ -1,12 +1,11 @@
-"""Erasure (`user.deleted`), piece by piece: the keyed hash, the tombstone and the claim, what
-each on_user_deleted policy sends to Braze and Brevo, how prefsync forgets the person, and
-the commands. fakeredis for Redis, ``responses`` for HTTP; the e2e tests
-(tests/e2e/test_erasure.py) run the whole path."""
+"""Erasure, piece by piece: the tombstone and the claim, what each on_user_deleted policy
+sends to Braze and Brevo, how prefsync forgets the person, and the commands (the keyed hash
+is in tests/unit/infra/test_pseudonym.py). fakeredis for Redis, ``responses`` for HTTP; the
+e2e tests (tests/e2e/test_erasure.py) run the whole path."""
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ import pytest
 import responses
 from click.testing import CliRunner
 
-from tests.fakes.destinations import FakeDestinations
 from tests.unit.conftest import install_runtime
 from tests.unit.test_producer import broker
 from worker.cli import main
@@ -26,12 +24,12 @@ from worker.core.errors import PermanentError, RetryableError
 from worker.core.events import OrderingKey, parse_event
 from worker.delivery import pipeline
 from worker.delivery.runtime import Runtime
-from worker.infra.pseudonym import KEY, Pseudonyms, load_key
+from worker.infra.pseudonym import Pseudonyms
 from worker.infra.settings import Settings, get_settings
 from worker.records.deadletter import Attempt
 from worker.records.state import StateStore, UserBusy, Write, key
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 TENANT = "acme"
 JANE = "jane.doe@example.com"
 PMP_ID = "pmp-jane-0001"
@@ -169,40 +167,6 @@ def everything(rt: Runtime) -> bytes:
         }[kind](name)
         parts += [name, repr(value).encode()]
     return b"\n".join(parts)
-
-
-# -- the keyed hash ----------------------------------------------------------------------------
-
-
-def test_the_keyed_hash_is_stable_short_and_depends_on_the_key() -> None:
-    one, other = Pseudonyms(b"key-one"), Pseudonyms(b"key-two")
-    assert one.user(JANE) == one.user(JANE)
-    assert len(one.user(JANE)) == 32 and JANE not in one.user(JANE)
-    assert one.user(JANE) != other.user(JANE)
-    assert one.user(JANE) != one.user("john@example.com")
-    assert one.of("ab", "c") != one.of("a", "bc")
-    assert "key-one" not in repr(one)
-
-
-def test_the_key_setting_is_used_when_given() -> None:
-    client = fakeredis.FakeRedis()
-    settings = Settings(user_hash_key="from-the-setting")
-    assert load_key(client, settings) == b"from-the-setting"
-    assert client.get(KEY) is None
-
-
-def test_an_empty_key_setting_counts_as_unset() -> None:
-    # docker compose passes an unset variable as "".
-    assert Settings(user_hash_key=" ").user_hash_key is None
-
-
-def test_without_the_setting_one_key_is_generated_kept_and_warned_about(caplog) -> None:
-    client = fakeredis.FakeRedis()
-    with caplog.at_level(logging.WARNING, logger="prefsync.pseudonym"):
-        first = load_key(client, Settings())
-        second = load_key(client, Settings())
-    assert first == second == client.get(KEY) and len(first) == 64
-    assert "PREFSYNC_USER_HASH_KEY is not set" in caplog.text
 
 
 # -- the tombstone and the claim -------------------------------------------------------------
@@ -606,27 +570,3 @@ def test_prefsync_erase_enqueues_a_user_deleted_dated_now(rt: Runtime, published
         JANE,
     )
     assert abs(event.ordering.timestamp_us / 1e6 - rt.clock.now()) < 5
-
-
-def test_the_fake_deletes_in_braze_and_brevo() -> None:
-    with FakeDestinations() as fake:
-        session = __import__("requests").Session()
-        braze_answer = session.post(
-            f"{fake.url}/users/delete",
-            json={"external_ids": ["a", "b"]},
-            headers={"Authorization": "Bearer k"},
-        )
-        assert (braze_answer.status_code, braze_answer.json()["deleted"]) == (201, 2)
-        assert fake.braze_deleted == ["a", "b"]
-        too_many = session.post(
-            f"{fake.url}/users/delete",
-            json={"external_ids": [str(n) for n in range(51)]},
-            headers={"Authorization": "Bearer k"},
-        )
-        assert too_many.status_code == 400
-        url = f"{fake.url}/v3/contacts/a%40b.c?identifierType=email_id"
-        headers = {"api-key": "k"}
-        assert session.delete(url, headers=headers).status_code == 204
-        again = session.delete(url, headers=headers)
-        assert (again.status_code, again.json()["code"]) == (404, "document_not_found")
-        assert session.put(url, json={}, headers=headers).status_code == 404

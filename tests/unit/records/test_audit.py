@@ -23,7 +23,7 @@ from worker.infra.settings import Settings
 from worker.records.deadletter import Attempt
 from worker.records.recorder import Ended
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 KEY = "braze-rest-key-abcdef-0123456789"
 TRACK = "https://rest.fra-01.braze.eu/users/track"
 JANE = "jane.doe@example.com"
