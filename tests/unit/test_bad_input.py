@@ -733,7 +733,7 @@ def test_config_refusals_mask_pasted_keys_and_stay_one_line_each(
     assert "canary" not in str(caught.value).lower()
 
 
-# tests/unit/test_configs.py covers http, ".evil.example", a trailing dot, user info,
+# tests/unit/connectors/test_config.py covers http, ".evil.example", a trailing dot, user info,
 # a port and other IP addresses; these are the tricks it does not.
 @pytest.mark.parametrize(
     ("server", "message"),

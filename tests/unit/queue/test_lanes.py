@@ -264,7 +264,7 @@ def kwargs_published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[st
 def test_dlq_replay_of_named_entries_is_live_of_all_of_them_bulk(
     rt: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.unit.test_cli import dead_letter, run
+    from tests.unit.cli.test_cli import dead_letter, run
 
     sent = kwargs_published(monkeypatch)
     first = dead_letter(rt, "acme", "braze", 1)
@@ -399,7 +399,7 @@ def test_the_workers_feeder_publishes_parked_messages_into_the_bulk_lane_under_i
 
 
 def test_prefsync_stats_shows_the_bulk_messages_parked_per_tenant(rt: Any) -> None:
-    from tests.unit.test_cli import run
+    from tests.unit.cli.test_cli import run
 
     rt.feeder.park("acme", [("t-1", route.name, [[event()]], {"lane": BULK})] * 2)
     rt.feeder.park("globex", [("t-2", route.name, [[event()]], {"lane": BULK})])

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # ruff: noqa: F811 (the fixtures of test_delivery, imported to be used here)
 from tests.unit.conftest import install_runtime
-from tests.unit.test_delivery import (  # noqa: F401
+from tests.unit.delivery.test_deliverer import (  # noqa: F401
     NEWSLETTER,
     brevo,
     brevo_url,

@@ -11,7 +11,7 @@ import pytest
 import responses
 from redis.client import Pipeline
 
-from tests.unit.test_cli import braze_config, event, run
+from tests.unit.cli.test_cli import braze_config, event, run
 from worker.connectors.config import parse_config
 from worker.core.events import parse_event
 from worker.delivery.runtime import Runtime

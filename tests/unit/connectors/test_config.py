@@ -21,7 +21,7 @@ from worker.infra.sealing import Sealer, new_key
 from worker.records.configs import ConfigStore
 
 SEALER = Sealer([new_key()])
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "connectors"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "connectors"
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
 BRAZE_SERVER = "https://rest.fra-01.braze.eu"
 MAPPINGS = [

@@ -10,7 +10,7 @@ import pytest
 import requests
 import responses
 
-from tests.unit.test_braze import OPTED_IN, TRACK, deliver_many, opt_ins, sent_ids, users
+from tests.unit.connectors.test_braze import OPTED_IN, TRACK, deliver_many, opt_ins, sent_ids, users
 from worker.connectors.base import Delivered
 from worker.core.errors import PermanentError
 from worker.infra.settings import get_settings

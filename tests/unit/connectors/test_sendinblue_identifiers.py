@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import responses
 
-from tests.unit.test_sendinblue import (
+from tests.unit.connectors.test_sendinblue import (
     BASE,
     config,
     deliver,

@@ -26,7 +26,7 @@ from worker.delivery.runtime import Runtime
 from worker.infra.settings import Settings, get_settings
 from worker.records.state import UserBusy, key
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "events" / "event-created.json"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "events" / "event-created.json"
 TENANT = "acme"
 BREVO = "https://api.brevo.com/v3"
 BREVO_KEY = "xkeysib-TESTKEY-0123456789abcdef"

@@ -19,7 +19,7 @@ from worker.core.events import (
 )
 from worker.core.outcomes import SkipReason
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "events"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "events"
 
 EARLIER = "2026-11-20T09:15:02.000Z"
 LATER = "2026-11-21T18:02:44.000Z"
