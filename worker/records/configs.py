@@ -1,5 +1,11 @@
 """The per-tenant store of connector configs in Redis, sealed at rest, and the cached
-destination type of each connector that routing asks for."""
+destination type of each connector that routing asks for.
+
+A config is opened (unsealed, validated) once per process per stored version: every
+delivery batch and dead letter reads its config, and the store keeps the configs it
+opened by the exact sealed value it read. Reading is then one HGET; a config stored again
+is another value, which the next read opens at once.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import builtins
 import json
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from redis.exceptions import WatchError
@@ -28,6 +35,10 @@ KEY_PREFIX = "prefsync:connectors:"
 # for at most this long, where they are delivered all the same.
 TYPE_TTL = 30.0
 
+# Configs kept opened per process, the least recently read dropped first: more than the
+# connectors one worker process delivers to in a while.
+OPENED = 1024
+
 
 class ConfigStore:
     """Every tenant's connector configs in Redis: one hash per tenant, key
@@ -36,7 +47,7 @@ class ConfigStore:
     never in Redis, its AOF or a backup in clear.
 
     ``connectors`` (by canonical type id) are the connectors the configs read get
-    (worker.connectors.connectors)."""
+    (worker.connectors.connectors); ``opened`` bounds the configs kept opened."""
 
     def __init__(
         self,
@@ -44,11 +55,15 @@ class ConfigStore:
         sealer: Sealer,
         allow_hosts: tuple[str, ...] = (),
         connectors: dict[str, Connector] = CONNECTORS,
+        opened: int = OPENED,
     ) -> None:
         self.redis = redis
         self.sealer = sealer
         self.allow_hosts = allow_hosts
         self.connectors = connectors
+        # Keyed by the sealed value as read: a changed config is another key. A config
+        # that does not open raises, and an exception is never cached: it raises each time.
+        self._opened = lru_cache(maxsize=opened)(self._open)
 
     def put(self, tenant: str, config: ConnectorConfig) -> None:
         """Store ``config``, replacing the tenant's config of the same id. It is validated
@@ -96,7 +111,7 @@ class ConfigStore:
 
     def get(self, tenant: str, connector_id: str) -> ConnectorConfig | None:
         raw = self.redis.hget(_key(tenant), connector_id)
-        return None if raw is None else self._open(tenant, connector_id, raw)
+        return None if raw is None else self._opened(tenant, connector_id, raw)
 
     # builtins.list: within this class, "list" is the method below.
     def ids(self, tenant: str) -> builtins.list[str]:
@@ -107,7 +122,7 @@ class ConfigStore:
         """The tenant's configs, sorted by id."""
         stored = {_text(field): raw for field, raw in self.redis.hgetall(_key(tenant)).items()}
         return [
-            self._open(tenant, connector_id, stored[connector_id])
+            self._opened(tenant, connector_id, stored[connector_id])
             for connector_id in sorted(stored)
         ]
 
