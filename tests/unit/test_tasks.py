@@ -43,6 +43,7 @@ from kombu.exceptions import EncodeError, OperationalError
 
 import worker.connectors.braze
 import worker.delivery.pacing
+import worker.delivery.runtime
 import worker.queue.tasks
 import worker.records.outbox
 from tests.unit.conftest import hold_elsewhere
@@ -257,8 +258,9 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
     broker = Broker(clock)
     monkeypatch.setattr(worker.queue.tasks, "runtime", lambda: rt)
     monkeypatch.setattr(worker.queue.tasks, "clock", clock)
-    # Braze's X-RateLimit-Reset is an epoch time, read against the connector's own clock.
-    monkeypatch.setattr(worker.connectors.braze, "clock", clock)
+    # Braze's X-RateLimit-Reset is an epoch time, read against the clock the runtime gives
+    # the connectors.
+    monkeypatch.setattr(worker.delivery.runtime, "clock", clock)
     monkeypatch.setattr(worker.delivery.pacing, "clock", clock)  # rate-limit slots
 
     def apply_async(task: ScheduledTask, args: Any = None, kwargs: Any = None, **options: Any):

@@ -6,20 +6,27 @@ Adding a destination takes a module here with its ``Connector`` subclass and one
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-from worker.connectors.base import Connector
+from worker.connectors.base import Connector, ConnectorSettings
 from worker.connectors.braze import BrazeConnector
 from worker.connectors.sendinblue import SendinblueConnector
-from worker.infra.settings import InvalidSettings
 
-_REGISTERED: tuple[Connector, ...] = (
-    BrazeConnector(),
-    SendinblueConnector(),
+_REGISTERED: tuple[type[Connector], ...] = (
+    BrazeConnector,
+    SendinblueConnector,
 )
 
-#: canonical type_id -> connector
-CONNECTORS: dict[str, Connector] = {connector.type_id: connector for connector in _REGISTERED}
+
+def connectors(settings: ConnectorSettings) -> dict[str, Connector]:
+    """A connector of every registered type, built with ``settings``, by canonical type id:
+    the set a process delivers with (worker.delivery.runtime builds it once)."""
+    return {kind.type_id: kind(settings) for kind in _REGISTERED}
+
+
+#: canonical type_id -> connector, built with the default settings: enough to validate
+#: configs, and to deliver where no process settings apply
+CONNECTORS: dict[str, Connector] = connectors(ConnectorSettings())
 
 
 def _by_name(connectors: Iterable[Connector]) -> dict[str, Connector]:
@@ -32,7 +39,7 @@ def _by_name(connectors: Iterable[Connector]) -> dict[str, Connector]:
     return names
 
 
-_BY_NAME = _by_name(_REGISTERED)
+_BY_NAME = _by_name(CONNECTORS.values())
 
 #: every name a config may give as ``type_id``, aliases included, sorted
 KNOWN_TYPE_IDS: tuple[str, ...] = tuple(sorted(_BY_NAME))
@@ -42,21 +49,3 @@ def get_connector(type_id: str) -> Connector | None:
     """The connector a config's ``type_id`` or one of its aliases names (any case, spaces
     around ignored), or None when no connector has that name."""
     return _BY_NAME.get(type_id.strip().lower())
-
-
-def rate_limits(configured: Mapping[str, float]) -> dict[str, float]:
-    """``PREFSYNC_RATE_LIMITS`` by canonical type id: a limit may name a connector by an
-    alias, in any case. Raises ``InvalidSettings`` for a name no connector has.
-
-    Resolved here rather than in the settings, which every module (connectors included)
-    reads and which therefore must not read the connectors."""
-    resolved: dict[str, float] = {}
-    for name, rate in configured.items():
-        connector = get_connector(name)
-        if connector is None:
-            raise InvalidSettings(
-                f"PREFSYNC_RATE_LIMITS: names {name!r}, which is not a connector type "
-                f"(known: {', '.join(KNOWN_TYPE_IDS)})"
-            )
-        resolved[connector.type_id] = rate
-    return resolved

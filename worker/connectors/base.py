@@ -2,16 +2,30 @@
 transport and the small interface a connector implements.
 
 A connector knows nothing of Celery or Redis: given a user, the values its mappings
-resolved to and its config, it builds requests, sends them through a ``Transport`` and
+resolved to and its config, it builds requests, sends them through a ``BaseTransport`` and
 turns the answers into a ``Delivered``/``Skipped`` result or a ``RetryableError`` /
 ``PermanentError`` (worker.core.errors).
+
+A connector reads nothing global either. It is built with a ``ConnectorSettings``: the
+few PREFSYNC_* settings that shape its calls and the clock the workers share (which a
+destination's epoch-time rate-limit reset is read against). ``worker.connectors.CONNECTORS``
+holds connectors built with the default settings, which is all validating a config takes.
+A process that delivers builds its own set with ``worker.connectors.connectors(settings)``
+(worker.delivery.runtime does, from its settings) and reads its configs with it
+(``parse_config(..., connectors=...)``): the ``connector`` of a config it delivers is then
+built with that process's settings.
+
+A transport is anything with ``send(request) -> HttpResponse`` (``BaseTransport``).
+``Transport`` sends over HTTP; the deliverer wraps it in others that hold it and add one
+thing each (pacing, counting the answers), so a connector never knows which it was given.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, Literal, Protocol
@@ -233,7 +247,30 @@ def _mask_credential(header_value: str) -> str:
     return f"{scheme}{space}{mask(secret)}"
 
 
-class Transport:
+@dataclass(frozen=True, slots=True)
+class ConnectorSettings:
+    """What a connector is given by the process that runs it: the PREFSYNC_* settings that
+    shape its calls (the defaults are those of worker.infra.settings) and the clock."""
+
+    #: users per Braze /users/track call (PREFSYNC_BRAZE_BATCH_SIZE)
+    braze_batch_size: int = 50
+    #: the Brevo API's base URL (PREFSYNC_SENDINBLUE_API_URL)
+    sendinblue_api_url: str = "https://api.brevo.com/v3"
+    #: the longest rate-limit reset a retry waits for (PREFSYNC_RATE_LIMIT_MAX_WAIT)
+    rate_limit_max_wait: float = 60.0
+    #: seconds since the epoch, on the clock every worker shares
+    clock: Callable[[], float] = time.time
+
+
+class BaseTransport(ABC):
+    """Sends one request and returns the answer, whatever its status; raises
+    ``RetryableError`` when no answer came, or ``Deferred`` when the call must wait."""
+
+    @abstractmethod
+    def send(self, request: HttpRequest) -> HttpResponse: ...
+
+
+class Transport(BaseTransport):
     """Sends ``HttpRequest``s over one pooled ``requests.Session``.
 
     Network errors and timeouts become ``RetryableError``; every answer, whatever its
@@ -272,7 +309,7 @@ def _body(answer: requests.Response) -> Any:
 
 
 class Connector(ABC):
-    """One destination type. Register an instance in ``worker/connectors/__init__.py``."""
+    """One destination type. Register its class in ``worker/connectors/__init__.py``."""
 
     type_id: ClassVar[str]
     #: other names accepted for ``type_id`` in configs (e.g. "brevo")
@@ -285,6 +322,9 @@ class Connector(ABC):
     #: destination limits it apart from updates (paced on a bucket of its own); None when
     #: deletions count against the same limit as updates
     erasure_rate: ClassVar[float | None] = None
+
+    def __init__(self, settings: ConnectorSettings | None = None) -> None:
+        self.settings = settings or ConnectorSettings()
 
     @property
     def batch_size(self) -> int:
@@ -313,11 +353,11 @@ class Connector(ABC):
         404 included). Empty when the change maps to nothing. Used by the dry-run preview."""
 
     @abstractmethod
-    def deliver(self, transport: Transport, config: Account, change: Change) -> Result:
+    def deliver(self, transport: BaseTransport, config: Account, change: Change) -> Result:
         """Send the change and classify the answer, or raise Retryable/PermanentError."""
 
     def deliver_many(
-        self, transport: Transport, config: Account, changes: Sequence[Change]
+        self, transport: BaseTransport, config: Account, changes: Sequence[Change]
     ) -> list[Answer]:
         """Deliver the changes of several users (one change per user, at most
         ``batch_size``); one answer per change, in order. A destination with a batch API
@@ -338,7 +378,7 @@ class Connector(ABC):
         return answers
 
     def deliver_erasures(
-        self, transport: Transport, config: Account, changes: Sequence[Change]
+        self, transport: BaseTransport, config: Account, changes: Sequence[Change]
     ) -> list[Answer]:
         """Delete several people (changes whose ``erase`` is ``"delete"``); one answer per
         change, in order. Deleting someone the destination does not know is done, not an

@@ -1,6 +1,6 @@
 """Braze: ``POST {server}/users/track`` calls of up to ``braze_batch_size`` attributes
-objects (worker.infra.settings), one per change and so one per user, whose ``external_id`` is the
-PMP's ``organization_user_id``.
+objects (the connector's settings), one per change and so one per user, whose
+``external_id`` is the PMP's ``organization_user_id``.
 
 How a mapping id becomes a field of that object (docs/mappings.md#braze):
 
@@ -58,8 +58,10 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_val
 from worker.connectors.base import (
     Account,
     Answer,
+    BaseTransport,
     Change,
     Connector,
+    ConnectorSettings,
     Delivered,
     Feed,
     HttpRequest,
@@ -67,7 +69,6 @@ from worker.connectors.base import (
     Quota,
     Result,
     Skipped,
-    Transport,
     header,
     header_number,
     own_fields,
@@ -75,8 +76,6 @@ from worker.connectors.base import (
 from worker.core.errors import Deferred, DeliveryError, PermanentError, RetryableError
 from worker.core.masking import mask
 from worker.core.outcomes import SkipReason
-from worker.core.retries import clock
-from worker.infra.settings import get_settings
 
 
 class Instance(NamedTuple):
@@ -272,7 +271,7 @@ class BrazeConnector(Connector):
 
     @property
     def batch_size(self) -> int:
-        return get_settings().braze_batch_size
+        return self.settings.braze_batch_size
 
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
         remaining = header_number(headers, "x-ratelimit-remaining")
@@ -280,7 +279,9 @@ class BrazeConnector(Connector):
         if remaining is None or reset is None:
             return None
         limit = header_number(headers, "x-ratelimit-limit")
-        return Quota(int(limit) if limit else None, int(remaining), max(reset - clock(), 0.0))
+        return Quota(
+            int(limit) if limit else None, int(remaining), max(reset - self.settings.clock(), 0.0)
+        )
 
     def mapping_problem(self, mapping_id: str) -> str | None:
         hint = _RESERVED.get(mapping_id.lower())
@@ -306,7 +307,7 @@ class BrazeConnector(Connector):
             else []
         )
 
-    def deliver(self, transport: Transport, config: Account, change: Change) -> Result:
+    def deliver(self, transport: BaseTransport, config: Account, change: Change) -> Result:
         many = self.deliver_erasures if change.erase == "delete" else self.deliver_many
         (answer,) = many(transport, config, [change])
         if isinstance(answer, DeliveryError | Deferred):
@@ -314,19 +315,20 @@ class BrazeConnector(Connector):
         return answer
 
     def deliver_erasures(
-        self, transport: Transport, config: Account, changes: Sequence[Change]
+        self, transport: BaseTransport, config: Account, changes: Sequence[Change]
     ) -> list[Answer]:
         """``POST /users/delete`` calls of up to 50 ``external_ids`` (Braze's cap, and
         ``braze_batch_size`` when lower). A call Braze refuses as a whole (400, 413) is
         split in halves first: one id it cannot take must not cost 49 erasures."""
-        size = min(get_settings().braze_batch_size, DELETE_BATCH)
+        size = min(self.settings.braze_batch_size, DELETE_BATCH)
         positions = list(range(len(changes)))
         calls = deque(positions[start : start + size] for start in range(0, len(changes), size))
         answers: dict[int, Answer] = {}
         while calls:
             call = calls.popleft()
             try:
-                call_answers = _send_deletion(transport, config, [changes[p].user for p in call])
+                users = [changes[position].user for position in call]
+                call_answers = _send_deletion(transport, config, users, self.settings)
             except (RetryableError, Deferred) as stop:
                 for position in chain(call, *calls):
                     answers[position] = stop
@@ -339,7 +341,7 @@ class BrazeConnector(Connector):
         return [answers[position] for position in positions]
 
     def deliver_many(
-        self, transport: Transport, config: Account, changes: Sequence[Change]
+        self, transport: BaseTransport, config: Account, changes: Sequence[Change]
     ) -> list[Answer]:
         answers: dict[int, Answer] = {}
         updates: list[_Update] = []
@@ -351,12 +353,12 @@ class BrazeConnector(Connector):
             else:
                 answers[position] = Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
 
-        size = get_settings().braze_batch_size
+        size = self.settings.braze_batch_size
         calls = deque(updates[start : start + size] for start in range(0, len(updates), size))
         while calls:
             call = calls.popleft()
             try:
-                call_answers = _send(transport, config, call)
+                call_answers = _send(transport, config, call, self.settings)
             except (RetryableError, Deferred) as stop:
                 # Braze (or our pacing) takes no calls for now: later calls would fare no
                 # better, so they wait for the retry with this one.
@@ -437,7 +439,7 @@ def _post(config: Account, path: str, body: Mapping[str, Any]) -> HttpRequest:
 
 
 def _send_deletion(
-    transport: Transport, config: Account, users: Sequence[str]
+    transport: BaseTransport, config: Account, users: Sequence[str], settings: ConnectorSettings
 ) -> list[Answer] | None:
     """One /users/delete call and an answer per user of it, or None when Braze refused
     it as a whole and it can be split. Braze counts the ids it queued for deletion; one it
@@ -470,13 +472,15 @@ def _send_deletion(
             operator_action=True,
         )
     else:
-        error = _refusal(response, options)
+        error = _refusal(response, options, settings)
     if isinstance(error, RetryableError):
         raise error
     return [error] * len(users)
 
 
-def _send(transport: Transport, config: Account, call: Sequence[_Update]) -> list[Answer] | None:
+def _send(
+    transport: BaseTransport, config: Account, call: Sequence[_Update], settings: ConnectorSettings
+) -> list[Answer] | None:
     """One /users/track call and an answer per object of it, or None when the call is to be
     split. Raises ``RetryableError`` or ``Deferred`` when Braze takes no calls for now."""
     response = transport.send(_track_request(config, [update.attributes for update in call]))
@@ -488,7 +492,7 @@ def _send(transport: Transport, config: Account, call: Sequence[_Update]) -> lis
     options = _options(config)
     if 200 <= response.status < 300:
         return _accepted(response, [update.fields for update in call], options)
-    error = _refusal(response, options)
+    error = _refusal(response, options, settings)
     if isinstance(error, RetryableError):
         raise error
     return [error] * len(call)
@@ -551,7 +555,9 @@ def _refused_objects(errors: Any, count: int) -> dict[int, list[str]] | None:
     return refused
 
 
-def _refusal(response: HttpResponse, options: Options) -> DeliveryError:
+def _refusal(
+    response: HttpResponse, options: Options, settings: ConnectorSettings
+) -> DeliveryError:
     """What a non-2xx answer from Braze means for every object of the call."""
     status = response.status
     reason = _reason(response.body, options.api_key.get_secret_value())
@@ -575,7 +581,7 @@ def _refusal(response: HttpResponse, options: Options) -> DeliveryError:
         return RetryableError(
             f"Braze rate limit reached (HTTP 429): {reason}",
             status=status,
-            retry_after=_retry_after(response.headers),
+            retry_after=_retry_after(response.headers, settings),
         )
     # 425 is not in Braze's tables, but it means "too early, ask again": treating it as
     # transient keeps a consent change from being given up on (the guarantee lists it).
@@ -606,9 +612,9 @@ def _reason(body: Any, secret: str) -> str:
     return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH] + "…"
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def _retry_after(headers: Mapping[str, str], settings: ConnectorSettings) -> float | None:
     """Seconds until ``X-RateLimit-Reset`` (epoch seconds), within [0, rate_limit_max_wait]."""
     reset = header_number(headers, "x-ratelimit-reset")
     if reset is None:
         return None
-    return min(max(reset - clock(), 0.0), get_settings().rate_limit_max_wait)
+    return min(max(reset - settings.clock(), 0.0), settings.rate_limit_max_wait)

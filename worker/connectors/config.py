@@ -65,14 +65,20 @@ _NEWER_SHAPE_KEYS = ("authentication", "properties", "mappings")
 
 
 def parse_config(
-    raw: object, *, connector_id: str | None = None, allow_hosts: tuple[str, ...] = ()
+    raw: object,
+    *,
+    connector_id: str | None = None,
+    allow_hosts: tuple[str, ...] = (),
+    connectors: dict[str, Connector] = CONNECTORS,
 ) -> ConnectorConfig:
     """Validate a config in either shape and normalise it.
 
     ``connector_id``, when given, is the config's id whatever ``raw`` says (the store's
     field name, a CLI argument). ``allow_hosts`` are the extra ``host:port`` destinations
-    an operator allowed (PREFSYNC_ALLOW_HOSTS). Raises ``InvalidConfig`` with one line per
-    problem, each naming its field; no line ever holds a credential.
+    an operator allowed (PREFSYNC_ALLOW_HOSTS). ``connectors`` (by canonical type id) holds
+    the connector the config gets: the process's own (``worker.connectors.connectors``)
+    when it delivers. Raises ``InvalidConfig`` with one line per problem, each naming its
+    field; no line ever holds a credential.
     """
     if not isinstance(raw, dict):
         raise InvalidConfig(f"config: must be a JSON object, not {type(raw).__name__}")
@@ -107,7 +113,7 @@ def parse_config(
         type_id=connector.type_id,
         mappings=mappings,
         options=options,
-        connector=connector,
+        connector=connectors[connector.type_id],
     )
 
 

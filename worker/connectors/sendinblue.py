@@ -19,8 +19,8 @@ The contact is the PMP's ``organization_user_id``. One that looks like an email 
 (text, one ``@``, a domain with a dot, no spaces) is addressed as ``identifierType=email_id``,
 anything else as ``ext_id``. An identifier that cannot name one contact (blank, ``.`` or
 ``..``, invisible characters, overlong: ``identifier_problem``) is never sent: the change
-is refused (dead-lettered) for this connector. The base URL is read from the settings at
-every call, so tests and local stacks can point it elsewhere.
+is refused (dead-lettered) for this connector. The base URL is the connector's setting
+(``sendinblue_api_url``), so tests and local stacks can point it elsewhere.
 
 Erasures (``on_user_deleted``, docs/erasure.md): ``unsubscribe`` is the update with
 ``emailBlacklisted`` (and ``smsBlacklisted`` when an SMS mapping exists) true and no
@@ -52,8 +52,10 @@ from pydantic import (
 
 from worker.connectors.base import (
     Account,
+    BaseTransport,
     Change,
     Connector,
+    ConnectorSettings,
     Delivered,
     Feed,
     HttpRequest,
@@ -61,7 +63,6 @@ from worker.connectors.base import (
     Quota,
     Result,
     Skipped,
-    Transport,
     header,
     header_number,
     own_fields,
@@ -69,7 +70,6 @@ from worker.connectors.base import (
 from worker.core.errors import PermanentError, RetryableError
 from worker.core.masking import mask
 from worker.core.outcomes import SkipReason
-from worker.infra.settings import get_settings
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 # Blocklisted is the refusal, so True is the stronger state.
@@ -173,36 +173,36 @@ class SendinblueConnector(Connector):
 
     def requests(self, config: Account, change: Change) -> list[HttpRequest]:
         _checked(change.user)
-        options, user = _options(config), change.user
+        options, user, base = _options(config), change.user, _base_url(self.settings)
         if change.erase == "delete":
-            return [_delete_request(options, user)]
+            return [_delete_request(base, options, user)]
         fields = _fields(config, change)
         if not fields:
             return []
-        update = _update_request(options, user, fields)
+        update = _update_request(base, options, user, fields)
         if config.upsert_mode and change.erase is None:
-            return [update, _create_request(options, user, fields)]
+            return [update, _create_request(base, options, user, fields)]
         return [update]
 
-    def deliver(self, transport: Transport, config: Account, change: Change) -> Result:
+    def deliver(self, transport: BaseTransport, config: Account, change: Change) -> Result:
         # Refused whatever the values: the event is dead-lettered for this connector.
         _checked(change.user)
-        options, user = _options(config), change.user
+        options, user, base = _options(config), change.user, _base_url(self.settings)
         if change.erase == "delete":
-            response = transport.send(_delete_request(options, user))
+            response = transport.send(_delete_request(base, options, user))
             if _contact_unknown(response):
                 return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact: gone")
-            return _classify(response, {"deleted": True}, options)
+            return _classify(response, {"deleted": True}, options, self.settings)
         fields = _fields(config, change)
         if not fields:
             return Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
-        response = transport.send(_update_request(options, user, fields))
+        response = transport.send(_update_request(base, options, user, fields))
         if _contact_unknown(response):
             # An erasure never creates the contact it refuses.
             if not config.upsert_mode or change.erase is not None:
                 return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
-            response = transport.send(_create_request(options, user, fields))
-        return _classify(response, fields, options)
+            response = transport.send(_create_request(base, options, user, fields))
+        return _classify(response, fields, options, self.settings)
 
 
 def identifier_problem(user: str) -> str | None:
@@ -238,13 +238,13 @@ def _checked(user: str) -> str:
     return user
 
 
-def _contact_url(user: str) -> str:
+def _contact_url(base: str, user: str) -> str:
     """The one URL of the contact ``user`` names: the identifier checked, and encoded as a
     single path segment ("/" included); its type always sent (without it Brevo guesses
     from the identifier's form)."""
     identifier_type = "email_id" if _EMAIL.fullmatch(user) else "ext_id"
     segment = quote(_checked(user), safe="")
-    return f"{_base_url()}/contacts/{segment}?identifierType={identifier_type}"
+    return f"{base}/contacts/{segment}?identifierType={identifier_type}"
 
 
 def _options(config: Account) -> Options:
@@ -268,32 +268,34 @@ def _headers(options: Options) -> dict[str, str]:
     }
 
 
-def _base_url() -> str:
-    return get_settings().sendinblue_api_url.rstrip("/")
+def _base_url(settings: ConnectorSettings) -> str:
+    return settings.sendinblue_api_url.rstrip("/")
 
 
-def _update_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
+def _update_request(
+    base: str, options: Options, user: str, fields: Mapping[str, Any]
+) -> HttpRequest:
     return HttpRequest(
         method="PUT",
-        url=_contact_url(user),
+        url=_contact_url(base, user),
         headers=_headers(options),
         json=dict(fields),
     )
 
 
-def _delete_request(options: Options, user: str) -> HttpRequest:
-    return HttpRequest(method="DELETE", url=_contact_url(user), headers=_headers(options))
+def _delete_request(base: str, options: Options, user: str) -> HttpRequest:
+    return HttpRequest(method="DELETE", url=_contact_url(base, user), headers=_headers(options))
 
 
-def _create_request(options: Options, user: str, fields: Mapping[str, Any]) -> HttpRequest:
+def _create_request(
+    base: str, options: Options, user: str, fields: Mapping[str, Any]
+) -> HttpRequest:
     body: dict[str, Any] = {"email" if _EMAIL.fullmatch(user) else "ext_id": user, **fields}
     if options.list_id is not None:
         body["listIds"] = [options.list_id]
     # A contact created meanwhile by someone else is then updated rather than an error.
     body["updateEnabled"] = True
-    return HttpRequest(
-        method="POST", url=f"{_base_url()}/contacts", headers=_headers(options), json=body
-    )
+    return HttpRequest(method="POST", url=f"{base}/contacts", headers=_headers(options), json=body)
 
 
 def _contact_unknown(response: HttpResponse) -> bool:
@@ -302,7 +304,12 @@ def _contact_unknown(response: HttpResponse) -> bool:
     return response.status == 404 and _code(response.body) == "document_not_found"
 
 
-def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Options) -> Delivered:
+def _classify(
+    response: HttpResponse,
+    fields: Mapping[str, Any],
+    options: Options,
+    settings: ConnectorSettings,
+) -> Delivered:
     """Brevo's answer as a result, or the error that says what to do about it."""
     status = response.status
     reason = _reason(response.body, options.api_key.get_secret_value())
@@ -318,7 +325,7 @@ def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Option
         location = header(response.headers, "location") or "nowhere"
         raise PermanentError(
             f"Brevo answered HTTP {status}, a redirect to {location}, which is not followed: "
-            f"check the Brevo API URL setting ({_base_url()}); {reason}",
+            f"check the Brevo API URL setting ({_base_url(settings)}); {reason}",
             status=status,
             operator_action=True,
         )
@@ -337,7 +344,7 @@ def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Option
         raise RetryableError(
             f"Brevo rate limit reached (HTTP 429): {reason}",
             status=status,
-            retry_after=_retry_after(response.headers),
+            retry_after=_retry_after(response.headers, settings),
         )
     if status in (408, 425) or status >= 500:
         raise RetryableError(f"Brevo is unavailable (HTTP {status}): {reason}", status=status)
@@ -345,7 +352,7 @@ def _classify(response: HttpResponse, fields: Mapping[str, Any], options: Option
         # Not the contact (handled before): a list that does not exist, or a wrong base URL.
         raise PermanentError(
             f"Brevo answered HTTP 404: {reason}; check list_id and the Brevo API URL "
-            f"setting ({_base_url()})",
+            f"setting ({_base_url(settings)})",
             status=status,
             operator_action=True,
         )
@@ -371,11 +378,11 @@ def _reason(body: Any, secret: str) -> str:
     return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH] + "…"
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def _retry_after(headers: Mapping[str, str], settings: ConnectorSettings) -> float | None:
     """Seconds until ``x-sib-ratelimit-reset`` says the window resets, within
     [0, rate_limit_max_wait]."""
     seconds = _reset_in(headers)
-    return None if seconds is None else min(seconds, get_settings().rate_limit_max_wait)
+    return None if seconds is None else min(seconds, settings.rate_limit_max_wait)
 
 
 def _reset_in(headers: Mapping[str, str]) -> float | None:

@@ -19,12 +19,12 @@ from redis.client import Pipeline
 
 from worker.connectors.base import (
     Answer,
+    BaseTransport,
     Change,
     Delivered,
     HttpRequest,
     HttpResponse,
     Skipped,
-    Transport,
     Value,
     erasure_change,
     fed_fields,
@@ -98,7 +98,7 @@ class Deliverer:
         self,
         state: StateStore,
         recorder: OutcomeRecorder,
-        transport: Transport,
+        transport: BaseTransport,
         pacer: Pacer,
         rates: Mapping[str, float],
         max_sleep: float,
@@ -110,7 +110,7 @@ class Deliverer:
         self.rates = rates
         self.max_sleep = max_sleep
 
-    def paced(self, config: ConnectorConfig, erasure: bool = False) -> Transport:
+    def paced(self, config: ConnectorConfig, erasure: bool = False) -> BaseTransport:
         """The transport for one delivery: paced by the rate limit of its account (of its
         deletion endpoint, for ``erasure``, when the destination limits that apart)."""
         connector = config.connector
@@ -182,7 +182,7 @@ class Deliverer:
         plans: Mapping[int, Resolved],
         group: Mapping[str, list[int]],
         claim: Claim,
-        transport: Transport,
+        transport: BaseTransport,
     ) -> Unfinished:
         """The rest of ``deliver`` for one group of users, claimed: send each held user the
         properties its events own, then record every outcome, mark the events done and
@@ -354,11 +354,11 @@ class _Recording:
     answers: Counter[int | None] = field(default_factory=Counter)
 
 
-class _Counting(Transport):
-    """Counts every answer of the destination (for the metrics), then hands it on."""
+class _Counting(BaseTransport):
+    """Sends through ``inner`` and counts every answer of the destination (for the
+    metrics), then hands it on."""
 
-    def __init__(self, inner: Transport, answers: Counter[int | None]) -> None:
-        super().__init__(inner.timeout, inner.session)
+    def __init__(self, inner: BaseTransport, answers: Counter[int | None]) -> None:
         self.inner = inner
         self.answers = answers
 

@@ -59,7 +59,7 @@ from typing import NamedTuple
 
 import redis
 
-from worker.connectors.base import HttpRequest, HttpResponse, Quota, Transport
+from worker.connectors.base import BaseTransport, HttpRequest, HttpResponse, Quota
 from worker.core.errors import Deferred
 from worker.core.retries import clock
 
@@ -137,22 +137,23 @@ class Pacer:
         self._hold(keys=[bucket], args=[clock(), min(hold, self.max_hold)])
 
 
-class PacedTransport(Transport):
-    """The shared transport, sending each call in a slot reserved in ``bucket`` and heeding
-    the quota each answer reports. One serves one batch, and sleeps up to ``max_sleep``
-    seconds in all for its calls' slots: a longer wait defers the rest of the batch rather
-    than hold a worker process (a batch of 100 Brevo users would hold it ten seconds)."""
+class PacedTransport(BaseTransport):
+    """Sends each call through ``inner`` (the shared HTTP transport) in a slot reserved in
+    ``bucket``, and heeds the quota each answer reports. One serves one batch, and sleeps
+    up to ``max_sleep`` seconds in all for its calls' slots: a longer wait defers the rest
+    of the batch rather than hold a worker process (a batch of 100 Brevo users would hold
+    it ten seconds)."""
 
     def __init__(
         self,
-        inner: Transport,
+        inner: BaseTransport,
         pacer: Pacer,
         bucket: str,
         rate: float,
         quota: Callable[[Mapping[str, str]], Quota | None],
         max_sleep: float,
     ) -> None:
-        super().__init__(inner.timeout, inner.session)
+        self.inner = inner
         self.pacer = pacer
         self.bucket = bucket
         self.rate = rate
@@ -164,7 +165,7 @@ class PacedTransport(Transport):
     def send(self, request: HttpRequest) -> HttpResponse:
         self._wait_for_slot()
         self.sent += 1
-        response = super().send(request)
+        response = self.inner.send(request)
         quota = self.quota(response.headers)
         if quota is not None:
             self.pacer.slow_down(self.bucket, quota, refused=response.status == 429)

@@ -7,22 +7,23 @@ sockets (Redis connections, the HTTP session's pool).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import redis
 
-from worker.connectors import rate_limits
-from worker.connectors.base import Transport
-from worker.core.retries import follow
+from worker.connectors import KNOWN_TYPE_IDS, connectors, get_connector
+from worker.connectors.base import Connector, ConnectorSettings, Transport
+from worker.core.retries import clock, follow
 from worker.delivery.deliverer import Deliverer
 from worker.delivery.pacing import Pacer
 from worker.infra.logging import hide_users_with
 from worker.infra.pseudonym import Pseudonyms, load_key
 from worker.infra.redis_client import RedisClock, connect
 from worker.infra.sealing import Sealer, keys_from
-from worker.infra.settings import Settings, get_settings
+from worker.infra.settings import InvalidSettings, Settings, get_settings
 from worker.records.audit import AuditTrail
 from worker.records.configs import ConfigStore, Destinations
 from worker.records.deadletter import DeadLetterStore
@@ -57,8 +58,18 @@ class Runtime:
         return Sealer(keys)
 
     @cached_property
+    def connectors(self) -> dict[str, Connector]:
+        """The connectors this process delivers with: built with its settings."""
+        return connectors(connector_settings(self.settings))
+
+    @cached_property
     def configs(self) -> ConfigStore:
-        return ConfigStore(self.redis, self.sealer, allow_hosts=self.settings.allow_hosts)
+        return ConfigStore(
+            self.redis,
+            self.sealer,
+            allow_hosts=self.settings.allow_hosts,
+            connectors=self.connectors,
+        )
 
     @cached_property
     def state(self) -> StateStore:
@@ -116,6 +127,36 @@ class Runtime:
             rate_limits(self.settings.rate_limits),
             self.settings.pacing_max_sleep,
         )
+
+
+def connector_settings(
+    settings: Settings, now: Callable[[], float] | None = None
+) -> ConnectorSettings:
+    """What the connectors read of ``settings``, with the clock every worker shares
+    (worker.core.retries.clock) unless ``now`` is given."""
+    return ConnectorSettings(
+        braze_batch_size=settings.braze_batch_size,
+        sendinblue_api_url=settings.sendinblue_api_url,
+        rate_limit_max_wait=settings.rate_limit_max_wait,
+        clock=now or clock,
+    )
+
+
+def rate_limits(configured: Mapping[str, float]) -> dict[str, float]:
+    """``PREFSYNC_RATE_LIMITS`` by canonical type id: a limit may name a connector by an
+    alias, in any case. Raises ``InvalidSettings`` for a name no connector has.
+
+    Resolved here rather than in the settings, which the connectors' layer sits above."""
+    resolved: dict[str, float] = {}
+    for name, rate in configured.items():
+        connector = get_connector(name)
+        if connector is None:
+            raise InvalidSettings(
+                f"PREFSYNC_RATE_LIMITS: names {name!r}, which is not a connector type "
+                f"(known: {', '.join(KNOWN_TYPE_IDS)})"
+            )
+        resolved[connector.type_id] = rate
+    return resolved
 
 
 _runtime: tuple[int, Runtime] | None = None

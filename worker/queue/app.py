@@ -17,7 +17,7 @@ import celery.apps.worker as celery_worker_app
 from celery import Celery, signals
 from kombu import Exchange, Queue
 
-from worker.connectors import rate_limits
+from worker.delivery.runtime import rate_limits
 from worker.infra.logging import configure as configure_logging
 from worker.infra.logging import uses_console
 from worker.infra.redis_client import SENTINEL_KWARGS

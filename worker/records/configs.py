@@ -1,5 +1,11 @@
 """The per-tenant store of connector configs in Redis, sealed at rest, and the cached
-destination type of each connector that routing asks for."""
+destination type of each connector that routing asks for.
+
+A config is opened (unsealed, validated) once per process per stored version: every
+delivery batch and dead letter reads its config, and the store keeps the configs it
+opened by the exact sealed value it read. Reading is then one HGET; a config stored again
+is another value, which the next read opens at once.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,13 @@ import builtins
 import json
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from redis.exceptions import WatchError
 
+from worker.connectors import CONNECTORS
+from worker.connectors.base import Connector
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
 from worker.core.errors import InvalidConfig
@@ -26,17 +35,35 @@ KEY_PREFIX = "prefsync:connectors:"
 # for at most this long, where they are delivered all the same.
 TYPE_TTL = 30.0
 
+# Configs kept opened per process, the least recently read dropped first: more than the
+# connectors one worker process delivers to in a while.
+OPENED = 1024
+
 
 class ConfigStore:
     """Every tenant's connector configs in Redis: one hash per tenant, key
     ``prefsync:connectors:{tenant}``, field = connector id, value = ``to_stored()`` JSON
     sealed with the first of PREFSYNC_SECRET_KEYS (worker.infra.sealing): the credentials are
-    never in Redis, its AOF or a backup in clear."""
+    never in Redis, its AOF or a backup in clear.
 
-    def __init__(self, redis: Redis, sealer: Sealer, allow_hosts: tuple[str, ...] = ()) -> None:
+    ``connectors`` (by canonical type id) are the connectors the configs read get
+    (worker.connectors.connectors); ``opened`` bounds the configs kept opened."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        sealer: Sealer,
+        allow_hosts: tuple[str, ...] = (),
+        connectors: dict[str, Connector] = CONNECTORS,
+        opened: int = OPENED,
+    ) -> None:
         self.redis = redis
         self.sealer = sealer
         self.allow_hosts = allow_hosts
+        self.connectors = connectors
+        # Keyed by the sealed value as read: a changed config is another key. A config
+        # that does not open raises, and an exception is never cached: it raises each time.
+        self._opened = lru_cache(maxsize=opened)(self._open)
 
     def put(self, tenant: str, config: ConnectorConfig) -> None:
         """Store ``config``, replacing the tenant's config of the same id. It is validated
@@ -84,7 +111,7 @@ class ConfigStore:
 
     def get(self, tenant: str, connector_id: str) -> ConnectorConfig | None:
         raw = self.redis.hget(_key(tenant), connector_id)
-        return None if raw is None else self._load(tenant, connector_id, raw)
+        return None if raw is None else self._opened(tenant, connector_id, raw)
 
     # builtins.list: within this class, "list" is the method below.
     def ids(self, tenant: str) -> builtins.list[str]:
@@ -95,7 +122,7 @@ class ConfigStore:
         """The tenant's configs, sorted by id."""
         stored = {_text(field): raw for field, raw in self.redis.hgetall(_key(tenant)).items()}
         return [
-            self._load(tenant, connector_id, stored[connector_id])
+            self._opened(tenant, connector_id, stored[connector_id])
             for connector_id in sorted(stored)
         ]
 
@@ -103,7 +130,7 @@ class ConfigStore:
         """Remove a config; False when the tenant had none of that id."""
         return bool(self.redis.hdel(_key(tenant), connector_id))
 
-    def _load(self, tenant: str, connector_id: str, raw: bytes | str) -> ConnectorConfig:
+    def _open(self, tenant: str, connector_id: str, raw: bytes | str) -> ConnectorConfig:
         where = f"tenant {tenant!r}, connector {connector_id!r}"
         try:
             text = self.sealer.open(raw)
@@ -114,7 +141,12 @@ class ConfigStore:
         except ValueError:
             raise InvalidConfig(f"{where}: the stored config is not JSON") from None
         try:
-            return parse_config(data, connector_id=connector_id, allow_hosts=self.allow_hosts)
+            return parse_config(
+                data,
+                connector_id=connector_id,
+                allow_hosts=self.allow_hosts,
+                connectors=self.connectors,
+            )
         except InvalidConfig as exc:
             lines = str(exc).splitlines()
             raise InvalidConfig(

@@ -13,6 +13,7 @@ import requests
 import responses
 from pydantic import ValidationError
 
+from worker.connectors import connectors
 from worker.connectors.base import (
     Change,
     Delivered,
@@ -26,6 +27,7 @@ from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
 from worker.core.errors import Deferred, PermanentError, RetryableError
 from worker.core.outcomes import SkipReason
+from worker.delivery.runtime import connector_settings
 from worker.infra.settings import Settings, get_settings
 
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
@@ -57,7 +59,8 @@ def config(*mapping_ids: str, upsert_mode: bool = False) -> ConnectorConfig:
                 {"id": mapping_id, "value": prop(mapping_id)} for mapping_id in mapping_ids
             ],
             "upsert_mode": upsert_mode,
-        }
+        },
+        connectors=connectors(connector_settings(get_settings())),
     )
 
 

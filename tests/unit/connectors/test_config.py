@@ -3,25 +3,32 @@ secrets kept out of every output, and the per-tenant Redis store."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
 
-from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, get_connector
+import worker.records.configs
+from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, connectors, get_connector
+from worker.connectors.base import ConnectorSettings
 from worker.connectors.braze import BrazeConnector
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig, Mapping
 from worker.connectors.sendinblue import SendinblueConnector
 from worker.core.errors import InvalidConfig
+from worker.delivery.runtime import connector_settings
 from worker.infra.sealing import Sealer, new_key
+from worker.infra.settings import Settings
 from worker.records.configs import ConfigStore
 
 SEALER = Sealer([new_key()])
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "connectors"
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "examples" / "connectors"
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
 BRAZE_SERVER = "https://rest.fra-01.braze.eu"
 MAPPINGS = [
@@ -498,6 +505,34 @@ def test_registry_resolves_names_and_aliases() -> None:
     assert get_connector("mailchimp") is None
 
 
+def test_connectors_are_built_with_the_settings_they_are_given() -> None:
+    given = connector_settings(Settings(braze_batch_size=7), now=lambda: 1000.0)
+    braze_connector = connectors(given)["braze"]
+    reset = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1012"}
+
+    assert braze_connector.batch_size == 7
+    assert braze_connector.quota(reset).reset_in == 12.0
+    assert CONNECTORS["braze"].batch_size == 50
+    config = parse_config(braze(), connectors=connectors(given))
+    assert config.connector.batch_size == 7
+    assert parse_config(braze()).connector is CONNECTORS["braze"]
+
+
+def test_connectors_default_settings_are_the_prefsync_defaults() -> None:
+    defaults = ConnectorSettings()
+    for name in ("braze_batch_size", "sendinblue_api_url", "rate_limit_max_wait"):
+        assert getattr(defaults, name) == Settings.model_fields[name].default, name
+
+
+def test_connectors_read_neither_the_settings_nor_the_clock_themselves() -> None:
+    for module in sorted((ROOT / "worker" / "connectors").glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module not in ("worker.infra.settings", "worker.core.retries"), (
+                    module.name
+                )
+
+
 # -- the store -------------------------------------------------------------------------
 
 
@@ -606,3 +641,76 @@ def test_connector_config_refuses_options_of_another_connector() -> None:
             options=braze_config.options,
             connector=CONNECTORS["sendinblue"],
         )
+
+
+# -- configs opened once per stored version ------------------------------------------------
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many times the store unsealed ("open") and validated ("parse") a config."""
+    calls: Counter[str] = Counter()
+    parse, unseal = worker.records.configs.parse_config, Sealer.open
+
+    def counted_parse(*args: Any, **kwargs: Any) -> ConnectorConfig:
+        calls["parse"] += 1
+        return parse(*args, **kwargs)
+
+    def counted_open(self: Sealer, raw: bytes | str) -> str:
+        calls["open"] += 1
+        return unseal(self, raw)
+
+    monkeypatch.setattr(worker.records.configs, "parse_config", counted_parse)
+    monkeypatch.setattr(Sealer, "open", counted_open)
+    return calls
+
+
+def test_an_unchanged_config_is_opened_once(store: ConfigStore, opened: Counter[str]) -> None:
+    store.put("acme", parse_config(braze()))
+    opened.clear()  # put validates what it stores
+
+    first = store.get("acme", "braze")
+    again = store.get("acme", "braze")
+    (listed,) = store.list("acme")
+
+    assert again is first
+    assert listed is first
+    assert opened == {"open": 1, "parse": 1}
+
+
+def test_a_config_stored_again_is_read_at_once(store: ConfigStore) -> None:
+    store.put("acme", parse_config(braze()))
+    assert store.get("acme", "braze").enabled is True
+
+    # Stored by another process (the CLI): only the value in Redis tells.
+    ConfigStore(store.redis, SEALER).put("acme", parse_config(braze(enabled=False)))
+
+    assert store.get("acme", "braze").enabled is False
+    assert [config.enabled for config in store.list("acme")] == [False]
+
+
+def test_the_configs_kept_opened_are_bounded(opened: Counter[str]) -> None:
+    store = ConfigStore(fakeredis.FakeRedis(), SEALER, opened=2)
+    for connector_id in ("a", "b", "c"):
+        store.put("acme", parse_config(braze(), connector_id=connector_id))
+        store.get("acme", connector_id)
+    opened.clear()
+
+    store.get("acme", "c")
+    store.get("acme", "b")
+    assert opened == {}
+    store.get("acme", "a")  # the least recently read: no longer kept
+    assert opened == {"open": 1, "parse": 1}
+
+
+def test_a_config_that_no_longer_validates_is_refused_at_every_read(
+    store: ConfigStore, opened: Counter[str]
+) -> None:
+    stored = parse_config(braze()).to_stored()
+    stored["properties"]["server"] = "https://evil.example"
+    store.redis.hset("prefsync:connectors:acme", "braze", SEALER.seal(json.dumps(stored)))
+
+    for _ in range(2):
+        with pytest.raises(InvalidConfig, match="stored config no longer valid"):
+            store.get("acme", "braze")
+    assert opened == {"open": 2, "parse": 2}

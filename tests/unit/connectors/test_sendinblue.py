@@ -12,11 +12,13 @@ import pytest
 import requests
 import responses
 
+from worker.connectors import connectors
 from worker.connectors.base import Delivered, Skipped, Transport, standalone_change
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
 from worker.core.errors import PermanentError, RetryableError
 from worker.core.outcomes import SkipReason
+from worker.delivery.runtime import connector_settings
 from worker.infra.settings import get_settings
 
 KEY = "xkeysib-TESTKEY-0123456789abcdef"
@@ -54,7 +56,8 @@ def config(
             "mappings": [
                 {"id": mapping_id, "value": prop(mapping_id)} for mapping_id in mapping_ids
             ],
-        }
+        },
+        connectors=connectors(connector_settings(get_settings())),
     )
 
 

@@ -14,6 +14,7 @@ import pytest
 import responses
 
 from tests.unit.conftest import hold_elsewhere, install_runtime, lock_holder
+from worker.connectors import connectors
 from worker.connectors.base import Delivered, Transport, standalone_change
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
@@ -22,7 +23,7 @@ from worker.core.events import parse_event
 from worker.delivery import pipeline
 from worker.delivery.deliverer import Unfinished
 from worker.delivery.pacing import MARGIN
-from worker.delivery.runtime import Runtime
+from worker.delivery.runtime import Runtime, connector_settings
 from worker.infra.settings import Settings, get_settings
 from worker.records.state import UserBusy, key
 
@@ -277,6 +278,9 @@ def test_braze_a_failed_call_leaves_its_users_and_every_later_call_unsent(
 ) -> None:
     monkeypatch.setenv("PREFSYNC_BRAZE_BATCH_SIZE", "2")
     get_settings.cache_clear()
+    # A connector is built with the settings: the config's, once read again, has the new one.
+    bound = connectors(connector_settings(get_settings()))
+    braze = parse_config(braze.to_stored(), connectors=bound)
     mocked.post(TRACK, status=503, json={"message": "Service Unavailable"})
     payloads = [event(f"e-{n}", 1, f"u{n}", newsletter=False) for n in (1, 2, 3)]
 

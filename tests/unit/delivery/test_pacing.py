@@ -16,11 +16,11 @@ import pytest
 import responses
 from pydantic import ValidationError
 
-from worker.connectors import rate_limits
 from worker.connectors.base import HttpRequest, Quota, Transport
 from worker.core.errors import Deferred
 from worker.delivery import pacing
 from worker.delivery.pacing import MARGIN, PacedTransport, Pacer, account_key
+from worker.delivery.runtime import rate_limits
 from worker.infra.settings import InvalidSettings, Settings
 
 BUCKET = account_key("sendinblue", "xkeysib-TESTKEY-0123456789abcdef")
