@@ -85,18 +85,6 @@ class OrderingKey:
         # A tie is not newer: the value already recorded stays, so a replay changes nothing.
         return self.timestamp_us > other.timestamp_us
 
-    def to_list(self) -> list[int | None]:
-        """The compact JSON form, ``[timestamp_us, version]``."""
-        return [self.timestamp_us, self.version]
-
-    @classmethod
-    def from_list(cls, data: Sequence[int | None]) -> OrderingKey:
-        """The inverse of ``to_list``; raises ValueError for anything else."""
-        match list(data):
-            case [int() as timestamp_us, (int() | None) as version]:
-                return cls(timestamp_us, version)
-        raise ValueError(f"not an ordering key: {data!r}")
-
 
 def _timestamp_us(raw: str) -> int:
     moment = datetime.fromisoformat(raw)
@@ -370,16 +358,6 @@ class FlatProperties:
         self._by_collapsed: dict[str, list[str]] | None = None
         if consents is not None:
             self._collect(consents)
-
-    @classmethod
-    def from_consents(cls, consents: _Consents | Mapping[str, Any] | None) -> FlatProperties:
-        """Accepts a validated ``consents`` model, its JSON form, or ``None`` (no properties)."""
-        if consents is None or isinstance(consents, _Consents):
-            return cls(consents)
-        try:
-            return cls(_Consents.model_validate(consents))
-        except ValidationError as exc:
-            raise InvalidEvent(_describe(exc, prefix="consents")) from None
 
     def _add(self, parts: tuple[str, ...], value: Value) -> None:
         name = "_".join(parts)
