@@ -27,7 +27,7 @@ it is read, so a config a later release no longer accepts fails loudly, naming i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import (
@@ -36,6 +36,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
 )
+from pydantic_core import ErrorDetails
 
 from worker.connectors import CONNECTORS, KNOWN_TYPE_IDS, get_connector
 from worker.connectors.base import Connector
@@ -43,6 +44,7 @@ from worker.connectors.model import ConnectorConfig, Mapping, _Common
 from worker.core.errors import InvalidConfig
 from worker.core.events import PROPERTY_SHAPES, is_property_name, is_utf8
 from worker.core.masking import mask
+from worker.core.validation import Location, describe
 
 if TYPE_CHECKING:
     pass
@@ -105,7 +107,7 @@ def parse_config(
     try:
         common = _Common.model_validate(common_input)
     except ValidationError as exc:
-        problems += _describe(exc, lambda loc: "")
+        problems += describe(exc, _written, _message)
     if problems:
         raise _refusal(problems, _credentials(raw, connector))
     return ConnectorConfig(
@@ -199,13 +201,15 @@ def _options(
             shape.options, context={"allow_hosts": allow_hosts}
         )
     except ValidationError as exc:
-        problems += _describe(
+        problems += describe(
             exc,
-            lambda loc: (
+            lambda loc: _written(
+                loc,
                 shape.sources.get(str(loc[0]), shape.missing_source)
                 if loc
-                else shape.missing_source
+                else shape.missing_source,
             ),
+            _message,
         )
         return None
 
@@ -230,7 +234,7 @@ def _mappings(
         try:
             mapping = Mapping.model_validate(entry)
         except ValidationError as exc:
-            problems += _describe(exc, lambda loc, where=where: where)
+            problems += describe(exc, lambda loc, where=where: _written(loc, where), _message)
             continue
         if problem := connector.mapping_problem(mapping.id):
             problems.append(f"{where}.id: {problem}")
@@ -251,19 +255,18 @@ def _mappings(
     return tuple(mappings)
 
 
-def _describe(exc: ValidationError, prefix: Callable[[tuple[int | str, ...]], str]) -> list[str]:
-    """One line per pydantic error, ``path: message``, never quoting the input."""
-    lines = []
-    for error in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = error["loc"]
-        path = prefix(loc)
-        for part in loc:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
-        lines.append(f"{path or 'config'}: {_message(error['type'], error['msg'])}")
-    return lines
+def _written(loc: Location, start: str = "") -> str:
+    """Where a pydantic error is, as the config writes it after ``start``:
+    ``config.properties[2].value``."""
+    path = start
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path or "config"
 
 
-def _message(kind: str, message: str) -> str:
+def _message(error: ErrorDetails) -> str:
+    """A pydantic error's message in the config's words, never quoting the input."""
+    kind, message = error["type"], error["msg"]
     if kind == "missing":
         return "field required"
     if kind == "extra_forbidden":

@@ -34,10 +34,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from worker.core.errors import EventTooLarge, InvalidEvent
 from worker.core.outcomes import SkipReason
+from worker.core.validation import Location, describe
 
 #: A resolved PMP property value: booleans for consents, strings for preference values.
 Value = bool | str
@@ -84,18 +85,6 @@ class OrderingKey:
             return self.version > other.version
         # A tie is not newer: the value already recorded stays, so a replay changes nothing.
         return self.timestamp_us > other.timestamp_us
-
-    def to_list(self) -> list[int | None]:
-        """The compact JSON form, ``[timestamp_us, version]``."""
-        return [self.timestamp_us, self.version]
-
-    @classmethod
-    def from_list(cls, data: Sequence[int | None]) -> OrderingKey:
-        """The inverse of ``to_list``; raises ValueError for anything else."""
-        match list(data):
-            case [int() as timestamp_us, (int() | None) as version]:
-                return cls(timestamp_us, version)
-        raise ValueError(f"not an ordering key: {data!r}")
 
 
 def _timestamp_us(raw: str) -> int:
@@ -371,16 +360,6 @@ class FlatProperties:
         if consents is not None:
             self._collect(consents)
 
-    @classmethod
-    def from_consents(cls, consents: _Consents | Mapping[str, Any] | None) -> FlatProperties:
-        """Accepts a validated ``consents`` model, its JSON form, or ``None`` (no properties)."""
-        if consents is None or isinstance(consents, _Consents):
-            return cls(consents)
-        try:
-            return cls(_Consents.model_validate(consents))
-        except ValidationError as exc:
-            raise InvalidEvent(_describe(exc, prefix="consents")) from None
-
     def _add(self, parts: tuple[str, ...], value: Value) -> None:
         name = "_".join(parts)
         self._values[name] = value
@@ -541,7 +520,8 @@ def parse_event(payload: object, *, max_bytes: int | None = None) -> PreferenceE
     try:
         envelope = _ENVELOPES[event_type].model_validate(payload)
     except ValidationError as exc:
-        raise InvalidEvent(_describe(exc)) from None
+        problems = describe(exc, _dotted, _quoted, at_most=_MAX_ERRORS_SHOWN)
+        raise InvalidEvent("; ".join(problems)) from None
 
     parameters = envelope.parameters
     previous: FlatProperties | None = None
@@ -693,16 +673,14 @@ def _loc_part(part: int | str) -> str:
     return text if len(text) <= _MAX_PREVIEW and text.isprintable() else _preview(text)
 
 
-def _describe(exc: ValidationError, *, prefix: str = "") -> str:
-    """One line per pydantic error, e.g. ``parameters.entity.organization_id: field required``."""
-    errors = exc.errors(include_url=False)
-    lines = []
-    for error in errors[:_MAX_ERRORS_SHOWN]:
-        where = ".".join(_loc_part(part) for part in (prefix, *error["loc"]) if part != "")
-        message = error["msg"][:1].lower() + error["msg"][1:]
-        if error["type"] != "missing":
-            message += f" (got {_preview(error['input'])})"
-        lines.append(f"{where}: {message}" if where else message)
-    if len(errors) > _MAX_ERRORS_SHOWN:
-        lines.append(f"and {len(errors) - _MAX_ERRORS_SHOWN} more")
-    return "; ".join(lines)
+def _dotted(loc: Location) -> str:
+    """Where a pydantic error is, e.g. ``parameters.entity.organization_id``."""
+    return ".".join(_loc_part(part) for part in loc if part != "")
+
+
+def _quoted(error: ErrorDetails) -> str:
+    """A pydantic error's message, with a short preview of the input it refused."""
+    message = error["msg"][:1].lower() + error["msg"][1:]
+    if error["type"] != "missing":
+        message += f" (got {_preview(error['input'])})"
+    return message

@@ -9,9 +9,11 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from worker.core.errors import PrefsyncError
+from worker.core.validation import Location, describe
 
 DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
 # The soft time limit comes this long before the hard one: time to write the retry.
@@ -230,7 +232,7 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise InvalidSettings(_describe(exc)) from None
+        raise InvalidSettings("; ".join(describe(exc, _variable, _message))) from None
     except SettingsError as exc:  # a JSON setting that is not JSON
         field = re.search(r'field "(\w+)"', str(exc))
         name = f"PREFSYNC_{field[1].upper()}" if field else "a PREFSYNC_* variable"
@@ -243,14 +245,14 @@ _ENV_NAMES = re.compile(
 )
 
 
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors(include_url=False, include_input=False):
-        message = _ENV_NAMES.sub(
-            lambda found: f"PREFSYNC_{found[0].upper()}", error["msg"].removeprefix("Value error, ")
-        )
-        if error["loc"]:
-            problems.append(f"PREFSYNC_{str(error['loc'][0]).upper()}: {message}")
-        else:  # a rule across several settings names them in its message
-            problems.append(f"settings: {message}")
-    return "; ".join(problems)
+def _variable(loc: Location) -> str:
+    # A rule across several settings has no location: its message names them.
+    return f"PREFSYNC_{str(loc[0]).upper()}" if loc else "settings"
+
+
+def _message(error: ErrorDetails) -> str:
+    """A pydantic error's message, naming settings by their variables, never quoting the
+    value (it may hold a password)."""
+    return _ENV_NAMES.sub(
+        lambda found: f"PREFSYNC_{found[0].upper()}", error["msg"].removeprefix("Value error, ")
+    )

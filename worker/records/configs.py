@@ -9,7 +9,6 @@ is another value, which the next read opens at once.
 
 from __future__ import annotations
 
-import builtins
 import json
 import time
 from collections.abc import Callable
@@ -78,7 +77,7 @@ class ConfigStore:
         sealed under an older key); (re-encrypted, already current). A config no key opens
         is left as it is and named in the ``InvalidConfig`` raised at the end."""
         changed = current = 0
-        unreadable: builtins.list[str] = []
+        unreadable: list[str] = []
         for name in self.redis.scan_iter(match=f"{KEY_PREFIX}*", count=500):
             tenant = _text(name).removeprefix(KEY_PREFIX)
             for connector_id, raw in self.redis.hgetall(name).items():
@@ -113,18 +112,9 @@ class ConfigStore:
         raw = self.redis.hget(_key(tenant), connector_id)
         return None if raw is None else self._opened(tenant, connector_id, raw)
 
-    # builtins.list: within this class, "list" is the method below.
-    def ids(self, tenant: str) -> builtins.list[str]:
+    def ids(self, tenant: str) -> list[str]:
         """The tenant's connector ids, sorted, without reading (or validating) the configs."""
         return sorted(_text(field) for field in self.redis.hkeys(_key(tenant)))
-
-    def list(self, tenant: str) -> builtins.list[ConnectorConfig]:
-        """The tenant's configs, sorted by id."""
-        stored = {_text(field): raw for field, raw in self.redis.hgetall(_key(tenant)).items()}
-        return [
-            self._opened(tenant, connector_id, stored[connector_id])
-            for connector_id in sorted(stored)
-        ]
 
     def delete(self, tenant: str, connector_id: str) -> bool:
         """Remove a config; False when the tenant had none of that id."""

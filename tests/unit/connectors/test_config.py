@@ -541,6 +541,11 @@ def store() -> ConfigStore:
     return ConfigStore(fakeredis.FakeRedis(), SEALER)
 
 
+def read_all(store: ConfigStore, tenant: str) -> list[ConnectorConfig | None]:
+    """The tenant's configs, read as the product reads them: its ids, then each config."""
+    return [store.get(tenant, connector_id) for connector_id in store.ids(tenant)]
+
+
 def test_store_round_trip(store: ConfigStore) -> None:
     config = parse_config(braze(regulations=["gdpr"]))
 
@@ -549,7 +554,7 @@ def test_store_round_trip(store: ConfigStore) -> None:
     assert store.get("acme", "braze") == config
     assert store.get("acme", "other") is None
     assert store.get("globex", "braze") is None
-    assert store.list("acme") == [config]
+    assert read_all(store, "acme") == [config]
     assert store.ids("acme") == ["braze"]
 
 
@@ -573,7 +578,7 @@ def test_store_holds_two_connectors_of_one_type_apart(store: ConfigStore) -> Non
     for config in (us, sib, eu):
         store.put("acme", config)
 
-    assert store.list("acme") == [eu, us, sib]
+    assert read_all(store, "acme") == [eu, us, sib]
     assert store.ids("acme") == ["braze-eu", "braze-us", "sendinblue"]
     assert store.get("acme", "braze-us").options.server == "https://rest.iad-03.braze.com"
 
@@ -584,7 +589,7 @@ def test_store_put_replaces_the_same_id(store: ConfigStore) -> None:
 
     store.put("acme", replacement)
 
-    assert store.list("acme") == [replacement]
+    assert read_all(store, "acme") == [replacement]
 
 
 def test_store_delete(store: ConfigStore) -> None:
@@ -592,7 +597,7 @@ def test_store_delete(store: ConfigStore) -> None:
 
     assert store.delete("acme", "braze") is True
     assert store.delete("acme", "braze") is False
-    assert store.list("acme") == []
+    assert read_all(store, "acme") == []
 
 
 def test_store_revalidates_and_names_tenant_and_id_of_a_broken_config(store: ConfigStore) -> None:
@@ -613,7 +618,7 @@ def test_store_revalidates_and_names_tenant_and_id_of_a_broken_config(store: Con
     )
     assert str(junk.value) == "tenant 'acme', connector 'junk': the stored config is not JSON"
     with pytest.raises(InvalidConfig):
-        store.list("acme")
+        read_all(store, "acme")
     assert store.ids("acme") == ["braze", "junk"]
 
 
@@ -671,10 +676,8 @@ def test_an_unchanged_config_is_opened_once(store: ConfigStore, opened: Counter[
 
     first = store.get("acme", "braze")
     again = store.get("acme", "braze")
-    (listed,) = store.list("acme")
 
     assert again is first
-    assert listed is first
     assert opened == {"open": 1, "parse": 1}
 
 
@@ -686,7 +689,6 @@ def test_a_config_stored_again_is_read_at_once(store: ConfigStore) -> None:
     ConfigStore(store.redis, SEALER).put("acme", parse_config(braze(enabled=False)))
 
     assert store.get("acme", "braze").enabled is False
-    assert [config.enabled for config in store.list("acme")] == [False]
 
 
 def test_the_configs_kept_opened_are_bounded(opened: Counter[str]) -> None:

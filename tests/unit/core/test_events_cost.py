@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.core.test_events import flat
 from worker.core.events import FlatProperties, PreferenceEvent, parse_event
 
 MAPPINGS = [
@@ -202,15 +203,7 @@ def _names(draw: st.DrawFn) -> str:
 def test_the_indexed_look_up_agrees_with_trying_every_property(
     purpose: str, preference: str, chosen: list[str], name: str
 ) -> None:
-    properties = FlatProperties.from_consents(
-        {
-            "purposes": [
-                {
-                    "id": purpose,
-                    "enabled": True,
-                    "values": {preference: {"value": ",".join(chosen)}},
-                }
-            ]
-        }
+    properties = flat(
+        {"id": purpose, "enabled": True, "values": {preference: {"value": ",".join(chosen)}}}
     )
     assert properties.get(name) == _reference_get(properties, name), name

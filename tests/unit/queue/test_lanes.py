@@ -314,7 +314,7 @@ def worker_queues(monkeypatch: pytest.MonkeyPatch, *options: str) -> list[str] |
 
     execed: list[list[str]] = []
     monkeypatch.setattr(worker.infra.redis_client, "connect", lambda *_, **__: FakeRedis())
-    monkeypatch.setattr(worker.cli.os, "execvp", lambda _, argv: execed.append(argv))
+    monkeypatch.setattr("os.execvp", lambda _, argv: execed.append(argv))
     result = CliRunner().invoke(worker.cli.main, ["worker", *options])
     assert result.exit_code == 0, result.output
     chosen = [arg for arg in execed[0] if arg.startswith("--queues=")]

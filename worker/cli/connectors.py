@@ -1,0 +1,131 @@
+"""`prefsync connectors`: a tenant's connector configs, sealed at rest, and the key they are
+sealed with."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from worker.cli.common import echo_json, fail, mapping_lines, read_json, runtime, stored_configs
+from worker.core.errors import InvalidConfig
+from worker.infra.settings import get_settings
+
+
+@click.group()
+def connectors() -> None:
+    """Store, list, show and delete a tenant's connector configs (sealed at rest with
+    PREFSYNC_SECRET_KEYS), and rotate the key they are sealed with."""
+
+
+@connectors.command("put")
+@click.argument("tenant")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--id", "connector_id", help="Connector id, unique in the tenant (default: type).")
+def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | None) -> None:
+    """Validate the config in FILE (either generation of shape) and store it."""
+    from worker.connectors.config import parse_config
+
+    raw = read_json(file)
+    try:
+        config = parse_config(
+            raw, connector_id=connector_id, allow_hosts=get_settings().allow_hosts
+        )
+    except InvalidConfig as exc:
+        fail(f"config refused: {exc}", 1)
+    runtime().configs.put(tenant, config)
+    click.echo(f"stored connector {config.id!r} ({config.type_id}) for tenant {tenant!r}")
+
+
+@connectors.command("list")
+@click.argument("tenant")
+def connectors_list(tenant: str) -> None:
+    """One line per connector: id, type, enabled, upsert, on_user_deleted, mappings,
+    credential (masked)."""
+    connector_ids = runtime().configs.ids(tenant)
+    if not connector_ids:
+        fail(
+            f"tenant {tenant!r} has no connectors (unknown tenant, or a typo?); "
+            f"store one with `prefsync connectors put {tenant} FILE`",
+            1,
+        )
+    for connector_id, config, problem in stored_configs(tenant, connector_ids):
+        if problem is not None:
+            click.echo(f"{connector_id}\tINVALID: {'; '.join(str(problem).splitlines())}")
+            continue
+        secrets = " ".join(f"{k}={v}" for k, v in config.describe()["authentication"].items())
+        click.echo(
+            f"{config.id}\t{config.type_id}\t{'enabled' if config.enabled else 'disabled'}\t"
+            f"upsert={'on' if config.upsert_mode else 'off'}\t"
+            f"on_user_deleted={config.on_user_deleted}\t"
+            f"mappings={len(config.mappings)}\t{secrets}"
+        )
+
+
+@connectors.command("check")
+@click.argument("tenant")
+def connectors_check(tenant: str) -> None:
+    """Whether each stored config of TENANT still validates, and for each of its mappings
+    when it last matched an event ("never": the property it names never had a value in
+    an event the worker saw since). Exits 1 if a config is invalid."""
+    invalid = never = 0
+    connector_ids = runtime().configs.ids(tenant)
+    if not connector_ids:
+        click.echo(f"tenant {tenant!r} has no connectors")
+    for connector_id, config, problem in stored_configs(tenant, connector_ids):
+        if problem is not None:
+            invalid += 1
+            click.echo(f"{connector_id}: INVALID, every event for it is dead-lettered")
+            for line in str(problem).splitlines():
+                click.echo(f"  {line}")
+            continue
+        click.echo(f"{config.id} ({config.type_id}): valid")
+        for line, matched in mapping_lines(tenant, config):
+            never += matched is None
+            click.echo(f"  {line}")
+    click.echo(f"{invalid} invalid config(s), {never} mapping(s) never matched an event")
+    if invalid:
+        sys.exit(1)
+
+
+@connectors.command("show")
+@click.argument("tenant")
+@click.argument("connector_id")
+def connectors_show(tenant: str, connector_id: str) -> None:
+    """The stored config as JSON, credentials masked."""
+    config = runtime().configs.get(tenant, connector_id)
+    if config is None:
+        fail(f"tenant {tenant!r} has no connector {connector_id!r}", 1)
+    echo_json(config.describe())
+
+
+@connectors.command("delete")
+@click.argument("tenant")
+@click.argument("connector_id")
+def connectors_delete(tenant: str, connector_id: str) -> None:
+    """Delete a connector config."""
+    if not runtime().configs.delete(tenant, connector_id):
+        fail(f"tenant {tenant!r} has no connector {connector_id!r}", 1)
+    runtime().recorder.forget_matches(tenant, connector_id)
+    click.echo(f"deleted connector {connector_id!r} of tenant {tenant!r}")
+
+
+@connectors.command("reencrypt")
+def connectors_reencrypt() -> None:
+    """Seal every stored config again under the first key of PREFSYNC_SECRET_KEYS: after a
+    new key was put first (rotation), or for configs stored before sealing existed. Safe
+    to run again; a config put meanwhile is left as it is (already current)."""
+    try:
+        changed, current = runtime().configs.reencrypt()
+    except InvalidConfig as exc:
+        fail(str(exc), 1)
+    click.echo(f"re-encrypted {changed} config(s), {current} already under the first key")
+
+
+@connectors.command("new-key")
+def connectors_new_key() -> None:
+    """Print a new key for PREFSYNC_SECRET_KEYS (put it first to rotate, then run
+    `prefsync connectors reencrypt`, then drop the old key)."""
+    from worker.infra.sealing import new_key
+
+    click.echo(new_key())
