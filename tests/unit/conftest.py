@@ -12,7 +12,8 @@ import responses
 from worker.delivery import runtime as runtime_module
 from worker.delivery.runtime import Runtime
 from worker.infra.settings import Settings
-from worker.records.state import Claim, StateStore, _load, key
+from worker.records.person import load_record
+from worker.records.state import Claim, StateStore, key
 
 
 @pytest.fixture(autouse=True)
@@ -62,5 +63,5 @@ def hold_elsewhere(
 def lock_holder(state: StateStore, tenant: str, connector_id: str, user: str) -> str | None:
     """The token of whoever holds the (connector, user) lock, if anyone."""
     record = state.redis.get(key("person", tenant, state.person(user)))
-    lock = _load(record)["l"].get(connector_id)
+    lock = load_record(record)["l"].get(connector_id)
     return lock[0] if lock else None

@@ -13,7 +13,8 @@ import pytest
 from tests.unit.conftest import hold_elsewhere, lock_holder
 from worker.core.events import OrderingKey, Value
 from worker.infra.pseudonym import Pseudonyms
-from worker.records.state import Owners, StateStore, Write, _load, key
+from worker.records.person import load_record
+from worker.records.state import Owners, StateStore, Write, key
 
 NEWSLETTER = "consents_purposes_newsletter_enabled"
 PRODUCT = "consents_purposes_product_enabled"
@@ -230,7 +231,7 @@ def test_what_ended_is_kept_per_connector_in_one_record_per_person(store):
         assert 0 < store.redis.ttl(record) <= 3600
         assert b"u1" not in record + store.redis.get(record)  # the keyed hash names them
     # What a connector was told is a short keyed hash of the event key.
-    told = _load(store.redis.get(key("person", "acme", store.person("u1"))))["t"]
+    told = load_record(store.redis.get(key("person", "acme", store.person("u1"))))["t"]
     assert told == {"braze": {NEWSLETTER: store._ref("A")[:16]}}
 
 
@@ -292,7 +293,7 @@ def test_one_event_key_of_two_users_is_two_events(store):
 
 def older_release_ran(store: StateStore) -> None:
     """What every older release left: its outcome counters
-    (worker.records.state.StateStore.older)."""
+    (worker.records.legacy.PreviousRelease.live)."""
     store.redis.hset("prefsync:stats", "delivered", 1)
 
 
@@ -474,7 +475,7 @@ def test_locks_release_what_they_held_on_exit(store):
     with store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
         assert claim.busy == set()
         assert [lock_holder(store, "acme", "braze", u) for u in ("u1", "u2")] == [claim.token] * 2
-        record = _load(store.redis.get(key("person", "acme", store.person("u1"))))
+        record = load_record(store.redis.get(key("person", "acme", store.person("u1"))))
         expires_ms = int(record["l"]["braze"][1])
         assert 0 < expires_ms - time.time() * 1000 <= 2000
     assert [lock_holder(store, "acme", "braze", u) for u in ("u1", "u2")] == [None, None]
