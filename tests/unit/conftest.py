@@ -9,6 +9,7 @@ import fakeredis
 import pytest
 import responses
 
+from worker.core.events import Value
 from worker.delivery import runtime as runtime_module
 from worker.delivery.runtime import Runtime
 from worker.infra.settings import Settings
@@ -58,6 +59,12 @@ def hold_elsewhere(
             pipe.execute()
 
     return release
+
+
+def known_values(state: StateStore, tenant: str, user: str) -> dict[str, Value]:
+    """The newest known value of every property of a user, as `prefsync state show` reads
+    it (StateStore.known)."""
+    return {name: known.value for name, known in state.known(tenant, user).items()}
 
 
 def lock_holder(state: StateStore, tenant: str, connector_id: str, user: str) -> str | None:

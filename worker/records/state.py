@@ -299,10 +299,6 @@ class StateStore:
             lines.append(appended(connector_id, claim.token, erasure, told, sent))
         self._finish(keys=keys, args=[self.state_ttl, *lines], client=client)
 
-    def current(self, tenant: str, user: str) -> dict[str, Value]:
-        """The merged newest value of every property known for a user."""
-        return {name: known.value for name, known in self.known(tenant, user).items()}
-
     def known(self, tenant: str, user: str) -> dict[str, Known]:
         """Everything the newest-wins state holds for a user, by canonical property name."""
         person = self.person(user)
