@@ -9,10 +9,12 @@ import fakeredis
 import pytest
 import responses
 
+from worker.core.events import Value
 from worker.delivery import runtime as runtime_module
 from worker.delivery.runtime import Runtime
 from worker.infra.settings import Settings
-from worker.records.state import Claim, StateStore, _load, key
+from worker.records.person import load_record
+from worker.records.state import Claim, StateStore, key
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +61,14 @@ def hold_elsewhere(
     return release
 
 
+def known_values(state: StateStore, tenant: str, user: str) -> dict[str, Value]:
+    """The newest known value of every property of a user, as `prefsync state show` reads
+    it (StateStore.known)."""
+    return {name: known.value for name, known in state.known(tenant, user).items()}
+
+
 def lock_holder(state: StateStore, tenant: str, connector_id: str, user: str) -> str | None:
     """The token of whoever holds the (connector, user) lock, if anyone."""
     record = state.redis.get(key("person", tenant, state.person(user)))
-    lock = _load(record)["l"].get(connector_id)
+    lock = load_record(record)["l"].get(connector_id)
     return lock[0] if lock else None

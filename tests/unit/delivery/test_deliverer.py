@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import responses
 
-from tests.unit.conftest import hold_elsewhere, install_runtime, lock_holder
+from tests.unit.conftest import hold_elsewhere, install_runtime, known_values, lock_holder
 from worker.connectors import connectors
 from worker.connectors.base import Delivered, Transport, standalone_change
 from worker.connectors.config import parse_config
@@ -180,7 +180,7 @@ def test_three_events_of_one_user_become_one_call_with_the_newest_value_of_each_
     assert audited(rt) == {key_of(p): ("delivered", "") for p in (first, last, middle)}
     assert all(entry.status == 204 for entry in rt.audit.query(TENANT))
     assert done(rt, "brevo", first, last, middle) == [True, True, True]
-    assert rt.state.current(TENANT, "u1") == {
+    assert known_values(rt.state, TENANT, "u1") == {
         NEWSLETTER: False,
         FREQUENCY: "weekly",
         PRODUCT: False,
@@ -517,7 +517,7 @@ def test_an_older_value_arriving_in_a_later_batch_is_not_sent(
     }
     # Nothing of the stale one was told, so nothing names it done; sent again, it is stale.
     assert done(rt, "brevo", older) == [False]
-    assert rt.state.current(TENANT, "u1") == {NEWSLETTER: False, PRODUCT: True}
+    assert known_values(rt.state, TENANT, "u1") == {NEWSLETTER: False, PRODUCT: True}
     assert deliver(rt, brevo, older) == {}
     assert len(mocked.calls) == 2
 

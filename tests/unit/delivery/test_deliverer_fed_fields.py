@@ -16,6 +16,7 @@ import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.conftest import known_values
 from worker.connectors.base import standalone_change
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
@@ -237,7 +238,7 @@ def test_a_user_update_reads_the_values_it_did_not_change_for_the_fields_they_fe
 
     # Not opted_in: the unchanged refusal still stands.
     assert [obj.get("email_subscribe") for obj in sent_objects(mocked)] == ["unsubscribed"]
-    assert rt.state.current(TENANT, "u1") == {NEWSLETTER: True, OPTOUT: True}
+    assert known_values(rt.state, TENANT, "u1") == {NEWSLETTER: True, OPTOUT: True}
 
 
 def test_push_consent_feeds_push_subscribe(rt, mocked):

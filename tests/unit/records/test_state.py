@@ -10,10 +10,11 @@ from collections.abc import Mapping
 import fakeredis
 import pytest
 
-from tests.unit.conftest import hold_elsewhere, lock_holder
+from tests.unit.conftest import hold_elsewhere, known_values, lock_holder
 from worker.core.events import OrderingKey, Value
 from worker.infra.pseudonym import Pseudonyms
-from worker.records.state import Owners, StateStore, Write, _load, key
+from worker.records.person import load_record
+from worker.records.state import Owners, StateStore, Write, key
 
 NEWSLETTER = "consents_purposes_newsletter_enabled"
 PRODUCT = "consents_purposes_product_enabled"
@@ -64,14 +65,14 @@ def merge_one(
 def test_first_event_owns_every_property_it_sets(store):
     owned = merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True, PRODUCT: False})
     assert owned == {NEWSLETTER, PRODUCT}
-    assert store.current("acme", "u1") == {NEWSLETTER: True, PRODUCT: False}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: True, PRODUCT: False}
 
 
 def test_older_event_does_not_overwrite_a_newer_value_but_keeps_its_other_fields(store):
     merge_one(store, "acme", "u1", "B", at(20), {NEWSLETTER: False})
     owned = merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True, PRODUCT: True})
     assert owned == {PRODUCT}
-    assert store.current("acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
 
 
 def test_newer_event_takes_over_and_the_older_one_no_longer_owns_it(store):
@@ -79,7 +80,7 @@ def test_newer_event_takes_over_and_the_older_one_no_longer_owns_it(store):
     assert merge_one(store, "acme", "u1", "B", at(20), {NEWSLETTER: False}) == {NEWSLETTER}
     # A retry of A after B merged: A owns nothing any more.
     assert merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: True}) == set()
-    assert store.current("acme", "u1") == {NEWSLETTER: False}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: False}
 
 
 def test_the_same_event_merged_again_still_owns_its_values(store):
@@ -90,37 +91,37 @@ def test_the_same_event_merged_again_still_owns_its_values(store):
 def test_between_user_payloads_the_higher_version_wins_even_with_an_older_timestamp(store):
     merge_one(store, "acme", "u1", "v5", at(10, version=5), {NEWSLETTER: False})
     assert merge_one(store, "acme", "u1", "v4", at(99, version=4), {NEWSLETTER: True}) == set()
-    assert store.current("acme", "u1") == {NEWSLETTER: False}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: False}
 
 
 def test_without_versions_on_both_sides_the_later_timestamp_wins(store):
     merge_one(store, "acme", "u1", "user", at(10, version=7), {NEWSLETTER: False})
     assert merge_one(store, "acme", "u1", "consent", at(11), {NEWSLETTER: True}) == {NEWSLETTER}
-    assert store.current("acme", "u1") == {NEWSLETTER: True}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: True}
 
 
 def test_an_exact_tie_keeps_the_value_already_recorded(store):
     merge_one(store, "acme", "u1", "A", at(10), {NEWSLETTER: False})
     assert merge_one(store, "acme", "u1", "B", at(10), {NEWSLETTER: True}) == set()
-    assert store.current("acme", "u1") == {NEWSLETTER: False}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: False}
 
 
 def test_string_values_with_tabs_and_event_keys_with_tabs_survive(store):
     owned = merge_one(store, "acme", "u1", "key\twith\ttabs", at(10), {"p": "weekly\tdaily"})
     assert owned == {"p"}
-    assert store.current("acme", "u1") == {"p": "weekly\tdaily"}
+    assert known_values(store, "acme", "u1") == {"p": "weekly\tdaily"}
     again = merge_one(store, "acme", "u1", "key\twith\ttabs", at(10), {"p": "weekly\tdaily"})
     assert again == {"p"}
     # A newer event still compares against the stored entry correctly.
     assert merge_one(store, "acme", "u1", "B\t", at(11), {"p": "never"}) == {"p"}
-    assert store.current("acme", "u1") == {"p": "never"}
+    assert known_values(store, "acme", "u1") == {"p": "never"}
 
 
 def test_tenants_and_users_with_separators_never_share_state(store):
     merge_one(store, "a:b", "c", "A", at(10), {NEWSLETTER: True})
     merge_one(store, "a", "b:c", "B", at(5), {NEWSLETTER: False})
-    assert store.current("a:b", "c") == {NEWSLETTER: True}
-    assert store.current("a", "b:c") == {NEWSLETTER: False}
+    assert known_values(store, "a:b", "c") == {NEWSLETTER: True}
+    assert known_values(store, "a", "b:c") == {NEWSLETTER: False}
 
 
 def test_merged_state_expires(store):
@@ -141,7 +142,7 @@ def test_two_events_of_one_user_in_one_call_newest_wins_per_property(store):
         ]
         owners = merge(store, "acme", {"u1": [writes[i] for i in order]})
         assert owners == {"u1": {NEWSLETTER: "new", PRODUCT: "old"}}
-        assert store.current("acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
+        assert known_values(store, "acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
 
 
 def test_a_tie_inside_one_call_keeps_the_value_written_first(store):
@@ -151,7 +152,7 @@ def test_a_tie_inside_one_call_keeps_the_value_written_first(store):
         {"u1": [Write("A", at(10), {NEWSLETTER: False}), Write("B", at(10), {NEWSLETTER: True})]},
     )
     assert owners == {"u1": {NEWSLETTER: "A"}}
-    assert store.current("acme", "u1") == {NEWSLETTER: False}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: False}
 
 
 def test_a_property_owned_by_a_stored_newer_event_outside_the_call_is_not_returned(store):
@@ -168,7 +169,7 @@ def test_a_property_owned_by_a_stored_newer_event_outside_the_call_is_not_return
     )
     # "stored" still owns NEWSLETTER; it is no write of this call, so it is not named.
     assert owners == {"u1": {PRODUCT: "A", FREQUENCY: "B"}}
-    assert store.current("acme", "u1") == {
+    assert known_values(store, "acme", "u1") == {
         NEWSLETTER: False,
         PRODUCT: True,
         FREQUENCY: "weekly",
@@ -193,9 +194,9 @@ def test_several_users_in_one_call_are_merged_apart(store):
         "u3": {},
         "u4": {},
     }
-    assert store.current("acme", "u1") == {NEWSLETTER: True}
-    assert store.current("acme", "u2") == {NEWSLETTER: True, PRODUCT: False}
-    assert store.current("acme", "u3") == {}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: True}
+    assert known_values(store, "acme", "u2") == {NEWSLETTER: True, PRODUCT: False}
+    assert known_values(store, "acme", "u3") == {}
 
 
 # -- what ended, per connector (idempotency) -------------------------------------------------
@@ -230,7 +231,7 @@ def test_what_ended_is_kept_per_connector_in_one_record_per_person(store):
         assert 0 < store.redis.ttl(record) <= 3600
         assert b"u1" not in record + store.redis.get(record)  # the keyed hash names them
     # What a connector was told is a short keyed hash of the event key.
-    told = _load(store.redis.get(key("person", "acme", store.person("u1"))))["t"]
+    told = load_record(store.redis.get(key("person", "acme", store.person("u1"))))["t"]
     assert told == {"braze": {NEWSLETTER: store._ref("A")[:16]}}
 
 
@@ -240,7 +241,7 @@ def test_a_claim_reports_the_events_already_told_and_sends_only_the_others(store
     with store.claim("acme", "braze", writes) as claim:
         assert claim.done == {("u1", "A")}
         assert claim.owners == {"u1": {PRODUCT: "B"}}
-    assert store.current("acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: False, PRODUCT: True}
     # Told to braze, not to another connector: there, A owns its value and is sent.
     with store.claim("acme", "sendinblue", writes) as claim:
         assert claim.done == set()
@@ -292,7 +293,7 @@ def test_one_event_key_of_two_users_is_two_events(store):
 
 def older_release_ran(store: StateStore) -> None:
     """What every older release left: its outcome counters
-    (worker.records.state.StateStore.older)."""
+    (worker.records.legacy.PreviousRelease.live)."""
     store.redis.hset("prefsync:stats", "delivered", 1)
 
 
@@ -303,7 +304,7 @@ def test_a_done_marker_of_the_older_shape_still_counts_until_it_expires(store):
     assert store.is_done("acme", "braze", "u1", "A")
     with store.claim("acme", "braze", {"u1": [Write("A", at(10), {NEWSLETTER: True})]}) as claim:
         assert claim.done == {("u1", "A")}
-    assert store.current("acme", "u1") == {}
+    assert known_values(store, "acme", "u1") == {}
 
 
 def test_the_records_of_the_release_before_are_honoured_and_folded_in(store):
@@ -314,7 +315,7 @@ def test_the_records_of_the_release_before_are_honoured_and_folded_in(store):
     store.redis.hset(key("sent", "acme", "braze", person), "email_subscribe", '"opted_in"')
     store.redis.set(key("erased", "acme", person), at(5).timestamp_us)
     store.redis.zadd(key("dones", "acme", "braze", person), {store._ref("A"): 1e12})
-    assert store.current("acme", "u1") == {NEWSLETTER: True}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: True}
     assert store.delivered("acme", "braze", "u1") == {"email_subscribe": "opted_in"}
     assert store.erased_at("acme", "u1") == at(5).timestamp_us
     assert store.is_done("acme", "braze", "u1", "A")
@@ -329,7 +330,7 @@ def test_the_records_of_the_release_before_are_honoured_and_folded_in(store):
     assert not store.redis.exists(
         key("state", "acme", person), key("sent", "acme", "braze", person)
     )
-    assert store.current("acme", "u1") == {NEWSLETTER: True}
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: True}
     assert store.erased_at("acme", "u1") == at(5).timestamp_us
 
 
@@ -382,7 +383,7 @@ def test_forget_drops_the_state_and_what_each_connector_was_told(store):
 
     assert store.known("acme", "u1") == {}
     assert store.delivered("acme", "braze", "u1") == {}
-    assert store.current("acme", "u2") == {NEWSLETTER: True}
+    assert known_values(store, "acme", "u2") == {NEWSLETTER: True}
     assert store.is_done("acme", "braze", "u1", "A")  # an event that ended is not re-sent
     with store.claim("acme", "braze", writes) as claim:
         assert claim.done == {("u1", "A")}
@@ -467,14 +468,14 @@ def test_a_busy_user_is_neither_checked_nor_merged(store):
         assert claim.held == []
         assert claim.done == set()
         assert claim.owners == {}
-    assert store.current("acme", "u1") == {}
+    assert known_values(store, "acme", "u1") == {}
 
 
 def test_locks_release_what_they_held_on_exit(store):
     with store.claim("acme", "braze", {"u1": [], "u2": []}) as claim:
         assert claim.busy == set()
         assert [lock_holder(store, "acme", "braze", u) for u in ("u1", "u2")] == [claim.token] * 2
-        record = _load(store.redis.get(key("person", "acme", store.person("u1"))))
+        record = load_record(store.redis.get(key("person", "acme", store.person("u1"))))
         expires_ms = int(record["l"]["braze"][1])
         assert 0 < expires_ms - time.time() * 1000 <= 2000
     assert [lock_holder(store, "acme", "braze", u) for u in ("u1", "u2")] == [None, None]

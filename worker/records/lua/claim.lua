@@ -1,0 +1,97 @@
+-- Claims a group of users for one connector (StateStore.claim), atomically per user: takes
+-- the connector's lock in the person's record, folds in the older release's records, notes
+-- the events already done and those the person's erasure outranks, merges the others'
+-- property values (newest ordering key wins) and writes the record back.
+-- Runs after person.lua and legacy.lua.
+--
+-- KEYS, per user: their record, then with ARGV[6] or ARGV[7] the older release's keys
+-- (state hash, tombstone, values last delivered to this connector, done markers for this
+-- connector), then with ARGV[7] one older done marker per event (named by the event key).
+-- ARGV: the lock token, the lock TTL (ms), the state TTL (s), now (epoch ms), the
+-- connector, "1" to fold the older release's records in, "1" to read its done markers,
+-- then per user: how many events, and per event its key, its ref (the keyed hash of its
+-- key; the older done markers hold it whole, a record its first 16 characters), "e" for
+-- an erasure or "w", its timestamp_us, its version ("" for none), how many property
+-- writes follow, then those writes (name, value JSON).
+-- Returns per user false when the lock is held elsewhere (nothing done); else {the keys of
+-- the events already done (an erasure this connector was told, or an older release's
+-- marker), the keys of the events the erasure outranks, the record as written}. Only a
+-- write that wins (or a new record) refreshes the expiry: a merge that loses must not
+-- keep alive the state it lost to.
+local token, lock_ms, ttl, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local c, fold, marked = ARGV[5], ARGV[6] == '1', ARGV[7] == '1'
+local answers = {}
+local k, a = 1, 8
+while a <= #ARGV do
+  local name = KEYS[k]
+  local older = nil
+  if fold or marked then older = {KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]} end
+  k = k + (older and 5 or 1)
+  local events = {}
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, n do
+    local count = tonumber(ARGV[a + 5])
+    events[i] = {
+      key = ARGV[a], ref = ARGV[a + 1], erase = ARGV[a + 2] == 'e', raw_ts = ARGV[a + 3],
+      ts = tonumber(ARGV[a + 3]), ver = ARGV[a + 4], first = a + 6, count = count,
+    }
+    if marked then events[i].marker = KEYS[k]; k = k + 1 end
+    a = a + 6 + 2 * count
+  end
+  local raw = redis.call('GET', name)
+  local b = load(raw)
+  local lock = b.l[c]
+  if lock and lock[1] ~= token and tonumber(lock[2]) > now then
+    answers[#answers + 1] = false
+  else
+    local changed = not raw
+    if fold then
+      changed = fold_older(b, c, older[1], older[2], older[3]) or changed
+    end
+    local x = b.x[c]
+    for _, event in ipairs(events) do
+      event.done = event.erase and x ~= nil and tonumber(x[1]) >= event.ts
+      if marked and not event.done then
+        event.done = older_done(older[4], event.marker, event.ref, now)
+      end
+    end
+    local tomb = b.e and tonumber(b.e)
+    for _, event in ipairs(events) do
+      if event.erase and not event.done and (not tomb or event.ts > tomb) then
+        tomb = event.ts
+        b.e = event.raw_ts
+        changed = true
+      end
+    end
+    local done, erased = {}, {}
+    for _, event in ipairs(events) do
+      if event.done then
+        done[#done + 1] = event.key
+      elseif event.erase then
+        -- sent as the destination's erasure; nothing to merge
+      elseif tomb and event.ts <= tomb then
+        erased[#erased + 1] = event.key
+      else
+        for i = event.first, event.first + 2 * (event.count - 1), 2 do
+          local cur = b.p[ARGV[i]]
+          local wins = not cur
+            or (cur[4] ~= event.key and newer(event.raw_ts, event.ver, cur[1], cur[2]))
+          if wins then
+            b.p[ARGV[i]] = {event.raw_ts, event.ver, ARGV[i + 1], event.key}
+            changed = true
+          end
+        end
+      end
+    end
+    b.l[c] = {token, string.format('%d', now + lock_ms)}
+    local written = encode(b)
+    if changed then
+      redis.call('SET', name, written, 'EX', ttl)
+    else
+      redis.call('SET', name, written, 'KEEPTTL')
+    end
+    answers[#answers + 1] = {done, erased, written}
+  end
+end
+return answers
