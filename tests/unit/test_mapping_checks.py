@@ -16,14 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tests.unit.test_resolution_cost import calls
-from tests.unit.test_tasks import (
+from tests.unit.queue.harness import (
     TENANT,
     Harness,
     braze_config,
     event,
     harness,  # noqa: F401 (fixture)
 )
+from tests.unit.test_resolution_cost import calls
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig, Mapping
 from worker.core.errors import InvalidConfig

@@ -16,8 +16,8 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from billiard.pool import SIG_SOFT_TIMEOUT
 
 from worker.infra.settings import Settings
+from worker.queue.patience import REDIS_PATIENCE, patiently
 from worker.queue.pool import signals_held, soft_limit_armed
-from worker.queue.tasks import REDIS_PATIENCE, patiently
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRADICTION = {
