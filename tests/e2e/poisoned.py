@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.connectors.base import Answer, Change, Transport
 from worker.connectors.braze import BrazeConnector
-from worker.queue import app
+from worker.queue.app import app
 
 RAISES = "poison-raises"
 HANGS = "poison-hangs"

@@ -12,7 +12,7 @@ import time
 
 from celery import signals
 
-from worker.queue import app
+from worker.queue.app import app
 
 
 def _hang(signum: int, frame: object) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task
 
+from worker.core.events import PreferenceEvent
 from worker.core.retries import clock
 from worker.delivery.pipeline import Batch, attempt_from
 from worker.records.deadletter import Attempt
@@ -54,7 +55,7 @@ def history(task: Task, exc: BaseException, kwargs: dict | None = None) -> list[
     return [*earlier, *[unrecorded] * missing, attempt_from(exc, started)]
 
 
-def parsed_events(task: Task, payloads: list[Any]) -> list[Any] | None:
+def parsed_events(task: Task, payloads: list[Any]) -> list[PreferenceEvent | None] | None:
     """The events of ``payloads`` as this run parsed them (``Batch.events``), when they are
     its whole message; None otherwise (the worker's main process reporting a failure did
     not parse them)."""

@@ -86,8 +86,8 @@ class ScheduledTask(Task):
         events=None,
         **options,
     ):
-        # The schedule sets the kwargs (the attempts) and the countdown; ``events``: those
-        # of ``args``, parsed in this run (settling).
+        # The schedule sets the countdown and the kwargs (the attempts); an eta is not
+        # taken. ``events``: those of ``args``, as this run parsed them (settling).
         celery_retry = partial(
             super().retry, exc=exc, throw=throw, max_retries=max_retries, **options
         )

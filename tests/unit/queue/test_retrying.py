@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import responses
 from celery import states
+from structlog.testing import capture_logs
 
+import worker.delivery.pipeline
 from tests.unit.queue.harness import (
     BREVO_UPDATE,
     JITTER,
@@ -26,6 +28,7 @@ from tests.unit.queue.harness import (
     event,
     sent_body,
 )
+from worker.core.events import parse_event
 from worker.infra.settings import DEFAULT_RETRY_COUNTDOWNS, Settings, get_settings
 from worker.queue.tasks import deliver
 
@@ -69,6 +72,34 @@ def test_a_failing_destination_gets_six_attempts_inside_five_minutes_then_one_de
     counts = harness.rt.recorder.counts(TENANT, connector_id)
     assert counts == {"dead_lettered": 1}
     assert harness.rt.outbox.pending() == 0  # ended: nothing for the sweep to publish again
+
+
+def test_each_run_parses_its_events_once_for_its_delivery_retry_and_dead_letter(
+    harness: Harness, mocked: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connector_id = braze_config(harness)
+    answers(harness, mocked, [(503, UNAVAILABLE, {})])
+    event_key = parse_event(event()).event_key
+    parsed: list[Any] = []
+    real_parse_event = worker.delivery.pipeline.parse_event
+
+    def counted(payload: Any, **options: Any) -> Any:
+        parsed.append(payload)
+        return real_parse_event(payload, **options)
+
+    monkeypatch.setattr(worker.delivery.pipeline, "parse_event", counted)
+
+    harness.worker.send(deliver, [event()], connector_id)
+    with capture_logs() as logs:
+        runs = harness.worker.drain()
+
+    # Six runs, six parses: the retry's log line and the dead letter use the run's own.
+    assert len(runs) == 6
+    assert len(parsed) == 6
+    retried = [line["event_key"] for line in logs if line["event"] == "retry scheduled"]
+    assert retried == [event_key] * 5
+    [entry] = harness.dead_letters()
+    assert entry.event_key == event_key
 
 
 def test_slow_attempts_do_not_push_the_last_attempt_past_five_minutes(
