@@ -27,6 +27,8 @@ from worker.delivery.runtime import runtime
 from worker.infra.redis_client import redacted_url
 from worker.infra.settings import get_settings
 from worker.queue import lanes
+from worker.queue.publishing import publish
+from worker.queue.tasks import deliver, route
 
 # Events per message: Celery moves about 700 tasks/s here, but about 64,000 events/s when
 # each message carries 100 events.
@@ -105,15 +107,11 @@ def enqueue_validated(payloads: list[Any]) -> list[str]:
 
 def redeliver(payload: Any, connector_id: str, lane: str = lanes.LIVE) -> str:
     """Enqueue ``payload`` for one connector only (dead-letter replay), in ``lane``."""
-    from worker.queue.tasks import deliver, publish
-
     validate(payload)
     return _to_broker(partial(publish, deliver, [[payload], connector_id], lanes.in_lane(lane)))
 
 
 def _publish_routes(payloads: list[Any], lane: str = lanes.LIVE) -> list[str]:
-    from worker.queue.tasks import publish, route
-
     # Carried to every delivery of these events, for the enqueue->delivered latency.
     enqueued = {"enqueued_at": clock(), **lanes.in_lane(lane)}
     return [
@@ -125,8 +123,6 @@ def _publish_routes(payloads: list[Any], lane: str = lanes.LIVE) -> list[str]:
 def _park_routes(payloads: list[Any], tenants: list[str]) -> list[str]:
     """Park ``payloads`` as route messages, ``MAX_BATCH`` events or fewer, a tenant's own
     (worker.records.feeder); each chunk of ``MAX_BATCH`` input events is parked whole or not."""
-    from worker.queue.tasks import route
-
     kwargs = {"enqueued_at": clock(), **lanes.in_lane(lanes.BULK)}
     task_ids = []
     for start in range(0, len(payloads), MAX_BATCH):

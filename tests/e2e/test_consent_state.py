@@ -109,7 +109,8 @@ def test_an_event_from_the_future_is_refused_and_the_next_real_opt_out_is_delive
     # Put on the queue some other way, the worker refuses it too: a dead letter that says so.
     publish = (
         "import json, sys\n"
-        "from worker.queue.tasks import publish, route\n"
+        "from worker.queue.publishing import publish\n"
+        "from worker.queue.tasks import route\n"
         "publish(route, [[json.loads(sys.stdin.read())]])\n"
     )
     done = subprocess.run(

@@ -24,8 +24,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit import test_tasks
-from tests.unit.test_tasks import Harness
+from tests.unit.queue import harness as task_harness
+from tests.unit.queue.harness import Harness
 from worker.cli import main
 from worker.connectors.base import mask
 from worker.connectors.braze import INSTANCES
@@ -42,7 +42,7 @@ from worker.queue.tasks import route
 from worker.records.outbox import ENTRIES as OUTBOX_ENTRIES
 
 # The real route task through Celery's Request and tracer, on fakeredis and a frozen clock.
-harness = test_tasks.harness
+harness = task_harness.harness
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EVENTS = [json.loads(p.read_text()) for p in sorted((EXAMPLES / "events").glob("*.json"))]

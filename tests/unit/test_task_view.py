@@ -1,11 +1,11 @@
-"""What a prefsync task's message shows Flower (worker.queue.tasks.describe_arguments /
+"""What a prefsync task's message shows Flower (worker.queue.display.describe_arguments /
 describe_keywords): counts, types, tenants, consent event ids, the connector; no person."""
 
 from __future__ import annotations
 
 import json
 
-from worker.queue.tasks import _shown_without_people, describe_arguments, describe_keywords
+from worker.queue.display import describe_arguments, describe_keywords, shown_without_people
 
 
 def user_updated(user: str, pmp_id: str) -> dict:
@@ -45,9 +45,9 @@ def test_attempts_are_counted_not_listed():
 
 def test_only_prefsync_tasks_are_rewritten():
     headers = {"argsrepr": "('x',)"}
-    _shown_without_people(sender="celery.backend_cleanup", body=((), {}, {}), headers=headers)
+    shown_without_people(sender="celery.backend_cleanup", body=((), {}, {}), headers=headers)
     assert headers == {"argsrepr": "('x',)"}
-    _shown_without_people(
+    shown_without_people(
         sender="prefsync.route", body=([[consent("e", "u")]], {}, {}), headers=headers
     )
     assert json.loads(headers["argsrepr"])["events"] == 1

@@ -1,15 +1,21 @@
 """The steps the Celery tasks run, as plain functions of a Runtime (no Celery here).
 
-route:        validate a batch of payloads and fan it out: per tenant, one delivery batch
-              per connector of the tenant;
+parse_batch:  parse a message's payloads once: each one's event, or why it is none;
+route:        validate a batch of payloads and say where it fans out to: per tenant, one
+              delivery batch per connector of the tenant;
 deliver:      deliver a batch of events to one connector (worker.delivery.deliverer records
               outcomes);
 dead_letter:  keep a delivery that ended in failure, with every attempt, for an operator.
+
+``route`` and ``deliver`` take a message's payloads, or the ``Batch`` already parsed from
+them in this process: a task parses its message once, and what it learnt (the events)
+serves its log lines and dead letters too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -26,18 +32,53 @@ from worker.records.recorder import Ended
 log = structlog.get_logger("prefsync.pipeline")
 
 
-def route(
-    rt: Runtime, payloads: Any, enqueue_delivery: Callable[[list[Any], str], None]
-) -> Unfinished:
-    """Validate a batch of payloads and enqueue, for each tenant in it, one delivery batch
-    per connector of that tenant. The invalid payloads come back, to be dead-lettered.
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A message's payloads, parsed: ``events[i]`` is payload i's event, None when it is
+    not a valid one (``invalid[i]`` says why)."""
+
+    payloads: list[Any]
+    events: list[PreferenceEvent | None]
+    invalid: Unfinished
+
+    def by_tenant(self) -> dict[str, dict[int, PreferenceEvent]]:
+        """The valid events, by tenant and then by their index in the batch."""
+        grouped: dict[str, dict[int, PreferenceEvent]] = {}
+        for index, event in enumerate(self.events):
+            if event is not None:
+                grouped.setdefault(event.tenant, {})[index] = event
+        return grouped
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery batch of the fan-out: a tenant's payloads for one of its connectors."""
+
+    tenant: str
+    connector_id: str
+    payloads: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """What routing a batch came to: the deliveries to enqueue, and the payloads that are
+    not valid events (by index), to be dead-lettered."""
+
+    deliveries: list[Delivery]
+    unfinished: Unfinished
+
+
+def route(rt: Runtime, payloads: Any) -> Routed:
+    """Validate a batch of payloads and say, for each tenant in it, which delivery batch
+    goes to each connector of that tenant; the invalid payloads come back, to be
+    dead-lettered. The caller enqueues the deliveries.
 
     Every connector is fanned out to, disabled or broken ones included, so that each
     (event, connector) pair ends in a recorded outcome of its own.
     """
-    batch = as_batch(payloads)
-    unfinished, by_tenant = parse_batch(rt, batch)
-    for tenant, events in by_tenant.items():
+    batch = parsed(rt, payloads)
+    deliveries = []
+    for tenant, events in batch.by_tenant().items():
         connector_ids = rt.configs.ids(tenant)
         if not connector_ids:
             log.warning("tenant has no connectors: nothing to deliver", tenant=tenant)
@@ -46,9 +87,9 @@ def route(
         for event in events.values():
             if event.erasure:
                 rt.erasures.begin(tenant, event.user, event.ordering.timestamp_us, connector_ids)
-        for connector_id in connector_ids:
-            enqueue_delivery([batch[index] for index in events], connector_id)
-    return unfinished
+        tenant_payloads = [batch.payloads[index] for index in events]
+        deliveries += [Delivery(tenant, cid, tenant_payloads) for cid in connector_ids]
+    return Routed(deliveries, dict(batch.invalid))
 
 
 def deliver(
@@ -57,8 +98,9 @@ def deliver(
     """Deliver a batch of payloads to one connector of their tenant (a batch may mix
     tenants: each gets its own config). What has not ended comes back by index.
     ``enqueued_at``: when the producer enqueued them, for the latency metric."""
-    unfinished, by_tenant = parse_batch(rt, as_batch(payloads))
-    for tenant, by_index in by_tenant.items():
+    batch = parsed(rt, payloads)
+    unfinished = dict(batch.invalid)
+    for tenant, by_index in batch.by_tenant().items():
         indexes, events = list(by_index), list(by_index.values())
         structlog.contextvars.bind_contextvars(tenant=tenant)
         try:
@@ -81,13 +123,12 @@ def deliver(
     return unfinished
 
 
-def parse_batch(
-    rt: Runtime, batch: list[Any]
-) -> tuple[Unfinished, dict[str, dict[int, PreferenceEvent]]]:
-    """The payloads of ``batch`` that are not valid events (by index), and the events,
-    by tenant and then by their index in the batch."""
+def parse_batch(rt: Runtime, payloads: Any) -> Batch:
+    """Parse the payloads a message carries, once (``InvalidEvent`` when it does not carry
+    a list of them)."""
+    batch = as_batch(payloads)
+    events: list[PreferenceEvent | None] = []
     invalid: Unfinished = {}
-    by_tenant: dict[str, dict[int, PreferenceEvent]] = {}
     now, max_skew = rt.clock.now(), rt.settings.max_clock_skew
     for index, payload in enumerate(batch):
         try:
@@ -95,9 +136,14 @@ def parse_batch(
             refuse_future(event, now, max_skew)
         except InvalidEvent as exc:
             invalid[index] = exc
-            continue
-        by_tenant.setdefault(event.tenant, {})[index] = event
-    return invalid, by_tenant
+            event = None
+        events.append(event)
+    return Batch(batch, events, invalid)
+
+
+def parsed(rt: Runtime, payloads: Any) -> Batch:
+    """``payloads`` parsed: the Batch itself when it was parsed already."""
+    return payloads if isinstance(payloads, Batch) else parse_batch(rt, payloads)
 
 
 def as_batch(payloads: Any) -> list[Any]:
@@ -149,6 +195,14 @@ def connector_type(rt: Runtime, tenant: str, connector_id: str) -> str:
     return config.type_id if config is not None else "unknown"
 
 
+def event_or_none(payload: Any) -> PreferenceEvent | None:
+    """The event of ``payload``, or None when it is not one (for naming it, not delivering)."""
+    try:
+        return parse_event(payload)
+    except InvalidEvent:
+        return None
+
+
 def _erased(rt: Runtime, event: PreferenceEvent) -> bool:
     """Whether the person's erasure outranks ``event`` (dated at or before it)."""
     erased_at = rt.state.erased_at(event.tenant, event.user)
@@ -164,14 +218,15 @@ def dead_letter(
     exc: BaseException,
     now: float,
     once: str | None = None,
+    event: PreferenceEvent | None = None,
 ) -> DeadLetter | None:
     """Keep a failed delivery for an operator, and record the outcome; nothing when an
-    entry for ``once`` was already kept (worker.records.deadletter)."""
+    entry for ``once`` was already kept (worker.records.deadletter). ``event``: the
+    payload's, when it was parsed already; else it is parsed here, without the size and
+    clock checks, to name it if it can."""
     tenant, user = describe_payload_owner(payload)
-    try:
-        event: PreferenceEvent | None = parse_event(payload)
-    except InvalidEvent:
-        event = None
+    if event is None:
+        event = event_or_none(payload)
     event_key = event.event_key if event is not None else ""
     if connector_id and event_key and rt.state.is_done(tenant, connector_id, user, event_key):
         # The delivery ended after all: Celery can report a task it cut off (a lost Redis

@@ -179,7 +179,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _soft_limit_fits_a_call(self) -> Settings:
-        # A task makes an HTTP call, then may wait for Redis to settle it (tasks.patiently);
+        # A task makes an HTTP call, then may wait for Redis to settle it (worker.queue.patience);
         # both must end before the soft time limit, or every slow answer or Redis blip
         # would end in the time limits instead of a retry.
         soft = self.soft_time_limit

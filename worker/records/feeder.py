@@ -9,12 +9,12 @@ is being fed has its first message fed at the next turn: it waits behind at most
 messages, not behind the other load.
 
 At least once: a message leaves its list only after it was published (outbox, then broker:
-worker.queue.tasks.publish), and only if it is still the list's first (a script checks), so a
+worker.queue.publishing.publish), and only if it is still the list's first (a script checks), so a
 feeder that dies in between leaves it parked, to be published again, a duplicate that
 idempotency absorbs. A message keeps its task id from parking on: its copies share one
 outbox entry.
 
-Every worker runs the feeder every ``INTERVAL`` (worker.queue.tasks.BulkFeeding); a lock in Redis
+Every worker runs the feeder every ``INTERVAL`` (worker.queue.sweeps.BulkFeeding); a lock in Redis
 lets one feed at a time.
 """
 

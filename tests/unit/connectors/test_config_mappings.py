@@ -12,7 +12,7 @@ import pytest
 import responses
 from structlog.testing import capture_logs
 
-from tests.unit.test_tasks import (
+from tests.unit.queue.harness import (
     TENANT,
     Harness,
     braze_config,

@@ -1,4 +1,4 @@
-# ruff: noqa: F811 (the fixtures of test_tasks, imported to be used here)
+# ruff: noqa: F811 (the fixtures of the task harness, imported to be used here)
 """Lanes: which queue each publish chooses, and that a message's lane and destination type
 stay with it through the fan-out, a retry, a deferral, a split, the outbox's copy and a
 dead letter's replay (worker.queue.lanes)."""
@@ -15,11 +15,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import worker.connectors.braze
 import worker.queue.lanes
-import worker.queue.tasks
+import worker.queue.publishing
+import worker.queue.sweeps
 import worker.records.configs
 import worker.records.feeder
-from tests.unit.test_producer import broker
-from tests.unit.test_tasks import (  # noqa: F401 (fixtures)
+from tests.unit.queue.harness import (  # noqa: F401 (fixtures)
     BREVO_UPDATE,
     SUCCESS,
     TENANT,
@@ -34,6 +34,7 @@ from tests.unit.test_tasks import (  # noqa: F401 (fixtures)
     no_sleep,
     settings,
 )
+from tests.unit.test_producer import broker
 from worker.connectors.base import Connector, Delivered
 from worker.queue.app import app
 from worker.queue.lanes import BULK, LIVE, queue_for, queues
@@ -139,7 +140,7 @@ def test_a_bulk_route_fans_out_to_bulk_deliveries_queued_by_destination_type(
     braze = braze_config(harness)
     brevo = brevo_config(harness)
 
-    worker.queue.tasks.publish(route, [[event()]], {"lane": BULK, "enqueued_at": 1.0})
+    worker.queue.publishing.publish(route, [[event()]], {"lane": BULK, "enqueued_at": 1.0})
     harness.worker.execute(harness.broker.queue.pop())
 
     fanned = {m.args[1]: m for m in harness.broker.queue}
@@ -172,7 +173,7 @@ def test_a_retry_stays_in_its_lane_and_queue(
     connector_id = braze_config(harness)
     answers(harness, mocked, [(503, UNAVAILABLE, {}), (201, SUCCESS, {})])
 
-    worker.queue.tasks.publish(deliver, [[event()], connector_id], BULK_BRAZE)
+    worker.queue.publishing.publish(deliver, [[event()], connector_id], BULK_BRAZE)
     runs = harness.worker.drain()
 
     assert [r.state for r in runs] == [states.RETRY, states.SUCCESS]
@@ -189,7 +190,7 @@ def test_a_deferral_stays_in_its_lane_and_queue(
     kwargs = {"lane": BULK, "destination": "sendinblue"}
     users = [f"u{n}@example.com" for n in range(2)]
 
-    worker.queue.tasks.publish(deliver, [[event_of(u) for u in users], connector_id], kwargs)
+    worker.queue.publishing.publish(deliver, [[event_of(u) for u in users], connector_id], kwargs)
     harness.worker.execute(harness.broker.queue.pop())  # the second call must wait its slot
 
     [deferred] = harness.broker.queue
@@ -212,7 +213,7 @@ def test_a_split_stays_in_its_lane_and_queue(
     monkeypatch.setattr(worker.connectors.braze.BrazeConnector, "deliver_many", slow_once)
     batch = [event_of("a@example.com"), event_of("b@example.com")]
 
-    worker.queue.tasks.publish(deliver, [batch, connector_id], BULK_BRAZE)
+    worker.queue.publishing.publish(deliver, [batch, connector_id], BULK_BRAZE)
     runs = harness.worker.drain()
 
     assert calls == [2, 1, 1]
@@ -225,19 +226,19 @@ def test_the_outbox_publishes_a_lost_message_again_into_its_own_queue(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     connector_id = braze_config(harness)
-    worker.queue.tasks.publish(deliver, [[event()], connector_id], BULK_BRAZE)
+    worker.queue.publishing.publish(deliver, [[event()], connector_id], BULK_BRAZE)
     [lost] = harness.broker.queue
     harness.broker.queue.clear()
     harness.clock.now += harness.rt.outbox.grace + 1
     waiting = {name: 0 for name in queues()}
-    monkeypatch.setattr(worker.queue.tasks, "queue_lengths", lambda names: waiting)
+    monkeypatch.setattr(worker.queue.sweeps, "queue_lengths", lambda names: waiting)
 
     waiting["celery.bulk.braze"] = 1  # a backlog in its queue: it may be one of them
-    worker.queue.tasks.OutboxSweep(None).sweep()
+    worker.queue.sweeps.OutboxSweep(None).sweep()
     assert harness.broker.queue == []
 
     waiting["celery.bulk.braze"], waiting["celery"] = 0, 5  # other queues do not matter
-    worker.queue.tasks.OutboxSweep(None).sweep()
+    worker.queue.sweeps.OutboxSweep(None).sweep()
     [again] = harness.broker.queue
     assert (again.task_id, again.kwargs) == (lost.task_id, lost.kwargs)
     assert queue_for(again.task, again.kwargs) == "celery.bulk.braze"
@@ -384,12 +385,12 @@ def test_the_workers_feeder_publishes_parked_messages_into_the_bulk_lane_under_i
     harness.rt.feeder.park(TENANT, parked)
     waiting = dict.fromkeys(queues(), 0)
     monkeypatch.setattr(
-        worker.queue.tasks, "queue_lengths", lambda names: {n: waiting[n] for n in names}
+        worker.queue.sweeps, "queue_lengths", lambda names: {n: waiting[n] for n in names}
     )
 
     waiting["celery"] = 1_000  # a live backlog does not hold bulk back from the queues
     waiting["celery.bulk.braze"] = worker.records.feeder.QUEUED - 2
-    assert worker.queue.tasks.feed_bulk() == 2
+    assert worker.queue.sweeps.feed_bulk() == 2
 
     fed = harness.broker.queue
     assert [m.task_id for m in fed] == ["t-0", "t-1"]  # the ids given at parking

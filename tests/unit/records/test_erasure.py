@@ -137,7 +137,7 @@ def user_deleted(minute: int = 30, user: str = JANE) -> dict:
 
 def deliver(rt: Runtime, config: ConnectorConfig, *payloads: dict) -> dict:
     """Route then deliver ``payloads`` to one connector, as the tasks do."""
-    assert pipeline.route(rt, list(payloads), lambda batch, cid: None) == {}
+    assert pipeline.route(rt, list(payloads)).unfinished == {}
     return pipeline.deliver(rt, list(payloads), config.id)
 
 
@@ -393,7 +393,7 @@ def test_in_one_batch_the_erasure_goes_first_and_a_newer_event_comes_back_after(
     with responses.RequestsMock() as mocked:
         mocked.post(f"{BRAZE}/users/delete", status=201, json={"deleted": 1, "message": "success"})
         mocked.post(f"{BRAZE}/users/track", status=201, json={"message": "success"})
-        assert pipeline.route(rt, batch, lambda batch, cid: None) == {}
+        assert pipeline.route(rt, batch).unfinished == {}
         left = pipeline.deliver(rt, batch, "braze")
         assert [c.request.url for c in mocked.calls] == [f"{BRAZE}/users/delete"]
         assert list(left) == [3] and isinstance(left[3], UserBusy)  # a new life: deferred
@@ -469,7 +469,7 @@ def test_dead_letters_of_earlier_events_go_and_the_deletion_s_own_stays(rt: Runt
     assert rt.deadletters.count() == 3
     with responses.RequestsMock() as mocked:
         mocked.post(f"{BRAZE}/users/delete", status=403, json={"message": "no permission"})
-        pipeline.route(rt, [user_deleted()], lambda batch, cid: None)
+        pipeline.route(rt, [user_deleted()])
         (refused,) = pipeline.deliver(rt, [user_deleted()], config.id).values()
     assert isinstance(refused, PermanentError)
     dead_letter(user_deleted())  # what the task does with the refusal: the part ends
@@ -499,7 +499,7 @@ def test_a_tenant_without_connectors_forgets_at_once(rt: Runtime) -> None:
         config = braze(rt, "delete")
         deliver(rt, config, consent("c1", 1))
     rt.configs.delete(TENANT, "braze")
-    pipeline.route(rt, [user_deleted()], lambda batch, cid: None)
+    pipeline.route(rt, [user_deleted()])
     assert known_values(rt.state, TENANT, JANE) == {}
     assert rt.state.erased_at(TENANT, JANE) is not None
 
