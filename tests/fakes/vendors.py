@@ -404,12 +404,10 @@ class FakeVendors:
 
     @staticmethod
     def _reset_headers(service: str, until: float, now: float) -> dict[str, str]:
+        """The reset a throttled answer names: the throttle's end."""
         if service == "braze":  # epoch seconds, as Braze sends them
-            return {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(math.ceil(until))}
-        return {  # seconds from now, as Brevo sends them
-            "x-sib-ratelimit-remaining": "0",
-            "x-sib-ratelimit-reset": str(math.ceil(until - now)),
-        }
+            return {"X-RateLimit-Reset": str(math.ceil(until))}
+        return {"x-sib-ratelimit-reset": str(math.ceil(until - now))}  # seconds from now
 
     def _received(self, service: str, user: str, fields: Any, now: float) -> None:
         """One user delivered by an accepted call, with its enqueue stamp's latency."""
