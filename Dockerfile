@@ -1,6 +1,7 @@
-# prefsync worker image: also runs Flower (the `ops` extra) and, for the demo profile, the
-# local Braze/Brevo look-alike (tests/fakes). No secret is baked in: settings come from the
-# environment at run time (PREFSYNC_*, see docs/operations.md).
+# prefsync worker image: also runs Flower (the `ops` extra). No test code: the demo profile's
+# Braze/Brevo look-alike has an image of its own (tests/fakes/Dockerfile). No secret is
+# baked in: settings come from the environment at run time (PREFSYNC_*, see
+# docs/operations.md).
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,10 +22,7 @@ COPY worker/ worker/
 # Every dependency at the version requirements.lock pins (make lock).
 RUN pip install -c requirements.lock '.[ops]' && rm -rf build *.egg-info
 
-# The fake destinations (`python -m tests.fakes.destinations`) and the example configs and
-# events (placeholder keys only), for the demo profile.
-COPY tests/__init__.py tests/__init__.py
-COPY tests/fakes/ tests/fakes/
+# The example configs and events (placeholder keys only), for the demo profile.
 COPY examples/ examples/
 
 USER prefsync

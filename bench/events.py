@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.fake import BRAZE_STAMP
+from tests.fakes.vendors import BRAZE_STAMP
 
 STAMP_PROPERTY = "consents_purposes_bench_values_enqueued_at_value"
 NEWSLETTER_PROPERTY = "consents_purposes_newsletter_enabled"

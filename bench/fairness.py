@@ -31,8 +31,8 @@ from typing import Any
 from bench.events import NEWSLETTER_PROPERTY, EventFactory, braze_config, brevo_config
 from bench.harness import Stack, worker_command
 from bench.metrics import percentile
-from bench.procs import start_worker
 from bench.scenarios import Scenario
+from tests.processes import start_worker
 
 BREVO_BACKLOG = 300  # events: 30 s of Brevo calls at 10 calls/s
 CHUNK = 500  # events a bulk enqueue_many call

@@ -1,33 +1,14 @@
-"""A fast local Braze/Brevo look-alike for the benchmark: it answers, counts, and enforces
-Brevo's rate limit.
+"""The fake Braze/Brevo (tests/fakes/vendors.py) on a fast server, for the benchmark.
 
-tests/fakes/destinations.py records every request with its headers on a
-ThreadingHTTPServer (a thread per connection, http.server's parser); that is right for
-tests and far too slow to measure a worker that should deliver tens of thousands of
-events a second. This one is a single asyncio ``Protocol`` speaking just enough
-HTTP/1.1 (keep-alive, Content-Length bodies) and keeps only counters.
-
-What it answers (the status codes and bodies of the real services):
-
-    POST /users/track                Braze: 201 {"message": "success", "attributes_processed": N}
-                                     (401 without a bearer key, 400 without an attributes list)
-    PUT  /v3/contacts/{identifier}   Brevo: 204
-    POST /v3/contacts                Brevo: 201 {"id": N}
-    POST /v3/contacts/batch          Brevo: 204
-    anything else                    404
-
-Brevo calls are limited per account (``api-key``) to ``brevo_limit`` calls in each fixed
-window of ``brevo_window`` seconds (aligned to the clock, as Brevo's
-``x-sib-ratelimit-reset`` -- seconds to the window's end -- suggests); a call over the
-limit is answered 429 ``too_many_requests`` with the ``x-sib-ratelimit-*`` headers and
-counted. Braze calls carry Braze's ``X-RateLimit-*`` headers (3,000 per 3 s) but are not
-refused: the peak count per window is reported instead, so a result that a real
-workspace would have throttled can be spotted.
-
-Latency: an attributes object (Braze) or a contact's ``attributes`` (Brevo) may carry
-``bench_enqueued_at`` / ``BENCH_ENQUEUED_AT``, the epoch seconds at which the benchmark
-enqueued the event (bench/events.py maps a PMP preference value onto it). For every such
-object in an accepted call the fake keeps ``receive time - enqueued time``.
+tests/fakes/destinations.py serves the same answers on a ThreadingHTTPServer (a thread per
+connection, http.server's parser) and keeps every call with its headers and body; that is
+right for tests and far too slow to measure a worker that should deliver tens of thousands
+of events a second. This one is a single asyncio ``Protocol`` speaking just enough
+HTTP/1.1 (keep-alive, Content-Length bodies) and keeps only the counters: calls, statuses,
+429s, users delivered, the peak calls per rate-limit window, and the latency of every
+object stamped with its enqueue time (bench/events.py). Brevo's limit (10 calls per second
+per account unless ``--brevo-limit``/``--brevo-window`` say otherwise) is enforced with
+real 429s, Braze's reported.
 
 Control API (not counted):
 
@@ -46,84 +27,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import math
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-BRAZE_STAMP = "bench_enqueued_at"
-BREVO_STAMP = BRAZE_STAMP.upper()  # Brevo attribute names are upper case (the worker does it)
-
-BRAZE_LIMIT, BRAZE_WINDOW = 3000, 3.0  # /users/track: 3,000 requests per 3 s
-BREVO_LIMIT, BREVO_WINDOW = 10, 1.0  # /v3/contacts/*: 10 requests per second, every plan
-BRAZE_USER_KEYS = ("external_id", "braze_id", "user_alias", "email", "phone")
+from tests.fakes.vendors import BREVO_LIMIT, BREVO_WINDOW, Answer, FakeVendors
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 16 * 1024 * 1024
 
-Answer = tuple[int, dict[str, str], Any]  # status, extra headers, JSON body (None: empty)
 
-
-@dataclass
-class ServiceStats:
-    """What one service (Braze or Brevo) received since the last reset."""
-
-    calls: int = 0
-    accepted_calls: int = 0  # answered 2xx
-    rate_limited: int = 0  # answered 429
-    by_status: dict[int, int] = field(default_factory=dict)
-    objects: int = 0  # users/contacts in accepted calls
-    users: set[str] = field(default_factory=set)
-    first_at: float | None = None
-    last_at: float | None = None
-    last_accepted_at: float | None = None
-    peak_calls_per_window: int = 0  # most calls in one rate-limit window (any account)
-    latencies: list[float] = field(default_factory=list)  # seconds, accepted objects only
-
-    def as_dict(self, samples: bool) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "calls": self.calls,
-            "accepted_calls": self.accepted_calls,
-            "rate_limited": self.rate_limited,
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "objects": self.objects,
-            "users": len(self.users),
-            "first_at": self.first_at,
-            "last_at": self.last_at,
-            "last_accepted_at": self.last_accepted_at,
-            "peak_calls_per_window": self.peak_calls_per_window,
-            "stamped": len(self.latencies),
-        }
-        if samples:
-            data["latencies"] = [round(x, 6) for x in self.latencies]
-        return data
-
-
-class FixedWindows:
-    """Calls per key in fixed clock-aligned windows: how many so far in the current one."""
-
-    def __init__(self, window: float) -> None:
-        self.window = window
-        self._current: dict[str, tuple[int, int]] = {}  # key -> (window number, calls)
-
-    def count(self, key: str, now: float) -> tuple[int, float]:
-        """Count one call; return the calls in its window so far and the window's end."""
-        number = math.floor(now / self.window)
-        seen, calls = self._current.get(key, (number, 0))
-        calls = calls + 1 if seen == number else 1
-        self._current[key] = (number, calls)
-        return calls, (number + 1) * self.window
-
-
-class BenchFake:
-    """The answers and the counters, without any I/O (``FakeServer`` serves them)."""
+class BenchFake(FakeVendors):
+    """The vendors' answers keeping counters only, and the benchmark's control routes."""
 
     def __init__(
         self,
@@ -131,167 +51,24 @@ class BenchFake:
         brevo_window: float = BREVO_WINDOW,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.brevo_limit = brevo_limit
-        self.brevo_window = brevo_window
-        self.clock = clock
-        self.reset()
+        super().__init__(
+            brevo_limit=brevo_limit, brevo_window=brevo_window, keep_calls=False, clock=clock
+        )
 
-    def reset(self) -> None:
-        self.services = {"braze": ServiceStats(), "brevo": ServiceStats()}
-        self._braze_windows = FixedWindows(BRAZE_WINDOW)
-        self._brevo_windows = FixedWindows(self.brevo_window)
-        self._next_contact_id = 1
-
-    def stats(self, samples: bool = False) -> dict[str, Any]:
-        return {
-            "brevo_limit": self.brevo_limit,
-            "brevo_window": self.brevo_window,
-            **{name: s.as_dict(samples) for name, s in self.services.items()},
-        }
-
-    # -- answering ------------------------------------------------------------------------
-
-    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+    def respond(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         """Answer one request (``headers`` with lower-case names)."""
         url = urlsplit(target)
-        if url.path.startswith("/_bench/"):
-            return self._control(method, url.path, dict(parse_qsl(url.query)))
-        now = self.clock()
-        if url.path == "/v3" or url.path.startswith("/v3/"):
-            stats = self.services["brevo"]
-            answer = self._brevo(method, url.path, headers, body, now, stats)
-        else:
-            stats = self.services["braze"]
-            answer = self._braze(method, url.path, headers, body, now, stats)
-        status = answer[0]
-        stats.calls += 1
-        stats.by_status[status] = stats.by_status.get(status, 0) + 1
-        stats.first_at = stats.first_at or now
-        stats.last_at = now
-        if 200 <= status < 300:
-            stats.accepted_calls += 1
-            stats.last_accepted_at = now
-        elif status == 429:
-            stats.rate_limited += 1
-        return answer
-
-    def _braze(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        raw: bytes,
-        now: float,
-        stats: ServiceStats,
-    ) -> Answer:
-        if (method, path) != ("POST", "/users/track"):
-            return 404, {}, {"message": "Not Found"}
-        calls, window_end = self._braze_windows.count("workspace", now)
-        stats.peak_calls_per_window = max(stats.peak_calls_per_window, calls)
-        rate = {
-            "X-RateLimit-Limit": str(BRAZE_LIMIT),
-            "X-RateLimit-Remaining": str(max(0, BRAZE_LIMIT - calls)),
-            "X-RateLimit-Reset": str(math.ceil(window_end)),  # epoch seconds
-        }
-        auth = headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return 401, rate, {"message": "Invalid API Key"}
-        body = _json(raw)
-        objects = body.get("attributes") if isinstance(body, dict) else None
-        if not isinstance(objects, list):
-            return 400, rate, {"message": "Request body must be JSON with an 'attributes' list"}
-        errors = []
-        for index, obj in enumerate(objects):
-            if not isinstance(obj, dict) or not any(k in obj for k in BRAZE_USER_KEYS):
-                errors.append(
-                    {
-                        "type": "All objects must contain an external_id, braze_id, "
-                        "user_alias, email or phone",
-                        "input_array": "attributes",
-                        "index": index,
-                    }
-                )
-                continue
-            self._received(stats, str(obj.get("external_id", obj.get("email", ""))), obj, now)
-        answer: dict[str, Any] = {
-            "message": "success",
-            "attributes_processed": len(objects) - len(errors),
-        }
-        if errors:
-            answer["errors"] = errors
-        return 201, rate, answer
-
-    def _brevo(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        raw: bytes,
-        now: float,
-        stats: ServiceStats,
-    ) -> Answer:
-        parts = path.split("/")  # "", "v3", "contacts", ...
-        if len(parts) < 3 or parts[2] != "contacts" or len(parts) > 4:
-            return 404, {}, {"code": "not_found", "message": "Invalid route"}
-        key = headers.get("api-key", "")
-        if not key:
-            return 401, {}, {"code": "unauthorized", "message": "Key not found"}
-        calls, window_end = self._brevo_windows.count(key, now)
-        stats.peak_calls_per_window = max(stats.peak_calls_per_window, calls)
-        rate = {
-            "x-sib-ratelimit-limit": str(self.brevo_limit),
-            "x-sib-ratelimit-remaining": str(max(0, self.brevo_limit - calls)),
-            "x-sib-ratelimit-reset": str(max(1, math.ceil(window_end - now))),  # seconds
-        }
-        if calls > self.brevo_limit:
-            return 429, rate, {"code": "too_many_requests", "message": "Too many requests"}
-        body = _json(raw)
-        if not isinstance(body, dict):
-            return 400, rate, {"code": "invalid_parameter", "message": "body must be an object"}
-        if len(parts) == 4 and parts[3] == "batch" and method == "POST":
-            contacts = body.get("contacts")
-            if not isinstance(contacts, list):
-                return 400, rate, {"code": "missing_parameter", "message": "contacts required"}
-            for contact in contacts:
-                user = contact.get("email") or contact.get("ext_id") or contact.get("id")
-                self._received(stats, str(user), contact.get("attributes") or {}, now)
-            return 204, rate, None
-        if len(parts) == 4 and method == "PUT":
-            self._received(stats, unquote(parts[3]), body.get("attributes") or {}, now)
-            return 204, rate, None
-        if len(parts) == 3 and method == "POST":
-            user = body.get("email") or body.get("ext_id")
-            if not user:
-                return 400, rate, {"code": "missing_parameter", "message": "email or ext_id"}
-            self._received(stats, str(user), body.get("attributes") or {}, now)
-            self._next_contact_id += 1
-            return 201, rate, {"id": self._next_contact_id - 1}
-        return 404, {}, {"code": "not_found", "message": "Invalid route"}
-
-    def _received(self, stats: ServiceStats, user: str, fields: Any, now: float) -> None:
-        stats.objects += 1
-        stats.users.add(user)
-        if not isinstance(fields, dict):
-            return
-        stamp = fields.get(BRAZE_STAMP, fields.get(BREVO_STAMP))
-        if stamp is not None:
-            with contextlib.suppress(TypeError, ValueError):
-                stats.latencies.append(now - float(stamp))
-
-    def _control(self, method: str, path: str, query: dict[str, str]) -> Answer:
-        if (method, path) == ("GET", "/_bench/stats"):
-            return 200, {}, self.stats(samples=query.get("samples") == "1")
-        if (method, path) == ("POST", "/_bench/reset"):
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        if (method, url.path) == ("GET", "/_bench/stats"):
+            return Answer(200, self.stats(samples=query.get("samples") == "1"))
+        if (method, url.path) == ("POST", "/_bench/reset"):
             self.reset()
-            return 200, {}, {"ok": True}
-        return 404, {}, {"error": f"no control route {method} {path}"}
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
+            return Answer(200, {"ok": True})
+        if url.path.startswith("/_bench/"):
+            return Answer(404, {"error": f"no control route {method} {url.path}"})
+        # No control route scripts a delay here: every answer goes out at once.
+        answer, _ = self.handle(method, url.path, query, headers, body)
+        return answer
 
 
 # -- HTTP/1.1 over asyncio ---------------------------------------------------------------------
@@ -356,8 +133,11 @@ class _Connection(asyncio.Protocol):
         del self.buffer[: start + length]
         connection = headers.get("connection", "").lower()
         keep_alive = connection != "close" and (version == "HTTP/1.1" or connection == "keep-alive")
-        status, extra, payload = self.fake.handle(method, target, headers, body)
-        self._send(status, extra, payload, keep_alive)
+        answer = self.fake.respond(method, target, headers, body)
+        if answer.status == 0:  # a scripted network error
+            self.close()
+            return False
+        self._send(answer.status, answer.headers, answer.body, keep_alive)
         return keep_alive
 
     def _send(self, status: int, headers: dict[str, str], payload: Any, keep_alive: bool) -> None:

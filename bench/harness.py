@@ -19,16 +19,9 @@ import requests
 from bench import feed, naive
 from bench.events import EventFactory, braze_config, brevo_config
 from bench.metrics import RunResult
-from bench.procs import (
-    Process,
-    cpu_seconds,
-    memory,
-    start_fake,
-    start_redis,
-    start_worker,
-    tree_cpu_seconds,
-)
+from bench.procs import cpu_seconds, memory, start_fake, tree_cpu_seconds
 from bench.scenarios import Scenario
+from tests.processes import Process, RedisServer, start_redis, start_worker
 
 POLL = 0.02  # seconds between looks at the progress
 
@@ -45,14 +38,15 @@ class Stack:
         self, workdir: Path, redis_url: str | None, brevo_limit: int, brevo_window: float
     ) -> None:
         self.workdir = workdir
-        self.started: list[Process] = []
+        self.started: list[Process | RedisServer] = []
         self.http = requests.Session()
         self.redis_pid: int | None = None  # None: a Redis we did not start (its CPU unknown)
         try:
             if redis_url is None:
-                redis_process, redis_url = start_redis(workdir)
-                self.started.append(redis_process)
-                self.redis_pid = redis_process.pid
+                redis_server = start_redis(workdir)
+                self.started.append(redis_server)
+                self.redis_pid = redis_server.pid
+                redis_url = redis_server.url
             fake_process, self.fake_url = start_fake(workdir, brevo_limit, brevo_window)
             self.started.append(fake_process)
             self.fake_pid = fake_process.pid

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import requests
 
-from bench.procs import REPO_ROOT, Process, free_port, start_redis, wait_until
+from tests.processes import REPO_ROOT, start_ingress, start_redis
 
 RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
 EXAMPLE = REPO_ROOT / "examples" / "events" / "event-created.json"
@@ -153,26 +153,6 @@ def enqueue_rate(env: dict[str, str], workdir: Path, events: int) -> tuple[float
     return events / (time.perf_counter() - started), load_average
 
 
-def start_ingress(env: dict[str, str], workdir: Path, workers: int) -> tuple[Process, str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "worker.cli", "serve", "--port", str(port),
-        "--workers", str(workers),
-    ]  # fmt: skip
-    process = Process("prefsync serve", command, workdir / f"ingress-{workers}.log", env)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        process.check_running()
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_until(healthy, 30, "the ingress to answer /healthz")
-    return process, url
-
-
 def token(env: dict[str, str], url: str) -> str:
     created = subprocess.run(
         [sys.executable, "-m", "worker.cli", "ingress", "add", TENANT, "--json"],
@@ -190,13 +170,15 @@ def token(env: dict[str, str], url: str) -> str:
 
 
 def measure(workdir: Path, seconds: float, workers: list[int]) -> tuple[list[Load], float, float]:
-    redis_process, redis_url = start_redis(workdir)
+    redis_server = start_redis(workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFSYNC_")}
-    env.update(PREFSYNC_REDIS_URL=f"{redis_url}/0", PREFSYNC_LOG_FORMAT="json")
+    env.update(PREFSYNC_REDIS_URL=redis_server.url, PREFSYNC_LOG_FORMAT="json")
     loads: list[Load] = []
     try:
         for count in workers:
-            ingress, url = start_ingress(env, workdir, count)
+            log = workdir / f"ingress-{count}.log"
+            ingress = start_ingress(env, log, ["--workers", str(count)])
+            url = ingress.url
             try:
                 bearer = token(env, url)
                 fast = workdir / "fast.lua"
@@ -213,7 +195,7 @@ def measure(workdir: Path, seconds: float, workers: list[int]) -> tuple[list[Loa
         events = max(int(loads[0].accepted_per_second * seconds), 10_000)
         rate, load_average = enqueue_rate(env, workdir, events)
     finally:
-        redis_process.stop()
+        redis_server.stop()
     return loads, rate, load_average
 
 

@@ -25,7 +25,7 @@ import redis
 import requests
 
 from bench.events import EventFactory, braze_config
-from bench.procs import start_redis
+from tests.processes import start_redis
 from worker.connectors.base import Transport
 from worker.connectors.config import parse_config
 from worker.core.events import parse_event
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="prefsync-memory-") as workdir:
-        server, url = start_redis(Path(workdir))
+        server = start_redis(Path(workdir))
         try:
-            run(url, args.events, args.people, args.audit_maxlen)
+            run(server.url, args.events, args.people, args.audit_maxlen)
         finally:
             server.stop()
 

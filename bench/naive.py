@@ -25,7 +25,7 @@ import requests
 from celery import Celery
 
 from bench.events import BRAZE_KEY, BREVO_KEY, stamp_of
-from bench.fake import BRAZE_STAMP, BREVO_STAMP
+from tests.fakes.vendors import BRAZE_STAMP, BREVO_STAMP
 
 app = Celery("naive_baseline", broker=os.environ.get("BENCH_NAIVE_BROKER", "memory://"))
 app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)

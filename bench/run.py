@@ -49,8 +49,8 @@ from pathlib import Path
 from bench import fairness, profile, report
 from bench.harness import Naive, Prefsync, Stack, System, measure
 from bench.metrics import RunResult, Summary
-from bench.procs import REPO_ROOT
 from bench.scenarios import SCENARIOS, Scenario
+from tests.processes import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
 

@@ -16,74 +16,51 @@ success, 1 with a one-line reason (and the worker log tail when it matters) othe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import requests
 
-from tests.e2e.helpers import EXAMPLES, example, free_port, tail, wait_until
+from tests.e2e.helpers import EXAMPLES, example
 from tests.fakes.destinations import FakeDestinations
+from tests.processes import (
+    Process,
+    RedisServer,
+    run_cli,
+    start_ingress,
+    start_redis,
+    start_worker,
+    tail,
+    wait_until,
+    worker_command,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TENANT = "acme"
 EVENTS = ("event-created.json", "user-updated.json")
 TIMEOUT = 30.0  # seconds for the deliveries, in total
-WORKER = [
-    sys.executable, "-m", "celery", "-A", "worker", "--quiet", "worker", "--loglevel=INFO",
-    "--concurrency=1", "--without-heartbeat", "--without-gossip", "--without-mingle",
-]  # fmt: skip
 
 
-def spawn(
-    started: list[subprocess.Popen], name: str, command: list[str], log: Path, env: dict | None
-) -> subprocess.Popen:
-    """Start ``command`` in its own process group (Ctrl+C reaches only us), output to ``log``;
-    add it to ``started`` before anything else can fail."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    started.append(proc)
-    print(f"started {name} pid {proc.pid}")
-    return proc
+Stoppable = TypeVar("Stoppable", Process, RedisServer)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (a worker shuts down warm), then SIGKILL whatever is left of its group."""
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def wait_for_log(proc: subprocess.Popen, log: Path, text: str, what: str) -> None:
-    def seen() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(log)}")
-        return text in log.read_text(errors="replace")
-
-    wait_until(seen, timeout=TIMEOUT, message=lambda: f"{what} not ready:\n{tail(log)}")
+def started(processes: list[Process | RedisServer], name: str, process: Stoppable) -> Stoppable:
+    """Keep ``process`` to stop on the way out, and say so."""
+    processes.append(process)
+    print(f"started {name} pid {process.pid}")
+    return process
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     """Run ``python -m worker.cli ARGS``; its stdout, or RuntimeError with its stderr."""
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        cwd=REPO_ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_cli(env, *args, input=stdin)
     if done.returncode != 0:
         raise RuntimeError(f"prefsync {' '.join(args)} failed:\n{done.stderr.strip()}")
     return done.stdout
@@ -101,26 +78,6 @@ def received(fake: FakeDestinations) -> str:
     """The calls the fake answered so far: ``service METHOD path -> status``, ``; `` between."""
     calls = [f"{c.service} {c.method} {c.path} -> {c.status}" for c in fake.calls()]
     return "; ".join(calls) or "none"
-
-
-def start_ingress(started: list[subprocess.Popen], env: dict[str, str], workdir: Path) -> str:
-    """``prefsync serve`` on a free port; its URL once /healthz answers."""
-    port, log = free_port(), workdir / "ingress.log"
-    command = [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)]
-    proc = spawn(started, "ingress", command, log, env)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefsync serve exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_until(healthy, timeout=TIMEOUT, message=lambda: f"the ingress not ready:\n{tail(log)}")
-    print(f"ingress on {url}")
-    return url
 
 
 def pmp_token(env: dict[str, str], url: str) -> str:
@@ -186,31 +143,28 @@ def show_calls(fake: FakeDestinations) -> None:
             print("    " + json.dumps(call.body, indent=2).replace("\n", "\n    "))
 
 
-def run(workdir: Path, redis_binary: str) -> None:
-    port, redis_log, started = free_port(), workdir / "redis.log", []
+def run(workdir: Path) -> None:
+    processes: list[Process | RedisServer] = []
     try:
-        redis = spawn(
-            started, "redis-server",
-            [redis_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            redis_log, None,
-        )  # fmt: skip
-        wait_for_log(redis, redis_log, "Ready to accept connections", "redis-server")
+        redis = started(processes, "redis-server", start_redis(workdir))
         with FakeDestinations() as fake:
             print(f"fake Braze on {fake.url}, fake Brevo on {fake.url}/v3")
             env = {k: v for k, v in os.environ.items() if not k.startswith("PREFSYNC_")}
             env.update(
-                PREFSYNC_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                PREFSYNC_REDIS_URL=redis.url,
                 PREFSYNC_ALLOW_HOSTS=fake.host_port,
                 PREFSYNC_SENDINBLUE_API_URL=f"{fake.url}/v3",
                 PREFSYNC_LOG_FORMAT="json",
                 PYTHONUNBUFFERED="1",
             )
             worker_log = workdir / "worker.log"
-            worker = spawn(started, "worker", WORKER, worker_log, env)
-            wait_for_log(worker, worker_log, " ready.", "the worker")
+            worker = start_worker("worker", worker_command(), env, worker_log, TIMEOUT)
+            started(processes, "worker", worker)
             store_configs(env, fake)
-            url = start_ingress(started, env, workdir)
+            ingress = start_ingress(env, workdir / "ingress.log", timeout=TIMEOUT)
+            started(processes, "ingress", ingress)
+            url = ingress.url
+            print(f"ingress on {url}")
             deliver_examples(env, fake, worker_log, url, pmp_token(env, url))
             show_calls(fake)
             print(f"\n$ prefsync audit {TENANT}\n{cli(env, 'audit', TENANT)}", end="")
@@ -218,23 +172,16 @@ def run(workdir: Path, redis_binary: str) -> None:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl+C must not leak them
             signal.signal(signum, signal.SIG_IGN)
-        for proc in reversed(started):  # the ingress, the worker, then redis-server
-            stop(proc)
+        for process in reversed(processes):  # the ingress, the worker, then redis-server
+            process.stop()
         print("stopped the ingress, the worker, the fake destinations and redis-server")
 
 
 def main() -> int:
-    redis_binary = shutil.which("redis-server")
-    if redis_binary is None:
-        print(
-            "demo failed: redis-server is not on PATH (apt-get install redis-server)",
-            file=sys.stderr,
-        )
-        return 1
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up as on Ctrl+C
     try:
         with tempfile.TemporaryDirectory(prefix="prefsync-demo-") as workdir:
-            run(Path(workdir), redis_binary)
+            run(Path(workdir))
     except KeyboardInterrupt:
         print("demo interrupted", file=sys.stderr)
         return 130

@@ -7,24 +7,24 @@ so a test can SIGKILL one with its pool children, as a crash would.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.e2e.helpers import free_port, tail, wait_until
 from tests.fakes.destinations import FakeDestinations
+from tests.processes import REPO_ROOT as REPO_ROOT  # the tests' import of it
+from tests.processes import Ingress, Process, RedisServer, free_port, worker_command
+from tests.processes import run_cli as run_prefsync
+from tests.processes import start_ingress as start_ingress_process
+from tests.processes import start_worker as start_worker_process
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = Path(__file__).resolve().parent
 WORKER_READY_TIMEOUT = 30.0
 
@@ -37,115 +37,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # -- Redis ------------------------------------------------------------------------------------
-
-
-class RedisServer:
-    """A redis-server subprocess on 127.0.0.1:port, with data in ``directory``.
-
-    ``start`` again after ``stop``/``kill`` reuses the same port and directory, so a test can
-    restart Redis (for instance with ``["--appendonly", "yes"]``) and see what survived.
-    """
-
-    def __init__(self, binary: str, port: int, directory: Path) -> None:
-        self.binary = binary
-        self.port = port
-        self.directory = directory
-        self.log_path = directory / "redis.log"
-        self.extra_args: tuple[str, ...] = ()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._clients: list[redis.Redis] = []
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(
-        self,
-        extra_args: Sequence[str] | None = None,
-        timeout: float = 10.0,
-        auth: tuple[str, str] | None = None,
-    ) -> None:
-        """Start (or restart) and wait for PING (as ``auth``'s user and password, when its
-        ACL turns the default user off); ``extra_args=None`` reuses the last ones.
-
-        Later arguments win over the defaults, e.g. ``["--appendonly", "yes"]``.
-        """
-        if self.running:
-            raise RuntimeError(f"redis-server on port {self.port} is already running")
-        if extra_args is not None:
-            self.extra_args = tuple(extra_args)
-        command = [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-            *self.extra_args,
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        username, password = auth or (None, None)
-        probe = redis.Redis(
-            port=self.port,
-            socket_connect_timeout=0.2,
-            socket_timeout=1,
-            username=username,
-            password=password,
-        )
-        try:
-            wait_until(
-                lambda: self._answers_ping(probe),
-                timeout=timeout,
-                interval=0.01,
-                message=lambda: f"redis-server did not answer PING:\n{tail(self.log_path)}",
-            )
-        finally:
-            probe.close()
-
-    def _answers_ping(self, probe: redis.Redis) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise RuntimeError(
-                f"redis-server exited with {self._proc.returncode}:\n{tail(self.log_path)}"
-            )
-        try:
-            return bool(probe.ping())
-        except redis.ConnectionError:
-            return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Shut down cleanly (SIGTERM: an append-only file is flushed, no RDB is saved)."""
-        if self.running:
-            assert self._proc is not None
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def kill(self) -> None:
-        """Die at once, as a crash would (SIGKILL)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-
-    def client(self, **kwargs) -> redis.Redis:
-        """A new redis-py client for this server (closed at teardown)."""
-        client = redis.Redis(port=self.port, **kwargs)
-        self._clients.append(client)
-        return client
-
-    def close(self) -> None:
-        for client in self._clients:
-            client.close()
-        self.kill()
 
 
 @pytest.fixture(scope="session")
@@ -250,69 +141,14 @@ def prefsync_env(
 # -- Celery worker processes -------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """A ``celery worker`` subprocess, leader of its own process group."""
-
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float = WORKER_READY_TIMEOUT) -> None:
-        """Wait until ``text`` appears in the log; fail early if the worker dies."""
-
-        def seen() -> bool:
-            if text in self.log():
-                return True
-            if not self.running:
-                raise RuntimeError(
-                    f"worker {self.name} exited with {self.proc.returncode} before logging "
-                    f"{text!r}:\n{tail(self.log_path)}"
-                )
-            return False
-
-        wait_until(
-            seen,
-            timeout=timeout,
-            interval=0.05,
-            message=lambda: f"worker {self.name} never logged {text!r}:\n{tail(self.log_path)}",
-        )
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool children at once, as a crash would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """Warm shutdown (SIGTERM to the main process); kill what is left after ``timeout``."""
-        if self.running:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        self.kill()  # also reaps pool children a dying main process left behind
-        return self.proc.returncode
-
-
-StartWorker = Callable[..., WorkerProcess]
+StartWorker = Callable[..., Process]
 
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     """Factory: ``start_worker(env, concurrency=1, pool="prefork", extra_args=(), app="worker",
     extra_env=None, ready_timeout=30)`` starts a worker and returns once it logged "ready."."""
-    workers: list[WorkerProcess] = []
+    workers: list[Process] = []
     numbers = itertools.count()
 
     def start(
@@ -323,31 +159,14 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
         app: str = "worker",
         extra_env: Mapping[str, str] | None = None,
         ready_timeout: float = WORKER_READY_TIMEOUT,
-    ) -> WorkerProcess:
+    ) -> Process:
         name = f"w{next(numbers)}"
-        command = [
-            # --quiet as `prefsync worker` runs it with JSON logs: no plain-text banner.
-            sys.executable, "-m", "celery", "-A", app, "--quiet", "worker",
-            "--loglevel=INFO",
-            f"--concurrency={concurrency}",
-            f"--pool={pool}",
-            "--without-heartbeat", "--without-gossip", "--without-mingle",
-            "-n", f"{name}@%h",
-            *extra_args,
-        ]  # fmt: skip
+        command = worker_command(app, concurrency, name, pool, extra_args)
         log_path = tmp_path / f"worker-{name}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env={**env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        worker = WorkerProcess(name, proc, log_path)
+        worker = start_worker_process(
+            name, command, {**env, **(extra_env or {})}, log_path, ready_timeout
+        )
         workers.append(worker)
-        worker.wait_for_log(" ready.", timeout=ready_timeout)
         return worker
 
     yield start
@@ -370,15 +189,7 @@ def run_cli() -> RunCli:
     def run(
         env: Mapping[str, str], *args: str, input: str | None = None, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "worker.cli", *args],
-            cwd=REPO_ROOT,
-            env=dict(env),
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        done = run_prefsync(env, *args, input=input, timeout=timeout)
         output = f"{done.stdout}\n{done.stderr}".encode()
         assert_no_secret(f"the output of `prefsync {' '.join(args)}`", output)
         return done
@@ -389,66 +200,19 @@ def run_cli() -> RunCli:
 # -- The HTTP ingress (prefsync serve) -----------------------------------------------------------
 
 
-class IngressProcess:
-    """A ``prefsync serve`` subprocess on 127.0.0.1:port, leader of its own process group."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.log_path = log_path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-
-StartIngress = Callable[..., IngressProcess]
+StartIngress = Callable[..., Ingress]
 
 
 @pytest.fixture
 def start_ingress(tmp_path: Path) -> Iterator[StartIngress]:
     """Factory: ``start_ingress(env, extra_env=None)`` starts ``prefsync serve`` on a free
     port and returns once ``/healthz`` answers 200."""
-    import requests
+    started: list[Ingress] = []
 
-    started: list[IngressProcess] = []
-
-    def start(env: Mapping[str, str], extra_env: Mapping[str, str] | None = None) -> IngressProcess:
-        port = free_port()
+    def start(env: Mapping[str, str], extra_env: Mapping[str, str] | None = None) -> Ingress:
         log_path = tmp_path / f"ingress-{len(started)}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-                cwd=REPO_ROOT,
-                env={**env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        ingress = IngressProcess(proc, port, log_path)
+        ingress = start_ingress_process({**env, **(extra_env or {})}, log_path)
         started.append(ingress)
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prefsync serve exited:\n{tail(log_path)}")
-            try:
-                return requests.get(f"{ingress.url}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(healthy, timeout=30, message=lambda: f"no /healthz:\n{tail(log_path)}")
         return ingress
 
     yield start

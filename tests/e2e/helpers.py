@@ -3,49 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    """The last lines of a log file, for a failure message."""
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    timeout: float = 10.0,
-    interval: float = 0.05,
-    message: str | Callable[[], str] = "condition not met",
-) -> T:
-    """Call ``predicate`` until it returns something truthy, and return that.
-
-    Raises ``AssertionError`` with ``message`` (a string, or a callable evaluated at the
-    deadline so it can show the state that was reached) after ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"after {timeout:g} s: {text}")
-        time.sleep(interval)
-
+# The tests' import of them; tests/processes.py is where they live.
+from tests.processes import free_port as free_port
+from tests.processes import tail as tail
+from tests.processes import wait_until as wait_until
 
 # -- Configs and events ----------------------------------------------------------------------
 

@@ -181,3 +181,41 @@ def test_keep_alive_split_and_pipelined_requests_are_answered_in_order(server):
             received += chunk
     assert received.count(b'"attributes_processed": 1') == 2
     assert b"Connection: close" not in received
+
+
+def test_the_bench_server_answers_as_the_test_server_does(server, http, clock):
+    # Given the test server (tests/fakes/destinations.py) on the same clock,
+    from tests.fakes.destinations import FakeDestinations
+
+    requests_made = [
+        ("POST", "/users/track", {"attributes": [{"external_id": "u1"}, {"color": "red"}]}, {}),
+        ("POST", "/users/track", {"events": []}, {}),
+        ("POST", "/users/track", {"attributes": []}, {"Authorization": ""}),
+        ("POST", "/users/delete", {"external_ids": ["u1"]}, {}),
+        ("POST", "/users/export", {}, {}),
+        *[("PUT", f"/v3/contacts/u{i}", {"attributes": {}}, BREVO_AUTH) for i in range(11)],
+        ("POST", "/v3/contacts", {"ext_id": "u-7"}, {"api-key": "xkeysib-other"}),
+        ("POST", "/v3/contacts", {"ext_id": "u-7"}, {"api-key": "xkeysib-other"}),
+        ("DELETE", "/v3/contacts/u-7", None, {"api-key": "xkeysib-other"}),
+        ("PUT", "/v3/contacts/u-8", {}, {}),
+        ("GET", "/v3/contacts", None, BREVO_AUTH),
+    ]
+    with FakeDestinations() as tested:
+        tested.clock = clock
+        # when both get the same requests,
+        answers = [
+            [
+                http.request(method, f"{url}{path}", json=body, headers={**BRAZE_AUTH, **headers})
+                for method, path, body, headers in requests_made
+            ]
+            for url in (server.url, tested.url)
+        ]
+
+    # then they answer the same statuses, bodies and rate-limit headers.
+    def seen(answer: requests.Response) -> tuple:
+        limits = {k.lower(): v for k, v in answer.headers.items() if "ratelimit" in k.lower()}
+        return answer.status_code, answer.content, limits
+
+    bench, tests = ([seen(a) for a in side] for side in answers)
+    assert bench == tests
+    assert [status for status, _, _ in bench].count(429) == 1  # Brevo's 11th call

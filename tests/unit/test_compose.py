@@ -8,10 +8,12 @@ against the code that has to answer them.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import re
 import shlex
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,19 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     return {key: str(value) for key, value in env.items()}
+
+
+def dockerfile_of(service: dict[str, Any]) -> Path:
+    build = service["build"]
+    context = build if isinstance(build, str) else build.get("context", ".")
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    return (ROOT / context / dockerfile).resolve()
+
+
+def copied_sources(dockerfile: Path) -> list[str]:
+    """What the Dockerfile's COPY lines take from the build context."""
+    lines = dockerfile.read_text(encoding="utf-8").splitlines()
+    return [source for line in lines if line.startswith("COPY ") for source in line.split()[1:-1]]
 
 
 def option_value(args: list[str], name: str) -> str | None:
@@ -185,10 +200,7 @@ def test_worker_is_built_from_the_dockerfile_and_runs_prefsync_worker(
     services: dict[str, Any],
 ) -> None:
     worker = services["worker"]
-    build = worker["build"]
-    context = build if isinstance(build, str) else build.get("context", ".")
-    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
-    assert (ROOT / context / dockerfile).resolve() == ROOT / "Dockerfile"
+    assert dockerfile_of(worker) == ROOT / "Dockerfile"
     assert argv(worker)[:2] == ["prefsync", "worker"]
 
 
@@ -261,10 +273,17 @@ def test_flower_comes_with_the_image() -> None:
     assert re.search(r"COPY [^\n]*requirements\.lock", dockerfile)
 
 
-def test_flower_and_fake_destinations_use_the_worker_image(services: dict[str, Any]) -> None:
-    image = services["worker"]["image"]
-    for name in ("flower", "fake-destinations"):
-        assert services[name]["image"] == image, name
+def test_flower_uses_the_worker_image_and_fake_destinations_an_image_of_its_own(
+    services: dict[str, Any],
+) -> None:
+    assert services["flower"]["image"] == services["worker"]["image"]
+    fake = services["fake-destinations"]
+    assert fake["image"] != services["worker"]["image"]
+    # Built from the repository with tests/fakes' own Dockerfile: no prefsync code in it.
+    assert dockerfile_of(fake) == ROOT / "tests" / "fakes" / "Dockerfile"
+    copied = [source.rstrip("/") for source in copied_sources(dockerfile_of(fake))]
+    assert "tests/__init__.py" in copied and "tests/fakes" in copied
+    assert not any(source == "worker" or source.startswith("worker/") for source in copied)
 
 
 def test_fake_destinations_is_a_demo_only_service(services: dict[str, Any]) -> None:
@@ -362,12 +381,41 @@ def test_image_runs_as_a_non_root_user_without_secrets() -> None:
     assert {".env", ".venv", ".git"} <= set(ignored)
 
 
-def test_image_holds_the_fake_destinations_package() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    copied = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
-    assert "tests/__init__.py" in copied
-    assert any(source.rstrip("/") == "tests/fakes" for source in copied)
-    assert any(source.rstrip("/") == "worker" for source in copied)
+def test_the_worker_image_ships_no_test_or_bench_code() -> None:
+    copied = [source.rstrip("/") for source in copied_sources(ROOT / "Dockerfile")]
+    assert "worker" in copied
+    assert not any(source.split("/")[0] in ("tests", "bench") for source in copied), copied
+
+
+def test_the_fake_destinations_image_runs_as_a_non_root_user_what_compose_runs(
+    services: dict[str, Any],
+) -> None:
+    fake = services["fake-destinations"]
+    lines = dockerfile_of(fake).read_text(encoding="utf-8").splitlines()
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert froms and all(re.fullmatch(r"FROM python:3\.11\.\d+-slim-\w+", f) for f in froms)
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    (cmd,) = [line for line in lines if line.startswith("CMD ")]
+    assert json.loads(cmd.removeprefix("CMD ")) == argv(fake)
+
+
+def test_the_fake_destinations_image_needs_nothing_but_the_standard_library() -> None:
+    # Its image installs no package: every import of tests/fakes is the standard library's
+    # or tests/fakes' own.
+    for path in sorted((ROOT / "tests" / "fakes").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or name.startswith("tests.fakes"), (
+                    f"{path.name} imports {name}"
+                )
 
 
 # -- the README tells the same story ---------------------------------------------------
