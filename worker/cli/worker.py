@@ -133,7 +133,8 @@ def serve(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        # httptools, with the read deadlines and connection limits uvicorn does not set.
+        http="worker.ingress.server:GuardedHttpToolsProtocol",
         # X-Forwarded-For is believed only from PREFSYNC_INGRESS_TRUSTED_PROXIES (ours),
         # never from uvicorn's default of any local peer.
         proxy_headers=False,

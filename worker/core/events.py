@@ -92,7 +92,9 @@ def _timestamp_us(raw: str) -> int:
     if moment.tzinfo is None:
         # The PMP writes UTC ("...Z"); a timestamp without an offset is read the same way.
         moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MICROSECOND
+    # In UTC first: an offset can carry a moment past year 9999 or before year 1, which
+    # no datetime holds (OverflowError); it is refused here, not where it is next shown.
+    return (moment.astimezone(UTC) - _EPOCH) // _MICROSECOND
 
 
 def _check_timestamp(raw: str) -> str:
@@ -100,6 +102,8 @@ def _check_timestamp(raw: str) -> str:
         _timestamp_us(raw)
     except ValueError:
         raise PydanticCustomError("timestamp", "not an ISO-8601 timestamp") from None
+    except OverflowError:
+        raise PydanticCustomError("timestamp", "outside the years 1 to 9999 in UTC") from None
     return raw
 
 

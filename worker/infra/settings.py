@@ -99,6 +99,16 @@ class Settings(BaseSettings):
     # takes effect within this many seconds, and a busy ingress reads Redis once per
     # credential per period instead of once per webhook.
     ingress_auth_cache: float = Field(1.0, ge=0)
+    # Access tokens one client id is issued per minute, across every ingress process; over
+    # it, /oauth/token answers 429 with Retry-After.
+    ingress_token_rate: int = Field(60, gt=0)
+    # Seconds a connection has to send a request's headers (from connecting, or from the
+    # request's first byte), and as long again for its body; then it is closed.
+    ingress_read_timeout: float = Field(10.0, gt=0)
+    # Connections one ingress process holds (kept below its file-descriptor limit), and
+    # those from one address (PREFSYNC_INGRESS_TRUSTED_PROXIES excepted); more are closed.
+    ingress_max_connections: int = Field(1000, gt=0)
+    ingress_max_connections_per_address: int = Field(100, gt=0)
     # Outcome counters by tenant as well, in /metrics (prefsync_tenant_outcomes_total): one
     # series per tenant and outcome, so for a few tenants only. Set it for the workers
     # (they record) and the ingress (it shows).

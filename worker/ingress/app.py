@@ -39,6 +39,7 @@ from worker.infra.settings import Settings
 from worker.ingress.batching import BatchingEnqueuer
 from worker.ingress.credentials import CheckCache, Client, CredentialStore
 from worker.ingress.metrics import IngressMetrics
+from worker.ingress.ratelimit import TokenRateLimit
 from worker.producer import enqueue_validated, validate
 
 log = structlog.get_logger("prefsync.ingress")
@@ -49,6 +50,10 @@ RETRY_AFTER = "5"
 BROKER_DOWN = (redis.exceptions.RedisError, OperationalError)
 SWITCH_INTERVAL = 0.0005
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="prefsync"'}
+# A token request is a few fields of a few dozen bytes: anything bigger is not one, and is
+# refused before it is read whole or parsed on the event loop.
+TOKEN_REQUEST_BYTES = 8192
+TOKEN_REQUEST_FIELDS = 16
 
 
 class Refused(Exception):
@@ -71,6 +76,7 @@ class Ingress:
         self.settings = settings
         self.credentials = CredentialStore(runtime().redis, settings.ingress_token_ttl)
         self.cache = CheckCache(settings.ingress_auth_cache)
+        self.token_rate = TokenRateLimit(runtime().redis, settings.ingress_token_rate)
         self.allow_from = _networks(settings.ingress_allow_from)
         self.trusted_proxies = _networks(settings.ingress_trusted_proxies)
         self.metrics = IngressMetrics(settings)
@@ -108,24 +114,22 @@ class Ingress:
         return JSONResponse({"accepted": len(events), "events": events}, 202)
 
     async def token(self, request: Request) -> Response:
-        """RFC 6749 §4.4: client credentials in the form body or in Basic auth."""
+        """RFC 6749 §4.4: client credentials in Basic auth, checked before any of the body
+        is read, or in the form body, read up to a small cap."""
         try:
             self.check_source(request)
-            form = _form(await self.read_body(request), _media_type(request))
             basic = _basic(request.headers.get("authorization", ""))
-            if basic is not None:
-                client_id, secret = basic
-            else:
+            client = await self.token_client(*basic, challenge=True) if basic else None
+            body = await self.read_body(request, TOKEN_REQUEST_BYTES)
+            form = _form(body, _media_type(request))
+            if client is None:
                 client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
-            # Redis down is a 503 here too: try again later, the secret may well be right.
-            client = await self.check(
-                f"basic {client_id}:{secret}", self._by_secret, client_id, secret
-            )
-            if client is None:  # RFC 6749 §5.2: the error codes are the messages
-                challenge = {"WWW-Authenticate": 'Basic realm="prefsync"'} if basic else {}
-                raise Refused(401, "invalid_client", challenge)
+                client = await self.token_client(client_id, secret, challenge=False)
             if form.get("grant_type") != "client_credentials":
                 raise Refused(400, "unsupported_grant_type")
+            wait = await self.redis_call(self.token_rate.wait, client.client_id)
+            if wait:
+                raise Refused(429, "slow_down", {"Retry-After": str(wait)})
             token = await self.redis_call(self.credentials.issue_token, client)
         except Refused as refused:
             self.metrics.token(refused.status)
@@ -139,6 +143,15 @@ class Ingress:
             },
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
+
+    async def token_client(self, client_id: str, secret: str, challenge: bool) -> Client:
+        """The client of a token request; Refused (401) when the secret is wrong. Redis
+        down is a 503 here too: try again later, the secret may well be right."""
+        client = await self.check(f"basic {client_id}:{secret}", self._by_secret, client_id, secret)
+        if client is None:  # RFC 6749 §5.2: the error codes are the messages
+            headers = {"WWW-Authenticate": 'Basic realm="prefsync"'} if challenge else {}
+            raise Refused(401, "invalid_client", headers)
+        return client
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -223,8 +236,8 @@ class Ingress:
             retry = {"Retry-After": RETRY_AFTER}
             raise Refused(503, "credentials cannot be checked now", retry) from None
 
-    async def read_body(self, request: Request) -> bytes:
-        cap = self.settings.ingress_max_request_bytes
+    async def read_body(self, request: Request, cap: int | None = None) -> bytes:
+        cap = cap or self.settings.ingress_max_request_bytes
         too_large = Refused(413, f"the request is larger than the limit of {cap} bytes")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
@@ -330,7 +343,11 @@ def _form(body: bytes, media_type: str) -> dict[str, str]:
         if not isinstance(document, dict):
             return {}
         return {k: v for k, v in document.items() if isinstance(v, str)}
-    return {k: v[0] for k, v in parse_qs(text).items()}
+    try:
+        fields = parse_qs(text, max_num_fields=TOKEN_REQUEST_FIELDS)
+    except ValueError:
+        raise Refused(400, "invalid_request") from None
+    return {k: v[0] for k, v in fields.items()}
 
 
 def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -765,6 +765,16 @@ def test_an_updated_type_without_new_entity_is_refused() -> None:
         ),
         (
             "event.created",
+            consent_event(updated_at="9999-12-31T23:59:59-23:59"),
+            "parameters.entity.updated_at: outside the years 1 to 9999 in UTC",
+        ),
+        (
+            "event.created",
+            consent_event(created_at="0001-01-01T00:00:00+23:59"),
+            "parameters.entity.created_at: outside the years 1 to 9999 in UTC",
+        ),
+        (
+            "event.created",
             consent_event(created_at=1732094102),
             "parameters.entity.created_at: input should be a valid string",
         ),

@@ -112,6 +112,46 @@ def test_a_token_request_is_refused_per_rfc_6749(monkeypatch: pytest.MonkeyPatch
     assert (grant.status_code, grant.json()) == (400, {"error": "unsupported_grant_type"})
 
 
+def test_a_token_request_is_refused_unparsed_when_too_large_or_of_too_many_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    http, rt = serve(monkeypatch)
+    client, secret = CredentialStore(rt.redis, 3600).add("acme")
+    grant = "grant_type=client_credentials&"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    with http:
+        large = http.post("/oauth/token", content=grant + "f=x&" * 3000, headers=form)
+        many = http.post(
+            "/oauth/token",
+            content=grant + "f=x&" * 20,
+            headers={**form, "Authorization": basic(client.client_id, secret)},
+        )
+        wrong = http.post(
+            "/oauth/token",
+            content=grant + "f=x&" * 3000,
+            headers={**form, "Authorization": basic(client.client_id, "nope")},
+        )
+
+    assert large.status_code == 413
+    assert (many.status_code, many.json()) == (400, {"error": "invalid_request"})
+    # A wrong Basic credential is refused before the body is looked at.
+    assert (wrong.status_code, wrong.json()) == (401, {"error": "invalid_client"})
+
+
+def test_tokens_over_the_rate_are_a_429_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    http, rt = serve(monkeypatch, ingress_token_rate=2)
+    client, secret = CredentialStore(rt.redis, 3600).add("acme")
+    auth = {"Authorization": basic(client.client_id, secret)}
+    grant = {"grant_type": "client_credentials"}
+    with http:
+        answers = [http.post("/oauth/token", data=grant, headers=auth) for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].json() == {"error": "slow_down"}
+    assert 0 < int(answers[2].headers["retry-after"]) <= 60
+    assert len(rt.redis.keys("prefsync:ingress:token:*")) == 2
+
+
 def test_redis_refusing_the_event_is_a_503_with_retry_after(
     monkeypatch: pytest.MonkeyPatch, enqueued: Enqueued
 ) -> None:
