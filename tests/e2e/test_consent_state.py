@@ -245,6 +245,23 @@ def test_the_quickstart_examples_agree_and_state_show_explains_a_value_not_re_se
     ]
     assert "why:" not in shown.stdout
 
+    # Each file again, as the quickstart suggests: nothing is sent, and the audit says why.
+    enqueue(run_cli, prefsync_env, updated)
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 6, timeout=10)
+    enqueue(run_cli, prefsync_env, created)
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 8, timeout=10)
+    assert sorted(audited_outcomes(run_cli, prefsync_env, JANE)[4:6]) == [
+        ("braze", "skipped", "duplicate"),
+        ("sendinblue", "skipped", "duplicate"),
+    ]
+    # Braze was told the newest newsletter_frequency from it; Brevo's two properties were
+    # both set since by the user.updated (docs/operations.md, "stale").
+    assert sorted(audited_outcomes(run_cli, prefsync_env, JANE)[6:]) == [
+        ("braze", "skipped", "duplicate"),
+        ("sendinblue", "skipped", "stale"),
+    ]
+    assert len(fake.calls("braze")) + len(fake.calls("brevo")) == 4
+
     # A later user.updated says product_updates is on, in its old_entity as in its new one.
     for entity, version, at in (("old_entity", 5, "2026-11-21T18:02:44.000Z"),
                                 ("new_entity", 6, "2026-11-22T10:00:00.000Z")):  # fmt: skip
@@ -253,7 +270,7 @@ def test_the_quickstart_examples_agree_and_state_show_explains_a_value_not_re_se
             if purpose["id"] == "product_updates":
                 purpose["enabled"] = True
     enqueue(run_cli, prefsync_env, updated)
-    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 6, timeout=10)
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 10, timeout=10)
 
     shown = run_cli(prefsync_env, "state", "show", "acme", JANE)
     assert shown.returncode == 0, shown.stderr

@@ -431,3 +431,24 @@ def test_a_mapping_id_one_letter_from_a_keyword_is_refused_unless_marked_custom(
         "value": "consents_purposes_newsletter_enabled",
         "custom": True,
     }
+
+
+def test_the_worker_says_which_redis_it_connected_to_with_the_password_masked(
+    fresh_settings: pytest.MonkeyPatch,
+) -> None:
+    import fakeredis
+
+    from worker.cli import worker as worker_cli
+    from worker.infra import redis_client
+
+    fresh_settings.setenv("PREFSYNC_REDIS_URL", "redis://:hunter2@127.0.0.1:6390/0")
+    fresh_settings.setattr(redis_client, "connect", lambda *_, **__: fakeredis.FakeRedis())
+    started: list[list[str]] = []
+    fresh_settings.setattr(worker_cli.os, "execvp", lambda _, argv: started.append(argv))
+
+    result = run("worker")
+
+    assert result.exit_code == 0 and started
+    assert result.stderr.splitlines() == [
+        "Redis at redis://:***@127.0.0.1:6390/0 (PREFSYNC_REDIS_URL)"
+    ]
