@@ -11,10 +11,13 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	# setuptools warns at every editable install that a folder may shadow the package: none does.
+	PYTHONWARNINGS="ignore:Editable installation" \
+		$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
 	touch $@
 
-## run: a worker against PREFSYNC_REDIS_URL (default: Redis on localhost)
+## run: a worker against PREFSYNC_REDIS_URL (default: Redis on localhost); it prints the
+## Redis it connected to (password masked) on stderr
 run: install
 	$(BIN)/prefsync worker
 

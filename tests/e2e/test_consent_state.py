@@ -19,6 +19,7 @@ from tests.e2e.helpers import (
     braze_config,
     brevo_config,
     consent_event,
+    example,
     jsonl,
     last_braze_value,
     wait_until,
@@ -178,8 +179,9 @@ def test_state_show_and_forget(prefsync_env, fake_destinations, start_worker, ru
     forgotten = run_cli(prefsync_env, "state", "forget", "acme", "u-6", "--yes")
     assert forgotten.returncode == 0, forgotten.stderr
     after = run_cli(prefsync_env, "state", "show", "acme", "u-6")
-    assert "consents_purposes_email_optout_enabled" not in after.stdout
-    assert "nothing known" in after.stdout
+    assert after.returncode == 1
+    assert after.stdout == ""
+    assert "nothing known about 'u-6' in tenant 'acme'" in after.stderr
 
 
 def test_inputs_of_one_field_in_concurrent_messages_end_with_the_state_the_newest_give(
@@ -210,3 +212,80 @@ def test_inputs_of_one_field_in_concurrent_messages_end_with_the_state_the_newes
     )
     time.sleep(2.0)  # past any deferral: nothing may land after the newest state
     assert last_state() == expected
+
+
+JANE = "jane.doe@example.com"
+
+
+def test_the_quickstart_examples_agree_and_state_show_explains_a_value_not_re_sent(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    """The quickstart's two events leave prefsync and both destinations agreeing. A
+    user.updated that restates a value differing from what a destination was last told is
+    not re-sent (the rule): `state show` says so on the line that differs."""
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake)
+    start_worker(prefsync_env)
+    created, updated = (
+        example("events", "event-created.json"),
+        example("events", "user-updated.json"),
+    )
+    enqueue(run_cli, prefsync_env, created)
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 2, timeout=10)
+    enqueue(run_cli, prefsync_env, updated)
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 4, timeout=10)
+
+    shown = run_cli(prefsync_env, "state", "show", "acme", JANE)
+    assert shown.returncode == 0, shown.stderr
+    fed = [line.split("\t") for line in shown.stdout.splitlines() if line.startswith("connector ")]
+    assert [line[2:4] for line in fed] == [
+        ['now "unsubscribed"', 'last delivered "unsubscribed"'],  # the product_updates group
+        ['now "unsubscribed"', 'last delivered "unsubscribed"'],  # email_subscribe
+        ["now true", "last delivered true"],  # Brevo's emailBlacklisted
+    ]
+    assert "why:" not in shown.stdout
+
+    # Each file again, as the quickstart suggests: nothing is sent, and the audit says why.
+    enqueue(run_cli, prefsync_env, updated)
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 6, timeout=10)
+    enqueue(run_cli, prefsync_env, created)
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 8, timeout=10)
+    assert sorted(audited_outcomes(run_cli, prefsync_env, JANE)[4:6]) == [
+        ("braze", "skipped", "duplicate"),
+        ("sendinblue", "skipped", "duplicate"),
+    ]
+    # Braze was told the newest newsletter_frequency from it; Brevo's two properties were
+    # both set since by the user.updated (docs/operations.md, "stale").
+    assert sorted(audited_outcomes(run_cli, prefsync_env, JANE)[6:]) == [
+        ("braze", "skipped", "duplicate"),
+        ("sendinblue", "skipped", "stale"),
+    ]
+    assert len(fake.calls("braze")) + len(fake.calls("brevo")) == 4
+
+    # A later user.updated says product_updates is on, in its old_entity as in its new one.
+    for entity, version, at in (("old_entity", 5, "2026-11-21T18:02:44.000Z"),
+                                ("new_entity", 6, "2026-11-22T10:00:00.000Z")):  # fmt: skip
+        updated["parameters"][entity].update(version=version, updated_at=at)
+        for purpose in updated["parameters"][entity]["consents"]["purposes"]:
+            if purpose["id"] == "product_updates":
+                purpose["enabled"] = True
+    enqueue(run_cli, prefsync_env, updated)
+    wait_until(lambda: len(audited_outcomes(run_cli, prefsync_env, JANE)) == 10, timeout=10)
+
+    shown = run_cli(prefsync_env, "state", "show", "acme", JANE)
+    assert shown.returncode == 0, shown.stderr
+    group = next(line for line in shown.stdout.splitlines() if "7c0b8f2e" in line)
+    assert group.split("\t")[2:4] == ['now "subscribed"', 'last delivered "unsubscribed"']
+    assert "prefsync does not re-send an unchanged value" in group
+    # Nothing reached Braze for it: the destination keeps what it was last told.
+    assert all(
+        obj.get("subscription_groups") is None for obj in braze_attributes(fake.calls("braze"))[1:]
+    )
+
+    unknown = run_cli(prefsync_env, "state", "show", "acme", "nobody@example.com")
+    assert unknown.returncode == 1
+    assert unknown.stdout == ""
+    assert unknown.stderr.strip().endswith(
+        "error: nothing known about 'nobody@example.com' in tenant 'acme': no event of theirs "
+        "was delivered (USER is the organization_user_id; see `prefsync audit`)"
+    )

@@ -146,3 +146,35 @@ def test_the_slugs_are_githubs() -> None:
     assert slug("The ingress (`python -m bench.ingress`)") == "the-ingress-python--m-benchingress"
     assert slug("A person's state") == "a-persons-state"
     assert slug("Brevo (Sendinblue)") == "brevo-sendinblue"
+
+
+#: A repository path a page or a message names: `examples/...json`, `tests/fakes/x.py`...
+NAMED_FILE = re.compile(
+    r"(?<![\w./-])((?:examples|tests|worker|bench|docs|\.ci)/[\w./-]*\w\.(?:py|json|md|env|lua))\b"
+)
+#: Words that date a page: true the day they were written, wrong a release later.
+SELF_DATING = re.compile(
+    r"\b(?:this|the previous|an older|the older) release\b|\brelease before\b|\(was [\d.]+\)"
+    r"|\bis planned\b|\bcoming soon\b",
+    re.I,
+)
+
+
+def test_every_repository_file_a_page_or_message_names_exists() -> None:
+    missing = []
+    for path in [*markdown_pages(), *sorted((ROOT / "worker").rglob("*.py"))]:
+        for number, line in lines_of(path):
+            for name in NAMED_FILE.findall(line):
+                if not (ROOT / name).exists() and not any(ch in name for ch in "*{<"):
+                    missing.append(f"{where(path, number, line)} [{name}]")
+    assert missing == [], "a file that does not exist:\n" + "\n".join(missing)
+
+
+def test_no_page_dates_itself() -> None:
+    found = [
+        where(page, number, line)
+        for page in markdown_pages()
+        for number, line in lines_of(page)
+        if SELF_DATING.search(line)
+    ]
+    assert found == [], "say what is, not when it changed:\n" + "\n".join(found)

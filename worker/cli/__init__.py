@@ -56,7 +56,11 @@ def main() -> None:
     """prefsync: carries consent and preference changes to Braze and Brevo (Sendinblue).
 
     Settings come from PREFSYNC_* environment variables (see docs/operations.md).
+    Results go to stdout (JSON, tables, ids), warnings and errors to stderr.
     """
+    from worker.infra.logging import warnings_to_stderr
+
+    warnings_to_stderr()
 
 
 for command in (

@@ -29,7 +29,7 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
     raw = read_json(file)
     try:
         config = parse_config(
-            raw, connector_id=connector_id, allow_hosts=get_settings().allow_hosts
+            raw, connector_id=connector_id, allow_hosts=get_settings().allow_hosts, storing=True
         )
     except InvalidConfig as exc:
         fail(f"config refused: {exc}", 1)

@@ -21,13 +21,15 @@ if TYPE_CHECKING:
 
 def _redis_answers() -> Settings:
     """The settings, once the Redis they name answers (exit 2 with the reason otherwise)."""
-    from worker.infra.redis_client import connect
+    from worker.infra.redis_client import connect, redacted_url
 
     settings = get_settings()
     try:
         connect(settings, socket_connect_timeout=3).ping()
     except redis.exceptions.RedisError as exc:
         fail(redis_help(settings.redis_url, exc))
+    # Another Redis on the default port would otherwise be used without a word.
+    click.echo(f"Redis at {redacted_url(settings.redis_url)} (PREFSYNC_REDIS_URL)", err=True)
     return settings
 
 

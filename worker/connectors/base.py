@@ -314,6 +314,9 @@ class Connector(ABC):
     type_id: ClassVar[str]
     #: other names accepted for ``type_id`` in configs (e.g. "brevo")
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: the mapping ids with a meaning of their own (those ``feed`` knows by name): a new
+    #: config's id a letter or two away from one is refused as a likely typo
+    keywords: ClassVar[tuple[str, ...]] = ()
     #: credentials and destination options; validated when a config is stored
     options_model: ClassVar[type[BaseModel]]
     #: calls per second per account unless PREFSYNC_RATE_LIMITS says otherwise

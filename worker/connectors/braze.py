@@ -187,8 +187,16 @@ def rest_endpoint(server: str, allow_hosts: Collection[str] = ()) -> str:
         return f"{scheme}://{host}:{port}"
 
     _refuse_other_braze_host(host)
+    if port is not None and (scheme != "https" or host not in _REST_HOSTS):
+        # A local stack's look-alike, most likely: the setting that lets one through.
+        raise ValueError(
+            f"must use https:// and must not name a port, unless PREFSYNC_ALLOW_HOSTS lists "
+            f"{host}:{port} (set it for the prefsync command and the worker alike)"
+        )
     if scheme != "https":
-        raise ValueError("must use https://")
+        raise ValueError(
+            "must use https:// (only a host:port listed in PREFSYNC_ALLOW_HOSTS may use http://)"
+        )
     if port is not None:
         raise ValueError("must not name a port")
     if extra:
@@ -282,6 +290,8 @@ class BrazeConnector(Connector):
         return Quota(
             int(limit) if limit else None, int(remaining), max(reset - self.settings.clock(), 0.0)
         )
+
+    keywords = tuple(_STATE_FEEDS)
 
     def mapping_problem(self, mapping_id: str) -> str | None:
         hint = _RESERVED.get(mapping_id.lower())

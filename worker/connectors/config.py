@@ -72,6 +72,7 @@ def parse_config(
     connector_id: str | None = None,
     allow_hosts: tuple[str, ...] = (),
     connectors: dict[str, Connector] = CONNECTORS,
+    storing: bool = False,
 ) -> ConnectorConfig:
     """Validate a config in either shape and normalise it.
 
@@ -79,7 +80,9 @@ def parse_config(
     field name, a CLI argument). ``allow_hosts`` are the extra ``host:port`` destinations
     an operator allowed (PREFSYNC_ALLOW_HOSTS). ``connectors`` (by canonical type id) holds
     the connector the config gets: the process's own (``worker.connectors.connectors``)
-    when it delivers. Raises ``InvalidConfig`` with one line per problem, each naming its
+    when it delivers. ``storing``: the config is about to be stored, so a mapping id that
+    looks like a keyword without being one is refused too (a config already stored is
+    still read). Raises ``InvalidConfig`` with one line per problem, each naming its
     field; no line ever holds a credential.
     """
     if not isinstance(raw, dict):
@@ -96,6 +99,9 @@ def parse_config(
     shape = _Shape.of(raw, problems)
     options = _options(connector, shape, allow_hosts, problems)
     mappings = _mappings(connector, shape.mappings, shape.mappings_path, problems)
+    for index, mapping in enumerate(mappings):
+        if problem := _keyword_problem(connector, mapping, storing):
+            problems.append(f"{shape.mappings_path}[{index}].id: {problem}")
     common_input = {
         key: raw[key]
         for key in ("enabled", "upsert_mode", "on_user_deleted", "regulations")
@@ -253,6 +259,42 @@ def _mappings(
             first_index[key] = index
         mappings.append(mapping)
     return tuple(mappings)
+
+
+def _keyword_problem(connector: Connector, mapping: Mapping, storing: bool) -> str | None:
+    """Why a mapping id is refused: a keyword marked ``custom``, or, in a config being
+    stored, a likely typo of a keyword (``OPTED_IM``, ``UNSUBSCRIBE``: it would quietly
+    become a custom attribute while the person's subscription stays as it was)."""
+    fed = connector.feed(mapping.id)
+    if mapping.custom:
+        if fed is None:
+            return None
+        return (
+            f"{mapping.id!r} feeds {fed.field}, it cannot be a custom attribute: "
+            'remove "custom": true'
+        )
+    if fed is not None or not storing:
+        return None
+    near = [kw for kw in connector.keywords if _distance(mapping.id.upper(), kw) <= 2]
+    if not near:
+        return None
+    return (
+        f"{mapping.id!r} is not a keyword: did you mean {near[0]!r}? "
+        f'If it is a custom attribute of that name, add "custom": true to the mapping'
+    )
+
+
+def _distance(a: str, b: str) -> int:
+    """Edits (insert, delete, replace a character) that turn ``a`` into ``b``."""
+    row = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, char_b in enumerate(b, 1):
+            previous, row[j] = (
+                row[j],
+                min(row[j] + 1, row[j - 1] + 1, previous + (char_a != char_b)),
+            )
+    return row[-1]
 
 
 def _written(loc: Location, start: str = "") -> str:

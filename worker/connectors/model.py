@@ -30,6 +30,9 @@ class Mapping(BaseModel):
 
     id: str = Field(min_length=1)
     value: str = Field(min_length=1)
+    #: the id is a custom attribute even though it looks like a keyword (OPTED_IM…): a
+    #: config is otherwise refused with the keyword it likely meant (docs/mappings.md)
+    custom: bool = False
 
 
 Regulation = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1)]
@@ -132,5 +135,5 @@ class ConnectorConfig(_Common):
             "regulations": list(self.regulations),
             "authentication": authentication,
             "properties": properties,
-            "mappings": [mapping.model_dump() for mapping in self.mappings],
+            "mappings": [mapping.model_dump(exclude_defaults=True) for mapping in self.mappings],
         }

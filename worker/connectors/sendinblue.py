@@ -162,6 +162,8 @@ class SendinblueConnector(Connector):
         limit = header_number(headers, "x-sib-ratelimit-limit")
         return Quota(int(limit) if limit else None, int(remaining), reset_in)
 
+    keywords = tuple(_BLOCKLISTS)
+
     def mapping_problem(self, mapping_id: str) -> str | None:
         hint = _RESERVED.get(mapping_id.upper())
         if hint is None:

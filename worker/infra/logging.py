@@ -114,6 +114,25 @@ def uses_console(settings: Settings) -> bool:
     )
 
 
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    # Looked up at each line: a test runner swaps sys.stderr.
+    return structlog.PrintLogger(sys.stderr)
+
+
+def warnings_to_stderr() -> None:
+    """Before ``configure``, structlog prints to stdout, where a command writes its JSON or
+    table: a warning there breaks ``prefsync connectors show … | python3 -m json.tool``.
+    Send those lines to stderr instead, as console text."""
+    if not structlog.is_configured():
+        structlog.configure(
+            logger_factory=_stderr_logger,
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+        )
+
+
 def configure(settings: Settings, level: int | str | None = None) -> None:
     """Route structlog and the standard library (Celery, kombu) through one pipeline, at
     ``level`` (default: PREFSYNC_LOG_LEVEL)."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import logging
 import math
+import os
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -16,6 +20,12 @@ from worker.core.errors import PrefsyncError
 from worker.core.validation import Location, describe
 
 DEFAULT_RETRY_COUNTDOWNS = (10.0, 30.0, 60.0, 90.0, 110.0)
+# The levels both Python's logging and Celery's -l accept.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# What PREFSYNC_REDIS_URL may start with (one sentinel:// part per Sentinel, joined by ";").
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+# PREFSYNC_* variables that are not settings: the test suite's own switches.
+NOT_SETTINGS = frozenset({"PREFSYNC_CHAOS", "PREFSYNC_SOAK_FAULTS"})
 # The soft time limit comes this long before the hard one: time to write the retry.
 SOFT_LIMIT_LEAD = 5
 # The least time a task must have left, after one HTTP call, to wait for Redis before its
@@ -85,7 +95,7 @@ class Settings(BaseSettings):
     # People's ids in log lines: the keyed hash `prefsync audit --user` shows, left out, or
     # as they are (for a developer's machine).
     log_user_ids: Literal["plain", "hash", "omit"] = "hash"
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # one of LOG_LEVELS, in any case
     # The HTTP ingress (worker/ingress, docs/ingress.md).
     # Source addresses allowed to call /webhooks and /oauth/token (CIDRs); empty: any.
     ingress_allow_from: Annotated[tuple[str, ...], NoDecode] = ()
@@ -164,6 +174,28 @@ class Settings(BaseSettings):
                     ) from None
         return keys
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        # Refused here, by name, rather than by Celery's usage text about its -l option.
+        if level.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, not {level.strip()!r}")
+        return level.strip().upper()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        # A typo such as redis:/host would otherwise end in a traceback of redis-py's. Only
+        # the scheme is quoted: the rest may hold a password.
+        for part in url.strip().split(";"):
+            if not part.startswith(REDIS_SCHEMES):
+                scheme = re.match(r"[^/@:]{0,12}:?/*", part)[0]  # type: ignore[index]
+                raise ValueError(
+                    f"must start with {', '.join(REDIS_SCHEMES)} (it starts {scheme!r}), "
+                    "for example redis://localhost:6379/0"
+                )
+        return url.strip()
+
     @field_validator("retry_countdowns")
     @classmethod
     def _positive_countdowns(cls, countdowns: tuple[float, ...]) -> tuple[float, ...]:
@@ -240,13 +272,31 @@ class InvalidSettings(PrefsyncError):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise InvalidSettings("; ".join(describe(exc, _variable, _message))) from None
     except SettingsError as exc:  # a JSON setting that is not JSON
         field = re.search(r'field "(\w+)"', str(exc))
         name = f"PREFSYNC_{field[1].upper()}" if field else "a PREFSYNC_* variable"
         raise InvalidSettings(f"{name}: not valid JSON") from None
+    for warning in unknown_variables(os.environ):
+        # Standard logging: before logging is configured it still goes to stderr.
+        logging.getLogger("prefsync.settings").warning(warning)
+    return settings
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per PREFSYNC_* variable that is no setting (a misspelt one is otherwise
+    silently ignored), naming the nearest setting."""
+    known = [f"PREFSYNC_{name.upper()}" for name in Settings.model_fields]
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith("PREFSYNC_") or name in known or name in NOT_SETTINGS:
+            continue
+        nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        hint = f"did you mean {nearest[0]}?" if nearest else "see docs/operations.md"
+        lines.append(f"{name} is not a prefsync setting and is ignored: {hint}")
+    return lines
 
 
 # A setting named in a message is named as the user sets it.

@@ -316,6 +316,17 @@ class StateStore:
         found = self.previous.delivered(tenant, connector_id, person)
         return found | delivered_to(self._read(tenant, person), connector_id)
 
+    def ended_sources(self, tenant: str, connector_id: str, user: str) -> set[str]:
+        """The properties whose newest value came from an event that ended for this
+        connector (sent, or found unchanged there): for ``prefsync state show``."""
+        found = self._read(tenant, self.person(user))
+        told = found["t"].get(connector_id) or {}
+        return {
+            name
+            for name, entry in found["p"].items()
+            if told.get(name) == self._ref(Known.of(*entry).event_key)[:REF]
+        }
+
     def forget(self, tenant: str, user: str, connector_ids: Iterable[str]) -> int:
         """Drop what prefsync believes about a user (every property's newest value and
         the derived fields delivered to each connector); how many records there were.

@@ -4,15 +4,18 @@ the output), enqueue's per-event errors, and the dead-letter commands."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from click.testing import CliRunner, Result
 
 from tests.unit.test_producer import broker
 from worker.cli import main
 from worker.delivery.runtime import Runtime
+from worker.infra.settings import get_settings
 from worker.queue import tasks
 from worker.records.deadletter import Attempt
 
@@ -310,3 +313,142 @@ def test_a_redis_that_refuses_us_is_named_as_such(url: str, error: str, said: st
     assert "hunter2" not in described
     refused = redis.exceptions.ConnectionError("Error 111 connecting to db:6379. Refused.")
     assert problem(url, refused) is None  # "nothing answers", said by the caller
+
+
+# -- what goes where: results on stdout, warnings and errors on stderr ------------------
+
+
+@pytest.fixture
+def unconfigured_logging() -> Iterator[None]:
+    """structlog as a fresh `prefsync` process finds it (another test may configure it)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """The CLI reads PREFSYNC_* again: set them on the returned monkeypatch."""
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+def test_json_on_stdout_parses_while_the_dev_key_warning_goes_to_stderr(
+    rt: Runtime, unconfigured_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PREFSYNC_SECRET_KEYS", raising=False)
+    assert run("connectors", "put", "acme", "-", input=json.dumps(braze_config())).exit_code == 0
+    for cached in ("sealer", "configs"):  # a new process: the key is read, and warned about
+        rt.__dict__.pop(cached, None)
+
+    shown = run("connectors", "show", "acme", "braze")
+
+    assert shown.exit_code == 0
+    assert json.loads(shown.stdout)["id"] == "braze"
+    assert shown.stderr.count("PREFSYNC_SECRET_KEYS is not set") == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "PREFSYNC_LOG_LEVEL",
+            "verbose",
+            "error: PREFSYNC_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, "
+            "not 'verbose'",
+        ),
+        (
+            "PREFSYNC_REDIS_URL",
+            "redis:/:hunter2@localhost:6379/0",
+            "error: PREFSYNC_REDIS_URL: must start with redis://, rediss://, unix://, "
+            "sentinel:// (it starts 'redis:/'), for example redis://localhost:6379/0",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", [["worker"], ["stats"], ["connectors", "list", "acme"]])
+def test_a_bad_setting_is_one_line_naming_it_before_anything_starts(
+    fresh_settings: pytest.MonkeyPatch, variable: str, value: str, line: str, command: list[str]
+) -> None:
+    fresh_settings.setenv(variable, value)
+
+    result = run(*command)
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [line]
+    assert "hunter2" not in result.stderr
+
+
+def test_a_misspelt_setting_is_warned_on_stderr_with_the_nearest_one(
+    rt: Runtime, fresh_settings: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh_settings.setenv("PREFSYNC_AUDIT_MAXLN", "1000")
+
+    result = run("connectors", "put", "acme", "-", input=json.dumps(braze_config()))
+
+    assert result.exit_code == 0
+    assert "MAXLN" not in result.stdout
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+        "PREFSYNC_AUDIT_MAXLN is not a prefsync setting and is ignored: did you mean "
+        "PREFSYNC_AUDIT_MAXLEN?"
+    ]
+
+
+def test_a_local_http_server_is_refused_naming_prefsync_allow_hosts(rt: Runtime) -> None:
+    config = braze_config()
+    config["authentication"]["server"] = "http://127.0.0.1:8080"
+
+    result = run("connectors", "put", "acme", "-", input=json.dumps(config))
+
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "error: config refused: authentication.server: must use https:// and must not name a "
+        "port, unless PREFSYNC_ALLOW_HOSTS lists 127.0.0.1:8080 (set it for the prefsync "
+        "command and the worker alike)"
+    ]
+
+
+def test_a_mapping_id_one_letter_from_a_keyword_is_refused_unless_marked_custom(
+    rt: Runtime,
+) -> None:
+    config = braze_config()
+    config["mappings"][0]["id"] = "OPTED_IM"
+
+    refused = run("connectors", "put", "acme", "-", input=json.dumps(config))
+    config["mappings"][0]["custom"] = True
+    stored = run("connectors", "put", "acme", "-", input=json.dumps(config))
+
+    assert refused.exit_code == 1
+    assert refused.stderr.splitlines() == [
+        "error: config refused: mappings[0].id: 'OPTED_IM' is not a keyword: did you mean "
+        "'OPTED_IN'? If it is a custom attribute of that name, add \"custom\": true to the "
+        "mapping"
+    ]
+    assert stored.exit_code == 0
+    assert json.loads(run("connectors", "show", "acme", "braze").stdout)["mappings"][0] == {
+        "id": "OPTED_IM",
+        "value": "consents_purposes_newsletter_enabled",
+        "custom": True,
+    }
+
+
+def test_the_worker_says_which_redis_it_connected_to_with_the_password_masked(
+    fresh_settings: pytest.MonkeyPatch,
+) -> None:
+    import fakeredis
+
+    from worker.cli import worker as worker_cli
+    from worker.infra import redis_client
+
+    fresh_settings.setenv("PREFSYNC_REDIS_URL", "redis://:hunter2@127.0.0.1:6390/0")
+    fresh_settings.setattr(redis_client, "connect", lambda *_, **__: fakeredis.FakeRedis())
+    started: list[list[str]] = []
+    fresh_settings.setattr(worker_cli.os, "execvp", lambda _, argv: started.append(argv))
+
+    result = run("worker")
+
+    assert result.exit_code == 0 and started
+    assert result.stderr.splitlines() == [
+        "Redis at redis://:***@127.0.0.1:6390/0 (PREFSYNC_REDIS_URL)"
+    ]

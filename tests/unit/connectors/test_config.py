@@ -422,6 +422,8 @@ def test_braze_server_accepted_and_normalised(server: str, endpoint: str) -> Non
         ("https://10.0.0.1", "must be a Braze REST endpoint, not an IP address"),
         ("https://[::1]", "must be a Braze REST endpoint, not an IP address"),
         ("https://127.0.0.1:8080", "must not name a port"),
+        ("http://127.0.0.1:8080", "unless PREFSYNC_ALLOW_HOSTS lists 127.0.0.1:8080"),
+        ("http://rest.iad-01.braze.com", "only a host:port listed in PREFSYNC_ALLOW_HOSTS"),
         ("US-09", "unknown Braze instance 'US-09'"),
         ("rest.iad-01.braze.com/users", "must be a Braze REST endpoint"),
         ("", "is not a Braze REST endpoint"),

@@ -251,3 +251,59 @@ def test_events_for_a_stored_config_that_no_longer_validates_are_dead_lettered_u
     )
     [error] = [log for log in logs if log["event"] == "dead-lettered"]
     assert (error["log_level"], error["connector_id"]) == ("error", connector_id)
+
+
+# -- ids that look like a keyword ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "meant"),
+    [
+        (braze({"id": "OPTED_IM", "value": PROPERTY}), "OPTED_IN"),
+        (braze({"id": "UNSUBSCRIBE", "value": PROPERTY}), "UNSUBSCRIBED"),
+        (braze({"id": "push_opted_on", "value": PROPERTY}), "PUSH_OPTED_IN"),
+        (
+            brevo({"id": "EMAIL_CAMPAIGN_SUBSCRIBED", "value": PROPERTY}),
+            "EMAIL_CAMPAIGNS_SUBSCRIBED",
+        ),
+    ],
+)
+def test_a_new_mapping_id_a_letter_or_two_from_a_keyword_is_refused_with_the_keyword(
+    config: dict[str, Any], meant: str
+) -> None:
+    path = "mappings" if "mappings" in config else "config.properties"
+    mapping_id = (config.get("mappings") or config["config"]["properties"])[0]["id"]
+    with pytest.raises(InvalidConfig) as refused:
+        parse_config(config, storing=True)
+
+    assert str(refused.value) == (
+        f"{path}[0].id: {mapping_id!r} is not a keyword: did you mean "
+        f'{meant!r}? If it is a custom attribute of that name, add "custom": true to the '
+        "mapping"
+    )
+    # A config stored before the check is still read (and delivered) as it was.
+    assert parse_config(config).mappings[0].id == mapping_id
+
+
+def test_custom_true_keeps_a_look_alike_id_as_a_custom_attribute_and_survives_storing() -> None:
+    config = parse_config(
+        braze({"id": "OPTED_IM", "value": PROPERTY, "custom": True}), storing=True
+    )
+
+    assert config.connector.feed("OPTED_IM") is None
+    assert config.to_stored()["mappings"] == [{"id": "OPTED_IM", "value": PROPERTY, "custom": True}]
+    assert parse_config(config.to_stored(), storing=True).mappings == config.mappings
+
+
+def test_custom_true_on_a_keyword_is_refused() -> None:
+    with pytest.raises(InvalidConfig, match=r"'OPTED_IN' feeds email_subscribe, it cannot be a "):
+        parse_config(braze({"id": "OPTED_IN", "value": PROPERTY, "custom": True}))
+
+
+@pytest.mark.parametrize(
+    "mapping_id", ["OPTED_IN", "opted_in", "newsletter_frequency", "OPTED_IN_AT", "plan"]
+)
+def test_keywords_in_any_case_and_ordinary_custom_attributes_are_stored(mapping_id: str) -> None:
+    stored = parse_config(braze({"id": mapping_id, "value": PROPERTY}), storing=True)
+
+    assert stored.to_stored()["mappings"] == [{"id": mapping_id, "value": PROPERTY}]

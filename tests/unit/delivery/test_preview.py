@@ -262,7 +262,8 @@ def test_user_updated_previews_only_what_changed(both: Runtime, tmp_path: Path) 
 
     assert result.exit_code == 0, result.output
     braze, brevo = parse_text(result.stdout)
-    # product_updates stayed true: neither its property nor its subscription group appears.
+    # product_updates stayed false (as event-created.json set it): neither its property nor
+    # its subscription group appears.
     assert braze["properties"] == {
         "consents_purposes_newsletter_enabled": False,
         "consents_purposes_email_optout_enabled": True,
