@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # takes effect within this many seconds, and a busy ingress reads Redis once per
     # credential per period instead of once per webhook.
     ingress_auth_cache: float = Field(1.0, ge=0)
+    # The key access tokens are signed with (with each credential's secret hash), kept out
+    # of Redis: unset, whoever reads Redis (a backup) could make tokens.
+    ingress_token_key: SecretStr | None = None
     # Outcome counters by tenant as well, in /metrics (prefsync_tenant_outcomes_total): one
     # series per tenant and outcome, so for a few tenants only. Set it for the workers
     # (they record) and the ingress (it shows).
