@@ -36,12 +36,14 @@ _ASIDE = "-move -copy -scan -randomkey -object -dump -rename -renamenx"
 # adds, or reads a count or a credential.
 _PRODUCER = (
     "(~celery* +lpush +llen)",  # publish (kombu: one LPUSH); queue depths for /metrics
-    "(~_kombu.binding.* +smembers +sadd)",  # kombu's routing table, read at publish
+    # kombu's routing table, read at publish; a queue declared adds itself (SADD).
+    "(~_kombu.binding.* ~_kombu.binding_permanent.* +smembers +sadd)",
     "(%W~prefsync:outbox +hsetnx)",  # the outbox: an entry is added, never changed
     "(~prefsync:outbox:due +zadd %R~prefsync:outbox:due +zcard +zcount +zrange)",
     "(%W~prefsync:bulk:* +rpush)",  # a bulk load parked (worker.records.feeder)
     "(%W~prefsync:bulk:tenants +zadd)",
     "(%R~prefsync:ingress:clients +hget)",  # the ingress checks a credential
+    "(%R~prefsync:ingress:token:* +get)",  # a token the release before stored
     # The ingress's /metrics: the workers' counters and the dead letters' count and size.
     "(%R~prefsync:metrics:* +hgetall)",
     "(%R~prefsync:deadletters:order +zcard)",
@@ -60,11 +62,14 @@ def _everyone(db: int) -> str:
 def rules(db: int = 0) -> dict[str, str]:
     """Each component's ACL rules (before ``_everyone``'s), for a deployment in database
     ``db``."""
-    events = f"&/{db}.celeryev*"  # kombu's fanout channels carry the database's number
+    # kombu's fanout channels carry the database's number. A pattern subscription
+    # (kombu's, to remote control) must name an allowed pattern as it is.
+    events = f"&/{db}.celeryev*"
+    channels = f"&/{db}.* &/{db}.celery.pidbox"
     full = f"+@all -@dangerous -@scripting +fcall +fcall_ro +info {_ASIDE}"
     return {
-        "worker": f"~* &/{db}.* {full}",
-        "admin": f"~* &/{db}.* {full} +scan +function|load +function|list +function|delete",
+        "worker": f"~* {channels} {full}",
+        "admin": f"~* {channels} {full} +scan +function|load +function|list +function|delete",
         "producer": (
             f"{events} -@all +@connection -@dangerous +multi +exec +discard +time +publish "
             + " ".join(_PRODUCER)
