@@ -206,6 +206,8 @@ def run(workdir: Path, redis_binary: str) -> None:
                 PREFSYNC_LOG_FORMAT="json",
                 PYTHONUNBUFFERED="1",
             )
+            # As a deployment does before its workers start (docs/security.md).
+            print(cli(env, "redis-acl", "--load-functions"), end="")
             worker_log = workdir / "worker.log"
             worker = spawn(started, "worker", WORKER, worker_log, env)
             wait_for_log(worker, worker_log, " ready.", "the worker")

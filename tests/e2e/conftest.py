@@ -23,6 +23,7 @@ import redis
 
 from tests.e2e.helpers import free_port, tail, wait_until
 from tests.fakes.destinations import FakeDestinations
+from worker.records import scripts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_DIR = Path(__file__).resolve().parent
@@ -166,6 +167,9 @@ def redis_server(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
     directory.mkdir()
     server = RedisServer(redis_binary, free_port(), directory)
     server.start()
+    # As a deployment does (docs/security.md): the workers then run prefsync's scripts as
+    # functions (FCALL). Not kept over a restart without persistence: then EVALSHA.
+    scripts.load(server.client())
     yield server
     try:
         if server.running:
