@@ -157,6 +157,8 @@ def run(workdir: Path) -> None:
                 PREFSYNC_LOG_FORMAT="json",
                 PYTHONUNBUFFERED="1",
             )
+            # As a deployment does before its workers start (docs/security.md).
+            print(cli(env, "redis-acl", "--load-functions"), end="")
             worker_log = workdir / "worker.log"
             worker = start_worker("worker", worker_command(), env, worker_log, TIMEOUT)
             started(processes, "worker", worker)

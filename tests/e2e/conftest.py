@@ -24,6 +24,7 @@ from tests.processes import Ingress, Process, RedisServer, free_port, worker_com
 from tests.processes import run_cli as run_prefsync
 from tests.processes import start_ingress as start_ingress_process
 from tests.processes import start_worker as start_worker_process
+from worker.records import scripts
 
 E2E_DIR = Path(__file__).resolve().parent
 WORKER_READY_TIMEOUT = 30.0
@@ -57,6 +58,9 @@ def redis_server(redis_binary: str, tmp_path: Path) -> Iterator[RedisServer]:
     directory.mkdir()
     server = RedisServer(redis_binary, free_port(), directory)
     server.start()
+    # As a deployment does (docs/security.md): the workers then run prefsync's scripts as
+    # functions (FCALL). Not kept over a restart without persistence: then EVALSHA.
+    scripts.load(server.client())
     yield server
     try:
         if server.running:

@@ -28,8 +28,11 @@ from worker.infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {
-    "redis-acl", "redis", "worker", "worker-brevo", "ingress", "flower", "fake-destinations"
+    "redis-acl", "redis", "admin", "worker", "worker-brevo", "ingress", "flower",
+    "fake-destinations",
 }  # fmt: skip
+# Services that do one thing and exit: the ACL file, prefsync's functions loaded.
+ONE_SHOT = {"redis-acl", "admin"}
 # Each component's Redis user (worker.infra.redis_acl) and the service that uses it.
 USERS = {"worker": "worker", "worker-brevo": "worker", "ingress": "producer", "flower": "flower"}
 OBSERVABILITY = {"prometheus", "grafana"}  # profile "observability"
@@ -122,7 +125,7 @@ def test_the_services_exist(services: dict[str, Any]) -> None:
 
 def test_every_service_restarts_by_itself(services: dict[str, Any]) -> None:
     for name, service in services.items():
-        if name == "redis-acl":  # writes the ACL file once, then exits
+        if name in ONE_SHOT:
             assert service.get("restart") == "no"
             continue
         assert service.get("restart") in ("always", "unless-stopped", "on-failure"), name
@@ -130,8 +133,20 @@ def test_every_service_restarts_by_itself(services: dict[str, Any]) -> None:
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
     for name, service in services.items():
-        if name != "redis-acl":
+        if name not in ONE_SHOT:
             assert service.get("healthcheck"), name
+
+
+def test_the_admin_loads_prefsyncs_functions_before_the_workers_start(
+    services: dict[str, Any],
+) -> None:
+    admin = services["admin"]
+    assert argv(admin) == ["prefsync", "redis-acl", "--load-functions"]
+    assert environment(admin)["PREFSYNC_REDIS_URL"].startswith("redis://admin:")
+    assert admin["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name in ("worker", "worker-brevo"):
+        condition = services[name]["depends_on"]["admin"]["condition"]
+        assert condition == "service_completed_successfully"
 
 
 def test_redis_keeps_every_message_within_a_memory_bound_and_knows_only_its_acl_users(

@@ -62,33 +62,7 @@ import redis
 from worker.connectors.base import BaseTransport, HttpRequest, HttpResponse, Quota
 from worker.core.errors import Deferred
 from worker.core.retries import clock
-
-# Reserves the next free slot if it is at most ARGV[3] seconds away. Returns {1, slot}, or
-# {0, slot} when it is further away (nothing is reserved then). The slot is a string: Redis
-# would truncate a Lua number to an integer.
-_TAKE = """
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-local slot = math.max(tat, now)
-if slot - now > tonumber(ARGV[3]) then return {0, string.format('%.6f', slot)} end
-local next_tat = slot + interval
-redis.call('SET', KEYS[1], string.format('%.6f', next_tat),
-           'PX', math.ceil((next_tat - now) * 1000) + 1000)
-return {1, string.format('%.6f', slot)}
-"""
-
-# Moves the next free slot to at least ``now + ARGV[2]`` seconds.
-_HOLD = """
-local now = tonumber(ARGV[1])
-local until_at = now + tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if until_at > tat then
-  redis.call('SET', KEYS[1], string.format('%.6f', until_at),
-             'PX', math.ceil((until_at - now) * 1000) + 1000)
-end
-return 1
-"""
+from worker.records.scripts import Scripts
 
 # Seconds per second of slots kept free for calls arriving late (see above).
 MARGIN = 0.05
@@ -117,13 +91,13 @@ class Pacer:
         # A reset hours away (Brevo's hourly quota, a garbled header) must not stall an
         # account's consent changes that long: hold at most this, then ask again.
         self.max_hold = max_hold
-        self._take = client.register_script(_TAKE)
-        self._hold = client.register_script(_HOLD)
+        # lua/pace_take.lua reserves a slot, lua/pace_hold.lua pushes the next one out.
+        self.scripts = Scripts(client)
 
     def take(self, bucket: str, rate: float, within: float) -> Slot:
         """Reserve the next free slot for one call if it is at most ``within`` seconds
         away. ``rate`` is in calls per second."""
-        taken, at = self._take(keys=[bucket], args=[clock(), (1 + MARGIN) / rate, within])
+        taken, at = self.scripts.run("pace_take", [bucket], [clock(), (1 + MARGIN) / rate, within])
         return Slot(taken == 1, float(at))
 
     def slow_down(self, bucket: str, quota: Quota, *, refused: bool) -> None:
@@ -134,7 +108,7 @@ class Pacer:
         if quota.reset_in <= GRAIN and not refused:
             return
         hold = quota.reset_in / (max(quota.remaining, 0) + 1)
-        self._hold(keys=[bucket], args=[clock(), min(hold, self.max_hold)])
+        self.scripts.run("pace_hold", [bucket], [clock(), min(hold, self.max_hold)])
 
 
 class PacedTransport(BaseTransport):

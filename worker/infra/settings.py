@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     # those from one address (PREFSYNC_INGRESS_TRUSTED_PROXIES excepted); more are closed.
     ingress_max_connections: int = Field(1000, gt=0)
     ingress_max_connections_per_address: int = Field(100, gt=0)
+    # The key access tokens are signed with (with each credential's secret hash), kept out
+    # of Redis: unset, whoever reads Redis (a backup) could make tokens.
+    ingress_token_key: SecretStr | None = None
     # Outcome counters by tenant as well, in /metrics (prefsync_tenant_outcomes_total): one
     # series per tenant and outcome, so for a few tenants only. Set it for the workers
     # (they record) and the ingress (it shows).

@@ -74,7 +74,12 @@ class Ingress:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.credentials = CredentialStore(runtime().redis, settings.ingress_token_ttl)
+        token_key = settings.ingress_token_key
+        self.credentials = CredentialStore(
+            runtime().redis,
+            settings.ingress_token_ttl,
+            token_key.get_secret_value().encode() if token_key else b"",
+        )
         self.cache = CheckCache(settings.ingress_auth_cache)
         self.token_rate = TokenRateLimit(runtime().redis, settings.ingress_token_rate)
         self.allow_from = _networks(settings.ingress_allow_from)

@@ -1,18 +1,27 @@
 """Ingress credentials: per-tenant client ids and secrets, and the access tokens issued
 for them (OAuth2 client credentials, RFC 6749 §4.4).
 
-Only a SHA-256 of each secret and token is stored. That is enough here, unlike for a
-person's password: both are 256 random bits made by ``secrets``, so nothing can be guessed
-from a hash, and checking one costs a microsecond instead of a slow KDF's tens of
-milliseconds on every webhook.
+Only a SHA-256 of each secret is stored. That is enough here, unlike for a person's
+password: a secret is 256 random bits made by ``secrets``, so nothing can be guessed from
+its hash, and checking one costs a microsecond instead of a slow KDF's tens of milliseconds
+on every webhook.
+
+An access token is not stored at all, so issuing one writes nothing to Redis (the ingress's
+Redis user may not write a credential): it says which client and tenant it is for and
+until when, signed (HMAC-SHA256) with a key made of ``PREFSYNC_INGRESS_TOKEN_KEY`` and the
+credential's secret hash. A check verifies the signature and the expiry and reads the
+credential: a revoked credential's tokens are refused as soon as a check reads Redis again
+(``CheckCache``), and a credential made again has another secret, so another key.
 
 Redis keys:
     prefsync:ingress:clients          client id -> {"tenant", "secret_sha256", "created_at"}
-    prefsync:ingress:token:<sha256>   client id, expiring with the token
+    prefsync:ingress:token:<sha256>   client id: a token of the release before, still read
+                                      until it expires (PREFSYNC_INGRESS_TOKEN_TTL)
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -47,9 +56,10 @@ def _digest(secret: str) -> str:
 
 
 class CredentialStore:
-    def __init__(self, client: redis.Redis, token_ttl: int) -> None:
+    def __init__(self, client: redis.Redis, token_ttl: int, token_key: bytes = b"") -> None:
         self.redis = client
         self.token_ttl = token_ttl
+        self.token_key = token_key
 
     def add(self, tenant: str) -> tuple[Client, str]:
         """A new credential for ``tenant``: the client and its secret, which is not kept
@@ -86,24 +96,57 @@ class CredentialStore:
 
     def check_secret(self, client_id: str, secret: str) -> Client | None:
         """The client, if ``secret`` is its secret."""
-        raw = self.redis.hget(CLIENTS, client_id)
-        if raw is None:
-            return None
-        record = json.loads(raw)
-        if not hmac.compare_digest(record["secret_sha256"], _digest(secret)):
+        record = self._record(client_id)
+        if record is None or not hmac.compare_digest(record["secret_sha256"], _digest(secret)):
             return None
         return _client(client_id, record)
 
-    def issue_token(self, client: Client) -> str:
-        """A bearer token for ``client``, valid ``token_ttl`` seconds."""
-        token = TOKEN_PREFIX_TEXT + secrets.token_urlsafe(32)
-        self.redis.set(TOKEN_PREFIX + _digest(token), client.client_id, ex=self.token_ttl)
-        return token
+    def issue_token(self, client: Client, now: float | None = None) -> str:
+        """A bearer token for ``client`` (as ``check_secret`` found it), valid
+        ``token_ttl`` seconds; nothing is written."""
+        # Revoked since its secret was checked (a cached check): a token no check accepts.
+        record = self._record(client.client_id) or {"secret_sha256": secrets.token_hex(32)}
+        expires = int((time.time() if now is None else now) + self.token_ttl)
+        claims = {"c": client.client_id, "t": client.tenant, "x": expires}
+        body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        return f"{TOKEN_PREFIX_TEXT}{body}.{self._sign(record, body)}"
 
-    def check_token(self, token: str) -> Client | None:
+    def check_token(self, token: str, now: float | None = None) -> Client | None:
         """The client a live token was issued to, if that credential still exists."""
+        body, dot, signature = token.removeprefix(TOKEN_PREFIX_TEXT).partition(".")
+        if not dot:
+            return self._check_stored_token(token)
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            client_id, tenant, expires = str(claims["c"]), claims["t"], float(claims["x"])
+        except (ValueError, TypeError, KeyError):
+            return None
+        if expires <= (time.time() if now is None else now):
+            return None
+        record = self._record(client_id)
+        if record is None or record["tenant"] != tenant:
+            return None
+        if not hmac.compare_digest(self._sign(record, body), signature):
+            return None
+        return _client(client_id, record)
+
+    def _check_stored_token(self, token: str) -> Client | None:
+        # A token the release before stored (its hash), live until it expires.
         client_id = self.redis.get(TOKEN_PREFIX + _digest(token))
         return None if client_id is None else self.client(client_id.decode())
+
+    def _record(self, client_id: str) -> dict | None:
+        raw = self.redis.hget(CLIENTS, client_id)
+        return None if raw is None else json.loads(raw)
+
+    def _sign(self, record: dict, body: str) -> str:
+        # The credential's own key: the secret's hash, bound to the deployment's token key.
+        key = hmac.new(self.token_key, record["secret_sha256"].encode(), "sha256").digest()
+        return _b64(hmac.new(key, body.encode(), "sha256").digest())
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _client(client_id: str, record: dict) -> Client:

@@ -24,6 +24,7 @@ from worker.infra.redis_client import SENTINEL_KWARGS
 from worker.infra.settings import InvalidSettings, Settings, get_settings
 from worker.queue import lanes
 from worker.queue.liveness import Liveness
+from worker.queue.mutex import restore_without_lua
 from worker.queue.pool import send_messages_whole, soft_limit_armed
 from worker.queue.reconnect import (
     QuickReconnect,
@@ -34,6 +35,7 @@ from worker.queue.reconnect import (
 
 def make_app(settings: Settings) -> Celery:
     closed_channels_use_our_connection()
+    restore_without_lua()
     exited_pool_processes_not_watched()
     app = Celery("prefsync", broker=settings.redis_url, include=["worker.queue.tasks"])
     app.conf.update(
@@ -108,6 +110,9 @@ def make_app(settings: Settings) -> Celery:
         task_ignore_result=True,
         worker_send_task_events=True,
         task_send_sent_event=True,
+        # Remote control's queues (ping, inspect) do not expire: kombu keeps expiring ones'
+        # bindings alive with Lua (EVALSHA), which the worker's Redis user may not run.
+        control_queue_expires=None,
         # Never pickle: a message is data, not code.
         task_serializer="json",
         accept_content=["json"],

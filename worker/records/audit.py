@@ -22,39 +22,11 @@ import redis
 from pydantic import BaseModel
 
 from worker.core.outcomes import Outcome
+from worker.records.scripts import Scripts
 from worker.records.state import key
 
 # How many stream entries one query reads at a time while filtering by user.
 _PAGE = 500
-
-# KEYS: the stream, how many outcomes it holds (absent: a stream of one outcome an entry,
-# as an older release wrote it). ARGV: the bound, how many outcomes the entry lists, then
-# the entry's fields and values. Appends the entry, then removes the oldest entries until
-# the stream holds no more outcomes than the bound. An exact bound (not "~"): operators
-# size Redis by it.
-_APPEND = """
-local held = tonumber(redis.call('GET', KEYS[2]) or redis.call('XLEN', KEYS[1]))
-held = held + tonumber(ARGV[2])
-redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-local bound = tonumber(ARGV[1])
-while held > bound do
-  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 4)
-  if #oldest == 0 then held = 0; break end
-  local cut = {}
-  for _, entry in ipairs(oldest) do
-    if held <= bound then break end
-    local count, fields = 1, entry[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'n' then count = tonumber(fields[i + 1]) end
-    end
-    held = held - count
-    cut[#cut + 1] = entry[1]
-  end
-  redis.call('XDEL', KEYS[1], unpack(cut))
-end
-redis.call('SET', KEYS[2], held)
-return held
-"""
 
 #: One outcome to audit: the event key (as kept: OutcomeRecorder.audited_event_key), the
 #: person (their keyed hash, "" for none) and the outcome.
@@ -77,7 +49,7 @@ class AuditTrail:
     def __init__(self, client: redis.Redis, maxlen: int) -> None:
         self.redis = client
         self.maxlen = maxlen
-        self._append = client.register_script(_APPEND)
+        self.scripts = Scripts(client)
 
     def append(
         self,
@@ -107,10 +79,11 @@ class AuditTrail:
             "connector_id": connector_id,
             "outcomes": json.dumps(listed, ensure_ascii=False, separators=(",", ":")),
         }
-        self._append(
-            keys=[_stream(tenant), _held(tenant)],
-            args=[self.maxlen, len(listed), *(part for pair in entry.items() for part in pair)],
-            client=client or self.redis,
+        self.scripts.run(
+            "audit_append",
+            [_stream(tenant), _held(tenant)],
+            [self.maxlen, len(listed), *(part for pair in entry.items() for part in pair)],
+            client,
         )
 
     def query(self, tenant: str, user: str | None = None, limit: int = 50) -> list[AuditEntry]:

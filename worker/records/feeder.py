@@ -26,6 +26,8 @@ from typing import Any
 
 import redis
 
+from worker.records.scripts import Scripts
+
 PREFIX = "prefsync:bulk:"  # prefsync:bulk:{tenant}: the tenant's parked messages, oldest first
 TENANTS = "prefsync:bulk:tenants"  # zset tenant -> turn of its last feed (lowest goes next)
 TURN = "prefsync:bulk:turn"  # the turn counter
@@ -34,20 +36,6 @@ FEEDER_EXPIRY = 10  # seconds: a feeder that died holds the others off no longer
 
 QUEUED = 20  # bulk messages waiting in the bulk queues, at most, before more are fed
 INTERVAL = 0.1  # seconds between feeding rounds
-
-# A message fed: popped if still first; then the tenant takes its turn, or leaves the
-# rotation when nothing of it is parked any more. Parking adds to the list and puts the
-# tenant in the rotation in one transaction, so a tenant never has messages parked and
-# no turn.
-_FED = """
-if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) end
-if redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-else
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
-end
-return 1
-"""
 
 # (task id, task name, args, kwargs)
 Message = tuple[str, str, list[Any], dict[str, Any]]
@@ -61,7 +49,7 @@ def parked_key(tenant: str) -> str:
 class BulkFeeder:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._fed = client.register_script(_FED)
+        self.scripts = Scripts(client)
 
     def park(self, tenant: str, messages: Iterable[Message]) -> None:
         """Park a tenant's messages, in order, all or none. A tenant new to the rotation
@@ -107,7 +95,7 @@ class BulkFeeder:
                     message = json.loads(raw)
                     publish(message["id"], message["name"], message["args"], message["kwargs"])
                     fed += 1
-                self._fed(keys=[key, TENANTS, TURN], args=[raw or b"", tenant])
+                self.scripts.run("bulk_fed", [key, TENANTS, TURN], [raw or b"", tenant])
             return fed
         finally:
             self.redis.delete(FEEDER)

@@ -45,8 +45,10 @@ class Outbox:
     ) -> None:
         """A task about to be published, to run in ``wait`` seconds."""
         entry = json.dumps({"name": name, "args": args, "kwargs": kwargs})
+        # HSETNX: the producer's Redis user may add an entry, never change one (its only
+        # reuse of a task id, a parked bulk message fed again, writes the same entry).
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(ENTRIES, task_id, entry)
+            pipe.hsetnx(ENTRIES, task_id, entry)
             pipe.zadd(DUE, {task_id: now + wait + self.grace})
             pipe.execute()
 

@@ -7,7 +7,8 @@ property the newest known value and the event it came from; per connector what i
 of each property (a short keyed hash, *ref*, of the event), the fields several properties
 feed as last delivered, the lock, and the newest erasure that ended there; and the
 person's tombstone. The Lua scripts that change it are in lua/ (claim.lua, finish.lua,
-tombstone.lua, forget.lua), each after the record's reader, lua/person.lua.
+tombstone.lua, forget.lua), each after the record's reader, lua/person.lua; they run as
+Redis functions (worker.records.scripts).
 
 Idempotency is answered from that record, not from a marker per event: an event that owns
 a property (its value is the newest known) is sent unless the connector was told that very
@@ -51,7 +52,6 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib.resources import files
 from typing import Any
 
 import redis
@@ -64,20 +64,7 @@ from worker.infra.pseudonym import Pseudonyms
 from worker.records.keys import key, text
 from worker.records.legacy import PreviousRelease
 from worker.records.person import REF, Known, appended, current_values, delivered_to, load_record
-
-
-def _lua(*names: str) -> str:
-    """The scripts lua/<name>.lua joined into one: the preludes (person.lua, legacy.lua)
-    define the functions the last one uses."""
-    folder = files("worker.records") / "lua"
-    return "\n".join((folder / f"{name}.lua").read_text(encoding="utf-8") for name in names)
-
-
-# Read once, at import; they ship as package data (pyproject.toml).
-_CLAIM = _lua("person", "legacy", "claim")
-_FINISH = _lua("finish")
-_TOMBSTONE = _lua("person", "legacy", "tombstone")
-_FORGET = _lua("person", "forget")
+from worker.records.scripts import Scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +139,7 @@ class StateStore:
         self.state_ttl = state_ttl
         self.lock_ttl_ms = int(lock_ttl * 1000)
         self.lock_wait = lock_wait
-        self._claim = client.register_script(_CLAIM)
-        self._finish = client.register_script(_FINISH)
-        self._tombstone = client.register_script(_TOMBSTONE)
-        self._forget = client.register_script(_FORGET)
+        self.scripts = Scripts(client)
         self.previous = PreviousRelease(
             client, state_ttl=state_ttl, idempotency_ttl=idempotency_ttl
         )
@@ -232,7 +216,7 @@ class StateStore:
                 if marked:
                     keys.append(self.previous.done_marker(tenant, connector_id, write.event_key))
                 args += self._claim_args(write, ref)
-        answers = self._claim(keys=keys, args=args)
+        answers = self.scripts.run("claim", keys, args)
         for user, answer in zip(waiting, answers, strict=True):
             if answer is None:
                 continue
@@ -297,7 +281,7 @@ class StateStore:
             sent = delivered_by_user.get(user)
             keys.append(claim.records[user])
             lines.append(appended(connector_id, claim.token, erasure, told, sent))
-        self._finish(keys=keys, args=[self.state_ttl, *lines], client=client)
+        self.scripts.run("finish", keys, [self.state_ttl, *lines], client)
 
     def known(self, tenant: str, user: str) -> dict[str, Known]:
         """Everything the newest-wins state holds for a user, by canonical property name."""
@@ -335,7 +319,7 @@ class StateStore:
         person = self.person(user)
         names = [self._record(tenant, person)]
         names += self.previous.forgotten(tenant, person, connector_ids, done=False)
-        return int(self._forget(keys=names, args=["all"]))
+        return int(self.scripts.run("forget", names, ["all"]))
 
     def is_done(self, tenant: str, connector_id: str, user: str, event_key: str) -> bool:
         """Whether the event ended for this connector and nothing newer was told to it
@@ -361,7 +345,7 @@ class StateStore:
         keys = [self._record(tenant, person)]
         if self.older()[0]:
             keys.append(self.previous.tombstone(tenant, person))
-        self._tombstone(keys=keys, args=[timestamp_us, self.state_ttl])
+        self.scripts.run("tombstone", keys, [timestamp_us, self.state_ttl])
 
     def erased_at(self, tenant: str, user: str) -> int | None:
         """The timestamp_us of the person's erasure, if their tombstone is still kept."""
@@ -380,7 +364,7 @@ class StateStore:
         person = self.person(user)
         keys = [self._record(tenant, person)]
         keys += self.previous.forgotten(tenant, person, connector_ids, done=True)
-        return int(self._forget(keys=keys, args=[timestamp_us]))
+        return int(self.scripts.run("forget", keys, [timestamp_us]))
 
     def _read(self, tenant: str, person: str) -> dict[str, Any]:
         return load_record(self.redis.get(self._record(tenant, person)))

@@ -1,0 +1,11 @@
+-- A message fed: popped if still first; then the tenant takes its turn, or leaves the
+-- rotation when nothing of it is parked any more. Parking adds to the list and puts the
+-- tenant in the rotation in one transaction, so a tenant never has messages parked and
+-- no turn.
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then redis.call('LPOP', KEYS[1]) end
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
+end
+return 1
