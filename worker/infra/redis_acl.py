@@ -26,6 +26,13 @@ from collections.abc import Mapping
 # of remote control (inspect, ping).
 _BROKER = "~celery* ~_kombu.* ~unacked ~unacked_index ~unacked_mutex"
 
+# The exchanges kombu binds queues with an expiry to: the workers' events, their remote
+# control and its replies.
+_EXPIRING_BINDINGS = " ".join(
+    f"~_kombu.binding.{exchange} ~_kombu.binding_permanent.{exchange}"
+    for exchange in ("celeryev", "celery.pidbox", "reply.celery.pidbox")
+)
+
 RULES: dict[str, str] = {
     "worker": "~* &* +@all -@dangerous +info",
     "admin": "~* &* +@all -@dangerous +info",
@@ -38,8 +45,18 @@ RULES: dict[str, str] = {
         "-@all +@connection +@transaction +@read +@write +@scripting +time -@dangerous"
     ),
     "flower": (
-        "%R~celery* %R~_kombu.* ~*.reply.celery.pidbox ~_kombu.binding.reply.* &* "
-        "-@all +@connection +@pubsub +@read +@transaction +lpush +sadd +del -@dangerous +info"
+        # The queues' lengths: LLEN alone, no command that returns a message.
+        "%R~celery* "
+        # Its inspection replies (and their priority variants: a two-byte separator and a
+        # digit).
+        "~*.reply.celery.pidbox ~*.reply.celery.pidbox??[369] "
+        # kombu binds its reply queue and its queue of the workers' events with an expiry
+        # and keeps their deadlines with scripts (EVALSHA), sweeping tables past theirs;
+        # a script's commands are held to these same rules. Only the exchanges of those
+        # expiring queues: never the bindings of a task queue.
+        f"{_EXPIRING_BINDINGS} ~_kombu.binding_deadlines &* "
+        "-@all +@connection +@transaction +@pubsub +llen +brpop +del +pexpire +exists +sadd "
+        "+srem +zadd +zrangebyscore +zrem +time +evalsha +script|load +script|exists"
     ),
 }
 COMPONENTS = tuple(RULES)

@@ -23,6 +23,7 @@ from worker.infra.logging import uses_console
 from worker.infra.redis_client import SENTINEL_KWARGS
 from worker.infra.settings import InvalidSettings, Settings, get_settings
 from worker.queue import lanes
+from worker.queue.control import RemoteControl
 from worker.queue.liveness import Liveness
 from worker.queue.pool import send_messages_whole, soft_limit_armed
 from worker.queue.reconnect import (
@@ -119,6 +120,8 @@ def make_app(settings: Settings) -> Celery:
     app.steps["worker"].add(Liveness)
     # Back soon after Redis is (worker.queue.reconnect).
     app.steps["worker"].add(QuickReconnect)
+    # Inspection answered, control commands refused unless opted in (worker.queue.control).
+    app.steps["consumer"].add(RemoteControl)
     return app
 
 
