@@ -7,19 +7,27 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-# Versions pinned by requirements.lock (make lock), as the Docker image installs them.
-$(VENV)/.installed: pyproject.toml requirements.lock
+# Versions pinned by requirements.lock (make lock), as the Docker image installs them; the
+# ops extra is Flower (make flower), which tests/e2e/test_flower.py runs.
+$(VENV)/.installed: pyproject.toml requirements.lock Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# setuptools warns at every editable install that a folder may shadow the package: none does.
 	PYTHONWARNINGS="ignore:Editable installation" \
-		$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+		$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,ops]'
 	touch $@
 
 ## run: a worker against PREFSYNC_REDIS_URL (default: Redis on localhost); it prints the
 ## Redis it connected to (password masked) on stderr
 run: install
 	$(BIN)/prefsync worker
+
+## flower: Flower on 127.0.0.1:5555 against PREFSYNC_REDIS_URL (give it the flower Redis
+## user), its login in FLOWER_BASIC_AUTH=user:password (docs/operations.md#flower)
+.PHONY: flower
+flower: install
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "error: set FLOWER_BASIC_AUTH=user:password, Flower's login (docs/operations.md#flower)" >&2; exit 2; }
+	$(BIN)/celery -A worker flower --address=127.0.0.1 --port=5555 --enable_events=False
 
 ## test: unit and end-to-end tests (end-to-end ones start their own redis-server)
 test: install

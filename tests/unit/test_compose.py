@@ -564,6 +564,7 @@ def test_the_dashboard_shows_throughput_latency_backlog_dead_letters_and_429s() 
         assert topic in titles, topic
     legends = [t["legendFormat"] for p in dashboard["panels"] for t in p["targets"]]
     assert {"p50", "p99"} <= set(legends)
+    assert "queued in {{queue}}" in legends  # the backlog by queue (prefsync_queue_depth)
 
 
 def test_every_metric_the_dashboard_queries_is_in_a_real_metrics_answer(

@@ -43,11 +43,21 @@ _PRODUCER = (
     "(%W~prefsync:bulk:* +rpush)",  # a bulk load parked (worker.records.feeder)
     "(%W~prefsync:bulk:tenants +zadd)",
     "(%R~prefsync:ingress:clients +hget)",  # the ingress checks a credential
-    "(%R~prefsync:ingress:token:* +get)",  # a token the release before stored
+    "(%R~prefsync:ingress:token:* +get)",  # a token stored in Redis (stored-token format)
+    # Tokens issued per client and minute (worker.ingress.ratelimit).
+    "(~prefsync:ingress:token-rate:* +set +incrby +ttl)",
     # The ingress's /metrics: the workers' counters and the dead letters' count and size.
     "(%R~prefsync:metrics:* +hgetall)",
     "(%R~prefsync:deadletters:order +zcard)",
     "(%R~prefsync:deadletters:bytes +hvals)",
+)
+
+
+# The exchanges Flower's own queues are bound to: the workers' events, their remote
+# control and its replies.
+_FLOWER_BINDINGS = " ".join(
+    f"~_kombu.binding.{exchange} ~_kombu.binding_permanent.{exchange}"
+    for exchange in ("celeryev", "celery.pidbox", "reply.celery.pidbox")
 )
 
 
@@ -75,8 +85,17 @@ def rules(db: int = 0) -> dict[str, str]:
             + " ".join(_PRODUCER)
         ),
         "flower": (
-            "%R~celery* %R~_kombu.* ~*.reply.celery.pidbox ~_kombu.binding.reply.* &* "
-            "-@all +@connection +@pubsub +@read +@transaction +lpush +sadd +del -@dangerous +info"
+            # The queues' lengths: LLEN alone, no command that returns a message.
+            "%R~celery* "
+            # Its inspection replies (and their priority variants: a two-byte separator
+            # and a digit).
+            "~*.reply.celery.pidbox ~*.reply.celery.pidbox??[369] "
+            # kombu's tables of the exchanges whose queues Flower declares (its events'
+            # and its replies'): never the bindings of a task queue.
+            # Its events receiver subscribes by pattern, which must be allowed as it is.
+            f"{_FLOWER_BINDINGS} ~_kombu.binding_deadlines &* "
+            "-@all +@connection +@transaction +@pubsub +llen +brpop +del +pexpire +exists "
+            "+sadd +srem +zadd +zrangebyscore +zrem +time +info"
         ),
     }
 

@@ -8,19 +8,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from worker.infra.settings import Settings
 
-#: How to ask a Sentinel for the master (ours and kombu's): one try each, no backoff, so a
-#: Sentinel that is down costs a refused connection, not redis-py's default seconds of
-#: retrying, before the next one is asked.
+#: How to ask a Sentinel for the master (ours and kombu's): one try each, so a Sentinel
+#: that is down costs a refused connection, not redis-py's default seconds of retrying,
+#: before the next one is asked. ``retry: None`` is redis-py's "no retry" for a
+#: connection; unlike a ``Retry`` object it is plain data, which the worker's ``stats``
+#: (Flower, `celery inspect stats`) serialises with the broker's transport options.
 SENTINEL_KWARGS: dict[str, Any] = {
     "socket_connect_timeout": 1,
     "socket_timeout": 1,
-    "retry": Retry(NoBackoff(), 0),
+    "retry": None,
 }
 
 

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # series per tenant and outcome, so for a few tenants only. Set it for the workers
     # (they record) and the ingress (it shows).
     metrics_tenant_label: bool = False
+    # Remote control commands other than inspection (cancel_consumer, shutdown,
+    # pool_restart, revoke, rate_limit…) obeyed: anyone who may publish on the broker,
+    # Flower's Redis user included, could send them (worker.queue.control).
+    worker_remote_control: bool = False
 
     _split_lists = field_validator(
         "allow_hosts",

@@ -24,6 +24,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    Sample,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -40,6 +41,8 @@ log = structlog.get_logger("prefsync.ingress")
 
 # A "_created" timestamp beside every counter doubles the series and tells nothing here.
 disable_created_metrics()
+
+OUTCOME_LABELS = ["connector_type", "outcome", "reason"]
 
 
 class WorkerFigures(Collector):
@@ -77,10 +80,10 @@ class WorkerFigures(Collector):
             "prefsync_outcomes",
             "How (event, connector) pairs ended: delivered, skipped (with the reason), "
             "dead_lettered.",
-            labels=["connector_type", "outcome", "reason"],
+            labels=OUTCOME_LABELS,
         )
         for (kind, outcome, reason), value in sorted(counters.outcomes.items()):
-            outcomes.add_metric([kind, outcome, reason], value)
+            _add_without_empty_labels(outcomes, OUTCOME_LABELS, [kind, outcome, reason], value)
         yield outcomes
         yield CounterMetricFamily(
             "prefsync_retries_scheduled",
@@ -116,11 +119,13 @@ class WorkerFigures(Collector):
                 cumulative.append((bound, running))
             latency.add_metric([kind], cumulative, total)
         yield latency
+        depth = GaugeMetricFamily(
+            "prefsync_queue_depth", "Messages waiting in a queue of the broker.", labels=["queue"]
+        )
+        for queue, value in backlog.queue_depths.items():
+            depth.add_metric([queue], value)
+        yield depth
         gauges = {
-            "prefsync_queue_depth": (
-                "Messages waiting in the broker's queue.",
-                backlog.queue_depth,
-            ),
             "prefsync_retries_waiting": (
                 "Tasks waiting for a retry countdown or a deferral.",
                 backlog.retries_waiting,
@@ -145,11 +150,22 @@ class WorkerFigures(Collector):
             by_tenant = CounterMetricFamily(
                 "prefsync_tenant_outcomes",
                 "prefsync_outcomes by tenant too (PREFSYNC_METRICS_TENANT_LABEL).",
-                labels=["tenant", "connector_type", "outcome", "reason"],
+                labels=["tenant", *OUTCOME_LABELS],
             )
             for labels, value in sorted(metrics.read_tenant_outcomes(client).items()):
-                by_tenant.add_metric(list(labels), value)
+                _add_without_empty_labels(
+                    by_tenant, ["tenant", *OUTCOME_LABELS], list(labels), value
+                )
             yield by_tenant
+
+
+def _add_without_empty_labels(
+    family: CounterMetricFamily, names: list[str], values: list[str], value: float
+) -> None:
+    """A sample of the counter ``family`` without the labels it has no value for (a delivery
+    has no ``reason``): ``reason=""`` would be a label with nothing to tell."""
+    labels = {name: v for name, v in zip(names, values, strict=True) if v}
+    family.samples.append(Sample(f"{family.name}_total", labels, value))
 
 
 class IngressMetrics:

@@ -1,8 +1,9 @@
 """How many access tokens a client id is issued per minute, across every ingress process.
 
-A token is stored until it expires, so unlimited issuance lets one credential fill Redis,
-after which every tenant's webhooks are refused. A PMP needs one token per lifetime
-(PREFSYNC_INGRESS_TOKEN_TTL); the limit leaves room for restarts and retries, no more.
+A PMP needs one token per lifetime (PREFSYNC_INGRESS_TOKEN_TTL); the limit leaves room for
+restarts and retries, no more. Tokens are signed, not stored, but each one issued is a
+valid credential for its lifetime and costs a credential check: a leaked secret must not
+be able to mint them without end.
 
 Redis key:
     prefsync:ingress:token-rate:<client id>   tokens issued in the current minute, expiring

@@ -23,6 +23,7 @@ from worker.infra.logging import uses_console
 from worker.infra.redis_client import SENTINEL_KWARGS
 from worker.infra.settings import InvalidSettings, Settings, get_settings
 from worker.queue import lanes
+from worker.queue.control import RemoteControl
 from worker.queue.liveness import Liveness
 from worker.queue.mutex import restore_without_lua
 from worker.queue.pool import send_messages_whole, soft_limit_armed
@@ -113,6 +114,9 @@ def make_app(settings: Settings) -> Celery:
         # Remote control's queues (ping, inspect) do not expire: kombu keeps expiring ones'
         # bindings alive with Lua (EVALSHA), which the worker's Redis user may not run.
         control_queue_expires=None,
+        # Nor do the queues of an events receiver (Flower): fanout messages travel by
+        # pub/sub, so a receiver gone leaves only its binding in kombu's table.
+        event_queue_expires=None,
         # Never pickle: a message is data, not code.
         task_serializer="json",
         accept_content=["json"],
@@ -124,6 +128,8 @@ def make_app(settings: Settings) -> Celery:
     app.steps["worker"].add(Liveness)
     # Back soon after Redis is (worker.queue.reconnect).
     app.steps["worker"].add(QuickReconnect)
+    # Inspection answered, control commands refused unless opted in (worker.queue.control).
+    app.steps["consumer"].add(RemoteControl)
     return app
 
 

@@ -23,7 +23,12 @@ from kombu.transport import redis as kombu_redis
 def mutex(client: Any, name: str, expire: float) -> Iterator[None]:
     """Hold ``name`` for at most ``expire`` seconds; kombu's MutexHeld if another does."""
     token = uuid.uuid4().hex
-    if not client.set(name, token, nx=True, px=int(expire * 1000)):
+    try:
+        taken = client.set(name, token, nx=True, px=int(expire * 1000))
+    except redis.exceptions.NoPermissionError:
+        # A user that may not take it (Flower's) restores nobody's messages: the workers do.
+        raise kombu_redis.MutexHeld() from None
+    if not taken:
         raise kombu_redis.MutexHeld()
     try:
         yield

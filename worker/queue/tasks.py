@@ -42,6 +42,9 @@ from worker.queue.publishing import publish
 
 
 class ScheduledTask(Task):
+    # Inspection (Flower, `celery inspect active`) lists a task by its summary, never its
+    # events (worker.queue.control).
+    Request = "worker.queue.control:RequestWithoutPeople"
     autoretry_for = TRANSIENT
     # Expected endings: Celery logs them in one line, without a traceback (which is for bugs).
     throws = (PermanentError, InvalidEvent, InvalidConfig)

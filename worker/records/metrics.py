@@ -98,12 +98,17 @@ class Counters:
 
 @dataclass(frozen=True)
 class Backlog:
-    queue_depth: int  # messages waiting in the broker's queue
+    queue_depths: dict[str, int]  # queue -> messages waiting in it
     retries_waiting: int  # tasks waiting for a retry countdown or a deferral
     outbox: int  # tasks published and not ended (queued, running or waiting)
     dead_letters: int
     oldest_waiting: float  # seconds the oldest unfinished task has been due; 0 for none
     dead_letter_bytes: int = 0  # what the dead letters take in Redis, all tenants
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting in the broker's queues, all lanes."""
+        return sum(self.queue_depths.values())
 
 
 def read_counters(client: redis.Redis) -> Counters:
@@ -149,8 +154,8 @@ def read_tenant_outcomes(client: redis.Redis) -> dict[tuple[str, str, str, str],
 def read_backlog(
     client: redis.Redis, queues: str | Sequence[str], grace: float, now: float
 ) -> Backlog:
-    """``queues``: the broker's queue names (their messages are summed: each lane has its
-    own, worker.queue.lanes); ``grace``: the outbox's (the visibility timeout), which every due
+    """``queues``: the broker's queue names (each lane has its own, worker.queue.lanes),
+    counted each; ``grace``: the outbox's (the visibility timeout), which every due
     time in the outbox includes."""
     names = [queues] if isinstance(queues, str) else list(queues)
     with client.pipeline(transaction=False) as pipe:
@@ -163,7 +168,14 @@ def read_backlog(
         pipe.hvals(deadletter.SIZES)
         *depths, waiting, entries, dead, first, sizes = pipe.execute()
     oldest = max(0.0, now - (first[0][1] - grace)) if first else 0.0
-    return Backlog(sum(depths), waiting, entries, dead, oldest, sum(int(s) for s in sizes))
+    return Backlog(
+        dict(zip(names, depths, strict=True)),
+        waiting,
+        entries,
+        dead,
+        oldest,
+        sum(int(s) for s in sizes),
+    )
 
 
 def _decoded(raw: dict[bytes, bytes]) -> list[tuple[str, str]]:

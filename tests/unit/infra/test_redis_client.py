@@ -3,6 +3,7 @@ slots are computed on (worker.core.retries.clock), whatever a host's own clock s
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -13,7 +14,7 @@ import redis
 from worker.core import retries
 from worker.delivery import runtime as runtime_module
 from worker.delivery.runtime import Runtime, runtime
-from worker.infra.redis_client import RedisClock
+from worker.infra.redis_client import SENTINEL_KWARGS, RedisClock
 from worker.infra.settings import Settings
 
 
@@ -66,3 +67,11 @@ def test_an_unreachable_redis_carries_the_last_reading_on_and_asks_again_later()
     client.time = down  # type: ignore[method-assign]
     assert clock.now() >= first
     assert clock.now() == pytest.approx(time.time(), abs=0.05)
+
+
+def test_the_sentinel_options_retry_nothing_and_are_plain_data():
+    # They are part of the broker's transport options, which a worker's `stats` (Flower's
+    # worker page, `celery inspect stats`) serialises as JSON.
+    assert json.loads(json.dumps(SENTINEL_KWARGS)) == SENTINEL_KWARGS
+    connection = redis.Redis(**SENTINEL_KWARGS).connection_pool.make_connection()
+    assert connection.retry.get_retries() == 0

@@ -25,6 +25,7 @@ from worker.core.retries import clock
 from worker.delivery.runtime import Runtime
 from worker.infra.settings import Settings
 from worker.ingress.metrics import IngressMetrics
+from worker.queue import lanes
 from worker.records import metrics
 from worker.records.deadletter import Attempt
 
@@ -95,6 +96,7 @@ def test_backlog_counts_queue_waiting_retries_outbox_dead_letters_and_the_oldest
     backlog = metrics.read_backlog(rt.redis, "celery", rt.outbox.grace, now)
 
     assert (backlog.queue_depth, backlog.retries_waiting, backlog.outbox) == (2, 1, 2)
+    assert backlog.queue_depths == {"celery": 2}
     assert backlog.dead_letters == 1
     assert 29.9 < backlog.oldest_waiting < 30.1
 
@@ -184,5 +186,28 @@ def test_outcomes_by_tenant_are_recorded_and_shown_only_when_the_setting_allows(
     # then the tenant shows only when allowed.
     assert ("prefsync_tenant_outcomes_total" in body) is allowed
     assert ('tenant="acme|eu"' in body) is allowed
+    assert '=""' not in body  # a delivery has no reason: no empty label
     expected = {("acme|eu", "sendinblue", "delivered", ""): 1} if allowed else {}
     assert metrics.read_tenant_outcomes(rt.redis) == expected
+
+
+def test_metrics_show_each_queue_depth_by_queue_and_no_empty_label(
+    rt: Runtime, brevo: ConnectorConfig, mocked: responses.RequestsMock
+) -> None:
+    mocked.put(update_url("u1"), status=204)
+    rt.deliverer.deliver(TENANT, [parse_event(event("e-1", 1, "u1", newsletter=True))], brevo)
+    rt.redis.lpush("celery", "m1", "m2")
+    rt.redis.lpush("celery.bulk.braze", "m3")
+
+    body = IngressMetrics(rt.settings).exposition()[0].decode()
+
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    depths = {s.labels["queue"]: s.value for s in families["prefsync_queue_depth"].samples}
+    assert depths == {queue: 0 for queue in lanes.queues()} | {"celery": 2, "celery.bulk.braze": 1}
+    delivered = [
+        s.labels
+        for s in families["prefsync_outcomes"].samples
+        if s.labels["outcome"] == "delivered" and s.labels["connector_type"] == "sendinblue"
+    ]
+    assert delivered == [{"connector_type": "sendinblue", "outcome": "delivered"}]
+    assert not [s for f in families.values() for s in f.samples if "" in s.labels.values()]
