@@ -125,6 +125,10 @@ class _Model(BaseModel):
 
 
 _Id = Annotated[str, Field(min_length=1)]
+# Tenants and people name Redis keys and records: bounded, so no id can make a key or a
+# record of any size (docs/mappings.md#what-each-event-type-propagates).
+MAX_ID_LENGTH = 512
+_BoundedId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 _Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
 
 
@@ -166,7 +170,7 @@ class _Consents(_Model):
 
 class _Entity(_Model):
     id: _Id
-    organization_id: _Id
+    organization_id: _BoundedId
     created_at: _Timestamp | None = None
     updated_at: _Timestamp | None = None
     regulation: str | None = None
@@ -185,7 +189,7 @@ class _Entity(_Model):
 
 
 class _EventUser(_Model):
-    organization_user_id: _Id
+    organization_user_id: _BoundedId
 
 
 class _ConsentEvent(_Entity):
@@ -202,7 +206,7 @@ class _ConsentEvent(_Entity):
 class _User(_Entity):
     """A user's full merged status."""
 
-    organization_user_id: _Id
+    organization_user_id: _BoundedId
     version: Annotated[int, Field(ge=0, le=MAX_VERSION)] | None = None
 
 

@@ -819,6 +819,16 @@ def test_an_updated_type_without_new_entity_is_refused() -> None:
         ),
         (
             "user.created",
+            user(organization_user_id="u" * 513),
+            "parameters.entity.organization_user_id: string should have at most 512 characters",
+        ),
+        (
+            "event.created",
+            consent_event(organization_id="t" * 1024),
+            "parameters.entity.organization_id: string should have at most 512 characters",
+        ),
+        (
+            "user.created",
             user(version=10**30),
             "parameters.entity.version: input should be less than or equal to 9007199254740991",
         ),
