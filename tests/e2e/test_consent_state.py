@@ -289,3 +289,75 @@ def test_the_quickstart_examples_agree_and_state_show_explains_a_value_not_re_se
         "error: nothing known about 'nobody@example.com' in tenant 'acme': no event of theirs "
         "was delivered (USER is the organization_user_id; see `prefsync audit`)"
     )
+
+
+def user_updated(user: str, version: int, at: str, newsletter: bool) -> dict:
+    """A ``user.updated`` of ``user`` whose newsletter purpose became ``newsletter``."""
+
+    def entity(enabled: bool) -> dict:
+        return {
+            "id": f"pmp-{user}",
+            "organization_id": "acme",
+            "organization_user_id": user,
+            "version": version,
+            "created_at": MONDAY,
+            "updated_at": at,
+            "consents": {"purposes": [{"id": "newsletter", "enabled": enabled}]},
+        }
+
+    change = {"source": {}, "old_entity": entity(not newsletter), "new_entity": entity(newsletter)}
+    return {"type": "user.updated", "parameters": change}
+
+
+def publish_to_route(env: dict[str, str], event: dict) -> None:
+    """Put ``event`` on the route queue past the producer's check, as a buggy producer of
+    one's own would."""
+    publish = (
+        "import json, sys\n"
+        "from worker.queue.publishing import publish\n"
+        "from worker.queue.tasks import route\n"
+        "publish(route, [[json.loads(sys.stdin.read())]])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", publish],
+        cwd=REPO_ROOT,
+        env=env,
+        input=json.dumps(event),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_version_far_ahead_never_makes_a_later_opt_out_stale(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake)
+    start_worker(prefsync_env)
+
+    # One version beyond what can be compared exactly: refused by the producer, and by the
+    # worker (a dead letter that names the field).
+    huge = user_updated("u-7", 10**30, MONDAY, newsletter=True)
+    refused = run_cli(prefsync_env, "enqueue", "-", input=jsonl([huge]))
+    assert refused.returncode != 0
+    assert "version" in refused.stderr
+    publish_to_route(prefsync_env, huge)
+    listed = wait_until(
+        lambda: run_cli(prefsync_env, "dlq", "list").stdout.splitlines()[:-1], timeout=10
+    )
+    (entry,) = listed
+    assert "version" in entry
+    # One far ahead but exact: accepted, and outranked by the person's next real change.
+    enqueue(run_cli, prefsync_env, user_updated("u-8", 10**15, MONDAY, newsletter=True))
+    wait_until(lambda: last_braze_value(fake).get("u-8") == "opted_in", timeout=10)
+
+    enqueue(run_cli, prefsync_env, user_updated("u-7", 8, TUESDAY, newsletter=False))
+    enqueue(run_cli, prefsync_env, user_updated("u-8", 8, TUESDAY, newsletter=False))
+    wait_until(
+        lambda: last_braze_value(fake) == {"u-7": "unsubscribed", "u-8": "unsubscribed"},
+        timeout=15,
+        message=lambda: (last_braze_value(fake), audited_outcomes(run_cli, prefsync_env, "u-8")),
+    )
+    assert ("braze", "skipped", "stale") not in audited_outcomes(run_cli, prefsync_env, "u-8")

@@ -277,3 +277,29 @@ def test_prefsync_erase_starts_the_same_erasure_for_a_request_from_elsewhere(
     assert fake.braze_deleted == [ERIN]
     assert [c.method for c in fake.calls("brevo")][-1] == "DELETE"
     wait_until(lambda: forgotten(redis_server), timeout=10, message="the id is still in Redis")
+
+
+def test_an_id_a_destination_echoed_is_in_neither_redis_nor_the_log_after_the_erasure(
+    prefsync_env, fake_destinations, start_worker, run_cli, redis_server
+):
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake, "delete")
+    # Braze refuses the person's update, echoing their id in its message (letter case its own).
+    fake.refuse_braze_user(ERIN, f"bad external id {ERIN.upper()}")
+    worker = start_worker(prefsync_env)
+    enqueue(run_cli, prefsync_env, consent("mon", MONDAY, newsletter=True))
+    wait_until(lambda: len(audited(run_cli, prefsync_env)) == 2, timeout=15)
+    assert ("braze", "dead_lettered") in {
+        (e["connector_id"], e["outcome"]) for e in audited(run_cli, prefsync_env)
+    }
+
+    done = run_cli(prefsync_env, "erase", "acme", ERIN, "--yes")
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: len(erasure_outcomes(run_cli, prefsync_env)) == 2, timeout=15)
+
+    wait_until(
+        lambda: ERIN.encode() not in dump(redis_server).lower(),
+        timeout=10,
+        message="the id is still in Redis",
+    )
+    assert "erin.erased" not in worker.log().lower()

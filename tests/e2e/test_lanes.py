@@ -71,3 +71,39 @@ def test_a_bulk_load_goes_through_with_the_producers_and_the_workers_redis_users
 
     wait_until(lambda: len(braze_attributes(fake_destinations.calls("braze"))) == 3, timeout=15)
     assert "NOPERM" not in worker.log()
+
+
+def test_no_tenant_id_breaks_the_bulk_lane_for_the_others(
+    prefsync_env, fake_destinations, start_worker, run_cli, redis_server
+):
+    """Tenant ids that once named the feeder's own keys (or would run into another key's
+    name) each get their bulk load delivered, and so does every tenant after them."""
+    tenants = ["tenants", "turn", "feeder", "a:b*{c} d", "acme"]
+    for tenant in tenants:
+        config = json.dumps(braze_config(fake_destinations.url))
+        done = run_cli(prefsync_env, "connectors", "put", tenant, "-", input=config)
+        assert done.returncode == 0, done.stderr
+    start_worker(prefsync_env)
+
+    for tenant in tenants:
+        events = [
+            consent_event(
+                f"{tenant}-{n}",
+                f"{tenant}-u{n}",
+                "2026-11-16T09:00:00Z",
+                {"newsletter": True},
+                tenant=tenant,
+            )
+            for n in range(2)
+        ]
+        enqueue_bulk(run_cli, prefsync_env, events)
+
+    expected = {f"{tenant}-u{n}" for tenant in tenants for n in range(2)}
+    wait_until(
+        lambda: (
+            {o["external_id"] for o in braze_attributes(fake_destinations.calls("braze"))}
+            == expected
+        ),
+        timeout=30,
+    )
+    assert redis_server.client().type("prefsync:bulk:tenants") in (b"zset", b"none")

@@ -75,3 +75,50 @@ def test_reencrypt_moves_every_config_to_the_new_key_and_the_old_one_can_go(
     old_only = run_cli(prefsync_env, "connectors", "list", "acme")
     assert old_only.stdout.count("INVALID") == 2
     assert "sealed under a key that is not in PREFSYNC_SECRET_KEYS" in old_only.stdout
+
+
+def test_a_config_moved_to_another_tenant_or_stored_plain_is_refused_never_used(
+    prefsync_env, redis_server, fake_destinations, start_worker, run_cli
+):
+    globex_key = "braze-globex-test-key-0003"
+    for tenant, key in (("acme", BRAZE_KEY), ("globex", globex_key)):
+        config = json.dumps(braze_config(fake_destinations.url, key=key))
+        put = run_cli(prefsync_env, "connectors", "put", tenant, "-", input=config)
+        assert put.returncode == 0, put.stderr
+    client = redis_server.client()
+    # Someone with write access to Redis copies globex's sealed config into acme's hash,
+    # and stores a plain config (keys and all) for initech.
+    client.hset(
+        "prefsync:connectors:acme", "braze", client.hget("prefsync:connectors:globex", "braze")
+    )
+    plain = braze_config(fake_destinations.url, key="braze-initech-test-key-0004")
+    client.hset("prefsync:connectors:initech", "braze", json.dumps({**plain, "id": "braze"}))
+
+    listed = run_cli(prefsync_env, "connectors", "list", "acme")
+    assert "INVALID" in listed.stdout and "for another tenant or connector" in listed.stdout
+    listed = run_cli(prefsync_env, "connectors", "list", "initech")
+    assert "INVALID" in listed.stdout and "prefsync connectors reencrypt" in listed.stdout
+
+    start_worker(prefsync_env)
+    events = [
+        consent_event("e1", "u-1", "2026-11-20T09:00:00Z", {"newsletter": True}, tenant=tenant)
+        for tenant in ("acme", "initech")
+    ]
+    assert run_cli(prefsync_env, "enqueue", "-", input=jsonl(events)).returncode == 0
+
+    def dead_letters() -> list[str]:
+        return run_cli(prefsync_env, "dlq", "list").stdout.splitlines()[:-1]
+
+    wait_until(lambda: len(dead_letters()) == 2, timeout=15, message=dead_letters)
+    dead = dead_letters()
+    assert fake_destinations.calls("braze") == []
+    assert globex_key not in "\n".join(dead)
+    assert "for another tenant or connector" in "\n".join(dead)
+
+    # reencrypt seals the plain one for its place; the moved one stays refused, named.
+    done = run_cli(prefsync_env, "connectors", "reencrypt")
+    assert done.returncode != 0
+    assert "tenant 'acme', connector 'braze'" in done.stderr
+    listed = run_cli(prefsync_env, "connectors", "list", "initech")
+    assert listed.returncode == 0 and "INVALID" not in listed.stdout
+    assert b"initech-test-key" not in dump(redis_server)

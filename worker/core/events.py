@@ -65,6 +65,12 @@ _MICROSECOND = timedelta(microseconds=1)
 
 # --- Ordering -------------------------------------------------------------------------
 
+# Two user payloads' versions order them only when this close; further apart, their
+# timestamps do. A version can then outrank at most this many later changes of a person.
+MAX_VERSION_STEP = 10
+# The largest version accepted: Redis's Lua compares numbers as doubles, exact up to here.
+MAX_VERSION = 2**53 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class OrderingKey:
@@ -80,9 +86,14 @@ class OrderingKey:
 
     def newer_than(self, other: OrderingKey) -> bool:
         # Didomi bumps a user's version on every change, so between two user payloads it
-        # is the reliable order; clocks are the fallback for everything else.
-        if self.version is not None and other.version is not None and self.version != other.version:
-            return self.version > other.version
+        # is the reliable order; clocks are the fallback for everything else. Only within
+        # MAX_VERSION_STEP, though: one forged or buggy version far ahead would otherwise
+        # make every later change of the person stale, forever (the same rule as
+        # person.lua's newer).
+        if self.version is not None and other.version is not None:
+            step = self.version - other.version
+            if 0 < abs(step) <= MAX_VERSION_STEP:
+                return step > 0
         # A tie is not newer: the value already recorded stays, so a replay changes nothing.
         return self.timestamp_us > other.timestamp_us
 
@@ -118,6 +129,10 @@ class _Model(BaseModel):
 
 
 _Id = Annotated[str, Field(min_length=1)]
+# Tenants and people name Redis keys and records: bounded, so no id can make a key or a
+# record of any size (docs/mappings.md#what-each-event-type-propagates).
+MAX_ID_LENGTH = 512
+_BoundedId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 _Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
 
 
@@ -159,7 +174,7 @@ class _Consents(_Model):
 
 class _Entity(_Model):
     id: _Id
-    organization_id: _Id
+    organization_id: _BoundedId
     created_at: _Timestamp | None = None
     updated_at: _Timestamp | None = None
     regulation: str | None = None
@@ -178,7 +193,7 @@ class _Entity(_Model):
 
 
 class _EventUser(_Model):
-    organization_user_id: _Id
+    organization_user_id: _BoundedId
 
 
 class _ConsentEvent(_Entity):
@@ -195,8 +210,8 @@ class _ConsentEvent(_Entity):
 class _User(_Entity):
     """A user's full merged status."""
 
-    organization_user_id: _Id
-    version: int | None = None
+    organization_user_id: _BoundedId
+    version: Annotated[int, Field(ge=0, le=MAX_VERSION)] | None = None
 
 
 _E = TypeVar("_E", _ConsentEvent, _User)

@@ -55,7 +55,8 @@ class Runtime:
             configured.get_secret_value() if configured else None,
             Path(self.settings.dev_key_file).expanduser(),
         )
-        return Sealer(keys)
+        # Plain configs open only with the development key: with keys set, one is refused.
+        return Sealer(keys, accept_plain=not (configured and configured.get_secret_value().strip()))
 
     @cached_property
     def connectors(self) -> dict[str, Connector]:

@@ -12,32 +12,53 @@ shared by every process of that user, with a warning: the README's two commands 
 fresh machine, and production sets the keys (the compose stack refuses to start without).
 Keeping the key beside the data, in Redis, would defeat the point.
 
-Fernet (the ``cryptography`` package) is AES-128-CBC with an HMAC-SHA256: authenticated,
-so a tampered value is refused rather than read wrongly.
+A value is sealed for its place: AES-256-GCM (the ``cryptography`` package) with the
+tenant and connector id as associated data, under a key derived (HKDF-SHA256) from the
+Fernet key given. A value altered, or copied to another tenant's or connector's field,
+does not open: one tenant's sealed config cannot make another's deliveries use its API
+key. The release before this one sealed with Fernet (``fernet:``, not bound to a place):
+those still open, and ``reencrypt`` seals them bound. A plain value (a release before
+sealing) opens only without PREFSYNC_SECRET_KEYS (the development key); with keys set it
+is refused, naming ``prefsync connectors reencrypt``, which seals it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 log = structlog.get_logger("prefsync.sealing")
 
-#: What a sealed value starts with; a value without it is the older plain JSON.
-PREFIX = b"fernet:"
+#: What a value sealed for its place starts with: "aead:" and base64 of nonce + ciphertext.
+PREFIX = b"aead:"
+#: What the release before this one sealed with (Fernet, not bound to a place).
+FERNET_PREFIX = b"fernet:"
+_NONCE = 12
+_INFO = b"prefsync connector config"
 
 
 class SealingError(Exception):
-    """A stored value cannot be opened: sealed under a key not in PREFSYNC_SECRET_KEYS, or
-    altered."""
+    """A stored value cannot be opened: sealed under a key not in PREFSYNC_SECRET_KEYS, for
+    another place, altered, or plain where keys are set."""
 
 
 class Sealer:
-    def __init__(self, keys: Sequence[str]) -> None:
+    """Seals and opens the values of one place each (``tenant``, ``connector_id``).
+
+    ``accept_plain``: whether a plain value opens (no PREFSYNC_SECRET_KEYS: the
+    development key); ``reencrypt`` opens them either way."""
+
+    def __init__(self, keys: Sequence[str], accept_plain: bool = False) -> None:
         if not keys:
             raise ValueError("PREFSYNC_SECRET_KEYS: at least one key is needed")
         try:
@@ -48,33 +69,84 @@ class Sealer:
                 "(make one with `prefsync connectors new-key`)"
             ) from None
         self._multi = MultiFernet(self._fernets)
+        self._aeads = [_aead(key) for key in keys]
+        self.accept_plain = accept_plain
 
-    def seal(self, text: str) -> bytes:
-        return PREFIX + self._multi.encrypt(text.encode())
+    def seal(self, text: str, tenant: str, connector_id: str) -> bytes:
+        nonce = os.urandom(_NONCE)
+        sealed = self._aeads[0].encrypt(nonce, text.encode(), _place(tenant, connector_id))
+        return PREFIX + base64.urlsafe_b64encode(nonce + sealed)
 
-    def open(self, raw: bytes | str) -> str:
-        """The text of a stored value, sealed or (stored before sealing) plain."""
-        data = raw if isinstance(raw, bytes) else raw.encode()
+    def open(self, raw: bytes | str, tenant: str, connector_id: str) -> str:
+        """The text of a stored value of this place."""
+        return self._open(raw, tenant, connector_id, self.accept_plain)
+
+    def open_to_reseal(self, raw: bytes | str, tenant: str, connector_id: str) -> str:
+        """As ``open``, plain values included: ``reencrypt`` seals them."""
+        return self._open(raw, tenant, connector_id, True)
+
+    def is_current(self, raw: bytes | str, tenant: str, connector_id: str) -> bool:
+        """Whether a stored value is sealed for its place under the first key (nothing to
+        re-encrypt)."""
+        data = _bytes(raw)
         if not data.startswith(PREFIX):
-            # Not UTF-8 cannot be JSON either: the caller says so.
-            return data.decode(errors="replace")
-        try:
-            return self._multi.decrypt(data[len(PREFIX) :]).decode()
-        except InvalidToken:
+            return False
+        return self._open_bound(data, tenant, connector_id, 1) is not None
+
+    def _open(self, raw: bytes | str, tenant: str, connector_id: str, plain: bool) -> str:
+        data = _bytes(raw)
+        if data.startswith(PREFIX):
+            text = self._open_bound(data, tenant, connector_id, len(self._aeads))
+            if text is None:
+                raise SealingError(
+                    "sealed under a key that is not in PREFSYNC_SECRET_KEYS, for another "
+                    "tenant or connector, or altered"
+                )
+            return text
+        if data.startswith(FERNET_PREFIX):
+            try:
+                return self._multi.decrypt(data[len(FERNET_PREFIX) :]).decode()
+            except InvalidToken:
+                raise SealingError(
+                    "sealed under a key that is not in PREFSYNC_SECRET_KEYS, or altered"
+                ) from None
+        if not plain:
             raise SealingError(
-                "sealed under a key that is not in PREFSYNC_SECRET_KEYS, or altered"
-            ) from None
+                "stored in plain text, not sealed, though PREFSYNC_SECRET_KEYS is set: "
+                "run `prefsync connectors reencrypt` to seal it"
+            )
+        # Not UTF-8 cannot be JSON either: the caller says so.
+        return data.decode(errors="replace")
 
-    def is_current(self, raw: bytes | str) -> bool:
-        """Whether a stored value is sealed under the first key (nothing to re-encrypt)."""
-        data = raw if isinstance(raw, bytes) else raw.encode()
-        if not data.startswith(PREFIX):
-            return False
+    def _open_bound(self, data: bytes, tenant: str, connector_id: str, keys: int) -> str | None:
         try:
-            self._fernets[0].decrypt(data[len(PREFIX) :])
-        except InvalidToken:
-            return False
-        return True
+            sealed = base64.urlsafe_b64decode(data[len(PREFIX) :])
+        except ValueError:
+            return None
+        nonce, ciphertext = sealed[:_NONCE], sealed[_NONCE:]
+        for aead in self._aeads[:keys]:
+            try:
+                return aead.decrypt(nonce, ciphertext, _place(tenant, connector_id)).decode()
+            except InvalidTag:
+                continue
+        return None
+
+
+def _aead(fernet_key: str) -> AESGCM:
+    # The setting's Fernet keys stay the keys an operator handles; the AES-GCM key is
+    # derived from one, so rotation and the development key work as before.
+    secret = base64.urlsafe_b64decode(fernet_key.strip().encode())
+    derived = HKDF(algorithm=SHA256(), length=32, salt=None, info=_INFO).derive(secret)
+    return AESGCM(derived)
+
+
+def _place(tenant: str, connector_id: str) -> bytes:
+    # JSON keeps the two apart whatever they hold ("a", "b:c" is not "a:b", "c").
+    return json.dumps([tenant, connector_id]).encode()
+
+
+def _bytes(raw: bytes | str) -> bytes:
+    return raw if isinstance(raw, bytes) else raw.encode()
 
 
 def new_key() -> str:

@@ -70,24 +70,28 @@ class ConfigStore:
         ``parse_config`` cannot store what every read would refuse."""
         stored = config.to_stored()
         parse_config(stored, connector_id=config.id, allow_hosts=self.allow_hosts)
-        self.redis.hset(_key(tenant), config.id, self.sealer.seal(json.dumps(stored)))
+        sealed = self.sealer.seal(json.dumps(stored), tenant, config.id)
+        self.redis.hset(_key(tenant), config.id, sealed)
 
     def reencrypt(self) -> tuple[int, int]:
-        """Seal again, under the first key, every stored config that is not (plain, or
-        sealed under an older key); (re-encrypted, already current). A config no key opens
-        is left as it is and named in the ``InvalidConfig`` raised at the end."""
+        """Seal again, under the first key and for its place, every stored config that is
+        not (plain, sealed by the previous release, or under an older key); (re-encrypted,
+        already current). A config no key opens for its place (moved from another tenant
+        or connector, or under a key not given) is left as it is and named in the
+        ``InvalidConfig`` raised at the end."""
         changed = current = 0
         unreadable: list[str] = []
         for name in self.redis.scan_iter(match=f"{KEY_PREFIX}*", count=500):
             tenant = _text(name).removeprefix(KEY_PREFIX)
-            for connector_id, raw in self.redis.hgetall(name).items():
-                if self.sealer.is_current(raw):
+            for field, raw in self.redis.hgetall(name).items():
+                connector_id = _text(field)
+                if self.sealer.is_current(raw, tenant, connector_id):
                     current += 1
                     continue
                 try:
-                    text = self.sealer.open(raw)
+                    text = self.sealer.open_to_reseal(raw, tenant, connector_id)
                 except SealingError:
-                    unreadable.append(f"tenant {tenant!r}, connector {_text(connector_id)!r}")
+                    unreadable.append(f"tenant {tenant!r}, connector {connector_id!r}")
                     continue
                 # Only if unchanged since read: a config put meanwhile is already current.
                 with self.redis.pipeline(transaction=True) as pipe:
@@ -95,7 +99,7 @@ class ConfigStore:
                     if pipe.hget(name, connector_id) != raw:
                         continue
                     pipe.multi()
-                    pipe.hset(name, connector_id, self.sealer.seal(text))
+                    pipe.hset(name, connector_id, self.sealer.seal(text, tenant, connector_id))
                     try:
                         pipe.execute()
                     except WatchError:
@@ -103,8 +107,8 @@ class ConfigStore:
                 changed += 1
         if unreadable:
             raise InvalidConfig(
-                f"re-encrypted {changed}, but no key of PREFSYNC_SECRET_KEYS opens: "
-                + "; ".join(unreadable)
+                f"re-encrypted {changed}, but no key of PREFSYNC_SECRET_KEYS opens, for its "
+                "tenant and connector: " + "; ".join(unreadable)
             )
         return changed, current
 
@@ -123,7 +127,7 @@ class ConfigStore:
     def _open(self, tenant: str, connector_id: str, raw: bytes | str) -> ConnectorConfig:
         where = f"tenant {tenant!r}, connector {connector_id!r}"
         try:
-            text = self.sealer.open(raw)
+            text = self.sealer.open(raw, tenant, connector_id)
         except SealingError as exc:
             raise InvalidConfig(f"{where}: the stored config cannot be read: {exc}") from None
         try:

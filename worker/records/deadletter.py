@@ -27,6 +27,7 @@ import structlog
 from pydantic import BaseModel
 
 from worker.core.events import is_utf8
+from worker.core.masking import without_person
 
 ENTRIES = "prefsync:deadletters"
 ORDER = "prefsync:deadletters:order"
@@ -69,7 +70,7 @@ class DeadLetterStore:
         """Keep a new entry. With ``once``, a second entry for the same key is not kept
         (returns None): Celery reports some failures twice (a hard time limit, say)."""
         suffix = hashlib.sha256(once.encode()).hexdigest() if once else uuid.uuid4().hex
-        entry = DeadLetter(id=f"dl-{suffix[:16]}", **fields)
+        entry = _without_person(DeadLetter(id=f"dl-{suffix[:16]}", **fields))
         stored = _encode(entry)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(ENTRIES, entry.id, stored)
@@ -220,3 +221,13 @@ def dumps(entry: DeadLetter) -> str:
     text = json.dumps(entry.model_dump(), indent=2, ensure_ascii=False)
     # A lone surrogate in a refused payload cannot be printed: escaped, as JSON allows.
     return text if is_utf8(text) else json.dumps(entry.model_dump(), indent=2)
+
+
+def _without_person(entry: DeadLetter) -> DeadLetter:
+    # The reason and errors are the destination's words, which may echo the person's id:
+    # they reach the audit trail and the logs, which outlive the person's erasure.
+    attempts = [
+        a.model_copy(update={"error": without_person(a.error, entry.user)}) for a in entry.attempts
+    ]
+    reason = without_person(entry.reason, entry.user)
+    return entry.model_copy(update={"reason": reason, "attempts": attempts})

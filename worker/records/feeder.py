@@ -16,6 +16,11 @@ outbox entry.
 
 Every worker runs the feeder every ``INTERVAL`` (worker.queue.sweeps.BulkFeeding); a lock in Redis
 lets one feed at a time.
+
+A tenant's list is named by ``keys.key`` (``prefsync:bulk:["acme"]``), so no tenant id can
+name the feeder's own keys: the release before this one used ``prefsync:bulk:acme``, where
+a tenant called ``tenants`` parked into the rotation itself. Lists parked under that name
+are fed first (they are older) until empty; nothing is parked there any more.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from typing import Any
 
 import redis
 
+from worker.records.keys import key
 from worker.records.scripts import Scripts
 
-PREFIX = "prefsync:bulk:"  # prefsync:bulk:{tenant}: the tenant's parked messages, oldest first
+PREFIX = "prefsync:bulk:"
 TENANTS = "prefsync:bulk:tenants"  # zset tenant -> turn of its last feed (lowest goes next)
 TURN = "prefsync:bulk:turn"  # the turn counter
 FEEDER = "prefsync:bulk:feeder"  # one feeder at a time
@@ -43,7 +49,18 @@ Publish = Callable[[str, str, list[Any], dict[str, Any]], None]
 
 
 def parked_key(tenant: str) -> str:
-    return f"{PREFIX}{tenant}"
+    """The list of the tenant's parked messages, oldest first."""
+    return key("bulk", tenant)
+
+
+def older_key(tenant: str) -> str:
+    """Where the release before this one parked the tenant's messages. A tenant whose name
+    made it one of the feeder's keys, or a list of this release's form, had no list of its
+    own there: its key is then the tenant's own list, read once."""
+    name = f"{PREFIX}{tenant}"
+    if name in (TENANTS, TURN, FEEDER) or tenant.startswith("["):
+        return parked_key(tenant)
+    return name
 
 
 class BulkFeeder:
@@ -71,7 +88,12 @@ class BulkFeeder:
         with self.redis.pipeline(transaction=False) as pipe:
             for tenant in tenants:
                 pipe.llen(parked_key(tenant))
-            return dict(zip(tenants, pipe.execute(), strict=True))
+                pipe.llen(older_key(tenant))
+            lengths = pipe.execute()
+        return {
+            tenant: lengths[2 * n] + (lengths[2 * n + 1] if _has_older(tenant) else 0)
+            for n, tenant in enumerate(tenants)
+        }
 
     def feed(self, publish: Publish, queued: int) -> int:
         """Publish parked messages, a tenant's at a time in turn, until ``QUEUED`` bulk
@@ -89,13 +111,22 @@ class BulkFeeder:
                 if not first:
                     break
                 tenant = first[0].decode()
-                key = parked_key(tenant)
-                raw = self.redis.lindex(key, 0)
+                lists = [older_key(tenant), parked_key(tenant)]
+                raw = self.redis.lindex(lists[0], 0)
+                if raw is None:
+                    lists.reverse()
+                    raw = self.redis.lindex(lists[0], 0)
                 if raw is not None:
                     message = json.loads(raw)
                     publish(message["id"], message["name"], message["args"], message["kwargs"])
                     fed += 1
-                self.scripts.run("bulk_fed", [key, TENANTS, TURN], [raw or b"", tenant])
+                self.scripts.run(
+                    "bulk_fed", [lists[0], TENANTS, TURN, lists[1]], [raw or b"", tenant]
+                )
             return fed
         finally:
             self.redis.delete(FEEDER)
+
+
+def _has_older(tenant: str) -> bool:
+    return older_key(tenant) != parked_key(tenant)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 import structlog
@@ -20,6 +20,7 @@ from redis.client import Pipeline
 
 from worker.connectors.model import ConnectorConfig
 from worker.connectors.model import Mapping as MappingConfig
+from worker.core.masking import without_person
 from worker.core.outcomes import Outcome, OutcomeKind
 from worker.core.retries import clock
 from worker.infra.pseudonym import Pseudonyms
@@ -39,6 +40,16 @@ class Ended:
     event_key: str
     user: str
     outcome: Outcome
+
+
+def _without_person(item: Ended) -> Ended:
+    # A reason or detail may carry a destination's message echoing the person's id: the
+    # audit trail and the log keep it without them.
+    outcome = item.outcome
+    reason, detail = (without_person(text, item.user) for text in (outcome.reason, outcome.detail))
+    if (reason, detail) == (outcome.reason, outcome.detail):
+        return item
+    return replace(item, outcome=replace(outcome, reason=reason, detail=detail))
 
 
 def _counted(outcome: Outcome) -> list[str]:
@@ -125,6 +136,7 @@ class OutcomeRecorder:
         and the destination's ``answers`` (HTTP statuses) that led to these outcomes."""
         if not ended and also is None and not answers:
             return
+        ended = [_without_person(item) for item in ended]
         totals = Counter(name for item in ended for name in _counted(item.outcome))
         now = clock()
         with self.redis.pipeline(transaction=True) as pipe:

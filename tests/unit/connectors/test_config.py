@@ -566,7 +566,8 @@ def test_store_keeps_one_hash_per_tenant_of_stored_json(store: ConfigStore) -> N
     store.put("tenant with spaces:and:colons", config)
 
     raw = store.redis.hget("prefsync:connectors:tenant with spaces:and:colons", "braze")
-    assert json.loads(store.sealer.open(raw)) == config.to_stored()
+    opened = store.sealer.open(raw, "tenant with spaces:and:colons", "braze")
+    assert json.loads(opened) == config.to_stored()
 
 
 def test_store_holds_two_connectors_of_one_type_apart(store: ConfigStore) -> None:
@@ -605,8 +606,11 @@ def test_store_delete(store: ConfigStore) -> None:
 def test_store_revalidates_and_names_tenant_and_id_of_a_broken_config(store: ConfigStore) -> None:
     stored = parse_config(braze()).to_stored()
     stored["properties"]["server"] = "https://evil.example"
-    store.redis.hset("prefsync:connectors:acme", "braze", json.dumps(stored))
-    store.redis.hset("prefsync:connectors:acme", "junk", b"\xff not json")
+    sealed = SEALER.seal(json.dumps(stored), "acme", "braze")
+    store.redis.hset("prefsync:connectors:acme", "braze", sealed)
+    store.redis.hset(
+        "prefsync:connectors:acme", "junk", SEALER.seal("\xff not json", "acme", "junk")
+    )
 
     with pytest.raises(InvalidConfig) as broken:
         store.get("acme", "braze")
@@ -663,9 +667,9 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         calls["parse"] += 1
         return parse(*args, **kwargs)
 
-    def counted_open(self: Sealer, raw: bytes | str) -> str:
+    def counted_open(self: Sealer, raw: bytes | str, tenant: str, connector_id: str) -> str:
         calls["open"] += 1
-        return unseal(self, raw)
+        return unseal(self, raw, tenant, connector_id)
 
     monkeypatch.setattr(worker.records.configs, "parse_config", counted_parse)
     monkeypatch.setattr(Sealer, "open", counted_open)
@@ -712,7 +716,9 @@ def test_a_config_that_no_longer_validates_is_refused_at_every_read(
 ) -> None:
     stored = parse_config(braze()).to_stored()
     stored["properties"]["server"] = "https://evil.example"
-    store.redis.hset("prefsync:connectors:acme", "braze", SEALER.seal(json.dumps(stored)))
+    store.redis.hset(
+        "prefsync:connectors:acme", "braze", SEALER.seal(json.dumps(stored), "acme", "braze")
+    )
 
     for _ in range(2):
         with pytest.raises(InvalidConfig, match="stored config no longer valid"):

@@ -147,7 +147,8 @@ def test_a_stored_config_with_a_reserved_id_is_refused_when_read() -> None:
     store = ConfigStore(fakeredis.FakeRedis(), Sealer([new_key()]))
     stored = parse_config(braze({"id": "newsletter", "value": PROPERTY})).to_stored()
     stored["mappings"] = [{"id": "push_subscribe", "value": PROPERTY}]
-    store.redis.hset("prefsync:connectors:acme", "braze", json.dumps(stored))
+    sealed = store.sealer.seal(json.dumps(stored), "acme", "braze")
+    store.redis.hset("prefsync:connectors:acme", "braze", sealed)
 
     with pytest.raises(InvalidConfig) as caught:
         store.get("acme", "braze")
@@ -231,9 +232,13 @@ def test_events_for_a_stored_config_that_no_longer_validates_are_dead_lettered_u
 ) -> None:
     connector_id = braze_config(harness)
     key = f"prefsync:connectors:{TENANT}"
-    stored = json.loads(harness.rt.sealer.open(harness.rt.redis.hget(key, connector_id)))
+    stored = json.loads(
+        harness.rt.sealer.open(harness.rt.redis.hget(key, connector_id), TENANT, connector_id)
+    )
     stored["mappings"][0]["id"] = "email_subscribe"
-    harness.rt.redis.hset(key, connector_id, harness.rt.sealer.seal(json.dumps(stored)))
+    harness.rt.redis.hset(
+        key, connector_id, harness.rt.sealer.seal(json.dumps(stored), TENANT, connector_id)
+    )
 
     with capture_logs() as logs:
         harness.worker.send(deliver, [event()], connector_id)

@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.core.errors import InvalidEvent
 from worker.core.events import (
     EVENT_TYPES,
+    MAX_VERSION,
+    MAX_VERSION_STEP,
     FlatProperties,
     OrderingKey,
     PreferenceEvent,
@@ -638,6 +642,41 @@ def test_without_two_versions_the_later_timestamp_wins() -> None:
     assert not user_payload.newer_than(consent)
 
 
+def test_a_version_far_ahead_does_not_outrank_a_later_change() -> None:
+    forged = OrderingKey(timestamp_us=100, version=10**30)
+    later_opt_out = OrderingKey(timestamp_us=200, version=8)
+
+    assert later_opt_out.newer_than(forged)
+    assert not forged.newer_than(later_opt_out)
+
+
+_versions = st.integers(min_value=0, max_value=MAX_VERSION)
+_times = st.integers(min_value=0, max_value=2**62)
+
+
+@given(known=_versions, forged=_versions, forged_at=_times, known_at=_times)
+def test_no_version_makes_more_than_a_step_of_later_changes_stale(
+    known: int, forged: int, forged_at: int, known_at: int
+) -> None:
+    """However far ahead one event's version is, the person's own next changes (each a
+    version up, each later than everything before) outrank it within MAX_VERSION_STEP + 1
+    changes."""
+    stored = OrderingKey(forged_at, forged)
+    start = max(forged_at, known_at)
+    for stale in range(MAX_VERSION_STEP + 1):
+        change = OrderingKey(start + stale + 1, known + stale + 1)
+        if change.newer_than(stored):
+            break
+    else:
+        pytest.fail(f"{MAX_VERSION_STEP + 1} later changes all stale")
+
+
+@given(a=_versions, b=_versions, a_at=_times, b_at=_times)
+def test_of_two_different_keys_at_most_one_is_newer(a: int, b: int, a_at: int, b_at: int) -> None:
+    first, second = OrderingKey(a_at, a), OrderingKey(b_at, b)
+    assert not (first.newer_than(second) and second.newer_than(first))
+
+
 @pytest.mark.parametrize("version", [None, 3])
 def test_an_exact_tie_is_not_newer(version: int | None) -> None:
     key = OrderingKey(timestamp_us=100, version=version)
@@ -787,6 +826,26 @@ def test_an_updated_type_without_new_entity_is_refused() -> None:
             "user.created",
             user(version=5.5),
             "parameters.entity.version: input should be a valid integer",
+        ),
+        (
+            "user.created",
+            user(organization_user_id="u" * 513),
+            "parameters.entity.organization_user_id: string should have at most 512 characters",
+        ),
+        (
+            "event.created",
+            consent_event(organization_id="t" * 1024),
+            "parameters.entity.organization_id: string should have at most 512 characters",
+        ),
+        (
+            "user.created",
+            user(version=10**30),
+            "parameters.entity.version: input should be less than or equal to 9007199254740991",
+        ),
+        (
+            "user.created",
+            user(version=-1),
+            "parameters.entity.version: input should be greater than or equal to 0",
         ),
         (
             "event.created",

@@ -8,10 +8,11 @@ import stat
 
 import fakeredis
 import pytest
+from cryptography.fernet import Fernet
 
 from worker.connectors.config import parse_config
 from worker.core.errors import InvalidConfig
-from worker.infra.sealing import PREFIX, Sealer, SealingError, keys_from, new_key
+from worker.infra.sealing import FERNET_PREFIX, PREFIX, Sealer, SealingError, keys_from, new_key
 from worker.infra.settings import Settings
 from worker.records.configs import KEY_PREFIX, ConfigStore
 
@@ -42,8 +43,8 @@ def test_a_stored_config_holds_no_credential_in_clear_and_reads_back():
     assert store.get("acme", "sendinblue").credentials == API_KEY
 
 
-def test_a_plain_config_of_an_older_release_still_reads_until_reencrypted():
-    redis, sealer = fakeredis.FakeRedis(), Sealer([new_key()])
+def test_a_plain_config_of_an_older_release_reads_with_the_development_key_until_reencrypted():
+    redis, sealer = fakeredis.FakeRedis(), Sealer([new_key()], accept_plain=True)
     stored = parse_config(CONFIG).to_stored()
     redis.hset(f"{KEY_PREFIX}acme", "sendinblue", json.dumps(stored))
     store = ConfigStore(redis, sealer)
@@ -54,6 +55,50 @@ def test_a_plain_config_of_an_older_release_still_reads_until_reencrypted():
     assert API_KEY.encode() not in everything(redis)
     assert store.get("acme", "sendinblue").credentials == API_KEY
     assert store.reencrypt() == (0, 1)
+
+
+def test_with_keys_set_a_plain_config_is_refused_naming_reencrypt_which_seals_it():
+    redis = fakeredis.FakeRedis()
+    redis.hset(f"{KEY_PREFIX}acme", "sendinblue", json.dumps(parse_config(CONFIG).to_stored()))
+    store = ConfigStore(redis, Sealer([new_key()]))
+
+    with pytest.raises(InvalidConfig, match=r"plain text.*prefsync connectors reencrypt"):
+        store.get("acme", "sendinblue")
+
+    assert store.reencrypt() == (1, 0)
+    assert store.get("acme", "sendinblue").credentials == API_KEY
+
+
+def test_a_sealed_config_moved_to_another_tenant_or_connector_is_refused():
+    redis, sealer = fakeredis.FakeRedis(), Sealer([new_key()])
+    store = ConfigStore(redis, sealer)
+    store.put("globex", parse_config(CONFIG))
+    store.put("acme", parse_config({**CONFIG, "config": {**CONFIG["config"], "api_key": "k2"}}))
+    globex = redis.hget(f"{KEY_PREFIX}globex", "sendinblue")
+
+    redis.hset(f"{KEY_PREFIX}acme", "sendinblue", globex)
+    redis.hset(f"{KEY_PREFIX}globex", "other", globex)
+
+    for tenant, connector_id in (("acme", "sendinblue"), ("globex", "other")):
+        with pytest.raises(InvalidConfig, match="for another tenant or connector") as refused:
+            store.get(tenant, connector_id)
+        assert API_KEY not in str(refused.value)
+    with pytest.raises(InvalidConfig, match="tenant 'acme', connector 'sendinblue'"):
+        store.reencrypt()
+    assert store.get("globex", "sendinblue").credentials == API_KEY
+
+
+def test_a_config_the_previous_release_sealed_still_opens_and_reencrypt_binds_it():
+    redis, key = fakeredis.FakeRedis(), new_key()
+    stored = json.dumps(parse_config(CONFIG).to_stored()).encode()
+    redis.hset(f"{KEY_PREFIX}acme", "sendinblue", FERNET_PREFIX + Fernet(key).encrypt(stored))
+    store = ConfigStore(redis, Sealer([key]))
+    assert store.get("acme", "sendinblue").credentials == API_KEY
+
+    assert store.reencrypt() == (1, 0)
+
+    assert redis.hget(f"{KEY_PREFIX}acme", "sendinblue").startswith(PREFIX)
+    assert store.get("acme", "sendinblue").credentials == API_KEY
 
 
 def test_rotation_the_first_key_seals_every_key_opens_reencrypt_moves_to_the_first():
@@ -85,10 +130,10 @@ def test_reencrypt_names_a_config_no_key_opens_and_still_does_the_others():
 
 def test_an_altered_value_is_refused_not_read_wrongly():
     sealer = Sealer([new_key()])
-    sealed = bytearray(sealer.seal("{}"))
+    sealed = bytearray(sealer.seal("{}", "acme", "braze"))
     sealed[-5] ^= 1
     with pytest.raises(SealingError):
-        sealer.open(bytes(sealed))
+        sealer.open(bytes(sealed), "acme", "braze")
 
 
 def test_without_keys_a_development_key_is_made_once_and_kept_private(tmp_path):

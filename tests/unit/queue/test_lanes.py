@@ -40,6 +40,7 @@ from worker.queue.app import app
 from worker.queue.lanes import BULK, LIVE, queue_for, queues
 from worker.queue.tasks import deliver, route
 from worker.records.configs import Destinations
+from worker.records.feeder import parked_key
 
 BULK_BRAZE = {"lane": BULK, "destination": "braze"}
 
@@ -299,7 +300,7 @@ def test_the_producer_api_is_live_unless_told_or_large(
     producer.enqueue_many([producer_event()] * (producer.BULK_ABOVE + 1))
     assert len(sent) == 2  # parked, not published
     assert rt.feeder.parked() == {"acme": 1 + producer.BULK_ABOVE // producer.MAX_BATCH + 1}
-    [parked] = [json.loads(raw) for raw in rt.redis.lrange("prefsync:bulk:acme", 0, 0)]
+    [parked] = [json.loads(raw) for raw in rt.redis.lrange(parked_key("acme"), 0, 0)]
     assert queue_for(parked["name"], parked["kwargs"]) == "celery.bulk"
 
 

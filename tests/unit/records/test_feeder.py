@@ -3,6 +3,7 @@ queued, and never lost when a feeder dies mid-way (worker.records.feeder)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import fakeredis
@@ -112,3 +113,42 @@ def test_a_tenant_with_nothing_parked_leaves_the_rotation(bulk: BulkFeeder) -> N
 
     assert bulk.feed(Published(), queued=0) == 0
     assert bulk.redis.zcard(TENANTS) == 0
+
+
+HOSTILE = ["tenants", "turn", "feeder", "a:b", "{x}", "*", "a b", '["a"]', "t" * 1024]
+
+
+def test_no_tenant_id_reaches_the_feeders_own_keys_or_another_tenants_list(
+    bulk: BulkFeeder,
+) -> None:
+    for tenant in ["acme", *HOSTILE]:
+        park(bulk, tenant, 2)
+    published = Published()
+
+    assert bulk.feed(published, queued=0) == QUEUED
+    bulk.feed(published, queued=0)
+
+    assert sorted(published) == sorted(f"{t}-{n}" for t in ["acme", *HOSTILE] for n in range(2))
+    assert bulk.parked() == {}
+    names = {name.decode() for name in bulk.redis.keys("*")}
+    assert names <= {feeder.TURN}
+
+
+def test_lists_the_previous_release_parked_are_fed_first_then_the_new_ones(
+    bulk: BulkFeeder,
+) -> None:
+    older = [("old-0", "prefsync.route", [[{"n": 0}]], {"lane": "bulk"})]
+    bulk.redis.rpush(
+        "prefsync:bulk:acme",
+        *[json.dumps({"id": i, "name": n, "args": a, "kwargs": k}) for i, n, a, k in older],
+    )
+    bulk.redis.zadd(TENANTS, {"acme": 0})
+    park(bulk, "acme", 2)
+    assert bulk.parked() == {"acme": 3}
+    published = Published()
+
+    assert bulk.feed(published, queued=0) == 3
+
+    assert published == ["old-0", "acme-0", "acme-1"]
+    assert bulk.parked() == {}
+    assert not bulk.redis.exists("prefsync:bulk:acme", parked_key("acme"))

@@ -103,9 +103,13 @@ def test_a_mapping_pointed_at_another_property_has_not_matched_yet(rt: Runtime) 
 
 def test_connectors_check_exits_1_naming_an_invalid_stored_config(rt: Runtime) -> None:
     run("connectors", "put", "acme", "-", input=json.dumps(braze_config()))
-    stored = json.loads(rt.sealer.open(rt.redis.hget("prefsync:connectors:acme", "braze")))
+    stored = json.loads(
+        rt.sealer.open(rt.redis.hget("prefsync:connectors:acme", "braze"), "acme", "braze")
+    )
     stored["mappings"][1]["value"] = "consents_purposes_email_optout_enabld"
-    rt.redis.hset("prefsync:connectors:acme", "braze", rt.sealer.seal(json.dumps(stored)))
+    rt.redis.hset(
+        "prefsync:connectors:acme", "braze", rt.sealer.seal(json.dumps(stored), "acme", "braze")
+    )
 
     result = run("connectors", "check", "acme")
     listed = run("connectors", "list", "acme")

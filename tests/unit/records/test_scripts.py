@@ -7,7 +7,13 @@ import pytest
 
 from worker.records import scripts
 
-FED_KEYS = ["prefsync:bulk:acme", "prefsync:bulk:tenants", "prefsync:bulk:turn"]
+# The list fed from, the rotation, its counter, and the tenant's other list.
+FED_KEYS = [
+    "prefsync:bulk:acme",
+    "prefsync:bulk:tenants",
+    "prefsync:bulk:turn",
+    'prefsync:bulk:["acme"]',
+]
 
 
 def test_a_loaded_library_runs_the_scripts_by_fcall_without_eval(monkeypatch):

@@ -9,9 +9,11 @@ from collections.abc import Mapping
 
 import fakeredis
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.conftest import hold_elsewhere, known_values, lock_holder
-from worker.core.events import OrderingKey, Value
+from worker.core.events import MAX_VERSION, MAX_VERSION_STEP, OrderingKey, Value
 from worker.infra.pseudonym import Pseudonyms
 from worker.records.person import load_record
 from worker.records.state import Owners, StateStore, Write, key
@@ -91,6 +93,40 @@ def test_the_same_event_merged_again_still_owns_its_values(store):
 def test_between_user_payloads_the_higher_version_wins_even_with_an_older_timestamp(store):
     merge_one(store, "acme", "u1", "v5", at(10, version=5), {NEWSLETTER: False})
     assert merge_one(store, "acme", "u1", "v4", at(99, version=4), {NEWSLETTER: True}) == set()
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: False}
+
+
+def test_a_version_far_ahead_does_not_make_a_later_opt_out_stale(store):
+    merge_one(store, "acme", "u1", "forged", at(10, version=10**15), {NEWSLETTER: True})
+    assert merge_one(store, "acme", "u1", "opt-out", at(20, version=8), {NEWSLETTER: False}) == {
+        NEWSLETTER
+    }
+    assert known_values(store, "acme", "u1") == {NEWSLETTER: False}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    known=st.integers(min_value=0, max_value=MAX_VERSION - MAX_VERSION_STEP - 2),
+    ahead=st.integers(min_value=1, max_value=MAX_VERSION),
+    forged_at=st.integers(min_value=1, max_value=1_000),
+)
+def test_the_record_lets_a_persons_next_changes_outrank_any_version(known, ahead, forged_at):
+    """The same bound in the claim's Lua as in OrderingKey: whatever version one event
+    carries, one of the person's next MAX_VERSION_STEP + 1 changes owns the property."""
+    store = StateStore(
+        fakeredis.FakeRedis(),
+        state_ttl=3600,
+        idempotency_ttl=60,
+        lock_ttl=2,
+        lock_wait=0.2,
+        pseudonyms=Pseudonyms(b"test-hash-key"),
+    )
+    forged = min(known + ahead, MAX_VERSION)
+    merge_one(store, "acme", "u1", "forged", at(forged_at, version=forged), {NEWSLETTER: True})
+    for step in range(1, MAX_VERSION_STEP + 2):
+        later = at(1_000 + step, version=known + step)
+        if merge_one(store, "acme", "u1", f"change-{step}", later, {NEWSLETTER: False}):
+            break
     assert known_values(store, "acme", "u1") == {NEWSLETTER: False}
 
 

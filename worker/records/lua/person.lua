@@ -40,9 +40,13 @@ local function encode(b)
 end
 
 -- Whether the ordering key (timestamp_us, version; "" for none) is newer than the current.
+-- Versions decide only within MAX_VERSION_STEP of each other (worker/core/events.py: one
+-- version far ahead must not make every later change stale); further apart, timestamps do.
+local MAX_VERSION_STEP = 10
 local function newer(ts, ver, cts, cver)
-  if ver ~= '' and cver ~= '' and ver ~= cver then
-    return tonumber(ver) > tonumber(cver)
+  if ver ~= '' and cver ~= '' then
+    local step = tonumber(ver) - tonumber(cver)
+    if step ~= 0 and math.abs(step) <= MAX_VERSION_STEP then return step > 0 end
   end
   return tonumber(ts) > tonumber(cts)
 end
