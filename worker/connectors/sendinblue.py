@@ -90,6 +90,7 @@ _RESERVED = {
     "SMS": f"{_CONTACT_HINT} (it is the number itself); {_SMS_HINT}",
     "WHATSAPP": f"{_CONTACT_HINT} (it is the number itself)",
     "EXT_ID": _CONTACT_HINT,
+    "LANDLINE_NUMBER": f"{_CONTACT_HINT} (it is the number itself)",
     "EMAILBLACKLISTED": f"it is a field of the contact, set by the connector; {_EMAIL_HINT}",
     "SMSBLACKLISTED": f"it is a field of the contact, set by the connector; {_SMS_HINT}",
     "LISTIDS": _LIST_HINT,
