@@ -2,7 +2,7 @@
 # Braze/Brevo look-alike has an image of its own (tests/fakes/Dockerfile). No secret is
 # baked in: settings come from the environment at run time (PREFSYNC_*, see
 # docs/operations.md).
-FROM python:3.11.11-slim-bookworm
+FROM python:3.11.11-slim-bookworm@sha256:081075da77b2b55c23c088251026fb69a7b2bf92471e491ff5fd75c192fd38e5
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,10 +17,14 @@ RUN useradd --create-home --uid 10001 prefsync \
 
 WORKDIR /app
 
-COPY pyproject.toml README.md requirements.lock ./
+COPY pyproject.toml README.md requirements-image.lock ./
 COPY worker/ worker/
-# Every dependency at the version requirements.lock pins (make lock).
-RUN pip install -c requirements.lock '.[ops]' && rm -rf build *.egg-info
+# Every dependency (Flower's included) at the version and hashes requirements-image.lock pins
+# (make lock), then prefsync itself without dependencies: pip takes no hashes for a
+# constraints file.
+RUN pip install --require-hashes -r requirements-image.lock \
+    && pip install --no-deps . \
+    && rm -rf build *.egg-info
 
 # The example configs and events (placeholder keys only), for the demo profile.
 COPY examples/ examples/

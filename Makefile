@@ -7,14 +7,17 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-# Versions pinned by requirements.lock (make lock), as the Docker image installs them; the
-# ops extra is Flower (make flower), which tests/e2e/test_flower.py runs.
+# Versions and hashes pinned by requirements.lock (make lock), as the Docker image installs
+# its own (requirements-image.lock): pip takes no hashes in a constraints file, so the pinned
+# set goes first, checked against its hashes, then prefsync itself without dependencies. The
+# lock holds the ops extra too: Flower (make flower), which tests/e2e/test_flower.py runs.
 $(VENV)/.installed: pyproject.toml requirements.lock Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	# setuptools warns at every editable install that a folder may shadow the package: none does.
 	PYTHONWARNINGS="ignore:Editable installation" \
-		$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test,ops]'
+		$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
 ## run: a worker against PREFSYNC_REDIS_URL (default: Redis on localhost); it prints the
@@ -82,9 +85,23 @@ audit: install
 	$(BIN)/pip-audit --strict -r requirements.lock
 
 ## lock: pin every dependency (and theirs) of pyproject.toml, test and ops extras included,
-## into requirements.lock; `make install` and the Dockerfile install those versions.
+## with the hashes of their files, into requirements.lock (`make install`); and the same
+## versions of what the image needs (the ops extra, no test tools) into
+## requirements-image.lock (the Dockerfile).
 .PHONY: lock
+LOCK_OPTIONS := --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
 lock: install
 	$(BIN)/python -m pip install --quiet pip-tools
-	$(BIN)/pip-compile --quiet --extra test --extra ops --strip-extras --no-emit-index-url \
-		--no-emit-find-links -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_OPTIONS) --extra test --extra ops -o requirements.lock pyproject.toml
+	cp requirements.lock requirements-image.lock
+	$(BIN)/pip-compile $(LOCK_OPTIONS) --extra ops -o requirements-image.lock pyproject.toml
+
+## pin-images: the digest each image tag of docker-compose.yml and the Dockerfiles names
+## today (needs Docker); write the digests there, as image:tag@sha256:...
+.PHONY: pin-images
+pin-images:
+	@for image in $$(sed -n 's/^ *image: \([^@]*\)@.*/\1/p; s/^FROM \([^@ ]*\)@.*/\1/p' \
+		docker-compose.yml Dockerfile tests/fakes/Dockerfile | sort -u); do \
+		printf '%s@' "$$image"; \
+		docker buildx imagetools inspect "$$image" --format '{{json .Manifest.Digest}}' | tr -d '"'; \
+	done

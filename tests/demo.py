@@ -155,6 +155,8 @@ def run(workdir: Path) -> None:
                 PREFSYNC_ALLOW_HOSTS=fake.host_port,
                 PREFSYNC_SENDINBLUE_API_URL=f"{fake.url}/v3",
                 PREFSYNC_LOG_FORMAT="json",
+                # The demo seals its configs with this machine's development key.
+                PREFSYNC_ALLOW_DEV_KEY="1",
                 PYTHONUNBUFFERED="1",
             )
             # As a deployment does before its workers start (docs/security.md).

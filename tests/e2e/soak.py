@@ -264,6 +264,7 @@ def soak(
         PREFSYNC_ALLOW_HOSTS=fake.host_port,
         PREFSYNC_LOG_FORMAT="json",
         PREFSYNC_HEARTBEAT_FILE=str(directory / "worker.heartbeat"),
+        PREFSYNC_ALLOW_DEV_KEY="1",  # sealed with this machine's development key
         **PROFILES[profile],
     )
     put = subprocess.run(

@@ -21,6 +21,8 @@ from worker.records.state import Claim, StateStore, key
 def dev_key_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test writes a development key into the home of whoever runs the tests."""
     monkeypatch.setenv("PREFSYNC_DEV_KEY_FILE", str(tmp_path / "secret.key"))
+    # The unit tests store configs through the CLI without PREFSYNC_SECRET_KEYS.
+    monkeypatch.setenv("PREFSYNC_ALLOW_DEV_KEY", "1")
 
 
 @pytest.fixture

@@ -40,6 +40,8 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "prefsync.json"
 # ${VAR}, ${VAR:-default}, ${VAR:?error}; "$${...}" is an escaped dollar, not a variable.
 COMPOSE_VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 REQUIRED_VARIABLE = re.compile(r"^\$\{([A-Z_][A-Z0-9_]*):\?[^}]*\}$")
+# An image named by its digest: what is pulled cannot change under the same tag.
+DIGEST = r"@sha256:[0-9a-f]{64}"
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +157,7 @@ def test_redis_keeps_every_message_within_a_memory_bound_and_knows_only_its_acl_
     redis = services["redis"]
     args = argv(redis)
     name, _, tag = redis["image"].partition(":")
-    assert name == "redis" and re.fullmatch(r"\d+\.\d+\.\d+", tag), "a pinned version"
+    assert name == "redis" and re.fullmatch(rf"\d+\.\d+\.\d+{DIGEST}", tag), "a pinned version"
     assert args[0] == "redis-server"
     # Redis is the only copy of queued messages (docs/vendors.md#celery-on-redis).
     assert option_value(args, "--appendonly") == "yes"
@@ -256,6 +258,69 @@ def test_each_component_reaches_redis_as_its_own_user(services: dict[str, Any]) 
     assert "PREFSYNC_SECRET_KEYS" not in environment(services["flower"])
 
 
+# -- hardening -------------------------------------------------------------------------
+
+# The secrets each service is given: only those it uses.
+SECRETS = ("PREFSYNC_SECRET_KEYS", "PREFSYNC_USER_HASH_KEY")
+# The admin is the operator's CLI too (`docker compose run --rm admin prefsync …`): it
+# seals the configs it stores and names people by their keyed hash.
+NEEDS_SECRETS = {"worker", "worker-brevo", "admin"}
+
+
+def test_only_the_workers_and_the_admin_get_the_sealing_and_user_hash_keys(
+    services: dict[str, Any],
+) -> None:
+    for name, service in services.items():
+        given = {secret for secret in SECRETS if secret in environment(service)}
+        assert given == (set(SECRETS) if name in NEEDS_SECRETS else set()), name
+
+
+def test_only_the_ingress_publishes_a_port_beyond_loopback(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if name == "ingress":
+                continue
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    (ingress_port,) = services["ingress"]["ports"]
+    assert str(ingress_port).endswith(":8000")
+
+
+def test_every_service_drops_capabilities_and_privileges_on_a_read_only_root(
+    services: dict[str, Any],
+) -> None:
+    for name, service in services.items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert service.get("security_opt") == ["no-new-privileges:true"], name
+        assert service.get("read_only") is True, name
+
+
+def test_a_read_only_service_writes_only_to_its_volumes_and_tmpfs(
+    services: dict[str, Any],
+) -> None:
+    # The worker's heartbeat file is in /tmp (PREFSYNC_HEARTBEAT_FILE's default).
+    assert Settings().heartbeat_file.startswith("/tmp/")
+    for name in ("worker", "worker-brevo"):
+        assert "/tmp" in services[name]["tmpfs"], name
+    # Flower's database and the ACL file are on their volumes.
+    assert any(str(v).endswith(":/data") for v in services["flower"]["volumes"])
+    assert any(str(v).endswith(":/acl") for v in services["redis-acl"]["volumes"])
+
+
+def test_redis_runs_as_its_own_user_needing_no_capability(services: dict[str, Any]) -> None:
+    # Its entrypoint switches from root to the redis user only when started as root,
+    # which needs capabilities cap_drop takes away.
+    assert services["redis"]["user"] == "999:999"
+
+
+def test_every_image_is_pinned_by_digest(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if "image" in service and "build" not in service:
+            assert re.search(rf":[\w.-]+{DIGEST}$", service["image"]), (name, service["image"])
+    for dockerfile in (ROOT / "Dockerfile", ROOT / "tests" / "fakes" / "Dockerfile"):
+        froms = re.findall(r"^FROM (\S+)", dockerfile.read_text(encoding="utf-8"), re.M)
+        assert froms and all(re.search(rf"{DIGEST}$", image) for image in froms), dockerfile
+
+
 def test_flower_publishes_5555_with_basic_auth_and_a_persistent_db(
     services: dict[str, Any],
 ) -> None:
@@ -283,9 +348,11 @@ def test_flower_comes_with_the_image() -> None:
     ops = pyproject["project"]["optional-dependencies"]["ops"]
     assert any(re.match(r"flower\b", requirement) for requirement in ops)
     dockerfile = (ROOT / "Dockerfile").read_text()
-    # The image installs the versions requirements.lock pins, and copies it in first.
-    assert re.search(r"pip install -c requirements\.lock ['\"]?\.\[ops\]", dockerfile)
-    assert re.search(r"COPY [^\n]*requirements\.lock", dockerfile)
+    # The image installs what requirements-image.lock pins, Flower included, and copies it
+    # in first.
+    assert re.search(r"pip install --require-hashes -r requirements-image\.lock", dockerfile)
+    assert re.search(r"COPY [^\n]*requirements-image\.lock", dockerfile)
+    assert "flower" in pins("requirements-image.lock")
 
 
 def test_flower_uses_the_worker_image_and_fake_destinations_an_image_of_its_own(
@@ -387,7 +454,9 @@ def test_image_runs_as_a_non_root_user_without_secrets() -> None:
         for line in dockerfile.splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    assert re.fullmatch(r"FROM python:3\.11\.\d+-slim-\w+", lines[0]), "a pinned base image"
+    assert re.fullmatch(rf"FROM python:3\.11\.\d+-slim-\w+{DIGEST}", lines[0]), (
+        "a pinned base image"
+    )
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     assert not re.search(r"^(ENV|ARG)\b.*(PASSWORD|API_KEY|SECRET)", dockerfile, re.M)
@@ -408,7 +477,9 @@ def test_the_fake_destinations_image_runs_as_a_non_root_user_what_compose_runs(
     fake = services["fake-destinations"]
     lines = dockerfile_of(fake).read_text(encoding="utf-8").splitlines()
     froms = [line for line in lines if line.startswith("FROM ")]
-    assert froms and all(re.fullmatch(r"FROM python:3\.11\.\d+-slim-\w+", f) for f in froms)
+    assert froms and all(
+        re.fullmatch(rf"FROM python:3\.11\.\d+-slim-\w+{DIGEST}", f) for f in froms
+    )
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     (cmd,) = [line for line in lines if line.startswith("CMD ")]
@@ -615,6 +686,35 @@ def test_the_lock_file_pins_every_dependency_pyproject_names() -> None:
     for requirement in wanted:
         name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
         assert name in pinned, f"{name} is not pinned in requirements.lock (make lock)"
+
+
+def pins(lock: str) -> dict[str, tuple[str, int]]:
+    """Each package a lock file pins: its version and how many file hashes it names."""
+    found: dict[str, tuple[str, int]] = {}
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", (ROOT / lock).read_text()):
+        if "==" in entry and not entry.startswith("#"):
+            name, version = re.match(r"([A-Za-z0-9_.-]+)==([^\s\\;]+)", entry).groups()
+            found[name.lower().replace("_", "-")] = (version, entry.count("--hash=sha256:"))
+    return found
+
+
+def test_the_lock_files_pin_with_hashes_and_the_image_lock_agrees() -> None:
+    full, image = pins("requirements.lock"), pins("requirements-image.lock")
+    assert all(hashes for _, hashes in full.values()), "make lock: --generate-hashes"
+    assert all(hashes for _, hashes in image.values())
+    # The image's versions are the development machines' ones, without the test tools.
+    assert {name: full[name][0] for name in image} == {n: v for n, (v, _) in image.items()}
+    assert {"flower", "celery"} <= set(image)
+    assert not {"pytest", "fakeredis", "ruff", "hypothesis", "responses"} & set(image)
+
+
+def test_install_and_image_check_the_hashes() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "pip install --quiet --require-hashes -r requirements.lock" in makefile
+    assert "pip install --quiet --no-deps -e ." in makefile
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "pip install --require-hashes -r requirements-image.lock" in dockerfile
+    assert "pip install --no-deps ." in dockerfile
 
 
 def test_worker_healthcheck_runs_prefsync_worker_health(services: dict[str, Any]) -> None:

@@ -26,6 +26,16 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
     """Validate the config in FILE (either generation of shape) and store it."""
     from worker.connectors.config import parse_config
 
+    settings = runtime().settings  # the ones the config is sealed with
+    keys = settings.secret_keys.get_secret_value() if settings.secret_keys else ""
+    if not keys.strip() and not settings.allow_dev_key:
+        # Workers holding the real keys could not open it: every event for it would be
+        # dead-lettered.
+        fail(
+            "PREFSYNC_SECRET_KEYS is not set, so the config would be sealed with this "
+            "machine's development key, which the workers cannot open: set "
+            "PREFSYNC_SECRET_KEYS, or PREFSYNC_ALLOW_DEV_KEY=1 on a development machine"
+        )
     raw = read_json(file)
     try:
         config = parse_config(

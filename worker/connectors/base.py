@@ -184,8 +184,10 @@ def fed_fields(config: Account, current: Mapping[str, Value]) -> dict[str, Any]:
 
 def refusals(config: Account) -> dict[str, Any]:
     """Every field the config's mappings feed, set to its refusal (its strongest state):
-    what ``on_user_deleted: unsubscribe`` sends. Custom attributes are left alone."""
-    return {feed.field: feed.strongest_first[0] for _, feed in feeds(config) if feed is not None}
+    what ``on_user_deleted: unsubscribe`` sends, with the connector's ``erasure_refusals``.
+    Custom attributes are left alone."""
+    fed = {feed.field: feed.strongest_first[0] for _, feed in feeds(config) if feed is not None}
+    return dict(config.connector.erasure_refusals) | fed
 
 
 def erasure_change(config: Account, user: str) -> Change | None:
@@ -325,6 +327,9 @@ class Connector(ABC):
     #: destination limits it apart from updates (paced on a bucket of its own); None when
     #: deletions count against the same limit as updates
     erasure_rate: ClassVar[float | None] = None
+    #: what ``on_user_deleted: unsubscribe`` refuses whatever the mappings feed (beside
+    #: every fed field's refusal: ``refusals``)
+    erasure_refusals: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, settings: ConnectorSettings | None = None) -> None:
         self.settings = settings or ConnectorSettings()

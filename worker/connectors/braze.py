@@ -145,6 +145,36 @@ _RESERVED = {
     "subscription_group_id": _GROUP_HINT,
     "_update_existing_only": "it is set by the connector from upsert_mode",
     "_merge_objects": "it is an option of the call, not a field of the user",
+    "alias_name": f"{_USER_HINT} (with alias_label, it is a user alias)",
+    "alias_label": f"{_USER_HINT} (with alias_name, it is a user alias)",
+    "push_token_import": "it is an option of the call (an anonymous push token import)",
+}
+#: Braze profile fields of a fixed type or format (braze.com/docs/api/objects_filters/
+#: user_attributes_object, "Braze user profile fields"), with what they hold: a consent's
+#: true/false or a preference's text is none of these, and Braze refuses, nulls or misreads
+#: it (a consent's true in email_open_tracking_disabled would switch tracking off).
+#: first_name, last_name and home_city hold any text and stay usable.
+_TYPED_FIELDS = {
+    "country": "an ISO-3166-1 alpha-2 country code (Braze sets anything else to null)",
+    "current_location": "a longitude and latitude object",
+    "date_of_first_session": "a date",
+    "date_of_last_session": "a date",
+    "dob": "a date of birth, YYYY-MM-DD",
+    "email_click_tracking_disabled": "true to stop click tracking: the opposite of a consent",
+    "email_open_tracking_disabled": "true to stop open tracking: the opposite of a consent",
+    "facebook": "a Facebook profile object",
+    "gender": "one of M, F, O, N or P",
+    "language": "an ISO-639-1 language code",
+    "marked_email_as_spam_at": "a date",
+    "push_tokens": "a list of app_id and token objects",
+    "time_zone": "an IANA time zone name",
+    "twitter": "an X (Twitter) profile object",
+}
+_RESERVED |= {
+    name: f"it is a Braze profile field holding {holds}, which a consent or preference value "
+    f"is not; to keep the value in Braze, map a custom attribute of another name, such as "
+    f"'pmp_{name}'"
+    for name, holds in _TYPED_FIELDS.items()
 }
 _REASON_LENGTH = 300
 #: Answers to a call of several users that split it in halves (docs/choices.md).

@@ -19,12 +19,15 @@ The contact is the PMP's ``organization_user_id``. One that looks like an email 
 (text, one ``@``, a domain with a dot, no spaces) is addressed as ``identifierType=email_id``,
 anything else as ``ext_id``. An identifier that cannot name one contact (blank, ``.`` or
 ``..``, invisible characters, overlong: ``identifier_problem``) is never sent: the change
-is refused (dead-lettered) for this connector. The base URL is the connector's setting
-(``sendinblue_api_url``), so tests and local stacks can point it elsewhere.
+is refused (dead-lettered) for this connector. In upsert mode, a contact addressed by an
+email Brevo would not take as one (``create_problem``: ``jane..doe@example.com``) is never
+created: after the update's 404 the change is dead-lettered, the create not sent. The base
+URL is the connector's setting (``sendinblue_api_url``), so tests and local stacks can point
+it elsewhere.
 
 Erasures (``on_user_deleted``, docs/erasure.md): ``unsubscribe`` is the update with
-``emailBlacklisted`` (and ``smsBlacklisted`` when an SMS mapping exists) true and no
-attribute, never followed by a create (an unknown contact is skipped); ``delete`` is
+``emailBlacklisted`` true whatever the mappings (and ``smsBlacklisted`` when an SMS mapping
+exists) and no attribute, never followed by a create (an unknown contact is skipped); ``delete`` is
 ``DELETE {base}/contacts/{identifier}?identifierType=...``: 204 done, 404
 ``document_not_found`` already gone (skipped, ``contact_unknown``). Deletions count
 against the same contact-call limit as updates, so they share the account's pacing.
@@ -72,6 +75,13 @@ from worker.core.masking import mask
 from worker.core.outcomes import SkipReason
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# Brevo's OpenAPI declares a create's ``email`` as ``format: email``, and Brevo refuses one
+# that is not: dot-separated atoms before the @ (no leading, trailing or double dot), a
+# domain of letter, digit and hyphen labels (no underscore) with at least one dot. ASCII:
+# with re.I alone, [a-z] would also match the Kelvin sign and the long s.
+_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_CREATABLE_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+{_LABEL}", re.I | re.A)
 # Blocklisted is the refusal, so True is the stronger state.
 _BLOCKLISTS = {
     "EMAIL_CAMPAIGNS_SUBSCRIBED": Feed("emailBlacklisted", False, True, (True, False)),
@@ -90,6 +100,7 @@ _RESERVED = {
     "SMS": f"{_CONTACT_HINT} (it is the number itself); {_SMS_HINT}",
     "WHATSAPP": f"{_CONTACT_HINT} (it is the number itself)",
     "EXT_ID": _CONTACT_HINT,
+    "LANDLINE_NUMBER": f"{_CONTACT_HINT} (it is the number itself)",
     "EMAILBLACKLISTED": f"it is a field of the contact, set by the connector; {_EMAIL_HINT}",
     "SMSBLACKLISTED": f"it is a field of the contact, set by the connector; {_SMS_HINT}",
     "LISTIDS": _LIST_HINT,
@@ -153,6 +164,9 @@ class SendinblueConnector(Connector):
     options_model = Options
     # Contact calls: 10 per second per account on every plan (docs/vendors.md#brevo).
     default_rate = 10.0
+    # An erasure's unsubscribe stops email even when the connector maps only SMS or
+    # attributes (docs/erasure.md): the person is gone from the PMP.
+    erasure_refusals = {"emailBlacklisted": True}
 
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
         remaining = header_number(headers, "x-sib-ratelimit-remaining")
@@ -182,7 +196,7 @@ class SendinblueConnector(Connector):
         if not fields:
             return []
         update = _update_request(base, options, user, fields)
-        if config.upsert_mode and change.erase is None:
+        if config.upsert_mode and change.erase is None and create_problem(user) is None:
             return [update, _create_request(base, options, user, fields)]
         return [update]
 
@@ -203,6 +217,8 @@ class SendinblueConnector(Connector):
             # An erasure never creates the contact it refuses.
             if not config.upsert_mode or change.erase is not None:
                 return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
+            if problem := create_problem(user):
+                raise PermanentError(problem)
             response = transport.send(_create_request(base, options, user, fields))
         return _classify(response, fields, options, self.settings)
 
@@ -228,6 +244,21 @@ def identifier_problem(user: str) -> str | None:
         if len(segments) > 1 and not all(segments):
             return "it holds an empty path segment (a '/' at either end, or '//')"
     return None
+
+
+def create_problem(user: str) -> str | None:
+    """Why Brevo would refuse to create the contact ``user`` names, or None when it would
+    not: an identifier addressed as an email must be one by Brevo's rule (``format:
+    email``), else the create is never sent. The address itself is not quoted: it is
+    personal data, and the dead letter keeps it."""
+    if not _EMAIL.fullmatch(user) or _CREATABLE_EMAIL.fullmatch(user):
+        return None
+    return (
+        "not created in Brevo: it has no contact with this email address, and would refuse "
+        "to create one: the address is not an email by the rule of Brevo's API (names "
+        "separated by single dots before the @; a domain of letters, digits and hyphens, "
+        "with a dot)"
+    )
 
 
 def _checked(user: str) -> str:

@@ -7,8 +7,9 @@ every one opens, so a key is rotated by putting a new one first, running
 sealing existed (plain JSON) is still read, until it is re-encrypted.
 
 Without the setting, a development key is generated once and kept in a file of the user's
-own (``PREFSYNC_DEV_KEY_FILE``, by default ``~/.config/prefsync/secret.key``, mode 0600),
-shared by every process of that user, with a warning: the README's two commands work on a
+own (``PREFSYNC_DEV_KEY_FILE``, by default ``~/.config/prefsync/secret.key``, mode 0600; a
+file readable by group or others is refused), shared by every process of that user, with a
+warning: the README's two commands work on a
 fresh machine, and production sets the keys (the compose stack refuses to start without).
 Keeping the key beside the data, in Redis, would defeat the point.
 
@@ -36,6 +37,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from worker.infra.settings import InvalidSettings
 
 log = structlog.get_logger("prefsync.sealing")
 
@@ -162,6 +165,12 @@ def keys_from(configured: str | None, dev_key_file: Path) -> list[str]:
 
 def _dev_key(path: Path) -> str:
     if path.exists():
+        # Anyone who can read the key opens every config sealed with it.
+        if path.stat().st_mode & 0o077:
+            raise InvalidSettings(
+                f"PREFSYNC_DEV_KEY_FILE {path} is readable by group or others: "
+                f"run `chmod 600 {path}` (or set PREFSYNC_SECRET_KEYS)"
+            )
         key = path.read_text().strip()
     else:
         path.parent.mkdir(parents=True, exist_ok=True)

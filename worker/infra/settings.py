@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # every one opens (worker.infra.sealing). Unset: a development key in dev_key_file.
     secret_keys: SecretStr | None = None
     dev_key_file: str = "~/.config/prefsync/secret.key"
+    # `prefsync connectors put` seals with the development key only when this says so: a
+    # config sealed with one machine's key is dead-lettered by workers holding the real ones.
+    allow_dev_key: bool = False
     # Liveness (worker.queue.liveness): the file the worker's heartbeat is written to (one per
     # worker on a host), and how long its main process may stop consuming before it exits
     # and `prefsync worker-health` fails. It must outlast a warm shutdown: the hard time

@@ -30,6 +30,7 @@ from worker.records.deadletter import Attempt
 from worker.records.state import StateStore, UserBusy, Write, key
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+ERASURE_DOC = Path(__file__).resolve().parents[3] / "docs" / "erasure.md"
 TENANT = "acme"
 JANE = "jane.doe@example.com"
 PMP_ID = "pmp-jane-0001"
@@ -385,6 +386,27 @@ def test_brevo_unsubscribe_blocklists_and_skips_an_unknown_contact(rt, sms, body
         (call,) = mocked.calls
     assert json.loads(call.request.body) == body
     assert outcomes(rt) == [("sendinblue", "user.deleted", "skipped", "contact_unknown")]
+
+
+@pytest.mark.parametrize(("mapping_id", "body"), [
+    ("SMS_CAMPAIGNS_SUBSCRIBED", {"emailBlacklisted": True, "smsBlacklisted": True}),
+    ("EMAIL_NOTIFICATION", {"emailBlacklisted": True}),
+])  # fmt: skip
+def test_brevo_unsubscribe_stops_email_whatever_the_connector_maps(rt, mapping_id, body) -> None:
+    # As docs/erasure.md says: a connector mapping only SMS, or only attributes, still
+    # blocklists the erased person's email.
+    rt.configs.put(TENANT, parse_config({
+        "type_id": "sendinblue", "on_user_deleted": "unsubscribe",
+        "config": {"api_key": BREVO_KEY, "properties": [{"id": mapping_id, "value": NEWSLETTER}]},
+    }))  # fmt: skip
+    with responses.RequestsMock() as mocked:
+        mocked.put(JANE_URL, status=204)
+        assert deliver(rt, rt.configs.get(TENANT, "sendinblue"), user_deleted()) == {}
+        (call,) = mocked.calls
+    assert json.loads(call.request.body) == body
+    assert outcomes(rt) == [("sendinblue", "user.deleted", "delivered", "")]
+    row = next(line for line in ERASURE_DOC.read_text().splitlines() if line.startswith("| `unsub"))
+    assert "`emailBlacklisted: true` whatever the connector maps" in row.split(" | ")[2]
 
 
 def test_in_one_batch_the_erasure_goes_first_and_a_newer_event_comes_back_after(rt) -> None:
