@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # series per tenant and outcome, so for a few tenants only. Set it for the workers
     # (they record) and the ingress (it shows).
     metrics_tenant_label: bool = False
+    # Contacts per Brevo POST /v3/contacts/batch call (contacts named by an email address).
+    # Brevo documents no maximum; 100 is the most events a delivery message carries, so a
+    # message's contacts go in one call.
+    brevo_batch_size: int = Field(100, ge=1, le=1000)
 
     _split_lists = field_validator(
         "allow_hosts",
