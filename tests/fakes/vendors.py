@@ -111,6 +111,7 @@ class Call:
     status: int
     identifier: str | None = None  # Brevo contact calls: the URL-decoded identifier
     answer_headers: dict[str, str] = field(default_factory=dict)  # what the fake answered
+    answer_body: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -384,6 +385,7 @@ class FakeVendors:
                         status=answer.status,
                         identifier=identifier,
                         answer_headers=dict(answer.headers),
+                        answer_body=answer.body,
                     )
                 )
             return answer, self._delays.get(service, 0.0)

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from tests.e2e.helpers import consent_event
 from tests.fakes.vendors import FakeVendors
 from tests.unit.conftest import install_runtime
 from worker.connectors import connectors
@@ -352,21 +353,9 @@ def test_connectors_check_names_the_mode() -> None:
 
 def event(event_id: str, minute: int, user: str, *, newsletter: bool) -> dict[str, Any]:
     """An event.created of ``user`` at 09:``minute`` setting the newsletter consent."""
-    at = f"2026-11-20T09:{minute:02d}:00.000Z"
-    return {
-        "type": "event.created",
-        "parameters": {
-            "entity": {
-                "id": event_id,
-                "organization_id": "acme",
-                "created_at": at,
-                "updated_at": at,
-                "status": "confirmed",
-                "user": {"organization_user_id": user},
-                "consents": {"purposes": [{"id": "newsletter", "enabled": newsletter}]},
-            }
-        },
-    }
+    return consent_event(
+        event_id, user, f"2026-11-20T09:{minute:02d}:00.000Z", {"newsletter": newsletter}
+    )
 
 
 def audit(rt: Runtime) -> list[AuditEntry]:
