@@ -336,6 +336,13 @@ class Connector(ABC):
         has no batch API (each change is its own call)."""
         return 1
 
+    def call_groups(self, users: Sequence[str]) -> list[list[str]]:
+        """``users`` one destination call's worth at a time: the deliverer claims (locks and
+        merges) and sends each group on its own, so what a deferral or a failure leaves
+        unsent was never claimed. By default ``batch_size`` users a group, in order."""
+        size = self.batch_size
+        return [list(users[start : start + size]) for start in range(0, len(users), size)]
+
     @property
     def delivery_mode(self) -> str:
         """How changes travel, in a few words (``prefsync connectors check`` shows it)."""

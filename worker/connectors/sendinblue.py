@@ -230,6 +230,12 @@ class SendinblueConnector(Connector):
     def batch_size(self) -> int:
         return self.settings.brevo_batch_size
 
+    def call_groups(self, users: Sequence[str]) -> list[list[str]]:
+        # A batch's worth of email-named contacts, then each other contact alone (its call).
+        emails = [user for user in users if _EMAIL.fullmatch(user)]
+        others = [[user] for user in users if not _EMAIL.fullmatch(user)]
+        return super().call_groups(emails) + others
+
     @property
     def delivery_mode(self) -> str:
         return (

@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.helpers import consent_event
 from tests.fakes.vendors import FakeVendors
-from tests.unit.conftest import install_runtime
+from tests.unit.conftest import install_runtime, known_values, lock_holder
 from worker.connectors import connectors
 from worker.connectors.base import (
     BaseTransport,
@@ -358,15 +358,8 @@ def event(event_id: str, minute: int, user: str, *, newsletter: bool) -> dict[st
     )
 
 
-def audit(rt: Runtime) -> list[AuditEntry]:
-    return rt.audit.query("acme", limit=100)
-
-
-def test_a_batch_through_the_deliverer_ends_each_event_per_contact(
-    monkeypatch: pytest.MonkeyPatch, fake: FakeVendors, transport: FakeTransport
-) -> None:
-    rt = install_runtime(monkeypatch, Settings(rate_limits={"sendinblue": 1e6}))
-    rt.deliverer.transport = transport
+def runtime_config(rt: Runtime) -> ConnectorConfig:
+    """The Brevo connector ``brevo`` of tenant acme, stored, built with ``rt``'s settings."""
     cfg = parse_config(
         {
             "id": "brevo",
@@ -377,6 +370,19 @@ def test_a_batch_through_the_deliverer_ends_each_event_per_contact(
         connectors=rt.connectors,
     )
     rt.configs.put("acme", cfg)
+    return cfg
+
+
+def audit(rt: Runtime) -> list[AuditEntry]:
+    return rt.audit.query("acme", limit=100)
+
+
+def test_a_batch_through_the_deliverer_ends_each_event_per_contact(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeVendors, transport: FakeTransport
+) -> None:
+    rt = install_runtime(monkeypatch, Settings(rate_limits={"sendinblue": 1e6}))
+    rt.deliverer.transport = transport
+    cfg = runtime_config(rt)
     events = [
         event("e1", 1, "a@example.com", newsletter=True),
         event("e2", 2, f"c@{UNKNOWN}", newsletter=False),
@@ -404,3 +410,26 @@ def test_a_batch_through_the_deliverer_ends_each_event_per_contact(
     # Each event ended per person: delivered again, nothing is sent.
     assert rt.deliverer.deliver("acme", [parse_event(e) for e in events], cfg) == {}
     assert len(fake.calls("brevo")) == 2
+
+
+def test_contacts_that_go_alone_are_claimed_one_call_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeVendors, transport: FakeTransport
+) -> None:
+    # One call per second and no sleeping: after the batch, the first ext_id contact's call
+    # has to wait, so it is deferred, and the next is deferred without being claimed
+    # (locked and merged), as one call's worth of users at a time are.
+    rt = install_runtime(monkeypatch, Settings(rate_limits={"sendinblue": 1.0}))
+    rt.deliverer.transport = transport
+    rt.deliverer.max_sleep = 0.0
+    cfg = runtime_config(rt)
+    users = ["crm-1", "a@example.com", "crm-2", "b@example.com"]
+    events = [event(f"e{n}", 1, user, newsletter=False) for n, user in enumerate(users)]
+
+    unfinished = rt.deliverer.deliver("acme", [parse_event(e) for e in events], cfg)
+
+    assert sorted(unfinished) == [0, 2]
+    assert all(isinstance(why, Deferred) for why in unfinished.values())
+    assert transport.calls() == [("POST", "/contacts/batch")]
+    assert known_values(rt.state, "acme", "crm-2") == {}
+    assert lock_holder(rt.state, "acme", "brevo", "crm-1") is None
+    assert known_values(rt.state, "acme", "a@example.com") == {NEWSLETTER: False}
