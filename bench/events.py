@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.fakes.vendors import BRAZE_STAMP
+from tests.fakes.vendors import BRAZE_STAMP, NEVER_KNOWN_DOMAIN
 
 STAMP_PROPERTY = "consents_purposes_bench_values_enqueued_at_value"
 NEWSLETTER_PROPERTY = "consents_purposes_newsletter_enabled"
@@ -35,10 +35,10 @@ def braze_config(server: str) -> dict[str, Any]:
     }
 
 
-def brevo_config() -> dict[str, Any]:
+def brevo_config(upsert: bool = True) -> dict[str, Any]:
     return {
         "type_id": "sendinblue",
-        "upsert_mode": True,
+        "upsert_mode": upsert,
         "config": {
             "api_key": BREVO_KEY,
             "properties": [
@@ -52,19 +52,34 @@ def brevo_config() -> dict[str, Any]:
 class EventFactory:
     """Consent events of one run: ``make(i, stamp)`` is the i-th, enqueued at ``stamp``.
 
-    Event i is about user ``i % users``; ``updated_at`` grows by a microsecond per event so
-    a user's later events are always newer (none is skipped as stale for its order), and
-    entity ids are unique per run so none is a duplicate of an earlier run's.
+    Event i is about user ``i % users`` (named by an email address with ``emails``; every
+    ``unknown_every``-th one at the domain the fake never knows); ``updated_at`` grows by a
+    microsecond per event so a user's later events are always newer (none is skipped as
+    stale for its order), and entity ids are unique per run so none is a duplicate of an
+    earlier run's.
     """
 
-    def __init__(self, tenant: str, run: str, users: int | None) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        run: str,
+        users: int | None,
+        emails: bool = False,
+        unknown_every: int | None = None,
+    ) -> None:
         self.tenant = tenant
         self.run = run
         self.users = users  # None: a new user per event
+        self.emails = emails  # users named by an email address
+        self.unknown_every = unknown_every  # every n-th user at the fake's unknown domain
         self.start = datetime.now(UTC)
 
     def user(self, i: int) -> str:
-        return f"{self.run}-u{i if self.users is None else i % self.users}"
+        number = i if self.users is None else i % self.users
+        if not self.emails:
+            return f"{self.run}-u{number}"
+        unknown = self.unknown_every and number % self.unknown_every == self.unknown_every - 1
+        return f"{self.run}-u{number}@{NEVER_KNOWN_DOMAIN if unknown else 'bench.example'}"
 
     def make(self, i: int, stamp: float) -> dict[str, Any]:
         updated_at = (self.start + timedelta(microseconds=i)).isoformat(timespec="microseconds")

@@ -180,7 +180,10 @@ class Prefsync:
         from worker.infra.settings import get_settings
 
         self.tenant = f"bench-{scenario.name}"
-        raw = braze_config(stack.fake_url) if scenario.service == "braze" else brevo_config()
+        if scenario.service == "braze":
+            raw = braze_config(stack.fake_url)
+        else:
+            raw = brevo_config(upsert=scenario.upsert)
         config = parse_config(raw, allow_hosts=get_settings().allow_hosts)
         self.runtime = runtime()
         self.runtime.configs.put(self.tenant, config)
@@ -245,7 +248,13 @@ def measure(
 
     Gives up (``complete=False``) when no event ended for ``stall_timeout`` seconds.
     """
-    factory = EventFactory(f"bench-{scenario.name}", f"r{run}-{time.time_ns()}", scenario.users)
+    factory = EventFactory(
+        f"bench-{scenario.name}",
+        f"r{run}-{time.time_ns()}",
+        scenario.users,
+        scenario.emails,
+        scenario.unknown_every,
+    )
     stack.fake_reset()
     ok0, failed0, counts0 = system.ended()
     redis0 = stack.redis_commands()

@@ -23,6 +23,8 @@ TARGETS = {
     "braze": "target: >= 20,000 events/s end to end (~50x naive)",
     "braze-coalesce": "target: as braze; coalescing should cut the calls made",
     "brevo": "target: 0 x 429 and >= 90% of the configured rate",
+    "brevo-batch": "target: >= 500 contacts/s (50x one contact per call), 0 x 429",
+    "brevo-batch-unknown": "target: the known contacts delivered, the unknown skipped",
     "steady": "target: p99 < 1 s",
 }
 

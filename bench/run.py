@@ -129,6 +129,7 @@ def describe(result: RunResult) -> str:
         f"= {result.events_per_s:,.0f} events/s (enqueue {result.feed_rate:,.0f}/s, "
         f"after enqueue {'-' if drain is None else f'{drain:,.0f}'}/s), "
         f"p50 {ms(50)} ms, p99 {ms(99)} ms, {result.calls:,} calls, "
+        f"{result.objects:,} users/contacts accepted, outcomes {result.outcomes}, "
         f"{result.rate_limited} x 429, {result.redis_per_event:.1f} Redis commands/event{rss}"
         f"{'' if result.complete else ', INCOMPLETE (stalled)'}"
     )

@@ -18,6 +18,9 @@ class Scenario:
     rate: float | None = None  # events/s offered at a steady pace; None: as fast as possible
     seconds: float | None = None  # how long a steady scenario offers its rate
     summary: str = ""
+    emails: bool = False  # users named by an email address (Brevo batches them), else ids
+    unknown_every: int | None = None  # every n-th user is a contact the fake does not know
+    upsert: bool = True  # the connector's upsert_mode
 
     def scaled(self, scale: float) -> Scenario:
         """Shrink the event count by ``scale``. The coalescing scenario keeps its number of
@@ -65,6 +68,27 @@ SCENARIOS = {
             events=2_000,
             users=None,
             summary="2,000 events to one Brevo connector under its default limit",
+        ),
+        Scenario(
+            name="brevo-batch",
+            service="brevo",
+            events=10_000,
+            users=None,
+            summary="10,000 events to one Brevo connector under its default limit, known "
+            "contacts named by email (POST /v3/contacts/batch)",
+            emails=True,
+            upsert=False,
+        ),
+        Scenario(
+            name="brevo-batch-unknown",
+            service="brevo",
+            events=10_000,
+            users=None,
+            summary="as brevo-batch, one contact in 10 unknown to Brevo, upsert off "
+            "(skipped:contact_unknown)",
+            emails=True,
+            unknown_every=10,
+            upsert=False,
         ),
         Scenario(
             name="fairness",

@@ -115,9 +115,10 @@ def test_brevo_contact_calls_answer_like_brevo(server, http):
     assert created.status_code == 201
     assert created.json() == {"id": 1}
 
+    # A batch item names its contact by email, id or sms (u-7 was created as contact 1).
     batch = http.post(
         f"{server.url}/v3/contacts/batch",
-        json={"contacts": [{"email": "a@example.com"}, {"ext_id": "u-7"}]},
+        json={"contacts": [{"email": "a@example.com"}, {"id": 1}]},
         headers=BREVO_AUTH,
     )
     assert batch.status_code == 204
@@ -219,3 +220,32 @@ def test_the_bench_server_answers_as_the_test_server_does(server, http, clock):
     bench, tests = ([seen(a) for a in side] for side in answers)
     assert bench == tests
     assert [status for status, _, _ in bench].count(429) == 1  # Brevo's 11th call
+
+
+def test_brevo_batch_is_all_or_nothing(server, http):
+    def batch(*contacts: dict) -> requests.Response:
+        body = {"contacts": [{**c, "attributes": {"NEWSLETTER": True}} for c in contacts]}
+        return http.post(f"{server.url}/v3/contacts/batch", json=body, headers=BREVO_AUTH)
+
+    unknown = batch(
+        {"email": "a@example.com"},
+        {"email": "b@unknown.invalid"},
+        {"email": "c@example.com"},
+        {"email": "d@unknown.invalid"},
+    )
+    assert unknown.status_code == 404
+    assert unknown.json() == {
+        "code": "document_not_found",
+        "message": "No contact found for indexes 1,3",
+    }
+    not_an_identifier = batch({"email": "a@example.com"}, {"ext_id": "u-1"})
+    assert not_an_identifier.status_code == 400
+    assert not_an_identifier.json()["code"] == "invalid_parameter"
+    server.fake.refuse_brevo_contact("e@example.com", "Invalid phone number")
+    refused = batch({"email": "a@example.com"}, {"email": "e@example.com"})
+    assert refused.status_code == 400
+    assert refused.json() == {"code": "invalid_parameter", "message": "Invalid phone number"}
+    assert stats(http, server)["brevo"]["objects"] == 0  # nothing updated by any of them
+
+    assert batch({"email": "a@example.com"}, {"email": "c@example.com"}).status_code == 204
+    assert stats(http, server)["brevo"]["objects"] == 2

@@ -18,16 +18,23 @@ Braze::
 
 Brevo (``api-key`` header, else 401)::
 
-    PUT    /v3/contacts/{id}   204; 404 document_not_found for an unknown contact
+    PUT    /v3/contacts/{id}   204; 404 document_not_found for an unknown contact; 400
+                               invalid_parameter for one given to refuse_brevo_contact
     POST   /v3/contacts        201 {"id": N}; a known contact: 204 with updateEnabled, else
                                400 duplicate_parameter
-    POST   /v3/contacts/batch  204
+    POST   /v3/contacts/batch  204: every contact updated. All or nothing, as Brevo answers:
+                               404 {"code": "document_not_found", "message": "No contact
+                               found for indexes 3,4"} (zero-based) when it names contacts
+                               it does not know; 400 invalid_parameter when an item names
+                               no contact or more than one (email, id, sms), or names one
+                               given to refuse_brevo_contact; nothing is updated then
     DELETE /v3/contacts/{id}   204 for a known contact, which is then unknown until created
                                again; 404 document_not_found for an unknown one
 
 Every contact is known unless ``strict_contacts``: then only those added with
-:meth:`FakeVendors.add_brevo_contact` or created by ``POST /v3/contacts``. Any other route
-answers 404.
+:meth:`FakeVendors.add_brevo_contact` or created by ``POST /v3/contacts``. An email address
+at ``NEVER_KNOWN_DOMAIN`` is unknown either way until created (the benchmark's unknown
+contacts). Any other route answers 404.
 
 Rate limits, as the services count them: fixed windows aligned to the clock, Braze's
 3,000 calls per 3 s for the workspace, Brevo's 10 calls per second per account (its
@@ -86,6 +93,8 @@ BRAZE_USER_KEYS = ("external_id", "braze_id", "user_alias", "email", "phone")
 
 CONTACT_PATH = re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$")
 UNKNOWN_CONTACT = {"code": "document_not_found", "message": "Contact does not exist"}
+NEVER_KNOWN_DOMAIN = "unknown.invalid"
+BATCH_IDENTIFIERS = ("email", "id", "sms")  # what names the contact of a batch item
 
 
 @dataclass
@@ -102,6 +111,7 @@ class Call:
     status: int
     identifier: str | None = None  # Brevo contact calls: the URL-decoded identifier
     answer_headers: dict[str, str] = field(default_factory=dict)  # what the fake answered
+    answer_body: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,6 +253,7 @@ class FakeVendors:
         self._throttled_until: dict[str, float] = {}  # epoch seconds
         self._contacts: dict[str, int] = {}  # identifier -> Brevo contact id
         self._braze_refused: dict[str, str] = {}  # external_id -> the 400's message
+        self._brevo_refused: dict[str, str] = {}  # batch item identifier -> the 400's message
         self._brevo_deleted: set[str] = set()  # identifiers deleted, unknown until created
         self._braze_deleted: list[str] = []  # external ids /users/delete was given
         self._next_contact_id = 1
@@ -316,6 +327,12 @@ class FakeVendors:
         with self._lock:
             self._braze_refused[external_id] = message
 
+    def refuse_brevo_contact(self, identifier: str, message: str = "Invalid attribute") -> None:
+        """Every update of ``identifier`` answers 400 invalid_parameter ``message``: its
+        ``PUT``, and as a whole every ``/v3/contacts/batch`` call with an item naming it."""
+        with self._lock:
+            self._brevo_refused[identifier] = message
+
     def add_brevo_contact(self, identifier: str) -> None:
         with self._lock:
             self._add_contact(identifier)
@@ -368,6 +385,7 @@ class FakeVendors:
                         status=answer.status,
                         identifier=identifier,
                         answer_headers=dict(answer.headers),
+                        answer_body=answer.body,
                     )
                 )
             return answer, self._delays.get(service, 0.0)
@@ -508,7 +526,11 @@ class FakeVendors:
         return self._brevo_update(identifier, body, now)
 
     def _known(self, identifier: str) -> bool:
-        unknown = self.strict_contacts or identifier in self._brevo_deleted
+        unknown = (
+            self.strict_contacts
+            or identifier in self._brevo_deleted
+            or identifier.endswith(f"@{NEVER_KNOWN_DOMAIN}")
+        )
         return identifier in self._contacts or not unknown
 
     def _add_contact(self, identifier: str) -> int:
@@ -526,6 +548,9 @@ class FakeVendors:
         return Answer(204)
 
     def _brevo_update(self, identifier: str, body: dict[str, Any], now: float) -> Answer:
+        if identifier in self._brevo_refused:
+            message = self._brevo_refused[identifier]
+            return Answer(400, {"code": "invalid_parameter", "message": message})
         if not self._known(identifier):
             return Answer(404, UNKNOWN_CONTACT)
         self._received("brevo", identifier, body.get("attributes") or {}, now)
@@ -548,7 +573,31 @@ class FakeVendors:
         contacts = body.get("contacts")
         if not isinstance(contacts, list) or not all(isinstance(c, dict) for c in contacts):
             return Answer(400, {"code": "missing_parameter", "message": "contacts required"})
-        for contact in contacts:
-            user = contact.get("email") or contact.get("ext_id") or contact.get("id")
-            self._received("brevo", str(user), contact.get("attributes") or {}, now)
+        identifiers: list[str] = []
+        for index, contact in enumerate(contacts):
+            named = [key for key in BATCH_IDENTIFIERS if key in contact]
+            if len(named) != 1:
+                message = f"contacts[{index}]: pass exactly one of email, id or sms"
+                return Answer(400, {"code": "invalid_parameter", "message": message})
+            identifier = self._batch_identifier(named[0], contact[named[0]])
+            if identifier in self._brevo_refused:
+                message = self._brevo_refused[identifier]
+                return Answer(400, {"code": "invalid_parameter", "message": message})
+            identifiers.append(identifier)
+        unknown = [
+            str(i) for i, identifier in enumerate(identifiers) if not self._known(identifier)
+        ]
+        if unknown:
+            message = f"No contact found for indexes {','.join(unknown)}"
+            return Answer(404, {"code": "document_not_found", "message": message})
+        for identifier, contact in zip(identifiers, contacts, strict=True):
+            self._received("brevo", identifier, contact.get("attributes") or {}, now)
         return Answer(204)
+
+    def _batch_identifier(self, key: str, value: Any) -> str:
+        """The contact a batch item names: its email or SMS, or for a Brevo contact id the
+        identifier the contact was created with (the id itself when none was)."""
+        if key == "id":
+            by_id = {number: identifier for identifier, number in self._contacts.items()}
+            return by_id.get(value, str(value))
+        return str(value)

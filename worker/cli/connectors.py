@@ -75,9 +75,10 @@ def connectors_list(tenant: str) -> None:
 @connectors.command("check")
 @click.argument("tenant")
 def connectors_check(tenant: str) -> None:
-    """Whether each stored config of TENANT still validates, and for each of its mappings
+    """Whether each stored config of TENANT still validates, for each of its mappings
     when it last matched an event ("never": the property it names never had a value in
-    an event the worker saw since). Exits 1 if a config is invalid."""
+    an event the worker saw since), and how its changes travel (batches or one call per
+    person). Exits 1 if a config is invalid."""
     invalid = never = 0
     connector_ids = runtime().configs.ids(tenant)
     if not connector_ids:
@@ -93,6 +94,7 @@ def connectors_check(tenant: str) -> None:
         for line, matched in mapping_lines(tenant, config):
             never += matched is None
             click.echo(f"  {line}")
+        click.echo(f"  delivery: {config.connector.delivery_mode}")
     click.echo(f"{invalid} invalid config(s), {never} mapping(s) never matched an event")
     if invalid:
         sys.exit(1)

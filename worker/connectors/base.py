@@ -25,10 +25,12 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, ClassVar, Literal, Protocol
+from functools import lru_cache, partial
+from itertools import chain
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import requests
 from pydantic import BaseModel
@@ -262,6 +264,8 @@ class ConnectorSettings:
     rate_limit_max_wait: float = 60.0
     #: seconds since the epoch, on the clock every worker shares
     clock: Callable[[], float] = time.time
+    #: contacts per Brevo POST /contacts/batch call (PREFSYNC_BREVO_BATCH_SIZE)
+    brevo_batch_size: int = 100
 
 
 class BaseTransport(ABC):
@@ -340,6 +344,18 @@ class Connector(ABC):
         has no batch API (each change is its own call)."""
         return 1
 
+    def call_groups(self, users: Sequence[str]) -> list[list[str]]:
+        """``users`` one destination call's worth at a time: the deliverer claims (locks and
+        merges) and sends each group on its own, so what a deferral or a failure leaves
+        unsent was never claimed. By default ``batch_size`` users a group, in order."""
+        size = self.batch_size
+        return [list(users[start : start + size]) for start in range(0, len(users), size)]
+
+    @property
+    def delivery_mode(self) -> str:
+        """How changes travel, in a few words (``prefsync connectors check`` shows it)."""
+        return "one call per user"
+
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
         """What the rate-limit headers of an answer say is left, if the destination sends
         any: it slows the calls down before the quota is spent (worker.delivery.pacing)."""
@@ -371,19 +387,9 @@ class Connector(ABC):
         ``batch_size``); one answer per change, in order. A destination with a batch API
         overrides this.
 
-        By default one ``deliver`` per change, stopping at the first transient failure or
-        deferral: the changes left get the same answer, unsent. A destination that just
-        failed a call would likely fail the next, each costing up to the HTTP timeout.
+        By default one ``deliver`` per change (``one_by_one``).
         """
-        answers: list[Answer] = []
-        for sent, change in enumerate(changes):
-            try:
-                answers.append(self.deliver(transport, config, change))
-            except PermanentError as exc:
-                answers.append(exc)
-            except (RetryableError, Deferred) as exc:
-                return answers + [exc] * (len(changes) - sent)
-        return answers
+        return one_by_one(partial(self.deliver, transport, config), changes)
 
     def deliver_erasures(
         self, transport: BaseTransport, config: Account, changes: Sequence[Change]
@@ -394,6 +400,74 @@ class Connector(ABC):
         deletion endpoint overrides this. The deliverer paces these calls on a bucket of
         their own when ``erasure_rate`` is set."""
         return self.deliver_many(transport, config, changes)
+
+
+Item = TypeVar("Item")
+
+
+def one_by_one(send: Callable[[Item], Result], items: Sequence[Item]) -> list[Answer]:
+    """``send`` each item (one call or so each) and return its answer, stopping at the
+    first transient failure or deferral: the items left get the same answer, unsent. A
+    destination that just failed a call would likely fail the next, each costing up to the
+    HTTP timeout."""
+    answers: list[Answer] = []
+    for sent, item in enumerate(items):
+        try:
+            answers.append(send(item))
+        except PermanentError as exc:
+            answers.append(exc)
+        except (RetryableError, Deferred) as exc:
+            return answers + [exc] * (len(items) - sent)
+    return answers
+
+
+def stop_of(answers: Iterable[Answer]) -> RetryableError | Deferred | None:
+    """The transient failure or deferral among ``answers`` that ended a batch, if any."""
+    return next((a for a in answers if isinstance(a, RetryableError | Deferred)), None)
+
+
+#: What one call of a batch API said of each of its items, in order: its answer, or None
+#: for an item it left unanswered (to send again); or None for the whole call when the
+#: call is to be split in halves.
+CallAnswers = Sequence[Answer | None] | None
+
+
+def answer_in_calls(
+    items: Sequence[Item], size: int, send: Callable[[Sequence[Item]], CallAnswers]
+) -> list[Answer]:
+    """Send ``items`` in calls of up to ``size`` through ``send`` (one call each time it is
+    called) and return one answer per item, in order.
+
+    A call refused as a whole for what may be one item (``send`` returns None) is split in
+    halves, the first half sent first, until the item at fault is alone: it alone is
+    refused, never the others of its call. Items a call left unanswered (a destination that
+    refuses a whole call for a few items it names) go again together, before any other
+    call. ``RetryableError`` or ``Deferred`` raised by ``send`` ends it all: that call's
+    items and every later one get it, unsent (the destination takes no calls for now).
+    """
+    calls = deque(
+        list(range(start, min(start + size, len(items)))) for start in range(0, len(items), size)
+    )
+    answers: dict[int, Answer] = {}
+    while calls:
+        call = calls.popleft()
+        try:
+            said = send([items[index] for index in call])
+        except (RetryableError, Deferred) as stop:
+            for index in chain(call, *calls):
+                answers[index] = stop
+            break
+        again = call if said is None else [i for i, a in zip(call, said, strict=True) if a is None]
+        if said is not None:
+            answers |= {i: a for i, a in zip(call, said, strict=True) if a is not None}
+        if len(again) == len(call):
+            assert len(call) > 1, "a call of one item must answer it"
+            half = len(call) // 2
+            # extendleft reverses what it is given: the first half goes out first.
+            calls.extendleft((call[half:], call[:half]))
+        elif again:
+            calls.appendleft(again)
+    return [answers[index] for index in range(len(items))]
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

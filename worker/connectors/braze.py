@@ -46,10 +46,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -69,6 +67,7 @@ from worker.connectors.base import (
     Quota,
     Result,
     Skipped,
+    answer_in_calls,
     header,
     header_number,
     own_fields,
@@ -311,6 +310,10 @@ class BrazeConnector(Connector):
     def batch_size(self) -> int:
         return self.settings.braze_batch_size
 
+    @property
+    def delivery_mode(self) -> str:
+        return f"batches of up to {self.batch_size} users per POST /users/track call"
+
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
         remaining = header_number(headers, "x-ratelimit-remaining")
         reset = header_number(headers, "x-ratelimit-reset")
@@ -361,24 +364,11 @@ class BrazeConnector(Connector):
         ``braze_batch_size`` when lower). A call Braze refuses as a whole (400, 413) is
         split in halves first: one id it cannot take must not cost 49 erasures."""
         size = min(self.settings.braze_batch_size, DELETE_BATCH)
-        positions = list(range(len(changes)))
-        calls = deque(positions[start : start + size] for start in range(0, len(changes), size))
-        answers: dict[int, Answer] = {}
-        while calls:
-            call = calls.popleft()
-            try:
-                users = [changes[position].user for position in call]
-                call_answers = _send_deletion(transport, config, users, self.settings)
-            except (RetryableError, Deferred) as stop:
-                for position in chain(call, *calls):
-                    answers[position] = stop
-                break
-            if call_answers is None:
-                half = len(call) // 2
-                calls.extendleft((call[half:], call[:half]))
-                continue
-            answers |= dict(zip(call, call_answers, strict=True))
-        return [answers[position] for position in positions]
+        return answer_in_calls(
+            [change.user for change in changes],
+            size,
+            lambda users: _send_deletion(transport, config, users, self.settings),
+        )
 
     def deliver_many(
         self, transport: BaseTransport, config: Account, changes: Sequence[Change]
@@ -393,25 +383,15 @@ class BrazeConnector(Connector):
             else:
                 answers[position] = Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
 
-        size = self.settings.braze_batch_size
-        calls = deque(updates[start : start + size] for start in range(0, len(updates), size))
-        while calls:
-            call = calls.popleft()
-            try:
-                call_answers = _send(transport, config, call, self.settings)
-            except (RetryableError, Deferred) as stop:
-                # Braze (or our pacing) takes no calls for now: later calls would fare no
-                # better, so they wait for the retry with this one.
-                for update in chain(call, *calls):
-                    answers[update.position] = stop
-                break
-            if call_answers is None:
-                half = len(call) // 2
-                # extendleft reverses what it is given: the first half goes out first.
-                calls.extendleft((call[half:], call[:half]))
-                continue
-            for update, answer in zip(call, call_answers, strict=True):
-                answers[update.position] = answer
+        # Braze (or our pacing) taking no calls for now ends the batch: later calls would
+        # fare no better, so they wait for the retry with this one.
+        sent = answer_in_calls(
+            updates,
+            self.settings.braze_batch_size,
+            lambda call: _send(transport, config, call, self.settings),
+        )
+        for update, answer in zip(updates, sent, strict=True):
+            answers[update.position] = answer
         return [answers[position] for position in range(len(changes))]
 
 

@@ -1,5 +1,6 @@
 """Brevo (formerly Sendinblue): one ``PUT {base}/contacts/{identifier}`` per change and, in
-upsert mode, a ``POST {base}/contacts`` that creates the contact Brevo did not know.
+upsert mode, a ``POST {base}/contacts`` that creates the contact Brevo did not know; or,
+for several contacts named by an email address, ``POST {base}/contacts/batch`` calls.
 
 How a mapping id becomes part of the update (docs/mappings.md#brevo-sendinblue):
 
@@ -31,6 +32,18 @@ exists) and no attribute, never followed by a create (an unknown contact is skip
 ``DELETE {base}/contacts/{identifier}?identifierType=...``: 204 done, 404
 ``document_not_found`` already gone (skipped, ``contact_unknown``). Deletions count
 against the same contact-call limit as updates, so they share the account's pacing.
+
+Batches (docs/delivery.md#brevo-batches): ``deliver_many`` sends the updates of contacts
+named by an email address in ``POST {base}/contacts/batch`` calls of up to
+``brevo_batch_size`` (a contact named by ``ext_id`` cannot be: a batch item finds its
+contact by ``email``, ``id`` or ``sms`` only, so it keeps its own ``PUT``). Brevo answers a
+batch as a whole: 204 updated every contact; a 404 ``document_not_found`` naming the
+zero-based indexes of contacts it does not know updated none, so those are treated as an
+unknown contact is (skipped, or created one by one in upsert mode) and the others are sent
+again; a 400, or an answer that names no contact (a 207, a 404 without indexes), splits
+the call in halves until the contact at fault is alone. A contact alone goes as the
+single-contact ``PUT``, whose answers name it. Two contacts whose emails differ only in
+letter case are one Brevo contact: the second goes on its own, after the batch.
 """
 
 from __future__ import annotations
@@ -38,7 +51,9 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -55,7 +70,9 @@ from pydantic import (
 
 from worker.connectors.base import (
     Account,
+    Answer,
     BaseTransport,
+    CallAnswers,
     Change,
     Connector,
     ConnectorSettings,
@@ -66,9 +83,12 @@ from worker.connectors.base import (
     Quota,
     Result,
     Skipped,
+    answer_in_calls,
     header,
     header_number,
+    one_by_one,
     own_fields,
+    stop_of,
 )
 from worker.core.errors import PermanentError, RetryableError
 from worker.core.masking import mask
@@ -119,6 +139,8 @@ _LONGEST_IDENTIFIER = 254
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _PATH_SEPARATORS = re.compile(r"[/\\]")
 _REASON_LENGTH = 300
+# "No contact found for indexes 3,4": the zero-based positions in the batch's contacts.
+_UNKNOWN_INDEXES = re.compile(r"\bindex(?:es)?\s*:?\s*(\d+(?:\s*,\s*\d+)*)\s*$", re.I)
 
 
 class Options(BaseModel):
@@ -222,6 +244,140 @@ class SendinblueConnector(Connector):
             response = transport.send(_create_request(base, options, user, fields))
         return _classify(response, fields, options, self.settings)
 
+    @property
+    def batch_size(self) -> int:
+        return self.settings.brevo_batch_size
+
+    def call_groups(self, users: Sequence[str]) -> list[list[str]]:
+        # A batch's worth of email-named contacts, then each other contact alone (its call).
+        emails = [user for user in users if _EMAIL.fullmatch(user)]
+        others = [[user] for user in users if not _EMAIL.fullmatch(user)]
+        return super().call_groups(emails) + others
+
+    @property
+    def delivery_mode(self) -> str:
+        return (
+            f"contacts named by an email address: batches of up to {self.batch_size} per "
+            "POST /v3/contacts/batch call; others (ext_id): one PUT /v3/contacts/{id} each"
+        )
+
+    def deliver_many(
+        self, transport: BaseTransport, config: Account, changes: Sequence[Change]
+    ) -> list[Answer]:
+        """The email-named contacts' updates in batch calls, then every other change on its
+        own (``deliver``), then the creates of the contacts a batch found unknown (upsert
+        mode). A transient failure or a deferral stops what comes after it."""
+        answers: dict[int, Answer] = {}
+        batched: list[_Item] = []
+        alone: list[int] = []  # positions sent with deliver, one by one
+        emails: set[str] = set()
+        for position, change in enumerate(changes):
+            if change.erase == "delete" or not _EMAIL.fullmatch(change.user):
+                alone.append(position)
+                continue
+            if problem := identifier_problem(change.user):
+                answers[position] = _refused(problem)
+                continue
+            fields = _fields(config, change)
+            if not fields:
+                answers[position] = Skipped(SkipReason.NO_MAPPED_VALUES, "no mapping has a value")
+            elif change.user.casefold() in emails:
+                # The same Brevo contact twice in one call could apply in either order.
+                alone.append(position)
+            else:
+                emails.add(change.user.casefold())
+                batched.append(_Item(position, change, fields))
+
+        batch = _Batch(self, transport, config)
+        sent = answer_in_calls(batched, self.batch_size, batch.send)
+        answers |= {item.position: answer for item, answer in zip(batched, sent, strict=True)}
+        stop = stop_of(answers.values())
+        one = partial(self.deliver, transport, config)
+        done = [stop] * len(alone) if stop else one_by_one(one, [changes[p] for p in alone])
+        answers |= dict(zip(alone, done, strict=True))
+        # Created last: a create is a call per contact, the updates were one per batch.
+        stop = stop_of(answers.values())
+        created = batch.to_create
+        done = [stop] * len(created) if stop else one_by_one(batch.create, created)
+        answers |= {item.position: answer for item, answer in zip(created, done, strict=True)}
+        return [answers[position] for position in range(len(changes))]
+
+    def deliver_erasures(
+        self, transport: BaseTransport, config: Account, changes: Sequence[Change]
+    ) -> list[Answer]:
+        # Brevo deletes one contact a call: the batch endpoint only updates.
+        return one_by_one(partial(self.deliver, transport, config), changes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One contact's update as a batch sends it: where its answer goes among the changes,
+    the change, and the fields it writes."""
+
+    position: int
+    change: Change
+    fields: dict[str, Any]
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return {"email": self.change.user, **self.fields}
+
+
+class _Batch:
+    """The batch calls of one ``deliver_many``: ``send`` is one call (for
+    ``answer_in_calls``); the contacts a call found unknown that upsert mode creates are
+    kept in ``to_create``, for ``create`` once every update was sent."""
+
+    def __init__(self, connector: SendinblueConnector, transport: BaseTransport, config: Account):
+        self.connector = connector
+        self.transport = transport
+        self.config = config
+        self.options = _options(config)
+        self.base = _base_url(connector.settings)
+        self.to_create: list[_Item] = []
+
+    def send(self, call: Sequence[_Item]) -> CallAnswers:
+        if len(call) == 1:
+            # A contact alone: the single-contact update, whose answers name it (a
+            # transient failure or a deferral is raised: it ends the batch).
+            try:
+                return [self.connector.deliver(self.transport, self.config, call[0].change)]
+            except PermanentError as refused:
+                return [refused]
+        response = self.transport.send(_batch_request(self.base, self.options, call))
+        if response.status == 204:
+            return [Delivered(204, item.fields) for item in call]
+        if _contact_unknown(response):
+            unknown = _unknown_indexes(response.body, len(call))
+            if unknown is None:
+                return None  # names no contact of the call: halves will
+            return [self._unknown(item) if i in unknown else None for i, item in enumerate(call)]
+        if response.status in (207, 400):
+            # 207 (older docs: some updated) names contacts by Brevo ids, not by ours; a 400
+            # may be one malformed contact: halves until the one at fault is alone.
+            return None
+        try:
+            _classify(response, {}, self.options, self.connector.settings)
+        except PermanentError as refused:
+            return [refused] * len(call)
+        # 201: a success a batch is not documented to give; taken as the update applied.
+        return [Delivered(response.status, item.fields) for item in call]
+
+    def _unknown(self, item: _Item) -> Skipped:
+        # As the single update treats it: an erasure never creates the contact it refuses.
+        if self.config.upsert_mode and item.change.erase is None:
+            self.to_create.append(item)
+        return Skipped(SkipReason.CONTACT_UNKNOWN, "Brevo has no such contact")
+
+    def create(self, item: _Item) -> Result:
+        """Create a contact a batch found unknown (upsert mode), as the single update would:
+        never one whose email Brevo would refuse to create."""
+        if problem := create_problem(item.change.user):
+            raise PermanentError(problem)
+        request = _create_request(self.base, self.options, item.change.user, item.fields)
+        response = self.transport.send(request)
+        return _classify(response, item.fields, self.options, self.connector.settings)
+
 
 def identifier_problem(user: str) -> str | None:
     """Why ``user`` cannot name one Brevo contact, or None when it can.
@@ -264,11 +420,15 @@ def create_problem(user: str) -> str | None:
 def _checked(user: str) -> str:
     """``user``, when it can name one Brevo contact; PermanentError otherwise."""
     if problem := identifier_problem(user):
-        raise PermanentError(
-            f"not sent to Brevo: the contact identifier (organization_user_id) cannot name "
-            f"one contact: {problem}"
-        )
+        raise _refused(problem)
     return user
+
+
+def _refused(problem: str) -> PermanentError:
+    return PermanentError(
+        f"not sent to Brevo: the contact identifier (organization_user_id) cannot name "
+        f"one contact: {problem}"
+    )
 
 
 def _contact_url(base: str, user: str) -> str:
@@ -329,6 +489,27 @@ def _create_request(
     # A contact created meanwhile by someone else is then updated rather than an error.
     body["updateEnabled"] = True
     return HttpRequest(method="POST", url=f"{base}/contacts", headers=_headers(options), json=body)
+
+
+def _batch_request(base: str, options: Options, call: Sequence[_Item]) -> HttpRequest:
+    return HttpRequest(
+        method="POST",
+        url=f"{base}/contacts/batch",
+        headers=_headers(options),
+        json={"contacts": [item.body for item in call]},
+    )
+
+
+def _unknown_indexes(body: Any, count: int) -> set[int] | None:
+    """The positions of the contacts a batch's 404 says Brevo does not know ("No contact
+    found for indexes 3,4", zero-based), or None when it names none of the ``count``
+    sent, or one outside them: then it cannot be told whom it is about."""
+    message = body.get("message") if isinstance(body, dict) else None
+    found = _UNKNOWN_INDEXES.search(message) if isinstance(message, str) else None
+    if found is None:
+        return None
+    indexes = {int(number) for number in found[1].split(",")}
+    return indexes if max(indexes) < count else None
 
 
 def _contact_unknown(response: HttpResponse) -> bool:

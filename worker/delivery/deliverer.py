@@ -154,14 +154,14 @@ class Deliverer:
             by_user.setdefault(events[index].user, []).append(index)
         # One destination call's worth of users at a time: each group is claimed (locked and
         # merged) and sent on its own, so that what a deferral or a failure leaves unsent
-        # was never locked or merged (a Brevo batch sends a few users, then defers the rest).
+        # was never locked or merged (Brevo contacts named by ext_id, one call each, send
+        # a few, then defer the rest).
         transport = _Counting(self.paced(config), recording.answers)
         lock_deadline = time.monotonic() + self.state.lock_wait
-        users, size = list(by_user), config.connector.batch_size
         unfinished: Unfinished = {}
         stop: DeliveryError | Deferred | None = None
-        for start in range(0, len(users), size):
-            group = {user: by_user[user] for user in users[start : start + size]}
+        for users in config.connector.call_groups(list(by_user)):
+            group = {user: by_user[user] for user in users}
             if stop is not None:
                 unfinished |= {index: stop for indexes in group.values() for index in indexes}
                 continue

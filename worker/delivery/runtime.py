@@ -140,6 +140,7 @@ def connector_settings(
         sendinblue_api_url=settings.sendinblue_api_url,
         rate_limit_max_wait=settings.rate_limit_max_wait,
         clock=now or clock,
+        brevo_batch_size=settings.brevo_batch_size,
     )
 
 

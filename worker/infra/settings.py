@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     # pool_restart, revoke, rate_limit…) obeyed: anyone who may publish on the broker,
     # Flower's Redis user included, could send them (worker.queue.control).
     worker_remote_control: bool = False
+    # Contacts per Brevo POST /v3/contacts/batch call (contacts named by an email address).
+    # Brevo documents no maximum; 100 is the most events a delivery message carries, so a
+    # message's contacts go in one call.
+    brevo_batch_size: int = Field(100, ge=1, le=1000)
 
     _split_lists = field_validator(
         "allow_hosts",

@@ -332,7 +332,12 @@ def braze_config(harness: Harness) -> str:
     return config.id
 
 
-def brevo_config(harness: Harness) -> str:
+def brevo_config(harness: Harness, batch_size: int | None = None) -> str:
+    """Store a Brevo connector; ``batch_size`` (PREFSYNC_BREVO_BATCH_SIZE) 1 sends every
+    contact in a call of its own, as a test of what happens between calls needs."""
+    if batch_size is not None:
+        assert "connectors" not in harness.rt.__dict__, "set before the runtime builds them"
+        harness.rt.settings.brevo_batch_size = batch_size
     config = parse_config(
         {
             "id": "brevo",

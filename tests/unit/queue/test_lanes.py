@@ -186,7 +186,7 @@ def test_a_retry_stays_in_its_lane_and_queue(
 def test_a_deferral_stays_in_its_lane_and_queue(
     harness: Harness, mocked: responses.RequestsMock, no_sleep: None
 ) -> None:
-    connector_id = brevo_config(harness)
+    connector_id = brevo_config(harness, batch_size=1)
     answers(harness, mocked, [(204, None, {})], method="PUT", url=BREVO_UPDATE)
     kwargs = {"lane": BULK, "destination": "sendinblue"}
     users = [f"u{n}@example.com" for n in range(2)]

@@ -97,7 +97,7 @@ def test_a_user_another_delivery_holds_is_deferred_with_its_attempts_not_retried
 def test_a_transient_failure_retries_only_the_events_left_and_a_refusal_only_its_own(
     harness: Harness, mocked: responses.RequestsMock, no_sleep: None
 ) -> None:
-    connector_id = brevo_config(harness)
+    connector_id = brevo_config(harness, batch_size=1)
     harness.rt.settings.rate_limits["sendinblue"] = 1e6  # no pacing in the way here
     users = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
     # a: 204, b: 400 (refused), c: 503 (down): c and d are left for the retry.

@@ -87,6 +87,7 @@ def test_connectors_check_shows_when_each_mapping_last_matched(
         "never matched",
         "  newsletter_frequency <- consents_purposes_newsletter_values_frequency_value: "
         "never matched",
+        "  delivery: batches of up to 50 users per POST /users/track call",
         "0 invalid config(s), 3 mapping(s) never matched an event",
     ]
 
