@@ -33,6 +33,13 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
         )
     except InvalidConfig as exc:
         fail(f"config refused: {exc}", 1)
+    if config.bidirectional and not runtime().pmp.has(tenant):
+        fail(
+            f"config refused: bidirectional: true needs the tenant's PMP credentials, and "
+            f"tenant {tenant!r} has none; store them first with "
+            f"`prefsync pmp put {tenant} FILE` (docs/two-way.md)",
+            1,
+        )
     runtime().configs.put(tenant, config)
     click.echo(f"stored connector {config.id!r} ({config.type_id}) for tenant {tenant!r}")
 
@@ -113,13 +120,19 @@ def connectors_delete(tenant: str, connector_id: str) -> None:
 @connectors.command("reencrypt")
 def connectors_reencrypt() -> None:
     """Seal every stored config again under the first key of PREFSYNC_SECRET_KEYS: after a
-    new key was put first (rotation), or for configs stored before sealing existed. Safe
-    to run again; a config put meanwhile is left as it is (already current)."""
+    new key was put first (rotation), or for configs stored before sealing existed; the
+    tenants' PMP credentials too. Safe to run again; a config put meanwhile is left as it
+    is (already current)."""
     try:
         changed, current = runtime().configs.reencrypt()
+        pmp_changed, pmp_current = runtime().pmp.reencrypt()
     except InvalidConfig as exc:
         fail(str(exc), 1)
     click.echo(f"re-encrypted {changed} config(s), {current} already under the first key")
+    click.echo(
+        f"re-encrypted {pmp_changed} tenant(s)' PMP credentials, "
+        f"{pmp_current} already under the first key"
+    )
 
 
 @connectors.command("new-key")

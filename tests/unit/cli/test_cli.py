@@ -310,3 +310,72 @@ def test_a_redis_that_refuses_us_is_named_as_such(url: str, error: str, said: st
     assert "hunter2" not in described
     refused = redis.exceptions.ConnectionError("Error 111 connecting to db:6379. Refused.")
     assert problem(url, refused) is None  # "nothing answers", said by the caller
+
+
+# -- pmp and bidirectional connectors ----------------------------------------------------
+
+PMP_KEY, PMP_SECRET = "didomi-key-0123456789abcd", "didomi-secret-0123456789abcd"
+
+
+def pmp_credentials() -> str:
+    raw = json.loads((EXAMPLES / "pmp" / "didomi.json").read_text())
+    return json.dumps({**raw, "api_key": PMP_KEY, "api_secret": PMP_SECRET})
+
+
+def bidirectional_config() -> dict[str, Any]:
+    config = json.loads((EXAMPLES / "connectors" / "sendinblue-bidirectional.json").read_text())
+    config["authentication"]["private_api_key"] = BREVO_KEY
+    return config
+
+
+def test_pmp_put_show_delete_never_print_a_secret(rt: Runtime) -> None:
+    put = run("pmp", "put", "acme", "-", input=pmp_credentials())
+    assert put.exit_code == 0, put.output
+    assert (
+        "stored PMP credentials (didomi, https://api.didomi.io/v1) for tenant 'acme'" in put.output
+    )
+    shown = run("pmp", "show", "acme")
+    assert json.loads(shown.output)["api_secret"] == "…abcd"
+    assert rt.pmp.get("acme").api_secret.get_secret_value() == PMP_SECRET
+    assert PMP_SECRET.encode() not in rt.redis.hget("prefsync:pmp:credentials", "acme")
+    assert run("pmp", "delete", "acme").exit_code == 0
+    missing = run("pmp", "show", "acme")
+    assert missing.exit_code == 1 and "has no PMP credentials" in missing.output
+    for output in (put.output, shown.output):
+        assert PMP_KEY not in output and PMP_SECRET not in output
+
+
+def test_pmp_put_refuses_naming_the_field(rt: Runtime) -> None:
+    other_tenant = run("pmp", "put", "globex", "-", input=pmp_credentials())
+    assert other_tenant.exit_code == 1
+    assert "organization_id: must be the tenant's id ('globex')" in other_tenant.output
+    private = json.dumps({**json.loads(pmp_credentials()), "api_url": "https://10.1.2.3/v1"})
+    refused = run("pmp", "put", "acme", "-", input=private)
+    assert refused.exit_code == 1
+    assert "api_url: must name a host, not an IP address" in refused.output
+    for output in (other_tenant.output, refused.output):
+        assert PMP_KEY not in output and PMP_SECRET not in output
+    assert not rt.pmp.has("globex") and not rt.pmp.has("acme")
+
+
+def test_bidirectional_needs_pmp_credentials_and_keeps_them(rt: Runtime) -> None:
+    refused = run("connectors", "put", "acme", "-", input=json.dumps(bidirectional_config()))
+    assert refused.exit_code == 1
+    assert "bidirectional: true needs the tenant's PMP credentials" in refused.output
+    assert rt.configs.ids("acme") == []
+    run("pmp", "put", "acme", "-", input=pmp_credentials())
+    stored = run("connectors", "put", "acme", "-", input=json.dumps(bidirectional_config()))
+    assert stored.exit_code == 0, stored.output
+    assert json.loads(run("connectors", "show", "acme", "brevo-main").output)["bidirectional"]
+    kept = run("pmp", "delete", "acme")
+    assert kept.exit_code == 1 and "bidirectional connectors (brevo-main)" in kept.output
+    run("connectors", "delete", "acme", "brevo-main")
+    assert run("pmp", "delete", "acme").exit_code == 0
+
+
+def test_reencrypt_seals_pmp_credentials_again(rt: Runtime) -> None:
+    run("pmp", "put", "acme", "-", input=pmp_credentials())
+    result = run("connectors", "reencrypt")
+    assert "re-encrypted 0 tenant(s)' PMP credentials, 1 already under the first key" in (
+        result.output
+    )
