@@ -1,4 +1,5 @@
 """How Braze, Brevo (Sendinblue) and the PMP (Didomi) answer, and what the fake destinations
+keep of each call.
 
 No I/O here: tests/fakes/destinations.py serves it on a threaded HTTP server with a control
 API (tests, the demo, docker-compose) and bench/fake.py on a fast asyncio one (the
