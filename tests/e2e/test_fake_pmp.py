@@ -100,3 +100,12 @@ def test_brevo_webhooks_are_created_and_listed(fake) -> None:
     assert requests.get(f"{fake.url}/v3/webhooks").status_code == 401
     control = requests.get(f"{fake.url}/_fake/brevo_webhooks").json()
     assert len(control["webhooks"]) == 1
+
+
+def test_brevo_reads_a_contact_by_email_with_its_ext_id(fake) -> None:
+    fake.add_brevo_contact("jane@example.com", ext_id="u-9")
+    url = f"{fake.url}/v3/contacts/jane%40example.com?identifierType=email_id"
+    contact = requests.get(url, headers=BREVO_AUTH)
+    assert contact.status_code == 200 and contact.json()["attributes"] == {"EXT_ID": "u-9"}
+    unknown = requests.get(f"{fake.url}/v3/contacts/bob%40example.com", headers=BREVO_AUTH)
+    assert unknown.status_code == 404 and unknown.json()["code"] == "document_not_found"

@@ -27,7 +27,7 @@ which is then driven through its control API::
     POST /_fake/throttle      {"service": "braze", "seconds": 2}   429 until then (0 lifts it)
     GET  /_fake/brevo_contacts                   {"strict": bool, "contacts": [...]}
     GET  /_fake/braze_deleted                    {"external_ids": [...]}
-    POST /_fake/brevo_contacts {"identifier": "u-1"}
+    POST /_fake/brevo_contacts {"identifier": "u-1", "ext_id": "..."}   ext_id optional
     POST /_fake/strict_contacts {"strict": true}
     POST /_fake/braze_refuse  {"external_id": "u-7", "message": "..."}   400 to every call
                                                                          holding that user
@@ -148,7 +148,9 @@ class FakeDestinations(FakeVendors):
                 ),
                 "/_fake/delay": lambda: self.set_delay(body["service"], body["seconds"]),
                 "/_fake/throttle": lambda: self.throttle(body["service"], body["seconds"]),
-                "/_fake/brevo_contacts": lambda: self.add_brevo_contact(body["identifier"]),
+                "/_fake/brevo_contacts": lambda: self.add_brevo_contact(
+                    body["identifier"], body.get("ext_id")
+                ),
                 "/_fake/braze_refuse": lambda: self.refuse_braze_user(
                     body["external_id"], body.get("message", "Invalid user object")
                 ),

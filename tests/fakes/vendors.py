@@ -21,6 +21,8 @@ Braze::
 Brevo (``api-key`` header, else 401)::
 
     PUT    /v3/contacts/{id}   204; 404 document_not_found for an unknown contact
+    GET    /v3/contacts/{id}   200 {"id", "email", "attributes"} for a contact added or created
+                               (``attributes.EXT_ID`` when added with one); else 404
     POST   /v3/contacts        201 {"id": N}; a known contact: 204 with updateEnabled, else
                                400 duplicate_parameter
     POST   /v3/contacts/batch  204
@@ -279,6 +281,7 @@ class FakeVendors:
         self._next_contact_id = 1
         self.strict_contacts = self._initial_strict
         self._brevo_webhooks: list[dict[str, Any]] = []
+        self._ext_ids: dict[str, str] = {}  # contact identifier -> its ext_id
         self._pmp_tokens: set[str] = set()
         self._pmp_events: list[dict[str, Any]] = []  # as received, in order
         self._pmp_users: dict[str, dict[str, Any]] = {}  # organization_user_id -> user
@@ -351,9 +354,12 @@ class FakeVendors:
         with self._lock:
             self._braze_refused[external_id] = message
 
-    def add_brevo_contact(self, identifier: str) -> None:
+    def add_brevo_contact(self, identifier: str, ext_id: str | None = None) -> None:
+        """A contact Brevo knows; ``ext_id`` is what reading it by email answers."""
         with self._lock:
             self._add_contact(identifier)
+            if ext_id is not None:
+                self._ext_ids[identifier] = ext_id
 
     @property
     def brevo_contacts(self) -> set[str]:
@@ -550,6 +556,10 @@ class FakeVendors:
             if not headers.get("api-key"):
                 return Answer(401, {"code": "unauthorized", "message": "Key not found"})
             return self._brevo_webhook(method, query, body, now)
+        if identifier is not None and method == "GET":
+            if not headers.get("api-key"):
+                return Answer(401, {"code": "unauthorized", "message": "Key not found"})
+            return self._brevo_read(identifier)
         update = identifier is not None and method == "PUT"
         delete = identifier is not None and method == "DELETE"
         batch = (method, path) == ("POST", "/v3/contacts/batch")
@@ -583,6 +593,14 @@ class FakeVendors:
             self._contacts[identifier] = self._next_contact_id
             self._next_contact_id += 1
         return self._contacts[identifier]
+
+    def _brevo_read(self, identifier: str) -> Answer:
+        if identifier not in self._contacts:
+            return Answer(404, UNKNOWN_CONTACT)
+        ext_id = self._ext_ids.get(identifier)
+        attributes = {"EXT_ID": ext_id} if ext_id is not None else {}
+        contact = {"id": self._contacts[identifier], "email": identifier, "attributes": attributes}
+        return Answer(200, contact)
 
     def _brevo_delete(self, identifier: str) -> Answer:
         if not self._known(identifier):

@@ -204,6 +204,26 @@ class SendinblueConnector(Connector):
             response = transport.send(_create_request(base, options, user, fields))
         return _classify(response, fields, options, self.settings)
 
+    def contact_ext_id(self, transport: BaseTransport, config: Account, email: str) -> str | None:
+        """The ``ext_id`` of the contact with that email (its ``ext_id``, else its
+        ``EXT_ID`` attribute): who a Brevo webhook naming an email is. None when Brevo has
+        no such contact or the contact has no ext_id. Errors as a delivery's."""
+        options = _options(config)
+        url = f"{_base_url(self.settings)}/contacts/{quote(_checked(email), safe='')}"
+        request = HttpRequest("GET", f"{url}?identifierType=email_id", _headers(options))
+        response = transport.send(request)
+        if _contact_unknown(response):
+            return None
+        if response.status != 200:
+            _classify(response, {}, options, self.settings)  # raises for every non-2xx
+            raise RetryableError(f"Brevo answered a contact read with HTTP {response.status}")
+        body = response.body if isinstance(response.body, dict) else {}
+        attributes = body.get("attributes") if isinstance(body.get("attributes"), dict) else {}
+        for found in (body.get("ext_id"), attributes.get("EXT_ID")):
+            if isinstance(found, str | int) and not isinstance(found, bool) and str(found):
+                return str(found)
+        return None
+
 
 def identifier_problem(user: str) -> str | None:
     """Why ``user`` cannot name one Brevo contact, or None when it can.
