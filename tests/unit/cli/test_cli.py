@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 from click.testing import CliRunner, Result
 
 from tests.unit.test_producer import broker
 from worker.cli import main
 from worker.delivery.runtime import Runtime
+from worker.ingress.credentials import CredentialStore
 from worker.queue import tasks
 from worker.records.deadletter import Attempt
 
@@ -379,3 +381,68 @@ def test_reencrypt_seals_pmp_credentials_again(rt: Runtime) -> None:
     assert "re-encrypted 0 tenant(s)' PMP credentials, 1 already under the first key" in (
         result.output
     )
+
+
+def two_way(rt: Runtime, config: dict[str, Any]) -> None:
+    run("pmp", "put", "acme", "-", input=pmp_credentials())
+    stored = run("connectors", "put", "acme", "-", input=json.dumps(config))
+    assert stored.exit_code == 0, stored.output
+
+
+def test_link_registers_one_brevo_webhook_however_often_it_runs(
+    rt: Runtime, mocked: responses.RequestsMock
+) -> None:
+    two_way(rt, bidirectional_config())
+    hooks = "https://api.brevo.com/v3/webhooks"
+    mocked.get(f"{hooks}?type=marketing", json={"webhooks": []})
+    created = mocked.post(hooks, json={"id": 7}, status=201)
+    first = run("connectors", "link", "acme", "brevo-main", "--url", "https://in.example/")
+    assert first.exit_code == 0, first.output
+    assert (
+        "Brevo webhook 7 sends unsubscribed and spam to https://in.example/signals/brevo-main"
+        in (first.output)
+    )
+    body = json.loads(created.calls[0].request.body)
+    assert body["events"] == ["unsubscribed", "spam"] and body["type"] == "marketing"
+    client_id = body["url"].removeprefix("https://").split(":")[0]
+    assert body["url"].endswith("@in.example/signals/brevo-main")
+    assert [c.client_id for c in CredentialStore(rt.redis, 3600).list("acme")] == [client_id]
+    assert BREVO_KEY not in first.output and ":pss_" not in first.output
+
+    mocked.replace(
+        responses.GET, f"{hooks}?type=marketing", json={"webhooks": [{"id": 7, "url": body["url"]}]}
+    )
+    again = run("connectors", "link", "acme", "brevo-main", "--url", "https://in.example")
+    assert again.exit_code == 0 and "already sends to" in again.output
+    assert created.call_count == 1 and len(CredentialStore(rt.redis, 3600).list("acme")) == 1
+
+
+def test_link_keeps_no_credential_when_brevo_refuses_the_webhook(
+    rt: Runtime, mocked: responses.RequestsMock
+) -> None:
+    two_way(rt, bidirectional_config())
+    hooks = "https://api.brevo.com/v3/webhooks"
+    mocked.get(f"{hooks}?type=marketing", json={"webhooks": []})
+    mocked.post(hooks, json={"code": "unauthorized", "message": "Key not found"}, status=401)
+    refused = run("connectors", "link", "acme", "brevo-main", "--url", "https://in.example")
+    assert refused.exit_code == 1 and "Brevo refused the webhook" in refused.output
+    assert CredentialStore(rt.redis, 3600).list("acme") == []
+
+
+def test_link_prints_the_braze_campaign_and_template(rt: Runtime) -> None:
+    two_way(rt, {**braze_config(), "bidirectional": True})
+    printed = run("connectors", "link", "acme", "braze", "--url", "https://in.example")
+    assert printed.exit_code == 0, printed.output
+    assert "Webhook URL:  https://in.example/signals/braze" in printed.output
+    assert "Authorization: Basic " in printed.output
+    assert '"email_subscribe": "{{subscribed_state.${email_global}}}"' in printed.output
+    assert "Re-eligibility: ON" in printed.output and '"REST API"' in printed.output
+
+
+def test_link_refuses_a_connector_that_does_not_listen(rt: Runtime) -> None:
+    run("connectors", "put", "acme", "-", input=json.dumps(braze_config()))
+    refused = run("connectors", "link", "acme", "braze", "--url", "https://in.example")
+    assert refused.exit_code == 1 and "not bidirectional" in refused.output
+    assert run("connectors", "link", "acme", "nope", "--url", "https://in.example").exit_code == 1
+    plain = run("connectors", "link", "acme", "braze", "--url", "http://in.example")
+    assert plain.exit_code == 2 and "--url: must be" in plain.output
