@@ -179,7 +179,21 @@ NEEDED = {
         ["RPUSH", "prefsync:bulk:acme", "m"],  # a parked bulk load
         ["ZADD", "prefsync:bulk:tenants", "NX", "0", "acme"],
         ["HGET", "prefsync:ingress:clients", "psc_1"],  # a credential checked
-        ["GET", "prefsync:ingress:token:ab"],  # a token of the release before
+        ["GET", "prefsync:ingress:token:ab"],  # a token in the stored-token format
+        ["SET", "prefsync:ingress:token-rate:psc_1", "0", "EX", "60", "NX"],  # tokens a minute
+        ["INCRBY", "prefsync:ingress:token-rate:psc_1", "1"],
+        ["TTL", "prefsync:ingress:token-rate:psc_1"],
+        ["HGET", "prefsync:signals:connectors:acme", "sendinblue"],  # a tool's signal
+        [
+            "FCALL",
+            FN("signals_inbox"),
+            "2",
+            "prefsync:signals:inbox",
+            "prefsync:signals:seen:x",
+            "604800",
+            "{}",
+        ],
+        ["FCALL_RO", FN("loaded"), "0"],
         ["TIME"],
         ["PING"],
         # /metrics

@@ -1,4 +1,4 @@
-"""The fake Braze and Brevo (tests/fakes/vendors.py) on a local threaded HTTP server, with
+"""The fake Braze, Brevo and PMP (tests/fakes/vendors.py) on a local threaded HTTP server, with
 every request recorded and a control API to script failures: the next N calls fail, an
 outage until recovery, a slow answer, a 429 storm.
 
@@ -6,7 +6,8 @@ In-process, from tests::
 
     fake = FakeDestinations().start()
     fake.fail_next("braze", 2, status=503)
-    ...  # point the worker at fake.url (Braze) and f"{fake.url}/v3" (Brevo)
+    ...  # point the worker at fake.url (Braze), f"{fake.url}/v3" (Brevo) and
+         # f"{fake.url}/pmp/v1" (the PMP's api_url)
     assert [c.status for c in fake.calls("braze")] == [503, 503, 201]
     fake.stop()
 
@@ -26,10 +27,14 @@ which is then driven through its control API::
     POST /_fake/throttle      {"service": "braze", "seconds": 2}   429 until then (0 lifts it)
     GET  /_fake/brevo_contacts                   {"strict": bool, "contacts": [...]}
     GET  /_fake/braze_deleted                    {"external_ids": [...]}
-    POST /_fake/brevo_contacts {"identifier": "u-1"}
+    POST /_fake/brevo_contacts {"identifier": "u-1", "ext_id": "..."}   ext_id optional
     POST /_fake/strict_contacts {"strict": true}
     POST /_fake/braze_refuse  {"external_id": "u-7", "message": "..."}   400 to every call
                                                                          holding that user
+    GET  /_fake/brevo_webhooks                   {"webhooks": [...]}
+    GET  /_fake/pmp_events                       {"events": [...]}, as the PMP created them
+    POST /_fake/pmp_users     {"organization_user_id": "u-1", "consents": {...}}
+    POST /_fake/pmp_expire_tokens                every token issued so far answers 401
 
 What Braze and Brevo answer, and the rate limits: tests/fakes/vendors.py.
 """
@@ -52,7 +57,8 @@ from tests.fakes.vendors import Answer, FakeVendors, parse_json
 
 
 class FakeDestinations(FakeVendors):
-    """Braze and Brevo on one local HTTP server, with recorded calls and scripted failures."""
+    """Braze, Brevo and the PMP on one local HTTP server, with recorded calls and scripted
+    failures."""
 
     def __init__(
         self,
@@ -60,8 +66,9 @@ class FakeDestinations(FakeVendors):
         port: int = 0,
         strict_contacts: bool = False,
         log_requests: bool = False,
+        pmp_page_size: int = 100,
     ) -> None:
-        super().__init__(strict_contacts=strict_contacts)
+        super().__init__(strict_contacts=strict_contacts, pmp_page_size=pmp_page_size)
         self._address = (host, port)
         self._log_requests = log_requests
         self._server: _Server | None = None
@@ -121,6 +128,10 @@ class FakeDestinations(FakeVendors):
                 return Answer(200, [c.to_dict() for c in self.calls(query.get("service"))])
             if (method, path) == ("GET", "/_fake/braze_deleted"):
                 return Answer(200, {"external_ids": self.braze_deleted})
+            if (method, path) == ("GET", "/_fake/brevo_webhooks"):
+                return Answer(200, {"webhooks": self.brevo_webhooks})
+            if (method, path) == ("GET", "/_fake/pmp_events"):
+                return Answer(200, {"events": self.pmp_events})
             if (method, path) == ("GET", "/_fake/brevo_contacts"):
                 contacts = sorted(self.brevo_contacts)
                 return Answer(200, {"strict": self.strict_contacts, "contacts": contacts})
@@ -137,10 +148,14 @@ class FakeDestinations(FakeVendors):
                 ),
                 "/_fake/delay": lambda: self.set_delay(body["service"], body["seconds"]),
                 "/_fake/throttle": lambda: self.throttle(body["service"], body["seconds"]),
-                "/_fake/brevo_contacts": lambda: self.add_brevo_contact(body["identifier"]),
+                "/_fake/brevo_contacts": lambda: self.add_brevo_contact(
+                    body["identifier"], body.get("ext_id")
+                ),
                 "/_fake/braze_refuse": lambda: self.refuse_braze_user(
                     body["external_id"], body.get("message", "Invalid user object")
                 ),
+                "/_fake/pmp_users": lambda: self.add_pmp_user(body),
+                "/_fake/pmp_expire_tokens": lambda: self.expire_pmp_tokens(),
                 "/_fake/strict_contacts": lambda: setattr(
                     self, "strict_contacts", bool(body["strict"])
                 ),

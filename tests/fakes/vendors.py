@@ -1,10 +1,12 @@
-"""How Braze and Brevo (Sendinblue) answer, and what the fake destinations keep of each call.
+"""How Braze, Brevo (Sendinblue) and the PMP (Didomi) answer, and what the fake destinations
+keep of each call.
 
 No I/O here: tests/fakes/destinations.py serves it on a threaded HTTP server with a control
 API (tests, the demo, docker-compose) and bench/fake.py on a fast asyncio one (the
 benchmark). Both hand every request to :meth:`FakeVendors.handle` and send back the
 :class:`Answer` it returns, so tests, demo and benchmark meet the same Braze and Brevo.
-The path decides the service: ``/v3/...`` is Brevo, anything else Braze.
+The path decides the service: ``/v3/...`` is Brevo, ``/pmp/...`` the PMP, anything else
+Braze.
 
 Braze::
 
@@ -20,6 +22,8 @@ Brevo (``api-key`` header, else 401)::
 
     PUT    /v3/contacts/{id}   204; 404 document_not_found for an unknown contact; 400
                                invalid_parameter for one given to refuse_brevo_contact
+    GET    /v3/contacts/{id}   200 {"id", "email", "attributes"} for a contact added or created
+                               (``attributes.EXT_ID`` when added with one); else 404
     POST   /v3/contacts        201 {"id": N}; a known contact: 204 with updateEnabled, else
                                400 duplicate_parameter
     POST   /v3/contacts/batch  204: every contact updated. All or nothing, as Brevo answers:
@@ -30,6 +34,21 @@ Brevo (``api-key`` header, else 401)::
                                given to refuse_brevo_contact; nothing is updated then
     DELETE /v3/contacts/{id}   204 for a known contact, which is then unknown until created
                                again; 404 document_not_found for an unknown one
+
+    GET    /v3/webhooks        {"webhooks": [...]}, those of ``?type=`` when given
+    POST   /v3/webhooks        201 {"id": N} for {"url", "events", "type", "description"}
+
+The PMP (Didomi), under ``/pmp`` (its API URL is ``{fake}/pmp/v1``)::
+
+    POST /pmp/v1/sessions          201 {"access_token"} for {"type": "api-key", "key",
+                                   "secret"}; 429 with Retry-After past 100 calls in 15 s
+    POST /pmp/v1/consents/events   201 for one event or an array of up to 100 (a bearer
+                                   token it issued, else 401; 409 for an id it holds); each
+                                   event is merged into its user's status
+    GET  /pmp/v1/consents/users    {"data", "limit", "cursor"}: pages of ``pmp_page_size``
+                                   users, ``organization_user_id`` for one, ``$cursor`` next
+
+:meth:`FakeVendors.expire_pmp_tokens` makes every token issued so far answer 401.
 
 Every contact is known unless ``strict_contacts``: then only those added with
 :meth:`FakeVendors.add_brevo_contact` or created by ``POST /v3/contacts``. An email address
@@ -62,6 +81,7 @@ import contextlib
 import json
 import math
 import re
+import secrets
 import threading
 import time
 from collections import deque
@@ -71,10 +91,12 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-SERVICES = ("braze", "brevo")
+SERVICES = ("braze", "brevo", "pmp")
 
 BRAZE_LIMIT, BRAZE_WINDOW = 3000, 3.0  # /users/track: 3,000 requests per 3 s
 BREVO_LIMIT, BREVO_WINDOW = 10, 1.0  # /v3/contacts/*: 10 requests per second, every plan
+PMP_SESSIONS_LIMIT, PMP_SESSIONS_WINDOW = 100, 15.0  # /sessions per organization
+PMP_PREFIX = "/pmp/v1"
 
 BRAZE_STAMP = "bench_enqueued_at"
 BREVO_STAMP = BRAZE_STAMP.upper()  # Brevo attribute names are upper case (the worker does it)
@@ -188,7 +210,9 @@ class FixedWindows:
 
 
 def service_for(path: str) -> str:
-    return "brevo" if path == "/v3" or path.startswith("/v3/") else "braze"
+    if path == "/v3" or path.startswith("/v3/"):
+        return "brevo"
+    return "pmp" if path.startswith("/pmp/") else "braze"
 
 
 def check_service(service: str) -> str:
@@ -201,6 +225,12 @@ def error_body(service: str, status: int, message: str | None = None) -> dict[st
     message = message or HTTPStatus(status).phrase
     if service == "braze":
         return {"message": message}
+    if service == "pmp":
+        return {
+            "code": status,
+            "name": HTTPStatus(status).phrase.replace(" ", ""),
+            "message": message,
+        }
     return {"code": BREVO_ERROR_CODES.get(status, "internal_error"), "message": message}
 
 
@@ -231,7 +261,9 @@ class FakeVendors:
         brevo_window: float = BREVO_WINDOW,
         keep_calls: bool = True,
         clock: Callable[[], float] = time.time,
+        pmp_page_size: int = 100,
     ) -> None:
+        self.pmp_page_size = pmp_page_size
         self.brevo_limit = brevo_limit
         self.brevo_window = brevo_window
         self.keep_calls = keep_calls
@@ -246,6 +278,7 @@ class FakeVendors:
         self._windows = {
             "braze": FixedWindows(BRAZE_WINDOW),
             "brevo": FixedWindows(self.brevo_window),
+            "pmp": FixedWindows(PMP_SESSIONS_WINDOW),
         }
         self._scripted: dict[str, deque[Answer]] = {s: deque() for s in SERVICES}
         self._outages: dict[str, int] = {}
@@ -258,6 +291,11 @@ class FakeVendors:
         self._braze_deleted: list[str] = []  # external ids /users/delete was given
         self._next_contact_id = 1
         self.strict_contacts = self._initial_strict
+        self._brevo_webhooks: list[dict[str, Any]] = []
+        self._ext_ids: dict[str, str] = {}  # contact identifier -> its ext_id
+        self._pmp_tokens: set[str] = set()
+        self._pmp_events: list[dict[str, Any]] = []  # as received, in order
+        self._pmp_users: dict[str, dict[str, Any]] = {}  # organization_user_id -> user
 
     # -- inspection and scripting ------------------------------------------------------------
 
@@ -333,9 +371,12 @@ class FakeVendors:
         with self._lock:
             self._brevo_refused[identifier] = message
 
-    def add_brevo_contact(self, identifier: str) -> None:
+    def add_brevo_contact(self, identifier: str, ext_id: str | None = None) -> None:
+        """A contact Brevo knows; ``ext_id`` is what reading it by email answers."""
         with self._lock:
             self._add_contact(identifier)
+            if ext_id is not None:
+                self._ext_ids[identifier] = ext_id
 
     @property
     def brevo_contacts(self) -> set[str]:
@@ -347,6 +388,27 @@ class FakeVendors:
         """Every external id Braze's /users/delete was given, in order."""
         with self._lock:
             return list(self._braze_deleted)
+
+    @property
+    def brevo_webhooks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(hook) for hook in self._brevo_webhooks]
+
+    @property
+    def pmp_events(self) -> list[dict[str, Any]]:
+        """Every consent event the PMP created, in order (a refused copy is not one)."""
+        with self._lock:
+            return list(self._pmp_events)
+
+    def add_pmp_user(self, user: dict[str, Any]) -> None:
+        """A user the PMP holds (``organization_user_id``, ``consents``...)."""
+        with self._lock:
+            self._pmp_users[user["organization_user_id"]] = dict(user)
+
+    def expire_pmp_tokens(self) -> None:
+        """Every token issued so far answers 401 from now on, as an expired one does."""
+        with self._lock:
+            self._pmp_tokens.clear()
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -366,10 +428,14 @@ class FakeVendors:
             answer = self._scripted_answer(service, now)
             if answer is None and service == "braze":
                 answer = self._braze(method, path, headers, body, now)
+            elif answer is None and service == "pmp":
+                answer = self._pmp(method, path, query, headers, body)
             elif answer is None:
                 over = in_window > self.brevo_limit
                 answer = self._brevo(method, path, query, headers, body, identifier, over, now)
-            rate = self._rate_headers(service, in_window, window_end, now, answer.status)
+            rate = {}
+            if service != "pmp":  # the PMP names no rate-limit window but in a 429
+                rate = self._rate_headers(service, in_window, window_end, now, answer.status)
             answer.headers = {**rate, **answer.headers}
             self._stats[service].count(answer.status, in_window, now)
             if self.keep_calls:
@@ -425,6 +491,8 @@ class FakeVendors:
         """The reset a throttled answer names: the throttle's end."""
         if service == "braze":  # epoch seconds, as Braze sends them
             return {"X-RateLimit-Reset": str(math.ceil(until))}
+        if service == "pmp":
+            return {"Retry-After": str(math.ceil(until - now))}
         return {"x-sib-ratelimit-reset": str(math.ceil(until - now))}  # seconds from now
 
     def _received(self, service: str, user: str, fields: Any, now: float) -> None:
@@ -502,6 +570,14 @@ class FakeVendors:
         over_limit: bool,
         now: float,
     ) -> Answer:
+        if path == "/v3/webhooks" and method in ("GET", "POST"):
+            if not headers.get("api-key"):
+                return Answer(401, {"code": "unauthorized", "message": "Key not found"})
+            return self._brevo_webhook(method, query, body, now)
+        if identifier is not None and method == "GET":
+            if not headers.get("api-key"):
+                return Answer(401, {"code": "unauthorized", "message": "Key not found"})
+            return self._brevo_read(identifier)
         update = identifier is not None and method == "PUT"
         delete = identifier is not None and method == "DELETE"
         batch = (method, path) == ("POST", "/v3/contacts/batch")
@@ -539,6 +615,14 @@ class FakeVendors:
             self._contacts[identifier] = self._next_contact_id
             self._next_contact_id += 1
         return self._contacts[identifier]
+
+    def _brevo_read(self, identifier: str) -> Answer:
+        if identifier not in self._contacts:
+            return Answer(404, UNKNOWN_CONTACT)
+        ext_id = self._ext_ids.get(identifier)
+        attributes = {"EXT_ID": ext_id} if ext_id is not None else {}
+        contact = {"id": self._contacts[identifier], "email": identifier, "attributes": attributes}
+        return Answer(200, contact)
 
     def _brevo_delete(self, identifier: str) -> Answer:
         if not self._known(identifier):
@@ -601,3 +685,99 @@ class FakeVendors:
             by_id = {number: identifier for identifier, number in self._contacts.items()}
             return by_id.get(value, str(value))
         return str(value)
+
+    def _brevo_webhook(self, method: str, query: dict[str, str], body: Any, now: float) -> Answer:
+        if method == "GET":
+            kind = query.get("type")
+            hooks = [h for h in self._brevo_webhooks if kind is None or h["type"] == kind]
+            return Answer(200, {"webhooks": [dict(h) for h in hooks]})
+        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+            return Answer(400, error_body("brevo", 400, "url is required"))
+        if not isinstance(body.get("events"), list) or not body["events"]:
+            return Answer(400, error_body("brevo", 400, "events is required"))
+        hook = {
+            "id": len(self._brevo_webhooks) + 1,
+            "url": body["url"],
+            "events": list(body["events"]),
+            "type": body.get("type", "transactional"),
+            "description": body.get("description", ""),
+            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(now)),
+        }
+        self._brevo_webhooks.append(hook)
+        return Answer(201, {"id": hook["id"]})
+
+    # -- the PMP ---------------------------------------------------------------------------------
+
+    def _pmp(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: Any
+    ) -> Answer:
+        route = path.removeprefix(PMP_PREFIX)
+        if (method, route) == ("POST", "/sessions"):
+            return self._pmp_session(body)
+        if (method, route) not in (("POST", "/consents/events"), ("GET", "/consents/users")):
+            return Answer(404, error_body("pmp", 404))
+        token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if token not in self._pmp_tokens:
+            return Answer(401, error_body("pmp", 401, "jwt expired"))
+        if not query.get("organization_id"):
+            return Answer(400, error_body("pmp", 400, "organization_id is required"))
+        if method == "GET":
+            return self._pmp_users_page(query)
+        return self._pmp_create_events(body)
+
+    def _pmp_session(self, body: Any) -> Answer:
+        if not isinstance(body, dict) or body.get("type") != "api-key":
+            return Answer(400, error_body("pmp", 400, "type must be api-key"))
+        if not body.get("key") or not body.get("secret"):
+            return Answer(401, error_body("pmp", 401, "invalid key or secret"))
+        calls, _ = self._windows["pmp"].count(f"sessions:{body['key']}", self.clock())
+        if calls > PMP_SESSIONS_LIMIT:
+            return Answer(429, error_body("pmp", 429), {"Retry-After": "15"})
+        token = f"jwt-{secrets.token_hex(8)}"
+        self._pmp_tokens.add(token)
+        return Answer(201, {"access_token": token})
+
+    def _pmp_create_events(self, body: Any) -> Answer:
+        events = body if isinstance(body, list) else [body]
+        if not 1 <= len(events) <= 100 or not all(isinstance(e, dict) for e in events):
+            return Answer(400, error_body("pmp", 400, "one event or an array of up to 100"))
+        for event in events:
+            user = event.get("user")
+            if not isinstance(user, dict) or not user.get("organization_user_id"):
+                return Answer(400, error_body("pmp", 400, "user.organization_user_id is required"))
+            if not isinstance(event.get("consents"), dict):
+                return Answer(400, error_body("pmp", 400, "consents is required"))
+        known = {event.get("id") for event in self._pmp_events}
+        if any(event.get("id") is not None and event["id"] in known for event in events):
+            return Answer(
+                409, error_body("pmp", 409, "a consent event with this id already exists")
+            )
+        for event in events:
+            self._pmp_events.append(event)
+            self._pmp_merge(event)
+        created = [{"id": event.get("id")} for event in events]
+        return Answer(201, created if isinstance(body, list) else created[0])
+
+    def _pmp_merge(self, event: dict[str, Any]) -> None:
+        """The event's purposes merged into its user's status, as the PMP does."""
+        user_id = event["user"]["organization_user_id"]
+        user = self._pmp_users.setdefault(
+            user_id,
+            {"organization_user_id": user_id, "version": 0, "consents": {"purposes": []}},
+        )
+        purposes = {p["id"]: p for p in user["consents"]["purposes"]}
+        for purpose in event["consents"].get("purposes", []):
+            purposes[purpose["id"]] = {**purposes.get(purpose["id"], {}), **purpose}
+        user["consents"]["purposes"] = list(purposes.values())
+        user["version"] += 1
+        user["updated_at"] = event.get("created_at")
+
+    def _pmp_users_page(self, query: dict[str, str]) -> Answer:
+        users = sorted(self._pmp_users.values(), key=lambda u: u["organization_user_id"])
+        if one := query.get("organization_user_id"):
+            users = [u for u in users if u["organization_user_id"] == one]
+        start = int(query.get("$cursor") or 0)
+        page = users[start : start + self.pmp_page_size]
+        more = start + self.pmp_page_size < len(users)
+        cursor = str(start + self.pmp_page_size) if more else None
+        return Answer(200, {"data": page, "limit": self.pmp_page_size, "cursor": cursor})

@@ -22,6 +22,7 @@ from worker.cli import (
     enqueue,
     erase,
     ingress,
+    pmp,
     preview,
     redis_acl,
     state,
@@ -77,5 +78,6 @@ for command in (
     state.state,
     stats.stats,
     ingress.ingress,
+    pmp.pmp,
 ):
     main.add_command(command)

@@ -3,7 +3,9 @@ sealed with."""
 
 from __future__ import annotations
 
+import base64
 import sys
+from urllib.parse import SplitResult, urlsplit
 
 import click
 
@@ -15,7 +17,8 @@ from worker.infra.settings import get_settings
 @click.group()
 def connectors() -> None:
     """Store, list, show and delete a tenant's connector configs (sealed at rest with
-    PREFSYNC_SECRET_KEYS), and rotate the key they are sealed with."""
+    PREFSYNC_SECRET_KEYS), rotate the key they are sealed with, and link a bidirectional
+    connector's tool to the signals route."""
 
 
 @connectors.command("put")
@@ -43,6 +46,13 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
         )
     except InvalidConfig as exc:
         fail(f"config refused: {exc}", 1)
+    if config.bidirectional and not runtime().pmp.has(tenant):
+        fail(
+            f"config refused: bidirectional: true needs the tenant's PMP credentials, and "
+            f"tenant {tenant!r} has none; store them first with "
+            f"`prefsync pmp put {tenant} FILE` (docs/two-way.md)",
+            1,
+        )
     runtime().configs.put(tenant, config)
     click.echo(f"stored connector {config.id!r} ({config.type_id}) for tenant {tenant!r}")
 
@@ -125,13 +135,19 @@ def connectors_delete(tenant: str, connector_id: str) -> None:
 @connectors.command("reencrypt")
 def connectors_reencrypt() -> None:
     """Seal every stored config again under the first key of PREFSYNC_SECRET_KEYS: after a
-    new key was put first (rotation), or for configs stored before sealing existed. Safe
-    to run again; a config put meanwhile is left as it is (already current)."""
+    new key was put first (rotation), or for configs stored before sealing existed; the
+    tenants' PMP credentials too. Safe to run again; a config put meanwhile is left as it
+    is (already current)."""
     try:
         changed, current = runtime().configs.reencrypt()
+        pmp_changed, pmp_current = runtime().pmp.reencrypt()
     except InvalidConfig as exc:
         fail(str(exc), 1)
     click.echo(f"re-encrypted {changed} config(s), {current} already under the first key")
+    click.echo(
+        f"re-encrypted {pmp_changed} tenant(s)' PMP credentials, "
+        f"{pmp_current} already under the first key"
+    )
 
 
 @connectors.command("new-key")
@@ -141,3 +157,85 @@ def connectors_new_key() -> None:
     from worker.infra.sealing import new_key
 
     click.echo(new_key())
+
+
+@connectors.command("link")
+@click.argument("tenant")
+@click.argument("connector_id")
+@click.option("--url", "public_url", required=True, help="The ingress's public base URL.")
+def connectors_link(tenant: str, connector_id: str, public_url: str) -> None:
+    """Wire a bidirectional connector's tool to the signals route: an ingress credential
+    of its own, then for Brevo a marketing webhook (found rather than created twice), for
+    Braze the campaign steps and the exact template to paste."""
+    from worker.connectors.base import Transport
+    from worker.connectors.braze import BrazeConnector, signal_instructions
+    from worker.connectors.sendinblue import SendinblueConnector
+    from worker.core.errors import DeliveryError
+    from worker.ingress.credentials import CredentialStore
+
+    base = _public_url(public_url)
+    config = runtime().configs.get(tenant, connector_id)
+    if config is None:
+        fail(f"tenant {tenant!r} has no connector {connector_id!r}", 1)
+    if not config.bidirectional:
+        fail(
+            f"connector {connector_id!r} is not bidirectional: store it with "
+            '"bidirectional": true first',
+            1,
+        )
+    rt = runtime()
+    route = f"{base.scheme}://{base.netloc}{base.path}/signals/{connector_id}"
+    credentials = CredentialStore(rt.redis, rt.settings.ingress_token_ttl)
+    connector = config.connector
+    if isinstance(connector, SendinblueConnector):
+        transport = Transport(rt.settings.http_timeout)
+        try:
+            hooks = connector.marketing_webhooks(transport, config)
+        except DeliveryError as exc:
+            fail(f"Brevo refused to list its webhooks: {exc}", 1)
+        for hook in hooks:
+            if _without_user_info(str(hook.get("url", ""))) == route:
+                click.echo(f"Brevo already sends to {route} (webhook {hook.get('id')})")
+                return
+        client, secret = credentials.add(tenant)
+        with_auth = f"{base.scheme}://{client.client_id}:{secret}@{base.netloc}{base.path}"
+        try:
+            hook_id = connector.create_marketing_webhook(
+                transport,
+                config,
+                f"{with_auth}/signals/{connector_id}",
+                f"prefsync two-way consent: connector {connector_id}",
+            )
+        except DeliveryError as exc:
+            credentials.revoke(tenant, client.client_id)  # no webhook holds it
+            fail(f"Brevo refused the webhook: {exc}", 1)
+        click.echo(
+            f"Brevo webhook {hook_id} sends unsubscribed and spam to {route}, "
+            f"as ingress client {client.client_id} (prefsync ingress list {tenant})"
+        )
+    elif isinstance(connector, BrazeConnector):
+        client, secret = credentials.add(tenant)
+        basic = base64.b64encode(f"{client.client_id}:{secret}".encode()).decode()
+        groups = [
+            m.id for m in config.mappings if (feed := connector.feed(m.id)) and feed.field == m.id
+        ]
+        click.echo(signal_instructions(route, f"Basic {basic}", groups))
+        click.echo(
+            f"\nIngress client {client.client_id} was created for it; the header holds its "
+            "secret, shown this once."
+        )
+
+
+def _public_url(text: str) -> SplitResult:
+    parts = urlsplit(text.strip())
+    if parts.scheme != "https" or not parts.hostname or "@" in parts.netloc:
+        fail("--url: must be the ingress's public https:// URL, without user info", 2)
+    if parts.query or parts.fragment:
+        fail("--url: must have no query or fragment", 2)
+    return parts._replace(path=parts.path.rstrip("/"))
+
+
+def _without_user_info(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}".rstrip("/")

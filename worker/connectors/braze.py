@@ -297,6 +297,59 @@ class Options(BaseModel):
         return rest_endpoint(server, (info.context or {}).get("allow_hosts", ()))
 
 
+def signal_instructions(url: str, authorization: str, groups: Sequence[str]) -> str:
+    """What an operator sets up in Braze so that a person's unsubscribe there reaches
+    ``url`` (the connector's signals route), with the ``Authorization`` header value given:
+    a webhook campaign per subscription state, its exact body (Braze Liquid), and the
+    Currents alternative."""
+    templates = [
+        (
+            "Update Subscription Status (email)",
+            {"email_subscribe": "{{subscribed_state.${email_global}}}"},
+        ),
+        *(
+            (
+                f"Update Subscription Group Status ({group})",
+                {
+                    "subscription_group_id": group,
+                    "subscription_state": f"{{{{subscribed_state.${{{group}}}}}}}",
+                },
+            )
+            for group in groups
+        ),
+    ]
+    lines = [
+        "Braze: one webhook campaign per trigger below (Messaging > Campaigns > Webhook):",
+        "  1. Delivery: action-based, on the trigger named; for a group, filter the",
+        '     trigger to exclude the "REST API" source (that is prefsync\'s own write).',
+        "  2. Re-eligibility: ON, after 0 minutes (off by default: a person's second",
+        "     change would then be lost).",
+        "  3. Webhook URL, method POST, these request headers, and the body shown.",
+        "",
+        f"Webhook URL:  {url}",
+        f"Header:       Authorization: {authorization}",
+        "Header:       Content-Type: application/json",
+    ]
+    for trigger, fields in templates:
+        body = {
+            "external_id": "{{${user_id}}}",
+            **fields,
+            "changed_at": "{{ 'now' | date: '%Y-%m-%dT%H:%M:%SZ' }}",
+        }
+        lines += ["", f"Trigger: {trigger}", "Body:", json.dumps(body, indent=2)]
+    lines += [
+        "",
+        "Or Braze Currents: a custom HTTP connector to the same URL sending subscription",
+        "events (users.behaviors.subscription.GlobalStateChange,",
+        "users.behaviors.subscriptiongroup.StateChange) with a bearer token from",
+        "/oauth/token. Such a token expires (PREFSYNC_INGRESS_TOKEN_TTL) and Currents sends",
+        "a fixed one: prefer the webhook campaigns.",
+        "Braze retries a failed webhook up to 5 times in 30 minutes and waits 90 s for an",
+        "answer.",
+    ]
+    return "\n".join(lines)
+
+
 class BrazeConnector(Connector):
     type_id = "braze"
     options_model = Options

@@ -7,10 +7,11 @@ Tenants arrive with either generation of the vendor's config shape
     newer: {"type_id", "authentication": {...}, "properties": {...}, "mappings": [...]}
     older: {"type_id", "config": {credentials and options..., "properties": [mappings]}}
 
-both with an optional ``upsert_mode`` and ``on_user_deleted`` at the top level, plus our own
-optional ``id``, ``enabled`` and ``regulations``. Nothing here knows a destination: the
-connector registered for the ``type_id`` (worker.connectors) validates its own options
-(``options_model``, fed the newer shape's ``authentication`` and ``properties`` merged, or
+both with an optional ``upsert_mode``, ``on_user_deleted`` and ``bidirectional`` at the top
+level, plus our own optional ``id``, ``enabled`` and ``regulations``. Nothing here knows a
+destination: the connector registered for the ``type_id`` (worker.connectors) validates its
+own options (``options_model``, fed the newer shape's ``authentication`` and ``properties``
+merged, or
 the older shape's ``config`` without its mapping list) and says which mapping ids it cannot
 take.
 
@@ -57,6 +58,7 @@ _TOP_LEVEL_KEYS = frozenset(
         "upsert_mode",
         "on_user_deleted",
         "regulations",
+        "bidirectional",
         "authentication",
         "properties",
         "mappings",
@@ -104,7 +106,7 @@ def parse_config(
             problems.append(f"{shape.mappings_path}[{index}].id: {problem}")
     common_input = {
         key: raw[key]
-        for key in ("enabled", "upsert_mode", "on_user_deleted", "regulations")
+        for key in ("enabled", "upsert_mode", "on_user_deleted", "regulations", "bidirectional")
         if key in raw
     }
     common_input["id"] = (

@@ -54,6 +54,9 @@ class _Common(BaseModel):
     on_user_deleted: Literal["ignore", "unsubscribe", "delete"] = "ignore"
     #: lower case; empty means every regulation
     regulations: tuple[Regulation, ...] = ()
+    #: the tool's refusals come back to prefsync and the PMP (docs/two-way.md); needs the
+    #: tenant's PMP credentials, checked when the config is stored
+    bidirectional: bool = False
 
     @field_validator("id")
     @classmethod
@@ -133,6 +136,7 @@ class ConnectorConfig(_Common):
             "upsert_mode": self.upsert_mode,
             "on_user_deleted": self.on_user_deleted,
             "regulations": list(self.regulations),
+            "bidirectional": self.bidirectional,
             "authentication": authentication,
             "properties": properties,
             "mappings": [mapping.model_dump(exclude_defaults=True) for mapping in self.mappings],

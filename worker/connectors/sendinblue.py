@@ -180,6 +180,10 @@ class Options(BaseModel):
         return SecretStr(secret)
 
 
+#: the marketing events a bidirectional connector's webhook sends (docs/two-way.md)
+SIGNAL_EVENTS = ("unsubscribed", "spam")
+
+
 class SendinblueConnector(Connector):
     type_id = "sendinblue"
     aliases = ("brevo",)
@@ -307,6 +311,56 @@ class SendinblueConnector(Connector):
     ) -> list[Answer]:
         # Brevo deletes one contact a call: the batch endpoint only updates.
         return one_by_one(partial(self.deliver, transport, config), changes)
+
+    def contact_ext_id(self, transport: BaseTransport, config: Account, email: str) -> str | None:
+        """The ``ext_id`` of the contact with that email (its ``ext_id``, else its
+        ``EXT_ID`` attribute): who a Brevo webhook naming an email is. None when Brevo has
+        no such contact or the contact has no ext_id. Errors as a delivery's."""
+        options = _options(config)
+        url = f"{_base_url(self.settings)}/contacts/{quote(_checked(email), safe='')}"
+        request = HttpRequest("GET", f"{url}?identifierType=email_id", _headers(options))
+        response = transport.send(request)
+        if _contact_unknown(response):
+            return None
+        if response.status != 200:
+            _classify(response, {}, options, self.settings)  # raises for every non-2xx
+            raise RetryableError(f"Brevo answered a contact read with HTTP {response.status}")
+        body = response.body if isinstance(response.body, dict) else {}
+        attributes = body.get("attributes") if isinstance(body.get("attributes"), dict) else {}
+        for found in (body.get("ext_id"), attributes.get("EXT_ID")):
+            if isinstance(found, str | int) and not isinstance(found, bool) and str(found):
+                return str(found)
+        return None
+
+    def marketing_webhooks(self, transport: BaseTransport, config: Account) -> list[dict[str, Any]]:
+        """The account's marketing webhooks (``GET /v3/webhooks?type=marketing``)."""
+        options = _options(config)
+        url = f"{_base_url(self.settings)}/webhooks?type=marketing"
+        response = transport.send(HttpRequest("GET", url, _headers(options)))
+        if response.status != 200:
+            _classify(response, {}, options, self.settings)  # raises for every non-2xx
+            raise RetryableError(f"Brevo answered a webhook list with HTTP {response.status}")
+        hooks = response.body.get("webhooks") if isinstance(response.body, dict) else None
+        return [hook for hook in hooks or [] if isinstance(hook, dict)]
+
+    def create_marketing_webhook(
+        self, transport: BaseTransport, config: Account, url: str, description: str
+    ) -> Any:
+        """Create a marketing webhook sending ``unsubscribed`` and ``spam`` to ``url``;
+        its id."""
+        options = _options(config)
+        body = {
+            "url": url,
+            "events": list(SIGNAL_EVENTS),
+            "type": "marketing",
+            "description": description,
+        }
+        request = HttpRequest(
+            "POST", f"{_base_url(self.settings)}/webhooks", _headers(options), body
+        )
+        response = transport.send(request)
+        _classify(response, {}, options, self.settings)  # 201, or raises
+        return response.body.get("id") if isinstance(response.body, dict) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import redis
 
 from worker.connectors import KNOWN_TYPE_IDS, connectors, get_connector
 from worker.connectors.base import Connector, ConnectorSettings, Transport
+from worker.connectors.pmp import PmpClient
 from worker.core.retries import clock, follow
 from worker.delivery.deliverer import Deliverer
 from worker.delivery.pacing import Pacer
@@ -30,6 +31,7 @@ from worker.records.deadletter import DeadLetterStore
 from worker.records.erasure import Erasures
 from worker.records.feeder import BulkFeeder
 from worker.records.outbox import Outbox
+from worker.records.pmp import PmpStore
 from worker.records.recorder import OutcomeRecorder
 from worker.records.state import StateStore
 
@@ -71,6 +73,16 @@ class Runtime:
             allow_hosts=self.settings.allow_hosts,
             connectors=self.connectors,
         )
+
+    @cached_property
+    def pmp(self) -> PmpStore:
+        """Each tenant's PMP API credentials (sealed like configs)."""
+        return PmpStore(self.redis, self.sealer, allow_hosts=self.settings.allow_hosts)
+
+    @cached_property
+    def pmp_client(self) -> PmpClient:
+        """Calls the PMP's API: a token per tenant, the destinations' HTTP timeout."""
+        return PmpClient(Transport(self.settings.http_timeout))
 
     @cached_property
     def state(self) -> StateStore:

@@ -44,6 +44,10 @@ _PRODUCER = (
     "(%W~prefsync:bulk:tenants +zadd)",
     "(%R~prefsync:ingress:clients +hget)",  # the ingress checks a credential
     "(%R~prefsync:ingress:token:* +get)",  # a token stored in Redis (stored-token format)
+    # A tool's refusals (worker.records.signals): which connectors take them, and the
+    # inbox they are stored in, each once (prefsync's signals_inbox function: SET NX, RPUSH).
+    "(%R~prefsync:signals:connectors:* +hget)",
+    "(~prefsync:signals:inbox ~prefsync:signals:seen:* +fcall +set +rpush)",
     # Tokens issued per client and minute (worker.ingress.ratelimit).
     "(~prefsync:ingress:token-rate:* +set +incrby +ttl)",
     # The ingress's /metrics: the workers' counters and the dead letters' count and size.
@@ -82,7 +86,8 @@ def rules(db: int = 0) -> dict[str, str]:
         "admin": f"~* {channels} {full} +scan +function|load +function|list +function|delete",
         "producer": (
             f"{events} -@all +@connection -@dangerous +multi +exec +discard +time +publish "
-            + " ".join(_PRODUCER)
+            # FCALL_RO without keys: whether prefsync's functions are loaded.
+            "+fcall_ro " + " ".join(_PRODUCER)
         ),
         "flower": (
             # The queues' lengths: LLEN alone, no command that returns a message.

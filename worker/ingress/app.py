@@ -40,6 +40,7 @@ from worker.ingress.batching import BatchingEnqueuer
 from worker.ingress.credentials import CheckCache, Client, CredentialStore
 from worker.ingress.metrics import IngressMetrics
 from worker.ingress.ratelimit import TokenRateLimit
+from worker.ingress.signals import SignalsRoute
 from worker.producer import enqueue_validated, validate
 
 log = structlog.get_logger("prefsync.ingress")
@@ -296,6 +297,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/webhooks", ingress.webhooks, methods=["POST"]),
         Route("/oauth/token", ingress.token, methods=["POST"]),
+        Route(
+            "/signals/{connector_id}",
+            SignalsRoute(ingress, Refused, BROKER_DOWN).handle,
+            methods=["POST"],
+        ),
         Route("/healthz", ingress.healthz, methods=["GET"]),
         Route("/readyz", ingress.readyz, methods=["GET"]),
         Route("/metrics", ingress.metrics_text, methods=["GET"]),

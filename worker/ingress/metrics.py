@@ -190,7 +190,26 @@ class IngressMetrics:
             ["status"],
             registry=self.registry,
         )
+        self.signal_requests = Counter(
+            "prefsync_ingress_signal_requests",
+            "Requests to /signals/{connector_id} by answer status (this ingress process).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.signals = Counter(
+            "prefsync_ingress_signals",
+            "Signals in 202-answered bodies: stored, duplicate (seen before) or ignored "
+            "(nothing to write back: an opt-in, a bounce) (this ingress process).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(WorkerFigures(settings))
+
+    def signal(self, status: int, stored: int = 0, duplicates: int = 0, ignored: int = 0) -> None:
+        self.signal_requests.labels(str(status)).inc()
+        for outcome, count in (("stored", stored), ("duplicate", duplicates), ("ignored", ignored)):
+            if count:
+                self.signals.labels(outcome).inc(count)
 
     def webhook(self, status: int, events: int) -> None:
         self.requests.labels(str(status)).inc()

@@ -1,5 +1,7 @@
 """The per-tenant store of connector configs in Redis, sealed at rest, and the cached
-destination type of each connector that routing asks for.
+destination type of each connector that routing asks for. Storing a config also writes
+what the ingress's signals route reads of it (worker.records.signals), which holds no
+credential.
 
 A config is opened (unsealed, validated) once per process per stored version: every
 delivery batch and dead letter reads its config, and the store keeps the configs it
@@ -23,6 +25,7 @@ from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
 from worker.core.errors import InvalidConfig
 from worker.infra.sealing import Sealer, SealingError
+from worker.records import signals
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -70,8 +73,12 @@ class ConfigStore:
         ``parse_config`` cannot store what every read would refuse."""
         stored = config.to_stored()
         parse_config(stored, connector_id=config.id, allow_hosts=self.allow_hosts)
-        sealed = self.sealer.seal(json.dumps(stored), tenant, config.id)
-        self.redis.hset(_key(tenant), config.id, sealed)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                _key(tenant), config.id, self.sealer.seal(json.dumps(stored), tenant, config.id)
+            )
+            pipe.hset(signals.routes_key(tenant), config.id, signals.route_of(config))
+            pipe.execute()
 
     def reencrypt(self) -> tuple[int, int]:
         """Seal again, under the first key and for its place, every stored config that is
@@ -93,18 +100,9 @@ class ConfigStore:
                 except SealingError:
                     unreadable.append(f"tenant {tenant!r}, connector {connector_id!r}")
                     continue
-                # Only if unchanged since read: a config put meanwhile is already current.
-                with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.watch(name)
-                    if pipe.hget(name, connector_id) != raw:
-                        continue
-                    pipe.multi()
-                    pipe.hset(name, connector_id, self.sealer.seal(text, tenant, connector_id))
-                    try:
-                        pipe.execute()
-                    except WatchError:
-                        continue
-                changed += 1
+                changed += reseal(
+                    self.redis, self.sealer, name, connector_id, raw, text, (tenant, connector_id)
+                )
         if unreadable:
             raise InvalidConfig(
                 f"re-encrypted {changed}, but no key of PREFSYNC_SECRET_KEYS opens, for its "
@@ -122,7 +120,11 @@ class ConfigStore:
 
     def delete(self, tenant: str, connector_id: str) -> bool:
         """Remove a config; False when the tenant had none of that id."""
-        return bool(self.redis.hdel(_key(tenant), connector_id))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(_key(tenant), connector_id)
+            pipe.hdel(signals.routes_key(tenant), connector_id)
+            deleted, _ = pipe.execute()
+        return bool(deleted)
 
     def _open(self, tenant: str, connector_id: str, raw: bytes | str) -> ConnectorConfig:
         where = f"tenant {tenant!r}, connector {connector_id!r}"
@@ -146,6 +148,31 @@ class ConfigStore:
             raise InvalidConfig(
                 "\n".join(f"{where}: stored config no longer valid: {line}" for line in lines)
             ) from None
+
+
+def reseal(
+    redis: Redis,
+    sealer: Sealer,
+    name: bytes | str,
+    field: bytes | str,
+    raw: bytes,
+    text: str,
+    place: tuple[str, str],
+) -> bool:
+    """Seal ``text`` again under the first key, for ``place`` (tenant, connector id), into
+    hash ``name``'s ``field``, only if it still holds ``raw`` as read: a value stored
+    meanwhile is already current."""
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.watch(name)
+        if pipe.hget(name, field) != raw:
+            return False
+        pipe.multi()
+        pipe.hset(name, field, sealer.seal(text, *place))
+        try:
+            pipe.execute()
+        except WatchError:
+            return False
+    return True
 
 
 def _key(tenant: str) -> str:

@@ -40,6 +40,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "bulk_fed": ("bulk_fed",),
     "pace_take": ("pace_take",),
     "pace_hold": ("pace_hold",),
+    "signals_inbox": ("inbox",),
 }
 
 # A function that only says the library is there: the first call of each process asks it.

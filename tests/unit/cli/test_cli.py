@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 import structlog
 from click.testing import CliRunner, Result
 
@@ -16,6 +17,7 @@ from tests.unit.test_producer import broker
 from worker.cli import main
 from worker.delivery.runtime import Runtime
 from worker.infra.settings import get_settings
+from worker.ingress.credentials import CredentialStore
 from worker.queue import tasks
 from worker.records.deadletter import Attempt
 
@@ -452,3 +454,137 @@ def test_the_worker_says_which_redis_it_connected_to_with_the_password_masked(
     assert result.stderr.splitlines() == [
         "Redis at redis://:***@127.0.0.1:6390/0 (PREFSYNC_REDIS_URL)"
     ]
+
+
+# -- pmp and bidirectional connectors ----------------------------------------------------
+
+PMP_KEY, PMP_SECRET = "didomi-key-0123456789abcd", "didomi-secret-0123456789abcd"
+
+
+def pmp_credentials() -> str:
+    raw = json.loads((EXAMPLES / "pmp" / "didomi.json").read_text())
+    return json.dumps({**raw, "api_key": PMP_KEY, "api_secret": PMP_SECRET})
+
+
+def bidirectional_config() -> dict[str, Any]:
+    config = json.loads((EXAMPLES / "connectors" / "sendinblue-bidirectional.json").read_text())
+    config["authentication"]["private_api_key"] = BREVO_KEY
+    return config
+
+
+def test_pmp_put_show_delete_never_print_a_secret(rt: Runtime) -> None:
+    put = run("pmp", "put", "acme", "-", input=pmp_credentials())
+    assert put.exit_code == 0, put.output
+    assert (
+        "stored PMP credentials (didomi, https://api.didomi.io/v1) for tenant 'acme'" in put.output
+    )
+    shown = run("pmp", "show", "acme")
+    assert json.loads(shown.output)["api_secret"] == "…abcd"
+    assert rt.pmp.get("acme").api_secret.get_secret_value() == PMP_SECRET
+    assert PMP_SECRET.encode() not in rt.redis.hget("prefsync:pmp:credentials", "acme")
+    assert run("pmp", "delete", "acme").exit_code == 0
+    missing = run("pmp", "show", "acme")
+    assert missing.exit_code == 1 and "has no PMP credentials" in missing.output
+    for output in (put.output, shown.output):
+        assert PMP_KEY not in output and PMP_SECRET not in output
+
+
+def test_pmp_put_refuses_naming_the_field(rt: Runtime) -> None:
+    other_tenant = run("pmp", "put", "globex", "-", input=pmp_credentials())
+    assert other_tenant.exit_code == 1
+    assert "organization_id: must be the tenant's id ('globex')" in other_tenant.output
+    private = json.dumps({**json.loads(pmp_credentials()), "api_url": "https://10.1.2.3/v1"})
+    refused = run("pmp", "put", "acme", "-", input=private)
+    assert refused.exit_code == 1
+    assert "api_url: must name a host, not an IP address" in refused.output
+    for output in (other_tenant.output, refused.output):
+        assert PMP_KEY not in output and PMP_SECRET not in output
+    assert not rt.pmp.has("globex") and not rt.pmp.has("acme")
+
+
+def test_bidirectional_needs_pmp_credentials_and_keeps_them(rt: Runtime) -> None:
+    refused = run("connectors", "put", "acme", "-", input=json.dumps(bidirectional_config()))
+    assert refused.exit_code == 1
+    assert "bidirectional: true needs the tenant's PMP credentials" in refused.output
+    assert rt.configs.ids("acme") == []
+    run("pmp", "put", "acme", "-", input=pmp_credentials())
+    stored = run("connectors", "put", "acme", "-", input=json.dumps(bidirectional_config()))
+    assert stored.exit_code == 0, stored.output
+    assert json.loads(run("connectors", "show", "acme", "brevo-main").output)["bidirectional"]
+    kept = run("pmp", "delete", "acme")
+    assert kept.exit_code == 1 and "bidirectional connectors (brevo-main)" in kept.output
+    run("connectors", "delete", "acme", "brevo-main")
+    assert run("pmp", "delete", "acme").exit_code == 0
+
+
+def test_reencrypt_seals_pmp_credentials_again(rt: Runtime) -> None:
+    run("pmp", "put", "acme", "-", input=pmp_credentials())
+    result = run("connectors", "reencrypt")
+    assert "re-encrypted 0 tenant(s)' PMP credentials, 1 already under the first key" in (
+        result.output
+    )
+
+
+def two_way(rt: Runtime, config: dict[str, Any]) -> None:
+    run("pmp", "put", "acme", "-", input=pmp_credentials())
+    stored = run("connectors", "put", "acme", "-", input=json.dumps(config))
+    assert stored.exit_code == 0, stored.output
+
+
+def test_link_registers_one_brevo_webhook_however_often_it_runs(
+    rt: Runtime, mocked: responses.RequestsMock
+) -> None:
+    two_way(rt, bidirectional_config())
+    hooks = "https://api.brevo.com/v3/webhooks"
+    mocked.get(f"{hooks}?type=marketing", json={"webhooks": []})
+    created = mocked.post(hooks, json={"id": 7}, status=201)
+    first = run("connectors", "link", "acme", "brevo-main", "--url", "https://in.example/")
+    assert first.exit_code == 0, first.output
+    assert (
+        "Brevo webhook 7 sends unsubscribed and spam to https://in.example/signals/brevo-main"
+        in (first.output)
+    )
+    body = json.loads(created.calls[0].request.body)
+    assert body["events"] == ["unsubscribed", "spam"] and body["type"] == "marketing"
+    client_id = body["url"].removeprefix("https://").split(":")[0]
+    assert body["url"].endswith("@in.example/signals/brevo-main")
+    assert [c.client_id for c in CredentialStore(rt.redis, 3600).list("acme")] == [client_id]
+    assert BREVO_KEY not in first.output and ":pss_" not in first.output
+
+    mocked.replace(
+        responses.GET, f"{hooks}?type=marketing", json={"webhooks": [{"id": 7, "url": body["url"]}]}
+    )
+    again = run("connectors", "link", "acme", "brevo-main", "--url", "https://in.example")
+    assert again.exit_code == 0 and "already sends to" in again.output
+    assert created.call_count == 1 and len(CredentialStore(rt.redis, 3600).list("acme")) == 1
+
+
+def test_link_keeps_no_credential_when_brevo_refuses_the_webhook(
+    rt: Runtime, mocked: responses.RequestsMock
+) -> None:
+    two_way(rt, bidirectional_config())
+    hooks = "https://api.brevo.com/v3/webhooks"
+    mocked.get(f"{hooks}?type=marketing", json={"webhooks": []})
+    mocked.post(hooks, json={"code": "unauthorized", "message": "Key not found"}, status=401)
+    refused = run("connectors", "link", "acme", "brevo-main", "--url", "https://in.example")
+    assert refused.exit_code == 1 and "Brevo refused the webhook" in refused.output
+    assert CredentialStore(rt.redis, 3600).list("acme") == []
+
+
+def test_link_prints_the_braze_campaign_and_template(rt: Runtime) -> None:
+    two_way(rt, {**braze_config(), "bidirectional": True})
+    printed = run("connectors", "link", "acme", "braze", "--url", "https://in.example")
+    assert printed.exit_code == 0, printed.output
+    assert "Webhook URL:  https://in.example/signals/braze" in printed.output
+    assert "Authorization: Basic " in printed.output
+    assert '"email_subscribe": "{{subscribed_state.${email_global}}}"' in printed.output
+    assert "Re-eligibility: ON" in printed.output and '"REST API"' in printed.output
+
+
+def test_link_refuses_a_connector_that_does_not_listen(rt: Runtime) -> None:
+    run("connectors", "put", "acme", "-", input=json.dumps(braze_config()))
+    refused = run("connectors", "link", "acme", "braze", "--url", "https://in.example")
+    assert refused.exit_code == 1 and "not bidirectional" in refused.output
+    assert run("connectors", "link", "acme", "nope", "--url", "https://in.example").exit_code == 1
+    plain = run("connectors", "link", "acme", "braze", "--url", "http://in.example")
+    assert plain.exit_code == 2 and "--url: must be" in plain.output

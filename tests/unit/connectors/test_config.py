@@ -132,6 +132,18 @@ def test_defaults() -> None:
     )
 
 
+def test_bidirectional_in_both_shapes_default_off_and_stored() -> None:
+    assert parse_config(braze()).bidirectional is False
+    older = parse_config(brevo(bidirectional=True))
+    newer = parse_config(example("sendinblue-bidirectional"))
+    assert older.bidirectional and newer.bidirectional
+    assert parse_config(newer.to_stored()).bidirectional
+    assert newer.describe()["bidirectional"] is True
+    assert problems(braze(bidirectional="maybe")) == [
+        "bidirectional: input should be a valid boolean, unable to interpret input"
+    ]
+
+
 def test_connector_id_argument_wins_over_the_config_id() -> None:
     assert parse_config(braze(id="from-config")).id == "from-config"
     assert parse_config(braze(id="from-config"), connector_id="eu.workspace_2").id == (

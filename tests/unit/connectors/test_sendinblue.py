@@ -16,6 +16,7 @@ from worker.connectors import connectors
 from worker.connectors.base import Delivered, Skipped, Transport, standalone_change
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
+from worker.connectors.sendinblue import SendinblueConnector
 from worker.core.errors import PermanentError, RetryableError
 from worker.core.outcomes import SkipReason
 from worker.delivery.runtime import connector_settings
@@ -397,3 +398,45 @@ def test_network_error_is_retried(mocked: responses.RequestsMock) -> None:
 
     with pytest.raises(RetryableError, match="network error"):
         deliver(config("X"), {prop("X"): True})
+
+
+# -- who a webhook's email is -----------------------------------------------------------
+
+READ = f"{BASE}/contacts/jane%40example.com?identifierType=email_id"
+
+
+def ext_id(cfg: ConnectorConfig) -> str | None:
+    connector = cfg.connector
+    assert isinstance(connector, SendinblueConnector)
+    return connector.contact_ext_id(Transport(timeout=5), cfg, "jane@example.com")
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        ({"email": "jane@example.com", "ext_id": "u-9", "attributes": {}}, "u-9"),
+        ({"email": "jane@example.com", "attributes": {"EXT_ID": "u-8"}}, "u-8"),
+        ({"email": "jane@example.com", "attributes": {"EXT_ID": 42}}, "42"),
+        ({"email": "jane@example.com", "attributes": {}}, None),
+    ],
+)
+def test_a_contacts_ext_id_names_the_person(
+    mocked: responses.RequestsMock, body: dict[str, Any], found: str | None
+) -> None:
+    mocked.get(READ, json=body)
+    assert ext_id(config("EMAIL_CAMPAIGNS_SUBSCRIBED")) == found
+    assert mocked.calls[0].request.headers["api-key"] == KEY
+
+
+def test_an_unknown_contact_names_nobody_and_failures_are_a_deliverys(
+    mocked: responses.RequestsMock,
+) -> None:
+    cfg = config("EMAIL_CAMPAIGNS_SUBSCRIBED")
+    mocked.get(READ, json=NOT_FOUND, status=404)
+    assert ext_id(cfg) is None
+    mocked.replace(responses.GET, READ, json={"message": "down"}, status=503)
+    with pytest.raises(RetryableError):
+        ext_id(cfg)
+    mocked.replace(responses.GET, READ, json={"code": "unauthorized", "message": "no"}, status=401)
+    with pytest.raises(PermanentError):
+        ext_id(cfg)
