@@ -12,9 +12,13 @@ purpose's ``enabled`` in the consent event.
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from pydantic import ValidationError
 
 from worker.connectors.base import Account, feeds
 from worker.connectors.pmp import ConsentEvent, Purpose
+from worker.core.errors import InvalidEvent
 from worker.core.signals import Signal
 
 #: ``consents_purposes_<P>_enabled``, either separator: the purpose's own consent
@@ -67,3 +71,30 @@ def consent_event(
         purposes=purposes,
         metadata={"connector": signal.connector_id, "signal": signal.kind},
     )
+
+
+def event_payload(tenant: str, event: ConsentEvent) -> dict[str, Any]:
+    """``event`` as the PMP's own ``event.created`` webhook payload for ``tenant``: what
+    the pipeline carries to the person's state and the tenant's connectors, and what
+    ``consent_event_of`` reads back to write it to the PMP."""
+    return {
+        "type": "event.created",
+        "parameters": {"entity": {**event.body(), "organization_id": tenant}},
+    }
+
+
+def consent_event_of(payload: Any) -> ConsentEvent:
+    """The consent event an ``event_payload`` carries; ``InvalidEvent`` for any other
+    payload (a dead letter edited by hand, say)."""
+    try:
+        entity = payload["parameters"]["entity"]
+        return ConsentEvent(
+            id=entity["id"],
+            created_at=entity["created_at"],
+            user_id=entity["user"]["organization_user_id"],
+            regulation=entity["regulation"],
+            purposes=entity["consents"]["purposes"],
+            metadata=entity["delegate"]["metadata"],
+        )
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise InvalidEvent(f"not a consent event prefsync wrote for a refusal ({exc})") from None

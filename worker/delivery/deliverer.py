@@ -46,6 +46,7 @@ from worker.records.recorder import Ended, OutcomeRecorder
 from worker.records.state import Claim, StateStore, UserBusy, Write
 
 _ERASED = "the person was erased after this event: it must not bring them back"
+_HOLDS_IT = "the refusal came from this connector: it holds it already"
 
 
 def skipped(reason: SkipReason, detail: str = "") -> Outcome:
@@ -130,11 +131,14 @@ class Deliverer:
         events: Sequence[PreferenceEvent],
         config: ConnectorConfig,
         enqueued_at: float | None = None,
+        holds_it: bool = False,
     ) -> Unfinished:
         """Deliver ``events`` (all of ``tenant``) to ``config``'s destination;
-        ``enqueued_at`` (when the producer enqueued them) is for the latency metric."""
+        ``enqueued_at`` (when the producer enqueued them) is for the latency metric.
+        ``holds_it``: the events are a refusal this connector reported; it is sent
+        nothing, and recorded as told what they change (so no echo is sent either)."""
         self.state.older()  # decided before this release records anything (see there)
-        recording = _Recording(tenant, config, events, enqueued_at)
+        recording = _Recording(tenant, config, events, enqueued_at, holds_it)
         ended: dict[int, Outcome] = {}
         plans: dict[int, Resolved] = {}
         first_copy: set[tuple[str, str]] = set()  # (user, event key): one event
@@ -197,6 +201,7 @@ class Deliverer:
         changes: list[Change] = []
         deletions: list[Change] = []  # sent apart: another endpoint, paced apart
         senders: dict[str, list[int]] = {}  # user -> the events their change carries
+        delivered: dict[str, dict[str, Any]] = {}  # user -> the fed fields delivered
         for user in claim.held:
             values: dict[str, Value] = {}
             changed: dict[str, str] = {}  # mapped property name -> canonical, owned
@@ -240,12 +245,14 @@ class Deliverer:
                 unfinished |= dict.fromkeys(senders.pop(user), refused)
                 continue
             change = Change(user, values, fed)
-            if fed or own_fields(config, values):
+            if recording.holds_it:
+                delivered[user] = dict(fed)
+                ended |= dict.fromkeys(senders.pop(user), skipped(SkipReason.UNCHANGED, _HOLDS_IT))
+            elif fed or own_fields(config, values):
                 changes.append(change)
             else:
                 why = "every field it feeds already holds this state at the destination"
                 ended |= dict.fromkeys(senders.pop(user), skipped(SkipReason.UNCHANGED, why))
-        delivered: dict[str, dict[str, Any]] = {}  # user -> the fed fields delivered
         try:
             answered: list[tuple[Change, Answer]] = []
             if changes:
@@ -350,6 +357,8 @@ class _Recording:
     config: ConnectorConfig
     events: Sequence[PreferenceEvent]
     enqueued_at: float | None
+    #: the events are a refusal the connector reported (Deliverer.deliver)
+    holds_it: bool = False
     #: the destination's answers (HTTP status, None for no answer) not yet recorded
     answers: Counter[int | None] = field(default_factory=Counter)
 

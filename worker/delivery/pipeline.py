@@ -24,6 +24,7 @@ from worker.core.errors import InvalidConfig, InvalidEvent, PermanentError, Pref
 from worker.core.events import PreferenceEvent, parse_event, refuse_future
 from worker.core.outcomes import Outcome, OutcomeKind, SkipReason
 from worker.delivery.deliverer import Unfinished
+from worker.delivery.refusals import PMP, tell_pmp
 from worker.delivery.runtime import Runtime
 from worker.infra.logging import redact
 from worker.records.deadletter import Attempt, DeadLetter, describe_payload_owner
@@ -68,13 +69,14 @@ class Routed:
     unfinished: Unfinished
 
 
-def route(rt: Runtime, payloads: Any) -> Routed:
+def route(rt: Runtime, payloads: Any, origin: str | None = None) -> Routed:
     """Validate a batch of payloads and say, for each tenant in it, which delivery batch
     goes to each connector of that tenant; the invalid payloads come back, to be
     dead-lettered. The caller enqueues the deliveries.
 
     Every connector is fanned out to, disabled or broken ones included, so that each
-    (event, connector) pair ends in a recorded outcome of its own.
+    (event, connector) pair ends in a recorded outcome of its own. Events of a tool's
+    refusal (``origin``: the connector it came from) go to the PMP as well.
     """
     batch = parsed(rt, payloads)
     deliveries = []
@@ -89,20 +91,31 @@ def route(rt: Runtime, payloads: Any) -> Routed:
                 rt.erasures.begin(tenant, event.user, event.ordering.timestamp_us, connector_ids)
         tenant_payloads = [batch.payloads[index] for index in events]
         deliveries += [Delivery(tenant, cid, tenant_payloads) for cid in connector_ids]
+        if origin is not None:
+            deliveries.append(Delivery(tenant, PMP, tenant_payloads))
     return Routed(deliveries, dict(batch.invalid))
 
 
 def deliver(
-    rt: Runtime, payloads: Any, connector_id: str, enqueued_at: float | None = None
+    rt: Runtime,
+    payloads: Any,
+    connector_id: str,
+    enqueued_at: float | None = None,
+    origin: str | None = None,
 ) -> Unfinished:
     """Deliver a batch of payloads to one connector of their tenant (a batch may mix
     tenants: each gets its own config). What has not ended comes back by index.
-    ``enqueued_at``: when the producer enqueued them, for the latency metric."""
+    ``enqueued_at``: when the producer enqueued them, for the latency metric. ``origin``:
+    the connector a refusal came from, which holds it already; ``PMP`` writes a refusal's
+    consent event to the PMP (worker.delivery.refusals)."""
     batch = parsed(rt, payloads)
     unfinished = dict(batch.invalid)
     for tenant, by_index in batch.by_tenant().items():
         indexes, events = list(by_index), list(by_index.values())
         structlog.contextvars.bind_contextvars(tenant=tenant)
+        if connector_id == PMP:
+            unfinished |= tell_pmp(rt, by_index, batch.payloads, tenant, enqueued_at)
+            continue
         try:
             config = rt.configs.get(tenant, connector_id)
         except InvalidConfig as exc:
@@ -114,7 +127,8 @@ def deliver(
             )
             unfinished |= dict.fromkeys(indexes, missing)
             continue
-        left = rt.deliverer.deliver(tenant, events, config, enqueued_at)
+        holds = origin == connector_id
+        left = rt.deliverer.deliver(tenant, events, config, enqueued_at, holds_it=holds)
         for index, why in left.items():
             unfinished[indexes[index]] = why
         for index, event in enumerate(events):

@@ -1,6 +1,6 @@
 """What every worker does every little while, beside running tasks (Celery bootsteps on the
-worker's timer): sweep the outbox for messages the broker lost, and feed parked bulk loads
-into the bulk lane.
+worker's timer): sweep the outbox for messages the broker lost, feed parked bulk loads
+into the bulk lane, and act on the refusals the tools reported (worker.delivery.refusals).
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from celery import bootsteps
 from kombu.exceptions import OperationalError
 
 from worker.core.retries import clock
+from worker.delivery.refusals import SignalDrain
 from worker.delivery.runtime import runtime
 from worker.infra.settings import get_settings
 from worker.queue import lanes
-from worker.queue.publishing import publish_again, publish_parked
+from worker.queue.app import app
+from worker.queue.publishing import publish, publish_again, publish_parked
 from worker.records import feeder
 
 log = structlog.get_logger("prefsync.tasks")
@@ -65,6 +67,43 @@ class BulkFeeding(bootsteps.StartStopStep):
     def stop(self, worker: Any) -> None:
         if self.tref is not None:
             self.tref.cancel()
+
+
+class SignalDraining(bootsteps.StartStopStep):
+    """Each worker takes the refusals of the signals inbox, every second: each becomes an
+    event of the live lane, published as a producer's is, with its origin connector."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.tref = None
+        self.drain: SignalDrain | None = None
+
+    def start(self, worker: Any) -> None:
+        self.drain = SignalDrain(runtime(), publish_refusal)
+        try:  # what a worker that died left half done
+            self.drain.inbox.recover()
+        except redis.exceptions.RedisError as exc:  # the next start tries again
+            log.warning("refusals not recovered", error=f"{type(exc).__name__}: {exc}")
+        self.tref = worker.timer.call_repeatedly(1.0, self.round)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+    def round(self) -> None:
+        try:
+            if self.drain is not None:
+                self.drain.round()
+        except (redis.exceptions.RedisError, OperationalError) as exc:  # next round again
+            log.warning("refusals not taken", error=f"{type(exc).__name__}: {exc}")
+
+
+def publish_refusal(payload: dict[str, Any], origin: str) -> str:
+    """Publish a refusal's event as ``worker.producer.enqueue`` does, in the live lane,
+    with the connector it came from."""
+    kwargs = {"enqueued_at": clock(), **lanes.in_lane(lanes.LIVE), "origin": origin}
+    return publish(app.tasks["prefsync.route"], [[payload]], kwargs)
 
 
 def feed_bulk() -> int:

@@ -105,6 +105,7 @@ class ScheduledTask(Task):
 signals.before_task_publish.connect(shown_without_people)
 app.steps["worker"].add(sweeps.OutboxSweep)
 app.steps["worker"].add(sweeps.BulkFeeding)
+app.steps["worker"].add(sweeps.SignalDraining)
 
 
 @signals.task_failure.connect
@@ -127,15 +128,19 @@ def route(
     attempts: list | None = None,
     enqueued_at: float | None = None,
     lane: str = lanes.LIVE,
+    origin: str | None = None,
 ) -> str:
     """Validate a batch of preference events and fan it out: per tenant, one delivery
     batch per connector, in the same lane, queued for the connector's destination type.
-    ``enqueued_at`` (epoch seconds) goes along, for the latency."""
+    ``enqueued_at`` (epoch seconds) goes along, for the latency; ``origin`` too: the
+    connector a refusal came from (worker.delivery.refusals)."""
     carried: dict[str, Any] = {"enqueued_at": enqueued_at} if enqueued_at is not None else {}
     carried |= lanes.in_lane(lane)
+    if origin is not None:
+        carried["origin"] = origin
 
     def fan_out(batch: Batch) -> Unfinished:
-        routed = pipeline.route(runtime(), batch)
+        routed = pipeline.route(runtime(), batch, origin)
         for delivery in routed.deliveries:
             destination = runtime().destinations.type_of(delivery.tenant, delivery.connector_id)
             kwargs = {**carried, "destination": destination}
@@ -154,9 +159,12 @@ def deliver(
     enqueued_at: float | None = None,
     lane: str = lanes.LIVE,
     destination: str | None = None,
+    origin: str | None = None,
 ) -> str:
     """Deliver a batch of preference events to one connector. ``lane`` and
-    ``destination`` (its type) only say which queue the message travels in."""
+    ``destination`` (its type) only say which queue the message travels in; ``origin``
+    is the connector a refusal came from."""
     return self.run_batch(
-        payloads, lambda batch: pipeline.deliver(runtime(), batch, connector_id, enqueued_at)
+        payloads,
+        lambda batch: pipeline.deliver(runtime(), batch, connector_id, enqueued_at, origin),
     )

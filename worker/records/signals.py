@@ -8,6 +8,9 @@ connectors take signals, and the inbox of signals received.
   in it until stored again (which ``bidirectional: true`` needs anyway).
 - ``prefsync:signals:inbox``: a list of received refusals, each ``{"tenant", "id",
   "signal", "received_at"}``, stored before the tool is answered ``202``.
+- ``prefsync:signals:processing``: the entries a worker took from the inbox and is acting
+  on (``SignalInbox.take``): moved there atomically, removed once their work is enqueued,
+  put back in the inbox by ``recover`` when a worker died holding them.
 - ``prefsync:signals:seen:{id}``: a marker per signal id, kept ``SEEN_TTL``: a copy of
   a signal received again in that time (a tool's retry, Currents' at-least-once
   delivery) is dropped.
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
 ROUTES_PREFIX = "prefsync:signals:connectors:"
 INBOX = "prefsync:signals:inbox"
+PROCESSING = "prefsync:signals:processing"
 SEEN_PREFIX = "prefsync:signals:seen:"
 #: Brevo retries a webhook for about 11 hours, Braze for 30 minutes; a week covers both
 #: and Currents' redeliveries with room to spare.
@@ -93,3 +97,30 @@ class SignalInbox:
             )
         keys = [INBOX, *(f"{SEEN_PREFIX}{signal_id}" for signal_id in entries)]
         return int(self.scripts.run("signals_inbox", keys, [SEEN_TTL, *entries.values()]))
+
+    def take(self) -> bytes | None:
+        """The oldest entry of the inbox, moved to the processing list in one step (so a
+        worker that dies holding it loses nothing); None when the inbox is empty."""
+        return self.redis.lmove(INBOX, PROCESSING, "LEFT", "RIGHT")
+
+    def done(self, entry: bytes) -> None:
+        """``entry``'s work is enqueued: it leaves the processing list."""
+        self.redis.lrem(PROCESSING, 1, entry)
+
+    def put_back(self, entry: bytes) -> None:
+        """``entry`` could not be acted on now (a tool or Redis away): back to the front of
+        the inbox, in one transaction, for the next round."""
+        with self.redis.pipeline() as pipe:
+            pipe.lrem(PROCESSING, 1, entry)
+            pipe.lpush(INBOX, entry)
+            pipe.execute()
+
+    def recover(self) -> int:
+        """Put every entry of the processing list back in the inbox (at a worker's start:
+        what a worker that died left there); how many. An entry another worker is acting
+        on at that moment is acted on twice, which the rest makes harmless (the events and
+        the PMP's consent event are named after the signal)."""
+        moved = 0
+        while self.redis.lmove(PROCESSING, INBOX, "RIGHT", "LEFT") is not None:
+            moved += 1
+        return moved
