@@ -127,15 +127,17 @@ def route(
     attempts: list | None = None,
     enqueued_at: float | None = None,
     lane: str = lanes.LIVE,
+    connectors: list[str] | None = None,
 ) -> str:
     """Validate a batch of preference events and fan it out: per tenant, one delivery
-    batch per connector, in the same lane, queued for the connector's destination type.
-    ``enqueued_at`` (epoch seconds) goes along, for the latency."""
+    batch per connector (per one of ``connectors`` when named), in the same lane, queued
+    for the connector's destination type. ``enqueued_at`` (epoch seconds) goes along, for
+    the latency."""
     carried: dict[str, Any] = {"enqueued_at": enqueued_at} if enqueued_at is not None else {}
     carried |= lanes.in_lane(lane)
 
     def fan_out(batch: Batch) -> Unfinished:
-        routed = pipeline.route(runtime(), batch)
+        routed = pipeline.route(runtime(), batch, connectors)
         for delivery in routed.deliveries:
             destination = runtime().destinations.type_of(delivery.tenant, delivery.connector_id)
             kwargs = {**carried, "destination": destination}
