@@ -188,27 +188,49 @@ def backfill(
     start = positions.get(source) if resume else None
     progress.resumed_from = start
     for page in pages(start):
-        payloads = []
+        numbered = []  # (the user's number in the run, their change)
         for user in page.users:
             progress.read += 1
             try:
                 if isinstance(user, InvalidEvent):
                     raise user
-                payload = full_state(tenant, user)
-                validate(payload)
+                numbered.append((progress.read, full_state(tenant, user)))
             except InvalidEvent as exc:
-                _refuse(progress, str(exc))
-                continue
-            payloads.append(payload)
-        if payloads:
-            enqueue_many(payloads, bulk=True, connectors=connectors)
-            progress.enqueued += len(payloads)
+                _refuse(progress, progress.read, str(exc))
+        progress.enqueued += _enqueue(numbered, connectors, progress)
         positions.set(source, page.next_position)
         on_page(progress)
     return progress
 
 
-def _refuse(progress: Progress, why: str) -> None:
+def _enqueue(
+    numbered: list[tuple[int, dict[str, Any]]],
+    connectors: Sequence[str] | None,
+    progress: Progress,
+) -> int:
+    """Enqueue a page's changes; how many went. The producer validates them: only when it
+    refuses one is each validated on its own, to refuse that one and send the others."""
+    if not numbered:
+        return 0
+    payloads = [payload for _, payload in numbered]
+    try:
+        enqueue_many(payloads, bulk=True, connectors=connectors)
+        return len(payloads)
+    except InvalidEvent:
+        pass
+    valid = []
+    for number, payload in numbered:
+        try:
+            validate(payload)
+            valid.append(payload)
+        except InvalidEvent as exc:
+            _refuse(progress, number, str(exc))
+    if valid:
+        enqueue_many(valid, bulk=True, connectors=connectors)
+    return len(valid)
+
+
+def _refuse(progress: Progress, number: int, why: str) -> None:
     progress.refused += 1
     if len(progress.refusals) < _NAMED_REFUSALS:
-        progress.refusals.append(f"user {progress.read}: {why}")
+        progress.refusals.append(f"user {number}: {why}")
