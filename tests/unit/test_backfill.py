@@ -18,6 +18,7 @@ from worker import backfill
 from worker.backfill import Page, Positions, file_pages, full_state
 from worker.cli import main
 from worker.connectors.config import parse_config
+from worker.core.errors import RetryableError
 from worker.core.events import parse_event
 from worker.delivery.runtime import Runtime
 from worker.records.feeder import parked_key
@@ -202,3 +203,25 @@ def test_the_command_backfills_a_file_with_a_json_summary(rt: Runtime, tmp_path:
     summary = json.loads(done.stdout)
     assert (summary["read"], summary["enqueued"], summary["refused"]) == (3, 3, 0)
     assert len(parked_users(rt)) == 3
+
+
+def test_a_run_that_stops_says_how_far_it_went_and_how_to_continue(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    braze(rt)
+    path = tmp_path / "export.jsonl"
+    path.write_text("".join(json.dumps(user(n)) + "\n" for n in range(150)))
+
+    def stalls(path: Path, start: str | None) -> Iterator[Page]:
+        yield next(file_pages(path, start))
+        raise RetryableError("the PMP is unavailable for reading users (HTTP 503): no body")
+
+    monkeypatch.setattr(backfill, "file_pages", stalls)
+    stopped = CliRunner().invoke(main, ["backfill", TENANT, "--file", str(path)])
+
+    assert stopped.exit_code == 2
+    assert stopped.stdout == "read 100 user(s), enqueued 100, refused 0\n"
+    assert stopped.stderr.endswith(
+        "HTTP 503): no body; run it again with --resume to continue after the last page enqueued\n"
+    )
+    assert Positions(rt.redis, TENANT).get(f"file:{path.resolve()}") == "100"

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from worker.backfill import Progress
 
 
+_CONTINUE = "run it again with --resume to continue after the last page enqueued"
+
+
 @click.command()
 @click.argument("tenant")
 @click.option(
@@ -79,7 +82,10 @@ def backfill(
         )
     except (BrokerUnavailable, PrefsyncError) as exc:
         _report(progress, as_json)
-        fail(f"{exc}; run it again with --resume to continue after the last page enqueued")
+        fail(f"{exc}; {_CONTINUE}")
+    except KeyboardInterrupt:
+        _report(progress, as_json)
+        fail(f"interrupted; {_CONTINUE}", 130)
     _report(progress, as_json)
     if progress.refused:
         sys.exit(1)
