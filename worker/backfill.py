@@ -94,10 +94,13 @@ class Progress:
 def full_state(tenant: str, user: Any) -> dict[str, Any]:
     """The change that tells a user's whole status: a ``user.updated`` whose old entity has
     no consents. The user's own fields stay as the PMP gives them, the tenant added as
-    ``organization_id`` (the PMP's users API leaves it out); the entity's ``id`` is the
-    user's, else their ``organization_user_id``."""
+    ``organization_id`` (the PMP's users API leaves it out; a user naming another is
+    refused); the entity's ``id`` is the user's, else their ``organization_user_id``."""
     if not isinstance(user, dict):
         raise InvalidEvent(f"a user must be a JSON object, not {type(user).__name__}")
+    if user.get("organization_id", tenant) != tenant:
+        # An export of another organization would write its people into this tenant.
+        raise InvalidEvent("organization_id: not this tenant's")
     entity = {**user, "organization_id": tenant}
     entity.setdefault("id", user.get("organization_user_id"))
     before = {

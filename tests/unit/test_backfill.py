@@ -18,7 +18,7 @@ from worker import backfill
 from worker.backfill import Page, Positions, file_pages, full_state
 from worker.cli import main
 from worker.connectors.config import parse_config
-from worker.core.errors import RetryableError
+from worker.core.errors import InvalidEvent, RetryableError
 from worker.core.events import parse_event
 from worker.delivery.runtime import Runtime
 from worker.records.feeder import parked_key
@@ -79,6 +79,22 @@ def test_a_user_without_an_id_is_named_by_their_organization_user_id() -> None:
     bare = user(1)
     del bare["id"]
     assert parse_event(full_state(TENANT, bare)).entity_id == "user-1@example.com"
+
+
+def test_a_user_of_another_organization_is_refused() -> None:
+    with pytest.raises(InvalidEvent, match="organization_id: not this tenant's"):
+        full_state(TENANT, {**user(1), "organization_id": "globex"})
+    assert parse_event(full_state(TENANT, {**user(1), "organization_id": TENANT})).tenant == TENANT
+
+
+def test_a_file_that_is_not_text_is_refused_in_one_line(rt: Runtime, tmp_path: Path) -> None:
+    braze(rt)
+    path = tmp_path / "export.jsonl.gz"
+    path.write_bytes(gzip.compress(b"{}\n")[:-6])  # cut short
+    done = CliRunner().invoke(main, ["backfill", TENANT, "--file", str(path)])
+    assert done.exit_code == 1
+    assert done.stderr.startswith(f"error: {path}: not a readable export file (")
+    assert "Traceback" not in done.output
 
 
 def test_every_user_is_parked_on_the_bulk_lane_for_the_named_connectors(rt: Runtime) -> None:

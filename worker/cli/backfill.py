@@ -67,7 +67,10 @@ def backfill(
     else:
         source = f"file:{path.resolve()}"
         pages = partial(run.file_pages, path)
-        progress.total = run.count_lines(path)
+        try:
+            progress.total = run.count_lines(path)
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            fail(f"{path}: not a readable export file ({exc})", 1)
     show = _show_progress if sys.stderr.isatty() else lambda _: None
     try:
         run.backfill(
