@@ -60,6 +60,7 @@ BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.ingress $(BENCH_INGRESS_ARGS)
+	$(BIN)/python -m bench.backfill $(BENCH_BACKFILL_ARGS)
 
 ## bench-ingress: the ingress scenario alone (needs wrk: apt-get install wrk): webhooks
 ## accepted/s over keep-alive, p99 at about 1,000/s, and `prefsync enqueue` beside them

@@ -11,7 +11,7 @@ with it; the worker validates it again (a message can reach Redis some other way
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,7 +71,9 @@ def enqueue(payload: Any, lane: str = lanes.LIVE) -> str:
     return _publish_routes([payload], lane)[0]
 
 
-def enqueue_many(payloads: Iterable[Any], bulk: bool | None = None) -> list[str]:
+def enqueue_many(
+    payloads: Iterable[Any], bulk: bool | None = None, connectors: Sequence[str] | None = None
+) -> list[str]:
     """Validate every payload, then enqueue them in order, ``MAX_BATCH`` events a message;
     returns one task id a message (none for no payloads).
 
@@ -79,7 +81,8 @@ def enqueue_many(payloads: Iterable[Any], bulk: bool | None = None) -> list[str]
     with other tenants' bulk loads in turn (worker.queue.lanes, worker.records.feeder);
     None (default):
     when there are more than ``BULK_ABOVE`` payloads. Live events are never kept behind
-    a bulk load.
+    a bulk load. ``connectors``: deliver to those of the tenant's connectors only (a
+    backfill for named connectors); None: to all of them.
 
     Raises ``InvalidEvent`` naming the first bad event by its 1-based position
     ("event 3: ...") before anything is enqueued. Raises ``BrokerUnavailable`` when Redis
@@ -93,9 +96,10 @@ def enqueue_many(payloads: Iterable[Any], bulk: bool | None = None) -> list[str]
             tenants.append(validate(payload).tenant)
         except InvalidEvent as exc:
             raise InvalidEvent(f"event {number}: {exc}") from exc
+    only = {} if connectors is None else {"connectors": list(connectors)}
     if bulk or (bulk is None and len(batch) > BULK_ABOVE):
-        return _park_routes(batch, tenants)
-    return _publish_routes(batch)
+        return _park_routes(batch, tenants, only)
+    return _publish_routes(batch, only=only)
 
 
 def enqueue_validated(payloads: list[Any]) -> list[str]:
@@ -111,19 +115,21 @@ def redeliver(payload: Any, connector_id: str, lane: str = lanes.LIVE) -> str:
     return _to_broker(partial(publish, deliver, [[payload], connector_id], lanes.in_lane(lane)))
 
 
-def _publish_routes(payloads: list[Any], lane: str = lanes.LIVE) -> list[str]:
+def _publish_routes(
+    payloads: list[Any], lane: str = lanes.LIVE, only: dict[str, Any] | None = None
+) -> list[str]:
     # Carried to every delivery of these events, for the enqueue->delivered latency.
-    enqueued = {"enqueued_at": clock(), **lanes.in_lane(lane)}
+    enqueued = {"enqueued_at": clock(), **lanes.in_lane(lane), **(only or {})}
     return [
         _to_broker(partial(publish, route, [payloads[start : start + MAX_BATCH]], enqueued), start)
         for start in range(0, len(payloads), MAX_BATCH)
     ]
 
 
-def _park_routes(payloads: list[Any], tenants: list[str]) -> list[str]:
+def _park_routes(payloads: list[Any], tenants: list[str], only: dict[str, Any]) -> list[str]:
     """Park ``payloads`` as route messages, ``MAX_BATCH`` events or fewer, a tenant's own
     (worker.records.feeder); each chunk of ``MAX_BATCH`` input events is parked whole or not."""
-    kwargs = {"enqueued_at": clock(), **lanes.in_lane(lanes.BULK)}
+    kwargs = {"enqueued_at": clock(), **lanes.in_lane(lanes.BULK), **only}
     task_ids = []
     for start in range(0, len(payloads), MAX_BATCH):
         by_tenant: dict[str, list[Any]] = {}

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("delivery",),
     ("queue",),
     ("producer",),
+    ("backfill",),  # enqueues through the producer
     ("ingress",),
     ("cli",),  # the command runs everything, the ingress server included
     ("",),  # worker/__init__.py: the Celery app for `celery -A worker`

@@ -17,6 +17,7 @@ import redis
 
 from worker.cli import (
     audit,
+    backfill,
     connectors,
     dlq,
     enqueue,
@@ -79,5 +80,6 @@ for command in (
     stats.stats,
     ingress.ingress,
     pmp.pmp,
+    backfill.backfill,
 ):
     main.add_command(command)

@@ -69,7 +69,12 @@ class Routed:
     unfinished: Unfinished
 
 
-def route(rt: Runtime, payloads: Any, origin: str | None = None) -> Routed:
+def route(
+    rt: Runtime,
+    payloads: Any,
+    origin: str | None = None,
+    connectors: Sequence[str] | None = None,
+) -> Routed:
     """Validate a batch of payloads and say, for each tenant in it, which delivery batch
     goes to each connector of that tenant; the invalid payloads come back, to be
     dead-lettered. The caller enqueues the deliveries.
@@ -77,11 +82,15 @@ def route(rt: Runtime, payloads: Any, origin: str | None = None) -> Routed:
     Every connector is fanned out to, disabled or broken ones included, so that each
     (event, connector) pair ends in a recorded outcome of its own. Events of a tool's
     refusal (``origin``: the connector it came from) go to the PMP as well.
+    ``connectors``: only those of them (a backfill for named connectors,
+    docs/two-way.md#backfill).
     """
     batch = parsed(rt, payloads)
     deliveries = []
     for tenant, events in batch.by_tenant().items():
         connector_ids = rt.configs.ids(tenant)
+        if connectors is not None:
+            connector_ids = [cid for cid in connector_ids if cid in connectors]
         if not connector_ids:
             log.warning("tenant has no connectors: nothing to deliver", tenant=tenant)
         # Before the fan-out: from now on the person's older events are outranked, and

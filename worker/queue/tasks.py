@@ -129,18 +129,20 @@ def route(
     enqueued_at: float | None = None,
     lane: str = lanes.LIVE,
     origin: str | None = None,
+    connectors: list[str] | None = None,
 ) -> str:
     """Validate a batch of preference events and fan it out: per tenant, one delivery
-    batch per connector, in the same lane, queued for the connector's destination type.
-    ``enqueued_at`` (epoch seconds) goes along, for the latency; ``origin`` too: the
-    connector a refusal came from (worker.delivery.refusals)."""
+    batch per connector (per one of ``connectors`` when named), in the same lane, queued
+    for the connector's destination type. ``enqueued_at`` (epoch seconds) goes along, for
+    the latency; ``origin`` too: the connector a refusal came from
+    (worker.delivery.refusals)."""
     carried: dict[str, Any] = {"enqueued_at": enqueued_at} if enqueued_at is not None else {}
     carried |= lanes.in_lane(lane)
     if origin is not None:
         carried["origin"] = origin
 
     def fan_out(batch: Batch) -> Unfinished:
-        routed = pipeline.route(runtime(), batch, origin)
+        routed = pipeline.route(runtime(), batch, origin, connectors)
         for delivery in routed.deliveries:
             destination = runtime().destinations.type_of(delivery.tenant, delivery.connector_id)
             kwargs = {**carried, "destination": destination}

@@ -12,10 +12,12 @@ from tests.unit.queue.harness import (
     Harness,
     answers,
     braze_config,
+    brevo_config,
     event,
     event_of,
     sent_body,
 )
+from worker.queue import publishing
 from worker.queue.tasks import route
 
 # -- invalid events ----------------------------------------------------------------------------
@@ -88,3 +90,20 @@ def test_a_route_batch_dead_letters_its_invalid_event_and_routes_the_others(
         "c@example.com",
     ]
     assert harness.rt.outbox.pending() == 0
+
+
+def test_route_told_named_connectors_fans_out_to_those_only(
+    harness: Harness, mocked: responses.RequestsMock
+) -> None:
+    connector_id = braze_config(harness)
+    brevo_config(harness)
+    answers(harness, mocked, [(201, SUCCESS, {})])
+
+    publishing.publish(route, [[event()]], {"connectors": [connector_id]})
+    runs = harness.worker.drain()
+
+    assert [(r.message.task, r.message.args[1:]) for r in runs[1:]] == [
+        ("prefsync.deliver", (connector_id,))
+    ]
+    assert harness.rt.recorder.counts(TENANT, connector_id) == {"delivered": 1}
+    assert harness.rt.recorder.counts(TENANT, "brevo") == {}
