@@ -97,7 +97,10 @@ def user_of_event(event: dict) -> str:
 
 
 def users_of(call) -> list[str]:
-    """The users one call was about: a Brevo contact, or every object of a Braze call."""
+    """The users one call was about: a Brevo contact, every contact of a Brevo batch, or
+    every object of a Braze call."""
+    if call.service == "brevo" and call.path.endswith("/contacts/batch"):
+        return [contact["email"] for contact in call.body["contacts"]]
     if call.service == "brevo":
         return [call.identifier]
     return [obj["external_id"] for obj in call.body["attributes"]]

@@ -157,13 +157,14 @@ def test_a_400_in_a_braze_call_of_50_dead_letters_one_person_and_delivers_49(
     )
     assert accepted() == set(users) - {"u-17"}
     assert len(fake.calls("braze")[0].body["attributes"]) == 50
-    # and exactly one person is dead-lettered, with Braze's message.
+    # and exactly one person is dead-lettered, with Braze's message (the person's id it
+    # echoes replaced: the entry names them, the reason need not).
     (entry,) = dead_letters(run_cli, prefsync_env)
     _, tenant, connector, user, reason, _ = entry.split("\t")
     assert (tenant, connector, user) == ("acme", "braze", "u-17")
     assert reason == (
         "refused by the destination: Braze refused the update (HTTP 400): "
-        "Invalid attribute value for u-17"
+        "Invalid attribute value for [user]"
     )
     stats = run_cli(prefsync_env, "stats", "--tenant", "acme").stdout.splitlines()
     assert "delivered\t49" in stats and "dead_lettered\t1" in stats

@@ -19,7 +19,9 @@ def without_person(text: str, user: str) -> str:
     URL path would carry it, replaced by ``PERSON``: destinations echo the id they were
     sent ("bad external id dora@example.com"), and what prefsync keeps or logs must not
     name a person it may have to forget."""
-    if not user or not text:
+    # An id with no letter or digit ("..", refused before any call) names nobody, and
+    # would cut prefsync's own words out of the message that explains its refusal.
+    if not text or not any(char.isalnum() for char in user):
         return text
     forms = sorted({user, quote(user, safe="")}, key=len, reverse=True)
     pattern = "|".join(re.escape(form) for form in forms)
