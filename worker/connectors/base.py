@@ -22,6 +22,7 @@ thing each (pacing, counting the answers), so a connector never knows which it w
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from abc import ABC, abstractmethod
@@ -484,3 +485,58 @@ def header_number(headers: Mapping[str, str], name: str) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
+
+
+# A destination's explanation is kept this short in dead letters, audit and logs.
+REASON_LENGTH = 300
+
+
+def answer_reason(
+    body: Any, secrets: Iterable[str], message: Callable[[dict[str, Any]], str]
+) -> str:
+    """A destination's explanation of its answer, short, and with every credential in
+    ``secrets`` masked should it echo one. ``message`` words a body that has a
+    ``message`` (each destination adds its own code or details)."""
+    if body is None:
+        text = "no body"
+    elif isinstance(body, dict) and isinstance(body.get("message"), str):
+        text = message(body)
+    elif isinstance(body, str):
+        text = body
+    else:
+        text = json.dumps(body, ensure_ascii=False)
+    for secret in secrets:
+        text = text.replace(secret, mask(secret))
+    return text if len(text) <= REASON_LENGTH else text[:REASON_LENGTH] + "…"
+
+
+def common_refusal(
+    vendor: str,
+    response: HttpResponse,
+    reason: str,
+    endpoint: str,
+    retry_after: Callable[[], float | None],
+) -> DeliveryError | None:
+    """What every destination means by a redirect (never followed: ``endpoint`` says which
+    setting to check), a 429 (come back at ``retry_after``) and 408, 425 or 5xx (try
+    again); None for any other status, which the connector reads itself. 425 is in no
+    vendor's table, but it means "too early, ask again": treating it as transient keeps a
+    consent change from being given up on."""
+    status = response.status
+    if 300 <= status < 400:
+        location = header(response.headers, "location") or "nowhere"
+        return PermanentError(
+            f"{vendor} answered HTTP {status}, a redirect to {location}, which is not "
+            f"followed: check {endpoint}; {reason}",
+            status=status,
+            operator_action=True,
+        )
+    if status == 429:
+        return RetryableError(
+            f"{vendor} rate limit reached (HTTP 429): {reason}",
+            status=status,
+            retry_after=retry_after(),
+        )
+    if status in (408, 425) or status >= 500:
+        return RetryableError(f"{vendor} is unavailable (HTTP {status}): {reason}", status=status)
+    return None

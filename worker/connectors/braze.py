@@ -48,6 +48,7 @@ import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -68,12 +69,12 @@ from worker.connectors.base import (
     Result,
     Skipped,
     answer_in_calls,
-    header,
+    answer_reason,
+    common_refusal,
     header_number,
     own_fields,
 )
 from worker.core.errors import Deferred, DeliveryError, PermanentError, RetryableError
-from worker.core.masking import mask
 from worker.core.outcomes import SkipReason
 
 
@@ -175,7 +176,6 @@ _RESERVED |= {
     f"'pmp_{name}'"
     for name, holds in _TYPED_FIELDS.items()
 }
-_REASON_LENGTH = 300
 #: Answers to a call of several users that split it in halves (docs/choices.md).
 _SPLIT = frozenset({400, 413})
 DELETE_BATCH = 50  # external_ids per /users/delete call (docs/vendors.md#braze)
@@ -634,14 +634,10 @@ def _refusal(
     """What a non-2xx answer from Braze means for every object of the call."""
     status = response.status
     reason = _reason(response.body, options.api_key.get_secret_value())
-    if 300 <= status < 400:
-        location = header(response.headers, "location") or "nowhere"
-        return PermanentError(
-            f"Braze answered HTTP {status}, a redirect to {location}, which is not followed: "
-            f"check that {options.server} is still the workspace's REST endpoint; {reason}",
-            status=status,
-            operator_action=True,
-        )
+    endpoint = f"that {options.server} is still the workspace's REST endpoint"
+    retry_after = partial(_retry_after, response.headers, settings)
+    if common := common_refusal("Braze", response, reason, endpoint, retry_after):
+        return common
     if status in (401, 403):
         return PermanentError(
             f"Braze refused the credentials (HTTP {status}): the API key is wrong or revoked, "
@@ -650,16 +646,6 @@ def _refusal(
             status=status,
             operator_action=True,
         )
-    if status == 429:
-        return RetryableError(
-            f"Braze rate limit reached (HTTP 429): {reason}",
-            status=status,
-            retry_after=_retry_after(response.headers, settings),
-        )
-    # 425 is not in Braze's tables, but it means "too early, ask again": treating it as
-    # transient keeps a consent change from being given up on (the guarantee lists it).
-    if status in (408, 425) or status >= 500:
-        return RetryableError(f"Braze is unavailable (HTTP {status}): {reason}", status=status)
     if status == 413:
         return PermanentError(
             "Braze found the request too large (HTTP 413), and one user's update cannot be "
@@ -671,18 +657,12 @@ def _refusal(
 
 def _reason(body: Any, secret: str) -> str:
     """Braze's explanation, short, and without the key should Braze ever echo it."""
-    if body is None:
-        text = "no body"
-    elif isinstance(body, dict) and isinstance(body.get("message"), str):
-        text = body["message"]
-        if body.get("errors"):
-            text += f" {json.dumps(body['errors'], ensure_ascii=False)}"
-    elif isinstance(body, str):
-        text = body
-    else:
-        text = json.dumps(body, ensure_ascii=False)
-    text = text.replace(secret, mask(secret))
-    return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH] + "…"
+    return answer_reason(body, [secret], _braze_message)
+
+
+def _braze_message(body: dict[str, Any]) -> str:
+    errors = body.get("errors")
+    return body["message"] + (f" {json.dumps(errors, ensure_ascii=False)}" if errors else "")
 
 
 def _retry_after(headers: Mapping[str, str], settings: ConnectorSettings) -> float | None:

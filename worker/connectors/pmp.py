@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import threading
 import time
 from collections import deque
@@ -39,7 +38,13 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from worker.connectors.base import BaseTransport, HttpRequest, HttpResponse, header_number
+from worker.connectors.base import (
+    BaseTransport,
+    HttpRequest,
+    HttpResponse,
+    answer_reason,
+    header_number,
+)
 from worker.core.errors import Deferred, InvalidConfig, PermanentError, RetryableError
 from worker.core.masking import mask
 from worker.core.validation import describe
@@ -51,7 +56,6 @@ DELEGATE = "prefsync"
 SESSIONS_LIMIT, SESSIONS_WINDOW = 100, 15.0
 #: events per ``POST /consents/events`` body
 EVENTS_PER_CALL = 100
-_REASON_LENGTH = 300
 _HOSTNAMES_REFUSED = frozenset({"localhost", "localhost.localdomain"})
 
 
@@ -425,15 +429,9 @@ def _refusal(what: str, response: HttpResponse, credentials: PmpCredentials) -> 
 
 def _reason(body: Any, credentials: PmpCredentials) -> str:
     """The PMP's ``name`` and ``message``, short, its secrets masked should it echo them."""
-    if body is None:
-        text = "no body"
-    elif isinstance(body, dict) and isinstance(body.get("message"), str):
-        text = f"{body.get('name') or body.get('code') or 'error'}: {body['message']}"
-    elif isinstance(body, str):
-        text = body
-    else:
-        text = json.dumps(body, ensure_ascii=False)
-    for secret in (credentials.api_key, credentials.api_secret):
-        value = secret.get_secret_value()
-        text = text.replace(value, mask(value))
-    return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH] + "…"
+    secrets = [s.get_secret_value() for s in (credentials.api_key, credentials.api_secret)]
+    return answer_reason(body, secrets, _pmp_message)
+
+
+def _pmp_message(body: dict[str, Any]) -> str:
+    return f"{body.get('name') or body.get('code') or 'error'}: {body['message']}"

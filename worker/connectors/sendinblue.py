@@ -48,7 +48,6 @@ letter case are one Brevo contact: the second goes on its own, after the batch.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -84,14 +83,14 @@ from worker.connectors.base import (
     Result,
     Skipped,
     answer_in_calls,
-    header,
+    answer_reason,
+    common_refusal,
     header_number,
     one_by_one,
     own_fields,
     stop_of,
 )
 from worker.core.errors import PermanentError, RetryableError
-from worker.core.masking import mask
 from worker.core.outcomes import SkipReason
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -138,7 +137,6 @@ _LONGEST_IDENTIFIER = 254
 # line and paragraph separators: an identifier holding one cannot be told from another.
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _PATH_SEPARATORS = re.compile(r"[/\\]")
-_REASON_LENGTH = 300
 # "No contact found for indexes 3,4": the zero-based positions in the batch's contacts.
 _UNKNOWN_INDEXES = re.compile(r"\bindex(?:es)?\s*:?\s*(\d+(?:\s*,\s*\d+)*)\s*$", re.I)
 
@@ -589,14 +587,10 @@ def _classify(
             f"not known to be applied: {reason}",
             status=status,
         )
-    if 300 <= status < 400:
-        location = header(response.headers, "location") or "nowhere"
-        raise PermanentError(
-            f"Brevo answered HTTP {status}, a redirect to {location}, which is not followed: "
-            f"check the Brevo API URL setting ({_base_url(settings)}); {reason}",
-            status=status,
-            operator_action=True,
-        )
+    endpoint = f"the Brevo API URL setting ({_base_url(settings)})"
+    retry_after = partial(_retry_after, response.headers, settings)
+    if common := common_refusal("Brevo", response, reason, endpoint, retry_after):
+        raise common
     if status in (401, 402, 403):
         problem = {
             401: "the API key is wrong or revoked",
@@ -608,14 +602,6 @@ def _classify(
             status=status,
             operator_action=True,
         )
-    if status == 429:
-        raise RetryableError(
-            f"Brevo rate limit reached (HTTP 429): {reason}",
-            status=status,
-            retry_after=_retry_after(response.headers, settings),
-        )
-    if status in (408, 425) or status >= 500:
-        raise RetryableError(f"Brevo is unavailable (HTTP {status}): {reason}", status=status)
     if status == 404:
         # Not the contact (handled before): a list that does not exist, or a wrong base URL.
         raise PermanentError(
@@ -634,16 +620,7 @@ def _code(body: Any) -> str | None:
 
 def _reason(body: Any, secret: str) -> str:
     """Brevo's code and message, short, and without the key should Brevo ever echo it."""
-    if body is None:
-        text = "no body"
-    elif isinstance(body, dict) and isinstance(body.get("message"), str):
-        text = f"{_code(body) or 'no code'}: {body['message']}"
-    elif isinstance(body, str):
-        text = body
-    else:
-        text = json.dumps(body, ensure_ascii=False)
-    text = text.replace(secret, mask(secret))
-    return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH] + "…"
+    return answer_reason(body, [secret], lambda b: f"{_code(b) or 'no code'}: {b['message']}")
 
 
 def _retry_after(headers: Mapping[str, str], settings: ConnectorSettings) -> float | None:
