@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +155,13 @@ class StateStore:
     def _record(self, tenant: str, person: str) -> str:
         return key("person", tenant, person)
 
+    def folded(self, tenant: str, folded_id: str) -> str:
+        """The key of the tombstone of everyone whose id casefolds to ``folded_id``: a
+        destination that ignores letter case (Brevo's email addresses) names them all as
+        one, so the erasure of one spelling outranks the past of every other there. A
+        keyed hash of its own (never the person's): exact ids stay apart for the others."""
+        return key("erased-casefold", tenant, self.pseudonyms.of("casefold", folded_id))
+
     def older(self) -> tuple[bool, bool]:
         """Whether records of the release before this one may still live (its state, its
         done markers): worker.records.legacy.PreviousRelease.live."""
@@ -167,6 +174,7 @@ class StateStore:
         connector_id: str,
         writes_by_user: Mapping[str, Sequence[Write]],
         wait: float | None = None,
+        folded_id: Callable[[str], str | None] = lambda _user: None,
     ) -> Iterator[Claim]:
         """Lock, check and merge each user's writes (one round trip for all users), waiting
         up to ``wait`` (default ``lock_wait``) seconds for users held elsewhere; yields the
@@ -176,6 +184,9 @@ class StateStore:
         lock also expires by itself (``lock_ttl``) so a killed worker cannot hold a user
         forever; ``lock_ttl`` outlasts the longest a task may run (its hard time limit).
         A tie in ordering keeps the value already stored (or written first).
+        ``folded_id``: a user's id as the destination compares it when it ignores letter
+        case (worker.connectors.base.Connector.folded_id); the tombstone of that form
+        outranks their past too.
         """
         # 64 random bits tell holders apart; the token is kept in the person's record.
         token = uuid.uuid4().hex[:16]
@@ -183,7 +194,7 @@ class StateStore:
         deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
         try:
             while True:
-                self._claim_busy(claim)
+                self._claim_busy(claim, folded_id)
                 if not claim.busy or time.monotonic() >= deadline:
                     break
                 time.sleep(0.02)
@@ -194,7 +205,9 @@ class StateStore:
                     self.finish(claim, {}, {}, pipe)
                     pipe.execute()
 
-    def _claim_busy(self, claim: Claim) -> None:
+    def _claim_busy(
+        self, claim: Claim, folded_id: Callable[[str], str | None] = lambda _user: None
+    ) -> None:
         """One try at the users of ``claim`` still busy: one script for all of them."""
         tenant, connector_id = claim.tenant, claim.connector_id
         waiting = sorted(claim.busy)
@@ -207,6 +220,10 @@ class StateStore:
             person = self.person(user)
             claim.records[user] = self._record(tenant, person)
             keys.append(claim.records[user])
+            folded = folded_id(user)
+            if folded is not None:
+                keys.append(self.folded(tenant, folded))
+            args.append("" if folded is None else "1")
             if fold or marked:
                 keys += self.previous.claim_keys(tenant, connector_id, person)
             writes = claim.writes[user]
@@ -340,9 +357,10 @@ class StateStore:
     def erase(self, tenant: str, user: str, timestamp_us: int) -> None:
         """Write the person's tombstone: every event of theirs dated at or before
         ``timestamp_us`` is outranked by their erasure. It only moves forward, and lives as
-        long as the state would have."""
+        long as the state would have. So does the tombstone of their casefolded id, which
+        outranks the past of every spelling of it where a destination ignores letter case."""
         person = self.person(user)
-        keys = [self._record(tenant, person)]
+        keys = [self._record(tenant, person), self.folded(tenant, user.casefold())]
         if self.older()[0]:
             keys.append(self.previous.tombstone(tenant, person))
         self.scripts.run("tombstone", keys, [timestamp_us, self.state_ttl])

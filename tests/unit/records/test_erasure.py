@@ -226,6 +226,46 @@ def test_an_erasure_claimed_writes_the_tombstone_before_the_events_beside_it(sto
     assert known_values(store, TENANT, JANE) == {}
 
 
+def test_an_erasure_outranks_every_spelling_s_past_where_ids_fold_and_no_other(store) -> None:
+    # Brevo names Jane.Doe@Example.com and jane.doe@example.com as one contact, Braze as two.
+    store.erase(TENANT, "Jane.Doe@Example.COM", at(20).timestamp_us)
+
+    def writes() -> dict[str, list[Write]]:
+        return {
+            JANE: [Write("older", at(10), {NEWSLETTER: True}), Write("newer", at(30), {"b": 1})]
+        }
+
+    with store.claim(TENANT, "sendinblue", writes(), folded_id=str.casefold) as claim:
+        assert claim.erased == {(JANE, "older")}
+        assert claim.owners == {JANE: {"b": "newer"}}
+    with store.claim(TENANT, "braze", writes()) as claim:
+        assert claim.erased == set()
+        assert claim.owners == {JANE: {NEWSLETTER: "older", "b": "newer"}}
+    assert store.erased_at(TENANT, JANE) is None
+    names = b" ".join(store.redis.scan_iter()).lower()
+    assert JANE.encode() not in names
+
+
+def test_the_casefolded_tombstone_only_moves_forward_and_lives_as_long_as_the_state(store):
+    store.erase(TENANT, "Jane.Doe@example.com", at(20).timestamp_us)
+    store.erase(TENANT, JANE, at(10).timestamp_us)
+    folded = store.folded(TENANT, JANE)
+    assert int(store.redis.get(folded)) == at(20).timestamp_us
+    assert 3500 < store.redis.ttl(folded) <= 3600
+    with store.claim(TENANT, "sendinblue", {JANE: [Write("e", at(15), {})]}, 0, str.casefold) as c:
+        assert c.erased == {(JANE, "e")}
+
+
+def test_an_erasure_claimed_where_ids_fold_moves_the_casefolded_tombstone(store) -> None:
+    # A deletion replayed from the dead letters reaches the claim without being routed.
+    deleted = {"JANE.DOE@example.com": [Write("deleted", at(20), {}, erase=True)]}
+    with store.claim(TENANT, "sendinblue", deleted, folded_id=str.casefold):
+        pass
+    older = {JANE: [Write("older", at(10), {NEWSLETTER: True})]}
+    with store.claim(TENANT, "sendinblue", older, folded_id=str.casefold) as claim:
+        assert claim.erased == {(JANE, "older")}
+
+
 def test_done_markers_and_every_key_name_the_person_by_hash_only(store) -> None:
     with (
         store.claim(

@@ -4,15 +4,17 @@
 -- property values (newest ordering key wins) and writes the record back.
 -- Runs after person.lua and legacy.lua.
 --
--- KEYS, per user: their record, then with ARGV[6] or ARGV[7] the older release's keys
+-- KEYS, per user: their record, then for an id the connector compares without letter case
+-- the casefolded id's tombstone, then with ARGV[6] or ARGV[7] the older release's keys
 -- (state hash, tombstone, values last delivered to this connector, done markers for this
 -- connector), then with ARGV[7] one older done marker per event (named by the event key).
 -- ARGV: the lock token, the lock TTL (ms), the state TTL (s), now (epoch ms), the
 -- connector, "1" to fold the older release's records in, "1" to read its done markers,
--- then per user: how many events, and per event its key, its ref (the keyed hash of its
--- key; the older done markers hold it whole, a record its first 16 characters), "e" for
--- an erasure or "w", its timestamp_us, its version ("" for none), how many property
--- writes follow, then those writes (name, value JSON).
+-- then per user: "1" when the casefolded id's tombstone is given, how many events, and per
+-- event its key, its ref (the keyed hash of its key; the older done markers hold it whole,
+-- a record its first 16 characters), "e" for an erasure or "w", its timestamp_us, its
+-- version ("" for none), how many property writes follow, then those writes (name, value
+-- JSON). Either tombstone outranks the past; an erasure moves both forward.
 -- Returns per user false when the lock is held elsewhere (nothing done); else {the keys of
 -- the events already done (an erasure this connector was told, or an older release's
 -- marker), the keys of the events the erasure outranks, the record as written}. Only a
@@ -24,12 +26,14 @@ local answers = {}
 local k, a = 1, 8
 while a <= #ARGV do
   local name = KEYS[k]
+  k = k + 1
+  local folded = nil
+  if ARGV[a] == '1' then folded = KEYS[k]; k = k + 1 end
   local older = nil
-  if fold or marked then older = {KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]} end
-  k = k + (older and 5 or 1)
+  if fold or marked then older = {KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]}; k = k + 4 end
   local events = {}
-  local n = tonumber(ARGV[a])
-  a = a + 1
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
   for i = 1, n do
     local count = tonumber(ARGV[a + 5])
     events[i] = {
@@ -57,12 +61,20 @@ while a <= #ARGV do
       end
     end
     local tomb = b.e and tonumber(b.e)
+    local erasing = nil
     for _, event in ipairs(events) do
-      if event.erase and not event.done and (not tomb or event.ts > tomb) then
-        tomb = event.ts
-        b.e = event.raw_ts
-        changed = true
+      if event.erase and not event.done then
+        if not erasing or event.ts > tonumber(erasing) then erasing = event.raw_ts end
+        if not tomb or event.ts > tomb then
+          tomb = event.ts
+          b.e = event.raw_ts
+          changed = true
+        end
       end
+    end
+    if folded then
+      local other = folded_tombstone(folded, erasing, ttl)
+      if other and (not tomb or other > tomb) then tomb = other end
     end
     local done, erased = {}, {}
     for _, event in ipairs(events) do

@@ -1,11 +1,14 @@
 -- Moves a person's tombstone (the time of their erasure) forward, never back; the record
 -- then lives as long as the state would have. Runs after person.lua and legacy.lua.
--- KEYS[1]: the person's record; KEYS[2], while the older release's records may live: its
--- tombstone, folded in and deleted.
+-- Also moves the tombstone of the casefolded id forward (a destination that ignores letter
+-- case names the person by it too).
+-- KEYS[1]: the person's record; KEYS[2]: the casefolded id's tombstone; KEYS[3], while the
+-- older release's records may live: its tombstone, folded in and deleted.
 -- ARGV[1]: the erasure's timestamp_us; ARGV[2]: the state TTL (s).
 -- Returns 1 when the record was written, 0 when it already held a tombstone as new.
 local b = load(redis.call('GET', KEYS[1]))
-local older = KEYS[2] and redis.call('GET', KEYS[2])
+folded_tombstone(KEYS[2], ARGV[1], ARGV[2])
+local older = KEYS[3] and redis.call('GET', KEYS[3])
 fold_tombstone(b, older)
 local tomb = b.e and tonumber(b.e)
 local changed = older and true or false
@@ -15,5 +18,5 @@ if not tomb or tonumber(ARGV[1]) > tomb then
 end
 if not changed then return 0 end
 redis.call('SET', KEYS[1], encode(b), 'EX', ARGV[2])
-if older then redis.call('DEL', KEYS[2]) end
+if older then redis.call('DEL', KEYS[3]) end
 return 1
