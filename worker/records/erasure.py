@@ -7,8 +7,9 @@ Each connector ends its part (delivered, skipped or dead-lettered: ``ended``); t
 forgets the person: their newest-wins state up to the deletion, the values last delivered
 and what each connector was told of the values forgotten, and the dead letters of their
 earlier events in that tenant (a replay would undo the erasure). What remains is the
-tombstone, named by the keyed hash of the user id, expiring with the state TTL, and the
-audit trail, which names the person by that hash too.
+tombstone, named by the keyed hash of the user id, and the one of the casefolded id (where
+a destination ignores letter case, every spelling of the id is the erased person), both
+expiring with the state TTL, and the audit trail, which names the person by that hash too.
 
 A dead letter of the deletion itself is kept: it is the erasure still owed to that
 destination, for an operator to replay once the cause is fixed (a key without the
