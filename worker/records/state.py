@@ -372,6 +372,12 @@ class StateStore:
         moments = [int(moment) for moment in found if moment is not None]
         return max(moments) if moments else None
 
+    def folded_erased_at(self, tenant: str, folded_id: str) -> int | None:
+        """The timestamp_us of the newest erasure of any id that casefolds to
+        ``folded_id``, if its tombstone is still kept (``folded``)."""
+        found = self.redis.get(self.folded(tenant, folded_id))
+        return None if found is None else int(found)
+
     def forget_erased(
         self, tenant: str, user: str, connector_ids: Iterable[str], timestamp_us: int
     ) -> int:

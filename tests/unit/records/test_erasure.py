@@ -554,6 +554,25 @@ def test_a_dead_letter_of_an_erased_event_is_not_kept(rt: Runtime) -> None:
     assert outcomes(rt) == [("braze", "event.created", "skipped", "erased")]
 
 
+def test_a_dead_letter_of_another_spelling_is_not_kept_for_brevo_but_is_for_braze(rt) -> None:
+    braze(rt, "delete")
+    brevo(rt, "delete")
+    rt.state.erase(
+        TENANT, "Jane.Doe@Example.com", parse_event(user_deleted()).ordering.timestamp_us
+    )
+    for connector_id in ("sendinblue", "braze"):
+        pipeline.dead_letter(
+            rt,
+            payload=consent("c1", 1),
+            connector_id=connector_id,
+            attempts=[Attempt(at=1.0, status=400, error="refused")],
+            exc=PermanentError("refused"),
+            now=2.0,
+        )
+    assert [entry.connector_id for entry in rt.deadletters.iter(tenant=TENANT)] == ["braze"]
+    assert outcomes(rt)[0] == ("sendinblue", "event.created", "skipped", "erased")
+
+
 def test_a_tenant_without_connectors_forgets_at_once(rt: Runtime) -> None:
     rt.state.forget(TENANT, JANE, [])
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mocked:
