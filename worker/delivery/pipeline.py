@@ -207,11 +207,7 @@ def _erased(rt: Runtime, event: PreferenceEvent, connector_id: str) -> bool:
     """Whether the person's erasure outranks ``event`` (dated at or before it) for this
     connector: for one that ignores letter case, the erasure of any spelling of the id."""
     moments = [rt.state.erased_at(event.tenant, event.user)]
-    try:
-        config = rt.configs.get(event.tenant, connector_id) if connector_id else None
-    except InvalidConfig:
-        config = None
-    folded = config.connector.folded_id(event.user) if config is not None else None
+    folded = rt.configs.folded_id(event.tenant, connector_id, event.user)
     if folded is not None:
         moments.append(rt.state.folded_erased_at(event.tenant, folded))
     return any(at is not None and event.ordering.timestamp_us <= at for at in moments)

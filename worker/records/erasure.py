@@ -41,11 +41,15 @@ class Erasures:
         state: StateStore,
         deadletters: DeadLetterStore,
         connector_ids: Callable[[str], Iterable[str]],
+        folded_id: Callable[[str, str, str], str | None] = lambda _t, _c, _u: None,
     ) -> None:
         self.redis = client
         self.state = state
         self.deadletters = deadletters
         self.connector_ids = connector_ids
+        #: (tenant, connector, user) -> the user's id as that connector's destination
+        #: compares it when it ignores letter case (ConfigStore.folded_id), else None
+        self.folded_id = folded_id
 
     def _pending_key(self, tenant: str, user: str) -> str:
         return key("erasing", tenant, self.state.person(user))
@@ -89,7 +93,7 @@ class Erasures:
         letters = [
             entry
             for entry in self.deadletters.iter(tenant=tenant)
-            if entry.user == user
+            if self._theirs(tenant, entry.connector_id, entry.user, user)
             and not entry.event_key.startswith(f"{ERASURE}:")
             and _dated_up_to(entry.payload, up_to)
         ]
@@ -103,6 +107,16 @@ class Erasures:
             records=records,
             dead_letters=len(letters),
         )
+
+    def _theirs(self, tenant: str, connector_id: str, named: str, user: str) -> bool:
+        """Whether a dead letter naming ``named`` for the connector is of the erased
+        ``user``: the same id, or for a destination that ignores letter case (Brevo's email
+        addresses) any spelling of it: there it is the same person."""
+        if named == user:
+            return True
+        if named.casefold() != user.casefold():
+            return False  # not a spelling of it: no config to read
+        return self.folded_id(tenant, connector_id, named) is not None
 
 
 def _dated_up_to(payload: object, timestamp_us: int) -> bool:

@@ -573,6 +573,26 @@ def test_a_dead_letter_of_another_spelling_is_not_kept_for_brevo_but_is_for_braz
     assert outcomes(rt)[0] == ("sendinblue", "event.created", "skipped", "erased")
 
 
+def test_forgetting_drops_brevo_dead_letters_of_every_spelling_and_keeps_braze_s(rt) -> None:
+    braze(rt, "delete")
+    brevo(rt, "delete")
+    variant = "Jane.Doe@Example.com"
+    for connector_id in ("sendinblue", "braze"):
+        rt.deadletters.add(
+            tenant=TENANT,
+            connector_id=connector_id,
+            user=variant,
+            event_key="event.created:c1",
+            payload=consent("c1", 1, user=variant),
+            attempts=[Attempt(at=1.0, status=400, error="refused")],
+            reason="refused",
+            dead_lettered_at=2.0,
+        )
+    rt.erasures.forget(TENANT, JANE, parse_event(user_deleted()).ordering.timestamp_us)
+    left = [(e.connector_id, e.user) for e in rt.deadletters.iter(tenant=TENANT)]
+    assert left == [("braze", variant)]
+
+
 def test_a_tenant_without_connectors_forgets_at_once(rt: Runtime) -> None:
     rt.state.forget(TENANT, JANE, [])
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mocked:
