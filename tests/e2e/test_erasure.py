@@ -335,3 +335,28 @@ def test_a_case_variant_of_an_erased_address_never_reaches_brevo_but_is_another_
     assert fake.calls("brevo") == []
     assert outcomes["braze"][0] == "delivered"
     assert [a["external_id"] for a in braze_attributes(fake.calls("braze"))] == [variant]
+
+
+def test_an_older_consent_of_another_spelling_never_overwrites_a_brevo_refusal(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    # jane@ and Jane@ are one Brevo contact and two Braze users.
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake, "delete")
+    start_worker(prefsync_env)
+    refusal = consent("newer", TUESDAY, user="jane@example.com", newsletter=False)
+    enqueue(run_cli, prefsync_env, refusal)
+    wait_until(lambda: len(audited(run_cli, prefsync_env, "jane@example.com")) == 2, timeout=15)
+    fake.reset()
+
+    enqueue(
+        run_cli, prefsync_env, consent("older", MONDAY, user="Jane@example.com", newsletter=True)
+    )
+    wait_until(lambda: len(audited(run_cli, prefsync_env, "Jane@example.com")) == 2, timeout=15)
+    outcomes = {
+        e["connector_id"]: (e["outcome"], e["reason"])
+        for e in audited(run_cli, prefsync_env, "Jane@example.com")
+    }
+    assert outcomes["sendinblue"] == ("skipped", "stale")
+    assert fake.calls("brevo") == []
+    assert outcomes["braze"][0] == "delivered"

@@ -27,6 +27,7 @@ from worker.delivery.runtime import Runtime
 from worker.infra.pseudonym import Pseudonyms
 from worker.infra.settings import Settings, get_settings
 from worker.records.deadletter import Attempt
+from worker.records.person import load_record
 from worker.records.state import StateStore, UserBusy, Write, key
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -250,7 +251,7 @@ def test_the_casefolded_tombstone_only_moves_forward_and_lives_as_long_as_the_st
     store.erase(TENANT, "Jane.Doe@example.com", at(20).timestamp_us)
     store.erase(TENANT, JANE, at(10).timestamp_us)
     folded = store.folded(TENANT, JANE)
-    assert int(store.redis.get(folded)) == at(20).timestamp_us
+    assert store.folded_erased_at(TENANT, JANE) == at(20).timestamp_us
     assert 3500 < store.redis.ttl(folded) <= 3600
     with store.claim(TENANT, "sendinblue", {JANE: [Write("e", at(15), {})]}, 0, str.casefold) as c:
         assert c.erased == {(JANE, "e")}
@@ -264,6 +265,56 @@ def test_an_erasure_claimed_where_ids_fold_moves_the_casefolded_tombstone(store)
     older = {JANE: [Write("older", at(10), {NEWSLETTER: True})]}
     with store.claim(TENANT, "sendinblue", older, folded_id=str.casefold) as claim:
         assert claim.erased == {(JANE, "older")}
+
+
+def claim_and_end(store: StateStore, connector_id: str, user: str, write: Write, **kw) -> dict:
+    """Claim one event (locks free) and end it; the properties it owned."""
+    with store.claim(TENANT, connector_id, {user: [write]}, **kw) as claim:
+        assert claim.busy == set()
+        with store.redis.pipeline() as pipe:
+            store.finish(claim, {user: [write.event_key]}, {}, pipe)
+            pipe.execute()
+        claim.finished = True
+        return claim.owners[user]
+
+
+def test_where_ids_fold_an_older_value_of_another_spelling_is_stale(store) -> None:
+    # One Brevo contact: a refusal must not be overwritten by an older consent of it.
+    variant = "Jane.Doe@Example.com"
+    refusal = Write("refusal", at(20), {NEWSLETTER: False})
+    assert claim_and_end(store, "sendinblue", JANE, refusal, folded_id=str.casefold) == {
+        NEWSLETTER: "refusal"
+    }
+    older = Write("older-consent", at(10), {NEWSLETTER: True})
+    assert claim_and_end(store, "sendinblue", variant, older, folded_id=str.casefold) == {}
+    # For Braze the variant is another person: their consent is theirs to send.
+    assert claim_and_end(store, "braze", variant, older) == {NEWSLETTER: "older-consent"}
+    newer = Write("newer-consent", at(30), {NEWSLETTER: True})
+    assert claim_and_end(store, "sendinblue", variant, newer, folded_id=str.casefold) == {
+        NEWSLETTER: "newer-consent"
+    }
+
+
+def test_where_ids_fold_a_spelling_in_flight_makes_the_others_busy(store) -> None:
+    variant = "Jane.Doe@Example.com"
+    write = Write("w", at(10), {NEWSLETTER: True})
+    with store.claim(TENANT, "sendinblue", {JANE: [write]}, folded_id=str.casefold):
+        with store.claim(TENANT, "sendinblue", {variant: [write]}, 0, str.casefold) as other:
+            assert other.busy == {variant}
+        with store.claim(TENANT, "braze", {variant: [write]}, 0) as braze:
+            assert braze.busy == set()
+    with store.claim(TENANT, "sendinblue", {variant: [write]}, 0, str.casefold) as other:
+        assert other.busy == set()
+
+
+def test_forgetting_the_erased_person_forgets_their_values_among_every_spelling(store) -> None:
+    claim_and_end(
+        store, "sendinblue", JANE, Write("w", at(10), {NEWSLETTER: True}), folded_id=str.casefold
+    )
+    store.erase(TENANT, JANE, at(20).timestamp_us)
+    store.forget_erased(TENANT, JANE, ["sendinblue"], at(20).timestamp_us)
+    folded = load_record(store.redis.get(store.folded(TENANT, JANE)))
+    assert folded["p"] == {} and folded["e"] == str(at(20).timestamp_us)
 
 
 def test_done_markers_and_every_key_name_the_person_by_hash_only(store) -> None:

@@ -50,16 +50,3 @@ local function newer(ts, ver, cts, cver)
   end
   return tonumber(ts) > tonumber(cts)
 end
-
--- The tombstone of an id as a destination that ignores letter case compares it (its own
--- key: worker/records/state.py, StateStore.folded): moved to the erasure at ts forward,
--- never back; returns its time, or nil when there is none.
-local function folded_tombstone(name, ts, ttl)
-  local raw = redis.call('GET', name)
-  local tomb = raw and tonumber(raw)
-  if ts and (not tomb or tonumber(ts) > tomb) then
-    redis.call('SET', name, ts, 'EX', ttl)
-    return tonumber(ts)
-  end
-  return tomb
-end
