@@ -6,9 +6,10 @@
 --
 -- KEYS, per user: their record, then for an id the connector compares without letter case
 -- the record of the casefolded id (a record as a person's: the newest value of each
--- property among every spelling, this connector's lock, the tombstone), then with ARGV[6] or ARGV[7] the older release's keys
--- (state hash, tombstone, values last delivered to this connector, done markers for this
--- connector), then with ARGV[7] one older done marker per event (named by the event key).
+-- property among every spelling, this connector's lock, the tombstone), then with ARGV[6]
+-- or ARGV[7] the older release's keys (state hash, tombstone, values last delivered to
+-- this connector, done markers for this connector), then with ARGV[7] one older done
+-- marker per event (named by the event key).
 -- ARGV: the lock token, the lock TTL (ms), the state TTL (s), now (epoch ms), the
 -- connector, "1" to fold the older release's records in, "1" to read its done markers,
 -- then per user: "1" when the casefolded id's record is given, how many events, and per
@@ -20,14 +21,13 @@
 -- Returns per user false when a lock is held elsewhere (nothing done); else {the keys of
 -- the events already done (an erasure this connector was told, or an older release's
 -- marker), the keys of the events the erasure outranks, the record as written, the
--- casefolded id's record as written or false}. Only a
--- write that wins (or a new record) refreshes the expiry: a merge that loses must not
--- keep alive the state it lost to.
+-- casefolded id's record as written or false}. Only a write that wins (or a new record)
+-- refreshes the expiry: a merge that loses must not keep alive the state it lost to.
 local token, lock_ms, ttl, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local c, fold, marked = ARGV[5], ARGV[6] == '1', ARGV[7] == '1'
 local answers = {}
 
-local function held_elsewhere(lock, token, now)
+local function held_elsewhere(lock)
   return lock and lock[1] ~= token and tonumber(lock[2]) > now
 end
 
@@ -66,7 +66,7 @@ while a <= #ARGV do
   local f_raw = folded and redis.call('GET', folded)
   local f = folded and load(f_raw)
   local f_changed = folded and not f_raw
-  if held_elsewhere(b.l[c], token, now) or (f and held_elsewhere(f.l[c], token, now)) then
+  if held_elsewhere(b.l[c]) or (f and held_elsewhere(f.l[c])) then
     answers[#answers + 1] = false
   else
     local changed = not raw
