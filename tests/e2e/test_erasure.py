@@ -303,3 +303,60 @@ def test_an_id_a_destination_echoed_is_in_neither_redis_nor_the_log_after_the_er
         message="the id is still in Redis",
     )
     assert "erin.erased" not in worker.log().lower()
+
+
+@pytest.mark.parametrize(
+    ("erased", "variant"),
+    [
+        ("case.test@example.com", "Case.Test@example.com"),
+        ("Case.Two@example.com", "case.two@example.com"),
+    ],
+)
+def test_a_case_variant_of_an_erased_address_never_reaches_brevo_but_is_another_braze_user(
+    erased, variant, prefsync_env, fake_destinations, start_worker, run_cli
+):
+    # Brevo tells contacts' email addresses apart without letter case, Braze its
+    # external_ids with it: the erasure of one spelling outranks the other's past in Brevo
+    # only.
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake, "delete")
+    start_worker(prefsync_env)
+    enqueue(run_cli, prefsync_env, user_deleted(user=erased))
+    wait_until(lambda: len(audited(run_cli, prefsync_env, erased)) == 2, timeout=15)
+    fake.reset()
+
+    enqueue(run_cli, prefsync_env, consent("older", MONDAY, user=variant, newsletter=True))
+    wait_until(lambda: len(audited(run_cli, prefsync_env, variant)) == 2, timeout=15)
+    outcomes = {
+        e["connector_id"]: (e["outcome"], e["reason"])
+        for e in audited(run_cli, prefsync_env, variant)
+    }
+    assert outcomes["sendinblue"] == ("skipped", "erased")
+    assert fake.calls("brevo") == []
+    assert outcomes["braze"][0] == "delivered"
+    assert [a["external_id"] for a in braze_attributes(fake.calls("braze"))] == [variant]
+
+
+def test_an_older_consent_of_another_spelling_never_overwrites_a_brevo_refusal(
+    prefsync_env, fake_destinations, start_worker, run_cli
+):
+    # jane@ and Jane@ are one Brevo contact and two Braze users.
+    fake = fake_destinations
+    put_connectors(run_cli, prefsync_env, fake, "delete")
+    start_worker(prefsync_env)
+    refusal = consent("newer", TUESDAY, user="jane@example.com", newsletter=False)
+    enqueue(run_cli, prefsync_env, refusal)
+    wait_until(lambda: len(audited(run_cli, prefsync_env, "jane@example.com")) == 2, timeout=15)
+    fake.reset()
+
+    enqueue(
+        run_cli, prefsync_env, consent("older", MONDAY, user="Jane@example.com", newsletter=True)
+    )
+    wait_until(lambda: len(audited(run_cli, prefsync_env, "Jane@example.com")) == 2, timeout=15)
+    outcomes = {
+        e["connector_id"]: (e["outcome"], e["reason"])
+        for e in audited(run_cli, prefsync_env, "Jane@example.com")
+    }
+    assert outcomes["sendinblue"] == ("skipped", "stale")
+    assert fake.calls("brevo") == []
+    assert outcomes["braze"][0] == "delivered"

@@ -352,6 +352,12 @@ class Connector(ABC):
         size = self.batch_size
         return [list(users[start : start + size]) for start in range(0, len(users), size)]
 
+    def folded_id(self, user: str) -> str | None:
+        """The form in which the destination compares ``user`` when it ignores letter case
+        (every spelling of it names one person there), or None when it compares it
+        exactly. By default ids are compared exactly."""
+        return None
+
     @property
     def delivery_mode(self) -> str:
         """How changes travel, in a few words (``prefsync connectors check`` shows it)."""

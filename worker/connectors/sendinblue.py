@@ -256,6 +256,10 @@ class SendinblueConnector(Connector):
         others = [[user] for user in users if not _EMAIL.fullmatch(user)]
         return super().call_groups(emails) + others
 
+    def folded_id(self, user: str) -> str | None:
+        # Brevo matches a contact's email address without letter case (docs/erasure.md).
+        return user.casefold() if _EMAIL.fullmatch(user) else None
+
     @property
     def delivery_mode(self) -> str:
         return (

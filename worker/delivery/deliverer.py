@@ -174,7 +174,8 @@ class Deliverer:
                 for user, indexes in group.items()
             }
             wait = max(0.0, lock_deadline - time.monotonic())
-            with self.state.claim(tenant, config.id, writes, wait=wait) as claim:
+            folded = config.connector.folded_id
+            with self.state.claim(tenant, config.id, writes, wait, folded) as claim:
                 left = self._deliver_claimed(recording, plans, group, claim, transport)
             unfinished |= left
             stop = next((why for why in left.values() if _stops_the_batch(why)), None)

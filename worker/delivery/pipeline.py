@@ -226,10 +226,14 @@ def event_or_none(payload: Any) -> PreferenceEvent | None:
         return None
 
 
-def _erased(rt: Runtime, event: PreferenceEvent) -> bool:
-    """Whether the person's erasure outranks ``event`` (dated at or before it)."""
-    erased_at = rt.state.erased_at(event.tenant, event.user)
-    return erased_at is not None and event.ordering.timestamp_us <= erased_at
+def _erased(rt: Runtime, event: PreferenceEvent, connector_id: str) -> bool:
+    """Whether the person's erasure outranks ``event`` (dated at or before it) for this
+    connector: for one that ignores letter case, the erasure of any spelling of the id."""
+    moments = [rt.state.erased_at(event.tenant, event.user)]
+    folded = rt.configs.folded_id(event.tenant, connector_id, event.user)
+    if folded is not None:
+        moments.append(rt.state.folded_erased_at(event.tenant, folded))
+    return any(at is not None and event.ordering.timestamp_us <= at for at in moments)
 
 
 def dead_letter(
@@ -256,7 +260,7 @@ def dead_letter(
         # connection, then a hard time limit) whose work was done. Nothing to hand over.
         log.warning("not dead-lettered: the delivery had ended", error=describe_error(exc))
         return None
-    if event is not None and not event.erasure and _erased(rt, event):
+    if event is not None and not event.erasure and _erased(rt, event, connector_id):
         # Kept, a replay could bring the person back: it ends as the erasure says.
         why = describe_error(exc)
         outcome = Outcome(OutcomeKind.SKIPPED, reason=str(SkipReason.ERASED), detail=why)

@@ -102,7 +102,8 @@ class Runtime:
 
     @cached_property
     def erasures(self) -> Erasures:
-        return Erasures(self.redis, self.state, self.deadletters, self.configs.ids)
+        configs = self.configs
+        return Erasures(self.redis, self.state, self.deadletters, configs.ids, configs.folded_id)
 
     @cached_property
     def outbox(self) -> Outbox:

@@ -114,6 +114,16 @@ class ConfigStore:
         raw = self.redis.hget(_key(tenant), connector_id)
         return None if raw is None else self._opened(tenant, connector_id, raw)
 
+    def folded_id(self, tenant: str, connector_id: str, user: str) -> str | None:
+        """``user`` as the connector's destination compares it when it ignores letter case
+        (worker.connectors.base.Connector.folded_id); None when it compares it exactly, or
+        the config is gone or no longer validates."""
+        try:
+            config = self.get(tenant, connector_id)
+        except InvalidConfig:
+            return None
+        return None if config is None else config.connector.folded_id(user)
+
     def ids(self, tenant: str) -> list[str]:
         """The tenant's connector ids, sorted, without reading (or validating) the configs."""
         return sorted(_text(field) for field in self.redis.hkeys(_key(tenant)))

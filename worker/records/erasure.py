@@ -7,8 +7,9 @@ Each connector ends its part (delivered, skipped or dead-lettered: ``ended``); t
 forgets the person: their newest-wins state up to the deletion, the values last delivered
 and what each connector was told of the values forgotten, and the dead letters of their
 earlier events in that tenant (a replay would undo the erasure). What remains is the
-tombstone, named by the keyed hash of the user id, expiring with the state TTL, and the
-audit trail, which names the person by that hash too.
+tombstone, named by the keyed hash of the user id, and the one of the casefolded id (where
+a destination ignores letter case, every spelling of the id is the erased person), both
+expiring with the state TTL, and the audit trail, which names the person by that hash too.
 
 A dead letter of the deletion itself is kept: it is the erasure still owed to that
 destination, for an operator to replay once the cause is fixed (a key without the
@@ -40,11 +41,15 @@ class Erasures:
         state: StateStore,
         deadletters: DeadLetterStore,
         connector_ids: Callable[[str], Iterable[str]],
+        folded_id: Callable[[str, str, str], str | None] = lambda _t, _c, _u: None,
     ) -> None:
         self.redis = client
         self.state = state
         self.deadletters = deadletters
         self.connector_ids = connector_ids
+        #: (tenant, connector, user) -> the user's id as that connector's destination
+        #: compares it when it ignores letter case (ConfigStore.folded_id), else None
+        self.folded_id = folded_id
 
     def _pending_key(self, tenant: str, user: str) -> str:
         return key("erasing", tenant, self.state.person(user))
@@ -88,7 +93,7 @@ class Erasures:
         letters = [
             entry
             for entry in self.deadletters.iter(tenant=tenant)
-            if entry.user == user
+            if self._theirs(tenant, entry.connector_id, entry.user, user)
             and not entry.event_key.startswith(f"{ERASURE}:")
             and _dated_up_to(entry.payload, up_to)
         ]
@@ -102,6 +107,16 @@ class Erasures:
             records=records,
             dead_letters=len(letters),
         )
+
+    def _theirs(self, tenant: str, connector_id: str, named: str, user: str) -> bool:
+        """Whether a dead letter naming ``named`` for the connector is of the erased
+        ``user``: the same id, or for a destination that ignores letter case (Brevo's email
+        addresses) any spelling of it: there it is the same person."""
+        if named == user:
+            return True
+        if named.casefold() != user.casefold():
+            return False  # not a spelling of it: no config to read
+        return self.folded_id(tenant, connector_id, named) is not None
 
 
 def _dated_up_to(payload: object, timestamp_us: int) -> bool:

@@ -17,6 +17,9 @@ appended (``appended``: ``f`` the connector, ``k`` the lock token it releases, `
 ``d``, ``x`` as in the record), folded in order by whoever reads it. Timestamps stay
 strings: Lua would print a 16-digit number as 1.7e+15.
 
+The record of a casefolded id (worker.records.state: ``StateStore.folded``) has the same
+format, holding ``p``, ``l`` and ``e`` for every spelling of it.
+
 The scripts of worker.records.state read and write the record with lua/person.lua, which
 reads it exactly as ``load_record`` here does: change the two together.
 """

@@ -39,6 +39,11 @@ whichever of A's sends to a connector happens after B merged finds f owned by B 
 f out; any send of A before that completes before B's send starts. So the last value sent
 for f is B's (or something newer).
 
+Where a destination ignores letter case (Brevo's email addresses: every spelling names one
+contact), a claim also locks and merges into the record of the casefolded id (``folded``,
+in the same format): a value goes only when it is the newest among every spelling too, and
+that record's tombstone outranks the past of every spelling (docs/erasure.md).
+
 Records written by the release before this one are still read for as long as they can
 live after the upgrade, and folded into the new record as each person is claimed
 (worker.records.legacy, lua/legacy.lua).
@@ -49,7 +54,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +126,9 @@ class Claim:
     #: per user, their record's key; per event key, its ref (both keyed hashes: made once)
     records: dict[str, str] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)
+    #: per user the connector compares without letter case, the key of the record of their
+    #: casefolded id (``StateStore.folded``), whose lock this claim holds too
+    folded: dict[str, str] = field(default_factory=dict)
 
 
 class StateStore:
@@ -155,6 +163,16 @@ class StateStore:
     def _record(self, tenant: str, person: str) -> str:
         return key("person", tenant, person)
 
+    def folded(self, tenant: str, folded_id: str) -> str:
+        """The key of the record of everyone whose id casefolds to ``folded_id``: a
+        destination that ignores letter case (Brevo's email addresses) names them all as
+        one person. A record as a person's (worker.records.person), holding the newest
+        value of each property among every spelling (merged by the claims of such
+        destinations), their locks, and the tombstone of the newest erasure of any
+        spelling. Named by a keyed hash of its own (never a person's): exact ids stay apart
+        for the other destinations."""
+        return key("casefold", tenant, self.pseudonyms.of("casefold", folded_id))
+
     def older(self) -> tuple[bool, bool]:
         """Whether records of the release before this one may still live (its state, its
         done markers): worker.records.legacy.PreviousRelease.live."""
@@ -167,6 +185,7 @@ class StateStore:
         connector_id: str,
         writes_by_user: Mapping[str, Sequence[Write]],
         wait: float | None = None,
+        folded_id: Callable[[str], str | None] = lambda _user: None,
     ) -> Iterator[Claim]:
         """Lock, check and merge each user's writes (one round trip for all users), waiting
         up to ``wait`` (default ``lock_wait``) seconds for users held elsewhere; yields the
@@ -176,6 +195,9 @@ class StateStore:
         lock also expires by itself (``lock_ttl``) so a killed worker cannot hold a user
         forever; ``lock_ttl`` outlasts the longest a task may run (its hard time limit).
         A tie in ordering keeps the value already stored (or written first).
+        ``folded_id``: a user's id as the destination compares it when it ignores letter
+        case (worker.connectors.base.Connector.folded_id); the tombstone of that form
+        outranks their past too.
         """
         # 64 random bits tell holders apart; the token is kept in the person's record.
         token = uuid.uuid4().hex[:16]
@@ -183,7 +205,7 @@ class StateStore:
         deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
         try:
             while True:
-                self._claim_busy(claim)
+                self._claim_busy(claim, folded_id)
                 if not claim.busy or time.monotonic() >= deadline:
                     break
                 time.sleep(0.02)
@@ -194,7 +216,9 @@ class StateStore:
                     self.finish(claim, {}, {}, pipe)
                     pipe.execute()
 
-    def _claim_busy(self, claim: Claim) -> None:
+    def _claim_busy(
+        self, claim: Claim, folded_id: Callable[[str], str | None] = lambda _user: None
+    ) -> None:
         """One try at the users of ``claim`` still busy: one script for all of them."""
         tenant, connector_id = claim.tenant, claim.connector_id
         waiting = sorted(claim.busy)
@@ -207,6 +231,11 @@ class StateStore:
             person = self.person(user)
             claim.records[user] = self._record(tenant, person)
             keys.append(claim.records[user])
+            folded = folded_id(user)
+            if folded is not None:
+                claim.folded[user] = self.folded(tenant, folded)
+                keys.append(claim.folded[user])
+            args.append("" if folded is None else "1")
             if fold or marked:
                 keys += self.previous.claim_keys(tenant, connector_id, person)
             writes = claim.writes[user]
@@ -222,12 +251,14 @@ class StateStore:
                 continue
             claim.busy.discard(user)
             claim.held.append(user)
-            done_raw, erased_raw, record = answer
+            done_raw, erased_raw, record, folded_record = answer
             done = {text(event_key) for event_key in done_raw}
             erased = {text(event_key) for event_key in erased_raw}
             claim.erased |= {(user, event_key) for event_key in erased}
             found = load_record(record)
             sources = {name: entry[3] for name, entry in found["p"].items()}
+            # Where ids fold, a property another spelling's newer event holds is not owned.
+            among = load_record(folded_record)["p"] if folded_record else {}
             told = found["t"].get(connector_id) or {}
             owners: dict[str, str] = {}
             for write in claim.writes[user]:
@@ -235,7 +266,12 @@ class StateStore:
                 if event_key in done or event_key in erased or write.erase:
                     continue
                 ref = refs[event_key][:REF]
-                mine = [name for name in write.values if sources.get(name) == event_key]
+                mine = [
+                    name
+                    for name in write.values
+                    if sources.get(name) == event_key
+                    and (name not in among or among[name][3] == event_key)
+                ]
                 fresh = [name for name in mine if told.get(name) != ref]
                 owners |= dict.fromkeys(fresh, event_key)
                 if not fresh and any(told.get(name) == ref for name in write.values):
@@ -281,6 +317,9 @@ class StateStore:
             sent = delivered_by_user.get(user)
             keys.append(claim.records[user])
             lines.append(appended(connector_id, claim.token, erasure, told, sent))
+            if user in claim.folded:
+                keys.append(claim.folded[user])
+                lines.append(appended(connector_id, claim.token, None, {}, None))
         self.scripts.run("finish", keys, [self.state_ttl, *lines], client)
 
     def known(self, tenant: str, user: str) -> dict[str, Known]:
@@ -319,6 +358,7 @@ class StateStore:
         person = self.person(user)
         names = [self._record(tenant, person)]
         names += self.previous.forgotten(tenant, person, connector_ids, done=False)
+        self._forget_folded(tenant, user, "all")
         return int(self.scripts.run("forget", names, ["all"]))
 
     def is_done(self, tenant: str, connector_id: str, user: str, event_key: str) -> bool:
@@ -340,9 +380,10 @@ class StateStore:
     def erase(self, tenant: str, user: str, timestamp_us: int) -> None:
         """Write the person's tombstone: every event of theirs dated at or before
         ``timestamp_us`` is outranked by their erasure. It only moves forward, and lives as
-        long as the state would have."""
+        long as the state would have. So does the tombstone of their casefolded id, which
+        outranks the past of every spelling of it where a destination ignores letter case."""
         person = self.person(user)
-        keys = [self._record(tenant, person)]
+        keys = [self._record(tenant, person), self.folded(tenant, user.casefold())]
         if self.older()[0]:
             keys.append(self.previous.tombstone(tenant, person))
         self.scripts.run("tombstone", keys, [timestamp_us, self.state_ttl])
@@ -354,6 +395,12 @@ class StateStore:
         moments = [int(moment) for moment in found if moment is not None]
         return max(moments) if moments else None
 
+    def folded_erased_at(self, tenant: str, folded_id: str) -> int | None:
+        """The timestamp_us of the newest erasure of any id that casefolds to
+        ``folded_id``, if its tombstone is still kept (``folded``)."""
+        found = load_record(self.redis.get(self.folded(tenant, folded_id)))["e"]
+        return None if found is None else int(found)
+
     def forget_erased(
         self, tenant: str, user: str, connector_ids: Iterable[str], timestamp_us: int
     ) -> int:
@@ -364,7 +411,14 @@ class StateStore:
         person = self.person(user)
         keys = [self._record(tenant, person)]
         keys += self.previous.forgotten(tenant, person, connector_ids, done=True)
+        self._forget_folded(tenant, user, timestamp_us)
         return int(self.scripts.run("forget", keys, [timestamp_us]))
+
+    def _forget_folded(self, tenant: str, user: str, up_to: str | int) -> None:
+        # The casefolded id's record holds the newest values of every spelling, some of
+        # them the person's: they go too (not counted: copies of what the person's record
+        # holds, or of another spelling's). Ordering across spellings starts again.
+        self.scripts.run("forget", [self.folded(tenant, user.casefold())], [up_to])
 
     def _read(self, tenant: str, person: str) -> dict[str, Any]:
         return load_record(self.redis.get(self._record(tenant, person)))

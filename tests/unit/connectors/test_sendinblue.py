@@ -12,7 +12,7 @@ import pytest
 import requests
 import responses
 
-from worker.connectors import connectors
+from worker.connectors import connectors, get_connector
 from worker.connectors.base import Delivered, Skipped, Transport, standalone_change
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
@@ -440,3 +440,12 @@ def test_an_unknown_contact_names_nobody_and_failures_are_a_deliverys(
     mocked.replace(responses.GET, READ, json={"code": "unauthorized", "message": "no"}, status=401)
     with pytest.raises(PermanentError):
         ext_id(cfg)
+
+
+def test_brevo_compares_email_addresses_without_letter_case_and_ext_ids_exactly() -> None:
+    brevo, braze = get_connector("sendinblue"), get_connector("braze")
+    assert brevo is not None and braze is not None
+    assert brevo.folded_id("Case.Test@Example.com") == "case.test@example.com"
+    assert brevo.folded_id("case.test@example.com") == "case.test@example.com"
+    assert brevo.folded_id("Customer-42") is None  # an ext_id
+    assert braze.folded_id("Case.Test@Example.com") is None  # external_ids are case-sensitive

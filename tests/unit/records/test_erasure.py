@@ -27,6 +27,7 @@ from worker.delivery.runtime import Runtime
 from worker.infra.pseudonym import Pseudonyms
 from worker.infra.settings import Settings, get_settings
 from worker.records.deadletter import Attempt
+from worker.records.person import load_record
 from worker.records.state import StateStore, UserBusy, Write, key
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -224,6 +225,96 @@ def test_an_erasure_claimed_writes_the_tombstone_before_the_events_beside_it(sto
         assert claim.owners == {JANE: {}}
     assert store.erased_at(TENANT, JANE) == at(20).timestamp_us
     assert known_values(store, TENANT, JANE) == {}
+
+
+def test_an_erasure_outranks_every_spelling_s_past_where_ids_fold_and_no_other(store) -> None:
+    # Brevo names Jane.Doe@Example.com and jane.doe@example.com as one contact, Braze as two.
+    store.erase(TENANT, "Jane.Doe@Example.COM", at(20).timestamp_us)
+
+    def writes() -> dict[str, list[Write]]:
+        return {
+            JANE: [Write("older", at(10), {NEWSLETTER: True}), Write("newer", at(30), {"b": 1})]
+        }
+
+    with store.claim(TENANT, "sendinblue", writes(), folded_id=str.casefold) as claim:
+        assert claim.erased == {(JANE, "older")}
+        assert claim.owners == {JANE: {"b": "newer"}}
+    with store.claim(TENANT, "braze", writes()) as claim:
+        assert claim.erased == set()
+        assert claim.owners == {JANE: {NEWSLETTER: "older", "b": "newer"}}
+    assert store.erased_at(TENANT, JANE) is None
+    names = b" ".join(store.redis.scan_iter()).lower()
+    assert JANE.encode() not in names
+
+
+def test_the_casefolded_tombstone_only_moves_forward_and_lives_as_long_as_the_state(store):
+    store.erase(TENANT, "Jane.Doe@example.com", at(20).timestamp_us)
+    store.erase(TENANT, JANE, at(10).timestamp_us)
+    folded = store.folded(TENANT, JANE)
+    assert store.folded_erased_at(TENANT, JANE) == at(20).timestamp_us
+    assert 3500 < store.redis.ttl(folded) <= 3600
+    with store.claim(TENANT, "sendinblue", {JANE: [Write("e", at(15), {})]}, 0, str.casefold) as c:
+        assert c.erased == {(JANE, "e")}
+
+
+def test_an_erasure_claimed_where_ids_fold_moves_the_casefolded_tombstone(store) -> None:
+    # A deletion replayed from the dead letters reaches the claim without being routed.
+    deleted = {"JANE.DOE@example.com": [Write("deleted", at(20), {}, erase=True)]}
+    with store.claim(TENANT, "sendinblue", deleted, folded_id=str.casefold):
+        pass
+    older = {JANE: [Write("older", at(10), {NEWSLETTER: True})]}
+    with store.claim(TENANT, "sendinblue", older, folded_id=str.casefold) as claim:
+        assert claim.erased == {(JANE, "older")}
+
+
+def claim_and_end(store: StateStore, connector_id: str, user: str, write: Write, **kw) -> dict:
+    """Claim one event (locks free) and end it; the properties it owned."""
+    with store.claim(TENANT, connector_id, {user: [write]}, **kw) as claim:
+        assert claim.busy == set()
+        with store.redis.pipeline() as pipe:
+            store.finish(claim, {user: [write.event_key]}, {}, pipe)
+            pipe.execute()
+        claim.finished = True
+        return claim.owners[user]
+
+
+def test_where_ids_fold_an_older_value_of_another_spelling_is_stale(store) -> None:
+    # One Brevo contact: a refusal must not be overwritten by an older consent of it.
+    variant = "Jane.Doe@Example.com"
+    refusal = Write("refusal", at(20), {NEWSLETTER: False})
+    assert claim_and_end(store, "sendinblue", JANE, refusal, folded_id=str.casefold) == {
+        NEWSLETTER: "refusal"
+    }
+    older = Write("older-consent", at(10), {NEWSLETTER: True})
+    assert claim_and_end(store, "sendinblue", variant, older, folded_id=str.casefold) == {}
+    # For Braze the variant is another person: their consent is theirs to send.
+    assert claim_and_end(store, "braze", variant, older) == {NEWSLETTER: "older-consent"}
+    newer = Write("newer-consent", at(30), {NEWSLETTER: True})
+    assert claim_and_end(store, "sendinblue", variant, newer, folded_id=str.casefold) == {
+        NEWSLETTER: "newer-consent"
+    }
+
+
+def test_where_ids_fold_a_spelling_in_flight_makes_the_others_busy(store) -> None:
+    variant = "Jane.Doe@Example.com"
+    write = Write("w", at(10), {NEWSLETTER: True})
+    with store.claim(TENANT, "sendinblue", {JANE: [write]}, folded_id=str.casefold):
+        with store.claim(TENANT, "sendinblue", {variant: [write]}, 0, str.casefold) as other:
+            assert other.busy == {variant}
+        with store.claim(TENANT, "braze", {variant: [write]}, 0) as braze:
+            assert braze.busy == set()
+    with store.claim(TENANT, "sendinblue", {variant: [write]}, 0, str.casefold) as other:
+        assert other.busy == set()
+
+
+def test_forgetting_the_erased_person_forgets_their_values_among_every_spelling(store) -> None:
+    claim_and_end(
+        store, "sendinblue", JANE, Write("w", at(10), {NEWSLETTER: True}), folded_id=str.casefold
+    )
+    store.erase(TENANT, JANE, at(20).timestamp_us)
+    store.forget_erased(TENANT, JANE, ["sendinblue"], at(20).timestamp_us)
+    folded = load_record(store.redis.get(store.folded(TENANT, JANE)))
+    assert folded["p"] == {} and folded["e"] == str(at(20).timestamp_us)
 
 
 def test_done_markers_and_every_key_name_the_person_by_hash_only(store) -> None:
@@ -512,6 +603,45 @@ def test_a_dead_letter_of_an_erased_event_is_not_kept(rt: Runtime) -> None:
     )
     assert kept is None and rt.deadletters.count() == 0
     assert outcomes(rt) == [("braze", "event.created", "skipped", "erased")]
+
+
+def test_a_dead_letter_of_another_spelling_is_not_kept_for_brevo_but_is_for_braze(rt) -> None:
+    braze(rt, "delete")
+    brevo(rt, "delete")
+    rt.state.erase(
+        TENANT, "Jane.Doe@Example.com", parse_event(user_deleted()).ordering.timestamp_us
+    )
+    for connector_id in ("sendinblue", "braze"):
+        pipeline.dead_letter(
+            rt,
+            payload=consent("c1", 1),
+            connector_id=connector_id,
+            attempts=[Attempt(at=1.0, status=400, error="refused")],
+            exc=PermanentError("refused"),
+            now=2.0,
+        )
+    assert [entry.connector_id for entry in rt.deadletters.iter(tenant=TENANT)] == ["braze"]
+    assert outcomes(rt)[0] == ("sendinblue", "event.created", "skipped", "erased")
+
+
+def test_forgetting_drops_brevo_dead_letters_of_every_spelling_and_keeps_braze_s(rt) -> None:
+    braze(rt, "delete")
+    brevo(rt, "delete")
+    variant = "Jane.Doe@Example.com"
+    for connector_id in ("sendinblue", "braze"):
+        rt.deadletters.add(
+            tenant=TENANT,
+            connector_id=connector_id,
+            user=variant,
+            event_key="event.created:c1",
+            payload=consent("c1", 1, user=variant),
+            attempts=[Attempt(at=1.0, status=400, error="refused")],
+            reason="refused",
+            dead_lettered_at=2.0,
+        )
+    rt.erasures.forget(TENANT, JANE, parse_event(user_deleted()).ordering.timestamp_us)
+    left = [(e.connector_id, e.user) for e in rt.deadletters.iter(tenant=TENANT)]
+    assert left == [("braze", variant)]
 
 
 def test_a_tenant_without_connectors_forgets_at_once(rt: Runtime) -> None:
