@@ -24,6 +24,7 @@ from worker.cli import (
     ingress,
     pmp,
     preview,
+    reconcile,
     redis_acl,
     state,
     stats,
@@ -79,5 +80,6 @@ for command in (
     stats.stats,
     ingress.ingress,
     pmp.pmp,
+    reconcile.reconcile,
 ):
     main.add_command(command)

@@ -1,0 +1,172 @@
+"""`prefsync reconcile` end to end: a real worker delivers people to the fake Braze and
+Brevo, which keep what they were told; profiles are then edited behind prefsync's back,
+and reconcile lists exactly those people and fields, by the tools' own names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.helpers import BREVO_KEY, braze_config, example, jsonl, outcome_counts
+from tests.processes import wait_until
+
+AT = "2026-11-20T09:15:00.000Z"
+GROUP = "7c0b8f2e-4b7e-4d2a-9b1e-2f6a3c1d9e55"
+BRAZE_PEOPLE = [f"bz-{n}" for n in range(5)]
+BREVO_PEOPLE = [f"u{n}@example.com" for n in range(4)]
+PMP_KEY, PMP_SECRET = "didomi-key-e2e-0123456789", "didomi-secret-e2e-0123456789"
+
+
+def event(event_id: str, user: str) -> dict[str, Any]:
+    """Opted in to the newsletter (weekly) and to product updates."""
+    return {
+        "type": "event.created",
+        "parameters": {
+            "entity": {
+                "id": event_id,
+                "organization_id": "acme",
+                "created_at": AT,
+                "updated_at": AT,
+                "status": "confirmed",
+                "user": {"id": f"pmp-{user}", "organization_user_id": user},
+                "consents": {
+                    "purposes": [
+                        {
+                            "id": "newsletter",
+                            "enabled": True,
+                            "values": {"frequency": {"value": "weekly"}},
+                        },
+                        {"id": "product_updates", "enabled": True},
+                    ]
+                },
+            }
+        },
+    }
+
+
+def test_reconcile_lists_exactly_the_edited_people_and_fields(
+    tmp_path: Path, prefsync_env, fake_destinations, start_worker, run_cli
+):
+    # Given a Braze connector (one-way) and a Brevo connector that listens (bidirectional),
+    fake = fake_destinations
+    pmp = {**example("pmp", "didomi.json"), "api_key": PMP_KEY, "api_secret": PMP_SECRET}
+    pmp["api_url"] = f"{fake.url}/pmp/v1"
+    (tmp_path / "pmp.json").write_text(json.dumps(pmp))
+    assert run_cli(prefsync_env, "pmp", "put", "acme", str(tmp_path / "pmp.json")).returncode == 0
+    brevo = example("connectors", "sendinblue-bidirectional.json")
+    brevo["authentication"] = {"private_api_key": BREVO_KEY}
+    for name, config in (("braze", braze_config(fake.url)), ("brevo", brevo)):
+        config["id"] = name
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(config))
+        assert run_cli(prefsync_env, "connectors", "put", "acme", str(path)).returncode == 0
+    # and every person delivered to both tools,
+    people = BRAZE_PEOPLE + BREVO_PEOPLE
+    events = tmp_path / "events.jsonl"
+    events.write_text(jsonl([event(f"e{n}", user) for n, user in enumerate(people)]))
+    start_worker(prefsync_env, concurrency=1)
+    assert run_cli(prefsync_env, "enqueue", str(events)).returncode == 0
+
+    def delivered() -> dict[str, int]:
+        counts = outcome_counts(run_cli(prefsync_env, "stats", "--tenant", "acme").stdout)
+        return counts if counts.get("delivered", 0) >= 2 * len(people) else {}
+
+    wait_until(delivered, timeout=30, message=lambda: fake.calls())
+    braze_users = tmp_path / "braze-users.txt"
+    braze_users.write_text("\n".join(BRAZE_PEOPLE) + "\n")
+    brevo_users = tmp_path / "brevo-users.txt"
+    brevo_users.write_text("\n".join(BREVO_PEOPLE) + "\n")
+
+    def reconcile(connector: str, users: Path, *extra: str) -> Any:
+        return run_cli(prefsync_env, "reconcile", "acme", connector, "--users", str(users), *extra)
+
+    # A tool that holds what it was told agrees: exit 0.
+    for connector, users in (("braze", braze_users), ("brevo", brevo_users)):
+        done = reconcile(connector, users, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) | {"unreadable": {}} == {
+            "checked": 4 if connector == "brevo" else 5,
+            "drifted": [],
+            "fixed": 0,
+            "unreadable": {},
+        }
+
+    # When 3 Braze profiles and 2 Brevo contacts are edited behind prefsync's back,
+    fake.edit_braze_profile("bz-0", {"email_subscribe": "subscribed"})
+    fake.edit_braze_profile("bz-2", {GROUP: "unsubscribed"})
+    fake.edit_braze_profile("bz-3", {"newsletter_frequency": "daily"})
+    fake.edit_brevo_contact("u1@example.com", {"FREQUENCY": "monthly"})
+    fake.edit_brevo_contact("u3@example.com", {"emailBlacklisted": True})
+
+    # Then reconcile lists exactly those people and fields, and exits 1,
+    done = reconcile("braze", braze_users, "--json")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["drifted"] == [
+        {
+            "user": "bz-0",
+            "field": "email_subscribe",
+            "expected": "opted_in",
+            "found": "subscribed",
+            "kind": "drift",
+        },
+        {
+            "user": "bz-2",
+            "field": GROUP,
+            "expected": "subscribed",
+            "found": "unsubscribed",
+            "kind": "drift",
+        },
+        {
+            "user": "bz-3",
+            "field": "newsletter_frequency",
+            "expected": "weekly",
+            "found": "daily",
+            "kind": "drift",
+        },
+    ]
+    # a refusal in the listening tool that prefsync never heard of as a missed signal,
+    done = reconcile("brevo", brevo_users, "--json")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["drifted"] == [
+        {
+            "user": "u1@example.com",
+            "field": "FREQUENCY",
+            "expected": "weekly",
+            "found": "monthly",
+            "kind": "drift",
+        },
+        {
+            "user": "u3@example.com",
+            "field": "emailBlacklisted",
+            "expected": False,
+            "found": True,
+            "kind": "missed-signal",
+        },
+    ]
+    # and the lines say the same.
+    done = reconcile("brevo", brevo_users)
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        'u1@example.com FREQUENCY expected="weekly" found="monthly"',
+        "u3@example.com emailBlacklisted expected=false found=true missed-signal",
+        "checked 4, drifted 2 (2 fields), fixed 0",
+    ]
+    # The reads were Braze's export and group status, and Brevo's contact reads.
+    paths = {(call.method, call.path) for call in fake.calls()}
+    assert ("POST", "/users/export/ids") in paths
+    assert ("GET", "/subscription/status/get") in paths
+
+
+def test_reconcile_usage_errors_exit_2(tmp_path: Path, prefsync_env, run_cli):
+    users = tmp_path / "users.txt"
+    users.write_text("bz-0\n")
+    for args in (
+        ("acme", "braze"),
+        ("acme", "braze", "--users", str(users), "--all-known"),
+        ("acme", "nope", "--users", str(users)),
+    ):
+        done = run_cli(prefsync_env, "reconcile", *args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert done.stderr.startswith(("error: ", "Usage:")), done.stderr
+        assert "Traceback" not in done.stderr

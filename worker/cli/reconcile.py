@@ -1,0 +1,103 @@
+"""`prefsync reconcile`: prove a tool holds what prefsync's state says it should."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from worker.cli.common import echo_json, fail, runtime
+from worker.core.errors import InvalidConfig
+
+
+@click.command()
+@click.argument("tenant")
+@click.argument("connector_id")
+@click.option(
+    "--users",
+    "users_file",
+    type=click.File("r", encoding="utf-8"),
+    help="A file of person ids (organization_user_id), one a line; - for stdin.",
+)
+@click.option("--all-known", is_flag=True, help="Every person prefsync has a record of in TENANT.")
+@click.option("--fix", is_flag=True, help="Enqueue a correction of each drifted person.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+def reconcile(
+    tenant: str,
+    connector_id: str,
+    users_file: click.utils.LazyFile | None,
+    all_known: bool,
+    fix: bool,
+    as_json: bool,
+) -> None:
+    """Read what CONNECTOR_ID's tool holds for some people of TENANT and compare it, field
+    by field, with what prefsync's state says it should hold under the connector's
+    mappings (docs/two-way.md#reconcile-prove-a-tool-agrees).
+
+    \b
+    One line per drifted person and field: USER FIELD expected=... found=... (the tool's
+    own field name; "missed-signal" after it when a listening connector's tool holds a
+    refusal prefsync never heard of: never overwritten), then a summary.
+    Exit codes: 0 no drift, 1 drift, 2 could not run (usage, config, a tool unreadable)."""
+    from worker.delivery.reconcile import Reconciler
+
+    if (users_file is None) == (not all_known):
+        fail("give exactly one of --users FILE and --all-known")
+    if all_known:
+        # Person records are named by a keyed hash of the id, which cannot be read back.
+        fail(
+            "--all-known is not available: prefsync keeps people by a keyed hash of their "
+            "id, which cannot be turned back into the id the tool knows; give --users FILE"
+        )
+    assert users_file is not None
+    users = [line.strip() for line in users_file if line.strip()]
+    rt = runtime()
+    try:
+        config = rt.configs.get(tenant, connector_id)
+    except InvalidConfig as exc:
+        fail(f"connector {connector_id!r} of tenant {tenant!r} does not validate: {exc}")
+    if config is None:
+        fail(
+            f"tenant {tenant!r} has no connector {connector_id!r} (see `prefsync connectors list`)"
+        )
+    if fix:
+        fail("--fix is not available yet: reconcile reports the drift, nothing is enqueued")
+    settings = rt.settings
+    from worker.connectors.base import Transport
+    from worker.delivery.pacing import Pacer
+
+    reconciler = Reconciler(
+        Transport(settings.http_timeout),
+        Pacer(rt.redis, max_hold=settings.rate_limit_max_wait),
+        countdowns=settings.retry_countdowns,
+        jitter=settings.retry_jitter,
+    )
+
+    def current(user: str) -> dict[str, object]:
+        return {name: item.value for name, item in rt.state.known(tenant, user).items()}
+
+    result = reconciler.run(config, users, current)
+    if as_json:
+        echo_json(
+            {
+                "checked": result.checked,
+                "drifted": [drift.as_dict() for drift in result.drifted],
+                "fixed": 0,
+                "unreadable": result.unreadable,
+            }
+        )
+    else:
+        for drift in result.drifted:
+            line = f"{drift.user} {drift.field} expected={json.dumps(drift.expected)} "
+            line += f"found={json.dumps(drift.found)}"
+            click.echo(line + (f" {drift.kind}" if drift.kind != "drift" else ""))
+        people = len({drift.user for drift in result.drifted})
+        click.echo(
+            f"checked {result.checked}, drifted {people} ({len(result.drifted)} fields), fixed 0"
+        )
+    for user, why in result.unreadable.items():
+        click.echo(f"error: {user}: {why}", err=True)
+    if result.unreadable:
+        sys.exit(2)
+    sys.exit(1 if result.drifted else 0)
