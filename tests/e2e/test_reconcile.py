@@ -152,6 +152,11 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
         "u3@example.com emailBlacklisted expected=false found=true missed-signal",
         "checked 4, drifted 2 (2 fields), fixed 0",
     ]
+    # Stats show each connector's last reconcile and the totals of every run.
+    stats = run_cli(prefsync_env, "stats", "--tenant", "acme").stdout
+    assert "last reconcile of acme/brevo\t" in stats
+    assert " drift: checked 4, drifted 2, fixed 0 (all runs: checked 12, drifted 4, " in stats
+    assert " drift: checked 5, drifted 3, fixed 0 (all runs: checked 10, drifted 3, " in stats
     # The reads were Braze's export and group status, and Brevo's contact reads.
     paths = {(call.method, call.path) for call in fake.calls()}
     assert ("POST", "/users/export/ids") in paths

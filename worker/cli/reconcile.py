@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -41,6 +42,7 @@ def reconcile(
     refusal prefsync never heard of: never overwritten), then a summary.
     Exit codes: 0 no drift, 1 drift, 2 could not run (usage, config, a tool unreadable)."""
     from worker.delivery.reconcile import Reconciler
+    from worker.records.metrics import Reconciles, record_reconcile
 
     if (users_file is None) == (not all_known):
         fail("give exactly one of --users FILE and --all-known")
@@ -78,6 +80,10 @@ def reconcile(
         return {name: item.value for name, item in rt.state.known(tenant, user).items()}
 
     result = reconciler.run(config, users, current)
+    people = len({drift.user for drift in result.drifted})
+    outcome = "unreadable" if result.unreadable else "drift" if result.drifted else "agrees"
+    run = Reconciles(config.type_id, time.time(), outcome, result.checked, people, 0)
+    record_reconcile(rt.redis, tenant, connector_id, run)
     if as_json:
         echo_json(
             {
@@ -92,7 +98,6 @@ def reconcile(
             line = f"{drift.user} {drift.field} expected={json.dumps(drift.expected)} "
             line += f"found={json.dumps(drift.found)}"
             click.echo(line + (f" {drift.kind}" if drift.kind != "drift" else ""))
-        people = len({drift.user for drift in result.drifted})
         click.echo(
             f"checked {result.checked}, drifted {people} ({len(result.drifted)} fields), fixed 0"
         )
