@@ -152,11 +152,18 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
         "u3@example.com emailBlacklisted expected=false found=true missed-signal",
         "checked 4, drifted 2 (2 fields), fixed 0",
     ]
+    # --all-known: the people the PMP lists that prefsync has a record of, the same drift.
+    for user in [*BRAZE_PEOPLE, "stranger"]:
+        fake.add_pmp_user({"organization_user_id": user, "consents": {}})
+    done = run_cli(prefsync_env, "reconcile", "acme", "braze", "--all-known", "--json")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["checked"] == len(BRAZE_PEOPLE)
+    assert [d["user"] for d in json.loads(done.stdout)["drifted"]] == ["bz-0", "bz-2", "bz-3"]
     # Stats show each connector's last reconcile and the totals of every run.
     stats = run_cli(prefsync_env, "stats", "--tenant", "acme").stdout
     assert "last reconcile of acme/brevo\t" in stats
     assert " drift: checked 4, drifted 2, fixed 0 (all runs: checked 12, drifted 4, " in stats
-    assert " drift: checked 5, drifted 3, fixed 0 (all runs: checked 10, drifted 3, " in stats
+    assert " drift: checked 5, drifted 3, fixed 0 (all runs: checked 15, drifted 6, " in stats
     # The reads were Braze's export and group status, and Brevo's contact reads.
     paths = {(call.method, call.path) for call in fake.calls()}
     assert ("POST", "/users/export/ids") in paths
@@ -169,6 +176,8 @@ def test_reconcile_usage_errors_exit_2(tmp_path: Path, prefsync_env, run_cli):
     for args in (
         ("acme", "braze"),
         ("acme", "braze", "--users", str(users), "--all-known"),
+        ("acme", "braze", "--all-known"),  # no PMP credentials
+        ("acme", "braze", "--users", str(users), "--fix"),
         ("acme", "nope", "--users", str(users)),
     ):
         done = run_cli(prefsync_env, "reconcile", *args)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from worker.cli.common import echo_json, fail, runtime
-from worker.core.errors import InvalidConfig
+from worker.core.errors import DeliveryError, InvalidConfig
+
+if TYPE_CHECKING:
+    from worker.delivery.runtime import Runtime
 
 
 @click.command()
@@ -41,19 +45,15 @@ def reconcile(
     own field name; "missed-signal" after it when a listening connector's tool holds a
     refusal prefsync never heard of: never overwritten), then a summary.
     Exit codes: 0 no drift, 1 drift, 2 could not run (usage, config, a tool unreadable)."""
+    from worker.connectors.base import Transport
+    from worker.delivery.pacing import Pacer
     from worker.delivery.reconcile import Reconciler
     from worker.records.metrics import Reconciles, record_reconcile
 
     if (users_file is None) == (not all_known):
         fail("give exactly one of --users FILE and --all-known")
-    if all_known:
-        # Person records are named by a keyed hash of the id, which cannot be read back.
-        fail(
-            "--all-known is not available: prefsync keeps people by a keyed hash of their "
-            "id, which cannot be turned back into the id the tool knows; give --users FILE"
-        )
-    assert users_file is not None
-    users = [line.strip() for line in users_file if line.strip()]
+    if fix:
+        fail("--fix is not available yet: reconcile reports the drift, nothing is enqueued")
     rt = runtime()
     try:
         config = rt.configs.get(tenant, connector_id)
@@ -63,12 +63,8 @@ def reconcile(
         fail(
             f"tenant {tenant!r} has no connector {connector_id!r} (see `prefsync connectors list`)"
         )
-    if fix:
-        fail("--fix is not available yet: reconcile reports the drift, nothing is enqueued")
+    users = _known(rt, tenant) if users_file is None else _listed(users_file)
     settings = rt.settings
-    from worker.connectors.base import Transport
-    from worker.delivery.pacing import Pacer
-
     reconciler = Reconciler(
         Transport(settings.http_timeout),
         Pacer(rt.redis, max_hold=settings.rate_limit_max_wait),
@@ -106,3 +102,24 @@ def reconcile(
     if result.unreadable:
         sys.exit(2)
     sys.exit(1 if result.drifted else 0)
+
+
+def _listed(users_file: click.utils.LazyFile) -> list[str]:
+    return [line.strip() for line in users_file if line.strip()]
+
+
+def _known(rt: Runtime, tenant: str) -> list[str]:
+    """Every person prefsync has a record of in ``tenant``. Records are named by a keyed
+    hash of the id, which cannot be read back: the ids come from the PMP, each kept when
+    prefsync knows something of that person."""
+    credentials = rt.pmp.get(tenant)
+    if credentials is None:
+        fail(
+            f"--all-known reads the people from the PMP, and tenant {tenant!r} has no PMP "
+            f"credentials: store them with `prefsync pmp put {tenant} FILE`, or give --users"
+        )
+    try:
+        ids = [user.get("organization_user_id") for user in rt.pmp_client.users(credentials)]
+    except DeliveryError as exc:
+        fail(f"the PMP's users could not be read: {exc}")
+    return [user for user in ids if isinstance(user, str) and rt.state.known(tenant, user)]
