@@ -169,6 +169,39 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
     assert ("POST", "/users/export/ids") in paths
     assert ("GET", "/subscription/status/get") in paths
 
+    # When --fix enqueues the corrections,
+    done = reconcile("braze", braze_users, "--fix", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["fixed"] == 3
+    done = reconcile("brevo", brevo_users, "--fix", "--json")
+    assert done.returncode == 1, done.stderr  # the missed signal stays
+    assert json.loads(done.stdout)["fixed"] == 1
+
+    # then the worker corrects the tools, and a second reconcile agrees,
+    def braze_agrees() -> bool:
+        return reconcile("braze", braze_users).returncode == 0
+
+    wait_until(braze_agrees, timeout=30, message=lambda: fake.calls("braze")[-3:])
+    assert fake.braze_profile("bz-0")["email_subscribe"] == "opted_in"
+    assert fake.braze_profile("bz-2")["groups"][GROUP] == "subscribed"
+    assert fake.braze_profile("bz-3")["custom_attributes"]["newsletter_frequency"] == "weekly"
+
+    def brevo_left() -> list[str]:
+        done = reconcile("brevo", brevo_users, "--json")
+        return [d["user"] for d in json.loads(done.stdout)["drifted"]]
+
+    wait_until(lambda: brevo_left() == ["u3@example.com"], timeout=30)
+    assert fake.brevo_state("u1@example.com")["attributes"]["FREQUENCY"] == "weekly"
+    # and the refusal edited into the listening tool was never overwritten.
+    assert fake.brevo_state("u3@example.com")["emailBlacklisted"] is True
+    writes = [
+        call
+        for call in fake.calls("brevo")
+        if call.method != "GET"
+        and (call.identifier == "u3@example.com" or "u3@example.com" in json.dumps(call.body))
+    ]
+    assert len(writes) == 1  # its first delivery only
+
 
 def test_reconcile_usage_errors_exit_2(tmp_path: Path, prefsync_env, run_cli):
     users = tmp_path / "users.txt"

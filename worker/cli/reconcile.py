@@ -13,6 +13,8 @@ from worker.cli.common import echo_json, fail, runtime
 from worker.core.errors import DeliveryError, InvalidConfig
 
 if TYPE_CHECKING:
+    from worker.connectors.model import ConnectorConfig
+    from worker.delivery.reconcile import Drift
     from worker.delivery.runtime import Runtime
 
 
@@ -44,7 +46,11 @@ def reconcile(
     One line per drifted person and field: USER FIELD expected=... found=... (the tool's
     own field name; "missed-signal" after it when a listening connector's tool holds a
     refusal prefsync never heard of: never overwritten), then a summary.
-    Exit codes: 0 no drift, 1 drift, 2 could not run (usage, config, a tool unreadable)."""
+    With --fix, each drifted person's correction is enqueued on the bulk lane: the events
+    their drifted fields came from, sent again to this connector. A person with a missed
+    signal is not corrected.
+    Exit codes: 0 no drift (or every drift's correction enqueued), 1 drift remains, 2
+    could not run (usage, config, a tool unreadable)."""
     from worker.connectors.base import Transport
     from worker.delivery.pacing import Pacer
     from worker.delivery.reconcile import Reconciler
@@ -52,8 +58,6 @@ def reconcile(
 
     if (users_file is None) == (not all_known):
         fail("give exactly one of --users FILE and --all-known")
-    if fix:
-        fail("--fix is not available yet: reconcile reports the drift, nothing is enqueued")
     rt = runtime()
     try:
         config = rt.configs.get(tenant, connector_id)
@@ -76,16 +80,17 @@ def reconcile(
         return {name: item.value for name, item in rt.state.known(tenant, user).items()}
 
     result = reconciler.run(config, users, current)
-    people = len({drift.user for drift in result.drifted})
-    outcome = "unreadable" if result.unreadable else "drift" if result.drifted else "agrees"
-    run = Reconciles(config.type_id, time.time(), outcome, result.checked, people, 0)
+    drifted = {drift.user for drift in result.drifted}
+    fixed = _fix(rt, config, tenant, result.drifted) if fix else set()
+    outcome = "unreadable" if result.unreadable else "drift" if drifted - fixed else "agrees"
+    run = Reconciles(config.type_id, time.time(), outcome, result.checked, len(drifted), len(fixed))
     record_reconcile(rt.redis, tenant, connector_id, run)
     if as_json:
         echo_json(
             {
                 "checked": result.checked,
                 "drifted": [drift.as_dict() for drift in result.drifted],
-                "fixed": 0,
+                "fixed": len(fixed),
                 "unreadable": result.unreadable,
             }
         )
@@ -95,13 +100,46 @@ def reconcile(
             line += f"found={json.dumps(drift.found)}"
             click.echo(line + (f" {drift.kind}" if drift.kind != "drift" else ""))
         click.echo(
-            f"checked {result.checked}, drifted {people} ({len(result.drifted)} fields), fixed 0"
+            f"checked {result.checked}, drifted {len(drifted)} ({len(result.drifted)} fields), "
+            f"fixed {len(fixed)}"
         )
     for user, why in result.unreadable.items():
         click.echo(f"error: {user}: {why}", err=True)
     if result.unreadable:
         sys.exit(2)
-    sys.exit(1 if result.drifted else 0)
+    sys.exit(1 if drifted - fixed else 0)
+
+
+def _fix(rt: Runtime, config: ConnectorConfig, tenant: str, drifts: list[Drift]) -> set[str]:
+    """Enqueue on the bulk lane, for each drifted person, the events their drifted fields
+    came from, after making the connector forget it was told them; the people whose every
+    drift was corrected. A missed signal is never overwritten (sending its field again
+    is not asked for, and what the connector was last told of it stays): its person
+    stays drifted."""
+    from worker.delivery.reconcile import MISSED_SIGNAL, fix_for
+    from worker.producer import redeliver
+    from worker.queue.lanes import BULK
+
+    by_user: dict[str, list[Drift]] = {}
+    for drift in drifts:
+        by_user.setdefault(drift.user, []).append(drift)
+    fixed: set[str] = set()
+    for user, theirs in by_user.items():
+        correctable = [drift for drift in theirs if drift.kind != MISSED_SIGNAL]
+        if not correctable:
+            continue
+        correction = fix_for(config, tenant, user, correctable, rt.state.known(tenant, user))
+        if correction is None:
+            click.echo(
+                f"warning: {user}: the drift cannot be corrected from prefsync's state", err=True
+            )
+            continue
+        rt.state.untell(tenant, config.id, user, correction.properties, correction.fields)
+        for payload in correction.payloads:
+            redeliver(payload, config.id, BULK)
+        if len(correctable) == len(theirs):
+            fixed.add(user)
+    return fixed
 
 
 def _listed(users_file: click.utils.LazyFile) -> list[str]:

@@ -12,10 +12,16 @@ A refusal the tool holds that prefsync never heard of, on a connector that liste
 (``bidirectional``), is a missed signal: the person refused in the tool and the signal
 did not reach prefsync. It is reported as such and never corrected: correcting it would
 undo the person's refusal.
+
+A correction (``fix_for``) is the very events the drifted fields' values came from, sent
+again to the one connector: each ``correction`` payload has its event's key and ordering,
+so it owns those properties again and outranks nothing newer. The connector is first made
+to forget it was told them (``StateStore.untell``), or the delivery would find them told.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +29,12 @@ from typing import Any
 
 from worker.connectors.base import BaseTransport, Change, feeds
 from worker.connectors.model import ConnectorConfig
-from worker.core.errors import Deferred, DeliveryError, PermanentError, RetryableError
-from worker.core.events import Value, canonical_name
+from worker.core.errors import Deferred, DeliveryError, InvalidEvent, PermanentError, RetryableError
+from worker.core.events import Value, canonical_name, parse_event
 from worker.core.retries import retry_countdown
 from worker.delivery.deliverer import fed_state
 from worker.delivery.pacing import PacedTransport, Pacer, account_key
+from worker.records.person import Known
 
 DRIFT = "drift"
 MISSED_SIGNAL = "missed-signal"
@@ -193,3 +200,122 @@ class Reconciler:
                 )
             )
         raise error
+
+
+#: An event key: ``{type}:{entity id}:{timestamp}`` (the id may hold ":", the time does).
+_EVENT_KEY = re.compile(r"(?P<type>[a-z]+\.[a-z]+):(?P<id>.+):(?P<at>\d{4}-\d\d-\d\dT.+)")
+_CORRECTABLE = ("event.created", "event.updated", "user.created", "user.updated")
+#: Property shapes a payload can carry, most specific first: (pattern, where it goes).
+_SHAPES = (
+    (re.compile(r"consents_purposes_(?P<id>.+?)_values_(?P<pref>.+)_value"), "value"),
+    (re.compile(r"consents_purposes_(?P<id>.+)_enabled_li"), "enabled_li"),
+    (re.compile(r"consents_purposes_(?P<id>.+)_enabled"), "enabled"),
+    (re.compile(r"consents_channels_(?P<id>.+)_enabled"), "channel"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """What corrects one person's drift: the properties and fed fields the connector is
+    made to forget it was told, and the events sent again."""
+
+    properties: list[str]
+    fields: list[str]
+    payloads: list[dict[str, Any]]
+
+
+def fix_for(
+    config: ConnectorConfig,
+    tenant: str,
+    user: str,
+    drifts: Sequence[Drift],
+    known: Mapping[str, Known],
+) -> Fix | None:
+    """The correction of ``drifts`` (one person's; missed signals left out by the caller)
+    from ``known`` (prefsync's state of them), or None when an event cannot be written
+    again as a payload (then nothing is corrected for the person)."""
+    wanted = {drift.field for drift in drifts}
+    fed = {feed.field for _, feed in feeds(config) if feed is not None}
+    properties: set[str] = set()
+    for mapping, feed in feeds(config):
+        canonical = canonical_name(mapping.value)
+        if canonical not in known:
+            continue
+        if feed is not None:
+            names = {feed.field}
+        else:
+            change = Change("", {mapping.value: known[canonical].value})
+            names = set(config.connector.written_fields(config, change))
+        if names & wanted:
+            properties.add(canonical)
+    by_event: dict[str, dict[str, Known]] = {}
+    for canonical in properties:
+        by_event.setdefault(known[canonical].event_key, {})[canonical] = known[canonical]
+    payloads = []
+    for event_key, items in sorted(by_event.items()):
+        values = {name: item.value for name, item in items.items()}
+        versions = {item.version for item in items.values()}
+        payload = correction(tenant, user, event_key, values, versions.pop())
+        if payload is None:
+            return None
+        payloads.append(payload)
+    return Fix(sorted(properties), sorted(wanted & fed), payloads) if payloads else None
+
+
+def correction(
+    tenant: str, user: str, event_key: str, values: Mapping[str, Value], version: int | None
+) -> dict[str, Any] | None:
+    """A PMP payload of the event ``event_key`` names, carrying ``values`` (canonical name
+    -> the value that event gave): read back, it has that event's key and ordering and
+    exactly those values. None when it cannot be written so (a shape not handled)."""
+    match = _EVENT_KEY.fullmatch(event_key)
+    consents = _consents(values)
+    if match is None or match["type"] not in _CORRECTABLE or consents is None:
+        return None
+    kind = match["type"]
+    entity: dict[str, Any] = {
+        "id": match["id"],
+        "organization_id": tenant,
+        "updated_at": match["at"],
+        "consents": consents,
+    }
+    if kind.startswith("event."):
+        entity |= {"status": "confirmed", "user": {"organization_user_id": user}}
+    else:
+        entity |= {"organization_user_id": user}
+        entity |= {"version": version} if version is not None else {}
+    changed = {"old_entity": entity | {"consents": {}}, "new_entity": entity}
+    payload = {
+        "type": kind,
+        "parameters": changed if kind.endswith(".updated") else {"entity": entity},
+    }
+    try:
+        event = parse_event(payload)
+    except InvalidEvent:
+        return None
+    if event.event_key != event_key or event.user != user:
+        return None
+    if any(event.resolve(name) != (name, value) for name, value in values.items()):
+        return None
+    return payload
+
+
+def _consents(values: Mapping[str, Value]) -> dict[str, Any] | None:
+    purposes: dict[str, dict[str, Any]] = {}
+    channels: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        for pattern, place in _SHAPES:
+            if (match := pattern.fullmatch(name)) is None:
+                continue
+            if place == "channel":
+                channels[match["id"]] = {"id": match["id"], "enabled": value}
+            else:
+                purpose = purposes.setdefault(match["id"], {"id": match["id"]})
+                if place == "value":
+                    purpose.setdefault("values", {})[match["pref"]] = {"value": value}
+                else:
+                    purpose[place] = value
+            break
+        else:
+            return None
+    return {"purposes": list(purposes.values()), "channels": list(channels.values())}

@@ -13,9 +13,18 @@ import responses
 from worker.connectors.base import Transport
 from worker.connectors.config import parse_config
 from worker.connectors.model import ConnectorConfig
-from worker.core.events import canonical_name
+from worker.core.events import canonical_name, parse_event
 from worker.delivery.pacing import Pacer
-from worker.delivery.reconcile import MISSED_SIGNAL, Drift, Reconciler, compare, expected
+from worker.delivery.reconcile import (
+    MISSED_SIGNAL,
+    Drift,
+    Reconciler,
+    compare,
+    correction,
+    expected,
+    fix_for,
+)
+from worker.records.person import Known
 
 SERVER = "https://rest.fra-01.braze.eu"
 BREVO = "https://api.brevo.com/v3"
@@ -217,3 +226,40 @@ def test_reconciler_names_people_whose_tool_cannot_be_read(pacer: Pacer) -> None
     assert result.drifted == []
     assert "users.export.ids" in result.unreadable["ann"]
     assert "braze-key-0123" not in result.unreadable["ann"]
+
+
+def test_a_correction_is_the_event_again_with_its_key_ordering_and_values() -> None:
+    values = {canonical_name(NEWSLETTER): True, canonical_name(COLOUR): "blue"}
+    key = "event.created:ev:1:2026-11-20T09:15:00.000Z"
+    payload = correction("acme", "ann", key, values, None)
+    assert payload is not None
+    event = parse_event(payload)
+    assert (event.event_key, event.user, event.tenant) == (key, "ann", "acme")
+    assert dict(event.properties.items()).items() >= values.items()
+    # A user's update reads back as changing every property it carries, its version kept.
+    key = "user.updated:u-1:2026-11-20T09:15:00Z"
+    event = parse_event(correction("acme", "ann", key, values, 7))
+    assert (event.event_key, event.ordering.version) == (key, 7)
+    assert event.resolve(NEWSLETTER) == (canonical_name(NEWSLETTER), True)
+    # A key or a property it cannot write is no correction.
+    assert correction("acme", "ann", "nonsense", values, None) is None
+    assert correction("acme", "ann", key, {"something_else": True}, None) is None
+
+
+def test_fix_for_resends_the_events_behind_the_drifted_fields_only() -> None:
+    known = {
+        canonical_name(NEWSLETTER): Known(True, 1, None, "event.created:a:2026-11-20T09:15:00Z"),
+        canonical_name(PRODUCT): Known(True, 2, None, "event.created:b:2026-11-21T09:15:00Z"),
+        canonical_name(COLOUR): Known("blue", 1, None, "event.created:a:2026-11-20T09:15:00Z"),
+    }
+    drifts = [Drift("ann", "email_subscribe", "opted_in", "subscribed")]
+    fix = fix_for(braze(), "acme", "ann", drifts, known)
+    assert fix is not None
+    assert (fix.properties, fix.fields) == ([canonical_name(NEWSLETTER)], ["email_subscribe"])
+    (payload,) = fix.payloads
+    assert parse_event(payload).event_key == "event.created:a:2026-11-20T09:15:00Z"
+    drifts = [Drift("ann", "colour", "blue", "red"), Drift("ann", GROUP, "subscribed", None)]
+    fix = fix_for(braze(), "acme", "ann", drifts, known)
+    assert fix is not None and fix.fields == [GROUP]
+    assert fix.properties == sorted([canonical_name(PRODUCT), canonical_name(COLOUR)])
+    assert len(fix.payloads) == 2
