@@ -8,8 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from tests.e2e.helpers import BREVO_KEY, braze_config, example, jsonl, outcome_counts
 from tests.processes import wait_until
+from worker.records.signals import INBOX
 
 AT = "2026-11-20T09:15:00.000Z"
 GROUP = "7c0b8f2e-4b7e-4d2a-9b1e-2f6a3c1d9e55"
@@ -89,6 +92,7 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
             "checked": 4 if connector == "brevo" else 5,
             "drifted": [],
             "fixed": 0,
+            "missed_signals_stored": 0,
             "unreadable": {},
         }
 
@@ -176,6 +180,18 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
     done = reconcile("brevo", brevo_users, "--fix", "--json")
     assert done.returncode == 1, done.stderr  # the missed signal stays
     assert json.loads(done.stdout)["fixed"] == 1
+    # the missed signal stored in the signals inbox, as the tool's signal would have been,
+    # once however often reconcile finds it,
+    assert json.loads(done.stdout)["missed_signals_stored"] == 1
+    again = reconcile("brevo", brevo_users, "--fix", "--json")
+    assert json.loads(again.stdout)["missed_signals_stored"] == 0
+    inbox = redis.Redis.from_url(prefsync_env["PREFSYNC_REDIS_URL"]).lrange(INBOX, 0, -1)
+    (stored,) = [json.loads(entry)["signal"] for entry in inbox]
+    assert (stored["connector_id"], stored["user"], stored["field"]) == (
+        "brevo",
+        "u3@example.com",
+        "emailBlacklisted",
+    )
 
     # then the worker corrects the tools, and a second reconcile agrees,
     def braze_agrees() -> bool:

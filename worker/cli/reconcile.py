@@ -82,6 +82,7 @@ def reconcile(
     result = reconciler.run(config, users, current)
     drifted = {drift.user for drift in result.drifted}
     fixed = _fix(rt, config, tenant, result.drifted) if fix else set()
+    stored = _store_missed(rt, config, tenant, result.drifted) if fix else 0
     outcome = "unreadable" if result.unreadable else "drift" if drifted - fixed else "agrees"
     run = Reconciles(config.type_id, time.time(), outcome, result.checked, len(drifted), len(fixed))
     record_reconcile(rt.redis, tenant, connector_id, run)
@@ -91,6 +92,7 @@ def reconcile(
                 "checked": result.checked,
                 "drifted": [drift.as_dict() for drift in result.drifted],
                 "fixed": len(fixed),
+                "missed_signals_stored": stored,
                 "unreadable": result.unreadable,
             }
         )
@@ -103,6 +105,8 @@ def reconcile(
             f"checked {result.checked}, drifted {len(drifted)} ({len(result.drifted)} fields), "
             f"fixed {len(fixed)}"
         )
+        if stored:
+            click.echo(f"stored {stored} missed signal(s) in the signals inbox")
     for user, why in result.unreadable.items():
         click.echo(f"error: {user}: {why}", err=True)
     if result.unreadable:
@@ -161,3 +165,16 @@ def _known(rt: Runtime, tenant: str) -> list[str]:
     except DeliveryError as exc:
         fail(f"the PMP's users could not be read: {exc}")
     return [user for user in ids if isinstance(user, str) and rt.state.known(tenant, user)]
+
+
+def _store_missed(rt: Runtime, config: ConnectorConfig, tenant: str, drifts: list[Drift]) -> int:
+    """Store each missed signal in the signals inbox, as the tool's own signal would have
+    been (docs/two-way.md#the-signals-route-post-signalsconnector_id); how many were new."""
+    from datetime import UTC, datetime
+
+    from worker.delivery.reconcile import MISSED_SIGNAL, missed_signal
+    from worker.records.signals import SignalInbox
+
+    now = datetime.now(UTC)
+    signals = [missed_signal(config, d, now) for d in drifts if d.kind == MISSED_SIGNAL]
+    return SignalInbox(rt.redis).store(tenant, signals, now)

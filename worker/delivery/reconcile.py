@@ -21,10 +21,12 @@ to forget it was told them (``StateStore.untell``), or the delivery would find t
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from worker.connectors.base import BaseTransport, Change, feeds
@@ -32,6 +34,7 @@ from worker.connectors.model import ConnectorConfig
 from worker.core.errors import Deferred, DeliveryError, InvalidEvent, PermanentError, RetryableError
 from worker.core.events import Value, canonical_name, parse_event
 from worker.core.retries import retry_countdown
+from worker.core.signals import Signal
 from worker.delivery.deliverer import fed_state
 from worker.delivery.pacing import PacedTransport, Pacer, account_key
 from worker.records.person import Known
@@ -105,6 +108,23 @@ def compare(
         if found != value:
             drifts.append(Drift(user, name, value, found, MISSED_SIGNAL if missed else DRIFT))
     return drifts
+
+
+def missed_signal(config: ConnectorConfig, drift: Drift, found_at: datetime) -> Signal:
+    """A missed signal as the signal the tool did not send: the refusal of the drift's
+    field by its person, dated when reconcile found it (when the person refused is not
+    known; a later date keeps the refusal against PMP events that arrive late). Its
+    dedup is the same while prefsync expects the same, so a reconcile run again stores
+    it once."""
+    return Signal(
+        connector_id=config.id,
+        source="braze" if config.type_id == "braze" else "brevo",
+        field=drift.field,
+        kind="unsubscribed",
+        user=drift.user,
+        at=found_at,
+        dedup=json.dumps(["reconcile", drift.user, drift.field, drift.expected]),
+    )
 
 
 @dataclass

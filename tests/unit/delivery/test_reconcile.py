@@ -4,6 +4,7 @@ through the connector's own mappings, against what it answers; Braze's and Brevo
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import fakeredis
@@ -23,6 +24,7 @@ from worker.delivery.reconcile import (
     correction,
     expected,
     fix_for,
+    missed_signal,
 )
 from worker.records.person import Known
 
@@ -263,3 +265,18 @@ def test_fix_for_resends_the_events_behind_the_drifted_fields_only() -> None:
     assert fix is not None and fix.fields == [GROUP]
     assert fix.properties == sorted([canonical_name(PRODUCT), canonical_name(COLOUR)])
     assert len(fix.payloads) == 2
+
+
+def test_a_missed_signal_is_the_signal_the_tool_did_not_send_once_each() -> None:
+    drift = Drift("ann@example.com", "emailBlacklisted", False, True, MISSED_SIGNAL)
+    first = missed_signal(brevo(bidirectional=True), drift, datetime(2026, 12, 7, tzinfo=UTC))
+    later = missed_signal(brevo(bidirectional=True), drift, datetime(2026, 12, 8, tzinfo=UTC))
+    assert (first.connector_id, first.source, first.user, first.field, first.kind) == (
+        "brevo",
+        "brevo",
+        "ann@example.com",
+        "emailBlacklisted",
+        "unsubscribed",
+    )
+    assert not first.user_is_email  # the person's id, known: nothing to resolve
+    assert first.key("acme") == later.key("acme")  # found again: the same signal
