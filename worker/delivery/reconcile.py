@@ -41,6 +41,9 @@ from worker.records.person import Known
 
 DRIFT = "drift"
 MISSED_SIGNAL = "missed-signal"
+#: The longest a read sleeps for its slot before it is deferred (and tried again): the
+#: command has no worker process to free, so it waits for the tool's limit.
+_READ_MAX_SLEEP = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +201,12 @@ class Reconciler:
         first = time.time()
         for retries_done in range(len(self.countdowns) + 1):
             paced = PacedTransport(
-                self.transport, self.pacer, bucket, connector.read_rate, connector.quota, 60.0
+                self.transport,
+                self.pacer,
+                bucket,
+                connector.read_rate,
+                connector.quota,
+                _READ_MAX_SLEEP,
             )
             try:
                 return connector.read(paced, config, users)
