@@ -219,17 +219,18 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
     assert len(writes) == 1  # its first delivery only
 
 
-def test_reconcile_usage_errors_exit_2(tmp_path: Path, prefsync_env, run_cli):
+def test_reconcile_usage_errors_exit_2(tmp_path: Path, prefsync_env, fake_destinations, run_cli):
     users = tmp_path / "users.txt"
     users.write_text("bz-0\n")
-    for args in (
-        ("acme", "braze"),
-        ("acme", "braze", "--users", str(users), "--all-known"),
-        ("acme", "braze", "--all-known"),  # no PMP credentials
-        ("acme", "braze", "--users", str(users), "--fix"),
-        ("acme", "nope", "--users", str(users)),
+    config = tmp_path / "braze.json"
+    config.write_text(json.dumps(braze_config(fake_destinations.url) | {"id": "braze"}))
+    assert run_cli(prefsync_env, "connectors", "put", "acme", str(config)).returncode == 0
+    for args, says in (
+        (("acme", "braze"), "exactly one of --users FILE and --all-known"),
+        (("acme", "braze", "--users", str(users), "--all-known"), "exactly one of"),
+        (("acme", "braze", "--all-known"), "prefsync pmp put acme FILE"),
+        (("acme", "nope", "--users", str(users)), "has no connector 'nope'"),
     ):
         done = run_cli(prefsync_env, "reconcile", *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
-        assert done.stderr.startswith(("error: ", "Usage:")), done.stderr
-        assert "Traceback" not in done.stderr
+        assert done.stderr.startswith("error: ") and says in done.stderr, done.stderr
