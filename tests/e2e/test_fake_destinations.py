@@ -278,3 +278,54 @@ def test_the_fake_deletes_in_braze_and_brevo() -> None:
         again = session.delete(url, headers=headers)
         assert (again.status_code, again.json()["code"]) == (404, "document_not_found")
         assert session.put(url, json={}, headers=headers).status_code == 404
+
+
+GROUP = "7c0b8f2e-4b7e-4d2a-9b1e-2f6a3c1d9e55"
+
+
+def test_braze_answers_reads_from_the_state_it_was_told_and_edits(fake):
+    obj = {
+        "external_id": "u-1",
+        "email_subscribe": "opted_in",
+        "colour": "blue",
+        "subscription_groups": [
+            {"subscription_group_id": GROUP, "subscription_state": "subscribed"}
+        ],
+    }
+    assert track(fake, {"attributes": [obj]}).status_code == 201
+    export = {"external_ids": ["u-1", "u-2"], "fields_to_export": ["external_id"]}
+    answer = requests.post(f"{fake.url}/users/export/ids", json=export, headers=BRAZE_AUTH).json()
+    assert answer["users"] == [
+        {
+            "external_id": "u-1",
+            "email_subscribe": "opted_in",
+            "push_subscribe": "subscribed",
+            "custom_attributes": {"colour": "blue"},
+        }
+    ]
+    assert answer["invalid_user_ids"] == ["u-2"]
+    status_url = f"{fake.url}/subscription/status/get"
+    query = {"subscription_group_id": GROUP, "external_id[]": ["u-1", "u-2"]}
+    status = requests.get(status_url, params=query, headers=BRAZE_AUTH).json()["status"]
+    assert status == {"u-1": "Subscribed", "u-2": "Unknown"}
+
+    edit = {"external_id": "u-1", "fields": {GROUP: "unsubscribed", "colour": "red"}}
+    assert requests.post(f"{fake.url}/_fake/braze_profile", json=edit).status_code == 200
+    status = requests.get(status_url, params=query, headers=BRAZE_AUTH).json()["status"]
+    assert status["u-1"] == "Unsubscribed"
+    assert fake.braze_profile("u-1")["custom_attributes"] == {"colour": "red"}
+
+
+def test_brevo_answers_contact_reads_from_the_state_it_was_told_and_edits(fake):
+    body = {"emailBlacklisted": True, "attributes": {"COLOUR": "blue"}}
+    url = f"{fake.url}/v3/contacts/ann%40example.com?identifierType=email_id"
+    assert requests.put(url, json=body, headers=BREVO_AUTH).status_code == 204
+    contact = requests.get(url, headers=BREVO_AUTH).json()
+    assert (contact["emailBlacklisted"], contact["smsBlacklisted"]) == (True, False)
+    assert contact["attributes"] == {"COLOUR": "blue"}
+    edit = {"identifier": "ann@example.com", "fields": {"emailBlacklisted": False, "COLOUR": "x"}}
+    assert requests.post(f"{fake.url}/_fake/brevo_contact", json=edit).status_code == 200
+    contact = requests.get(url, headers=BREVO_AUTH).json()
+    assert (contact["emailBlacklisted"], contact["attributes"]) == (False, {"COLOUR": "x"})
+    never = f"{fake.url}/v3/contacts/bob%40example.com?identifierType=email_id"
+    assert requests.get(never, headers=BREVO_AUTH).status_code == 404

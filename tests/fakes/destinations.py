@@ -35,6 +35,9 @@ which is then driven through its control API::
     GET  /_fake/pmp_events                       {"events": [...]}, as the PMP created them
     POST /_fake/pmp_users     {"organization_user_id": "u-1", "consents": {...}}
     POST /_fake/pmp_expire_tokens                every token issued so far answers 401
+    POST /_fake/braze_profile {"external_id": "u-1", "fields": {"email_subscribe": ...}}
+    POST /_fake/brevo_contact {"identifier": "u-1", "fields": {"emailBlacklisted": true}}
+                              a profile or contact changed behind prefsync's back (drift)
 
 What Braze and Brevo answer, and the rate limits: tests/fakes/vendors.py.
 """
@@ -155,6 +158,12 @@ class FakeDestinations(FakeVendors):
                     body["external_id"], body.get("message", "Invalid user object")
                 ),
                 "/_fake/pmp_users": lambda: self.add_pmp_user(body),
+                "/_fake/braze_profile": lambda: self.edit_braze_profile(
+                    body["external_id"], body["fields"]
+                ),
+                "/_fake/brevo_contact": lambda: self.edit_brevo_contact(
+                    body["identifier"], body["fields"]
+                ),
                 "/_fake/pmp_expire_tokens": lambda: self.expire_pmp_tokens(),
                 "/_fake/strict_contacts": lambda: setattr(
                     self, "strict_contacts", bool(body["strict"])
@@ -211,7 +220,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         url = urlsplit(self.path)
-        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        pairs = parse_qsl(url.query, keep_blank_values=True)
+        query: dict[str, Any] = dict(pairs)
+        # A name ending in [] is a list (Braze's external_id[]): every value of it.
+        query |= {name: [v for n, v in pairs if n == name] for name in query if name.endswith("[]")}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         fake = self.server.fake

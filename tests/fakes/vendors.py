@@ -15,14 +15,22 @@ Braze::
                          bearer key, 400 without an attributes list, 400 as a whole when it
                          holds a user named by refuse_braze_user (as for a malformed object)
     POST /users/delete   201 {"deleted": n, "message": "success"} for one list of at most 50
-                         external_ids; the fake knows no Braze users, so it counts every id
-                         as queued and remembers it (braze_deleted)
+                         external_ids; the fake counts every id as queued and remembers it
+                         (braze_deleted), forgetting the profile
+    POST /users/export/ids         {"users": [{"external_id", "email_subscribe",
+                                   "push_subscribe", "custom_attributes"}], "invalid_user_ids"}
+                                   for at most 50 external_ids: the profiles /users/track
+                                   was told (a user never told is invalid)
+    GET  /subscription/status/get  {"status": {"<id>": "Subscribed"|"Unsubscribed"|
+                                   "Unknown"}} for ``subscription_group_id`` and at most 50
+                                   ``external_id[]``
 
 Brevo (``api-key`` header, else 401)::
 
     PUT    /v3/contacts/{id}   204; 404 document_not_found for an unknown contact; 400
                                invalid_parameter for one given to refuse_brevo_contact
-    GET    /v3/contacts/{id}   200 {"id", "email", "attributes"} for a contact added or created
+    GET    /v3/contacts/{id}   200 {"id", "email", "emailBlacklisted", "smsBlacklisted",
+                               "attributes"} for a contact added, created or updated
                                (``attributes.EXT_ID`` when added with one); else 404
     POST   /v3/contacts        201 {"id": N}; a known contact: 204 with updateEnabled, else
                                400 duplicate_parameter
@@ -49,6 +57,12 @@ The PMP (Didomi), under ``/pmp`` (its API URL is ``{fake}/pmp/v1``)::
                                    users, ``organization_user_id`` for one, ``$cursor`` next
 
 :meth:`FakeVendors.expire_pmp_tokens` makes every token issued so far answer 401.
+
+Told state: with ``keep_calls``, the fake keeps what it was told of each Braze profile
+(``email_subscribe``, ``push_subscribe``, custom attributes, subscription groups; a new
+profile starts ``subscribed``) and each Brevo contact (its blocklist flags and attributes),
+and answers the reads above from it. :meth:`FakeVendors.edit_braze_profile` and
+:meth:`FakeVendors.edit_brevo_contact` change it behind prefsync's back (drift).
 
 Every contact is known unless ``strict_contacts``: then only those added with
 :meth:`FakeVendors.add_brevo_contact` or created by ``POST /v3/contacts``. An email address
@@ -117,6 +131,9 @@ CONTACT_PATH = re.compile(r"^/v3/contacts/(?P<identifier>[^/]+)$")
 UNKNOWN_CONTACT = {"code": "document_not_found", "message": "Contact does not exist"}
 NEVER_KNOWN_DOMAIN = "unknown.invalid"
 BATCH_IDENTIFIERS = ("email", "id", "sms")  # what names the contact of a batch item
+BREVO_FLAGS = ("emailBlacklisted", "smsBlacklisted")
+BRAZE_GROUP = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+BRAZE_READ_BATCH = 50  # external ids per export or subscription status call
 
 
 @dataclass
@@ -296,6 +313,8 @@ class FakeVendors:
         self._pmp_tokens: set[str] = set()
         self._pmp_events: list[dict[str, Any]] = []  # as received, in order
         self._pmp_users: dict[str, dict[str, Any]] = {}  # organization_user_id -> user
+        self._braze_profiles: dict[str, dict[str, Any]] = {}  # external_id -> told state
+        self._brevo_state: dict[str, dict[str, Any]] = {}  # contact identifier -> told state
 
     # -- inspection and scripting ------------------------------------------------------------
 
@@ -410,6 +429,70 @@ class FakeVendors:
         with self._lock:
             self._pmp_tokens.clear()
 
+    def edit_braze_profile(self, external_id: str, fields: dict[str, Any]) -> None:
+        """Change a Braze profile behind prefsync's back: ``email_subscribe``,
+        ``push_subscribe``, a subscription group by its id (``subscribed`` or
+        ``unsubscribed``), any other name a custom attribute."""
+        with self._lock:
+            groups = [
+                {"subscription_group_id": name, "subscription_state": value}
+                for name, value in fields.items()
+                if BRAZE_GROUP.fullmatch(name)
+            ]
+            rest = {
+                name: value for name, value in fields.items() if not BRAZE_GROUP.fullmatch(name)
+            }
+            self._braze_told(external_id, {**rest, "subscription_groups": groups})
+
+    def edit_brevo_contact(self, identifier: str, fields: dict[str, Any]) -> None:
+        """Change a Brevo contact behind prefsync's back: ``emailBlacklisted``,
+        ``smsBlacklisted``, any other name an attribute."""
+        with self._lock:
+            flags = {name: value for name, value in fields.items() if name in BREVO_FLAGS}
+            attributes = {name: v for name, v in fields.items() if name not in BREVO_FLAGS}
+            self._brevo_told(identifier, {**flags, "attributes": attributes})
+
+    def braze_profile(self, external_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            profile = self._braze_profiles.get(external_id)
+            return json.loads(json.dumps(profile)) if profile is not None else None
+
+    def brevo_state(self, identifier: str) -> dict[str, Any] | None:
+        with self._lock:
+            contact = self._brevo_state.get(identifier)
+            return json.loads(json.dumps(contact)) if contact is not None else None
+
+    def _braze_told(self, external_id: str, obj: dict[str, Any]) -> None:
+        if not self.keep_calls:
+            return
+        profile = self._braze_profiles.setdefault(
+            external_id,
+            {
+                "email_subscribe": "subscribed",
+                "push_subscribe": "subscribed",
+                "custom_attributes": {},
+                "groups": {},
+            },
+        )
+        for name, value in obj.items():
+            if name in ("email_subscribe", "push_subscribe"):
+                profile[name] = value
+            elif name == "subscription_groups" and isinstance(value, list):
+                for group in value:
+                    profile["groups"][group["subscription_group_id"]] = group["subscription_state"]
+            elif name not in BRAZE_USER_KEYS and not name.startswith("_"):
+                profile["custom_attributes"][name] = value
+
+    def _brevo_told(self, identifier: str, body: dict[str, Any]) -> None:
+        if not self.keep_calls:
+            return
+        contact = self._brevo_state.setdefault(
+            identifier, {"emailBlacklisted": False, "smsBlacklisted": False, "attributes": {}}
+        )
+        contact |= {name: body[name] for name in BREVO_FLAGS if name in body}
+        if isinstance(body.get("attributes"), dict):
+            contact["attributes"] |= body["attributes"]
+
     # -- answering ---------------------------------------------------------------------------
 
     def handle(
@@ -427,7 +510,7 @@ class FakeVendors:
             in_window, window_end = self._windows[service].count(account, now)
             answer = self._scripted_answer(service, now)
             if answer is None and service == "braze":
-                answer = self._braze(method, path, headers, body, now)
+                answer = self._braze(method, path, query, headers, body, now)
             elif answer is None and service == "pmp":
                 answer = self._pmp(method, path, query, headers, body)
             elif answer is None:
@@ -508,10 +591,20 @@ class FakeVendors:
                 stats.latencies.append(now - float(stamp))
 
     def _braze(
-        self, method: str, path: str, headers: dict[str, str], body: Any, now: float
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any],
+        headers: dict[str, str],
+        body: Any,
+        now: float,
     ) -> Answer:
         if (method, path) == ("POST", "/users/delete"):
             return self._braze_delete(headers, body)
+        if (method, path) == ("POST", "/users/export/ids"):
+            return self._braze_export(headers, body)
+        if (method, path) == ("GET", "/subscription/status/get"):
+            return self._braze_group_status(headers, query)
         if (method, path) != ("POST", "/users/track"):
             return Answer(404, error_body("braze", 404))
         if not _has_bearer_key(headers):
@@ -539,6 +632,8 @@ class FakeVendors:
                 )
                 continue
             self._received("braze", str(obj.get("external_id", obj.get("email", ""))), obj, now)
+            if isinstance(obj.get("external_id"), str):
+                self._braze_told(obj["external_id"], obj)
         answer: dict[str, Any] = {
             "message": "success",
             "attributes_processed": len(objects) - len(errors),
@@ -557,7 +652,45 @@ class FakeVendors:
         if len(ids) > 50:
             return Answer(400, {"message": "Too many external_ids: at most 50"})
         self._braze_deleted += ids
+        for external_id in ids:
+            self._braze_profiles.pop(external_id, None)
         return Answer(201, {"deleted": len(ids), "message": "success"})
+
+    def _braze_export(self, headers: dict[str, str], body: Any) -> Answer:
+        if not _has_bearer_key(headers):
+            return Answer(401, {"message": "Invalid API Key"})
+        ids = body.get("external_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return Answer(400, {"message": "Request must hold a list of external_ids"})
+        if len(ids) > BRAZE_READ_BATCH:
+            return Answer(400, {"message": "Too many external_ids: at most 50"})
+        users = [
+            {
+                "external_id": external_id,
+                "email_subscribe": profile["email_subscribe"],
+                "push_subscribe": profile["push_subscribe"],
+                "custom_attributes": dict(profile["custom_attributes"]),
+            }
+            for external_id in ids
+            if (profile := self._braze_profiles.get(external_id)) is not None
+        ]
+        invalid = [external_id for external_id in ids if external_id not in self._braze_profiles]
+        return Answer(200, {"users": users, "invalid_user_ids": invalid, "message": "success"})
+
+    def _braze_group_status(self, headers: dict[str, str], query: dict[str, Any]) -> Answer:
+        if not _has_bearer_key(headers):
+            return Answer(401, {"message": "Invalid API Key"})
+        group = query.get("subscription_group_id")
+        ids = query.get("external_id[]") or []
+        ids = [ids] if isinstance(ids, str) else ids
+        if not group or not ids or len(ids) > BRAZE_READ_BATCH:
+            message = "subscription_group_id and 1 to 50 external_id[] are required"
+            return Answer(400, {"message": message})
+        status = {}
+        for external_id in ids:
+            state = self._braze_profiles.get(external_id, {}).get("groups", {}).get(group)
+            status[external_id] = state.capitalize() if state else "Unknown"
+        return Answer(200, {"status": status, "message": "success"})
 
     def _brevo(
         self,
@@ -617,17 +750,26 @@ class FakeVendors:
         return self._contacts[identifier]
 
     def _brevo_read(self, identifier: str) -> Answer:
-        if identifier not in self._contacts:
+        told = self._brevo_state.get(identifier)
+        if identifier not in self._contacts and told is None:
             return Answer(404, UNKNOWN_CONTACT)
         ext_id = self._ext_ids.get(identifier)
-        attributes = {"EXT_ID": ext_id} if ext_id is not None else {}
-        contact = {"id": self._contacts[identifier], "email": identifier, "attributes": attributes}
+        told = told or {"emailBlacklisted": False, "smsBlacklisted": False, "attributes": {}}
+        attributes = dict(told["attributes"]) | ({"EXT_ID": ext_id} if ext_id is not None else {})
+        contact = {
+            "id": self._contacts.get(identifier, 0),
+            "email": identifier,
+            "emailBlacklisted": told["emailBlacklisted"],
+            "smsBlacklisted": told["smsBlacklisted"],
+            "attributes": attributes,
+        }
         return Answer(200, contact)
 
     def _brevo_delete(self, identifier: str) -> Answer:
         if not self._known(identifier):
             return Answer(404, UNKNOWN_CONTACT)
         self._contacts.pop(identifier, None)
+        self._brevo_state.pop(identifier, None)
         self._brevo_deleted.add(identifier)
         return Answer(204)
 
@@ -638,6 +780,7 @@ class FakeVendors:
         if not self._known(identifier):
             return Answer(404, UNKNOWN_CONTACT)
         self._received("brevo", identifier, body.get("attributes") or {}, now)
+        self._brevo_told(identifier, body)
         return Answer(204)
 
     def _brevo_create(self, body: dict[str, Any], now: float) -> Answer:
@@ -649,6 +792,7 @@ class FakeVendors:
         if new_identifier in self._contacts and not body.get("updateEnabled"):
             return Answer(400, {"code": "duplicate_parameter", "message": "Contact already exist"})
         self._received("brevo", str(new_identifier), body.get("attributes") or {}, now)
+        self._brevo_told(str(new_identifier), body)
         if new_identifier in self._contacts:
             return Answer(204)
         return Answer(201, {"id": self._add_contact(new_identifier)})
@@ -676,6 +820,7 @@ class FakeVendors:
             return Answer(404, {"code": "document_not_found", "message": message})
         for identifier, contact in zip(identifiers, contacts, strict=True):
             self._received("brevo", identifier, contact.get("attributes") or {}, now)
+            self._brevo_told(identifier, contact)
         return Answer(204)
 
     def _batch_identifier(self, key: str, value: Any) -> str:

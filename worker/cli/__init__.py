@@ -25,6 +25,7 @@ from worker.cli import (
     ingress,
     pmp,
     preview,
+    reconcile,
     redis_acl,
     state,
     stats,
@@ -81,5 +82,6 @@ for command in (
     ingress.ingress,
     pmp.pmp,
     backfill.backfill,
+    reconcile.reconcile,
 ):
     main.add_command(command)

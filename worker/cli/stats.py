@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from worker.cli.common import fail, mapping_lines, runtime, stored_configs
+from worker.cli.common import fail, mapping_lines, runtime, stored_configs, when
 from worker.queue.lanes import queues
 
 
@@ -21,9 +21,10 @@ def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> Non
     """Outcome counters (delivered, skipped by reason, dead-lettered: since the start),
     then the backlog now, for all tenants: messages queued, retries waiting, outbox
     entries, dead letters (and per tenant, their count and bytes), and how long the oldest
-    unfinished task has been due. With --mappings, when each mapping last matched."""
+    unfinished task has been due; each connector's last reconcile. With --mappings, when
+    each mapping last matched."""
     from worker.core.retries import clock
-    from worker.records.metrics import read_backlog
+    from worker.records.metrics import read_backlog, read_reconciles
 
     if connector and not tenant:
         fail("--connector needs --tenant")
@@ -49,6 +50,14 @@ def stats(tenant: str | None, connector: str | None, show_mappings: bool) -> Non
     for name, (count, size) in rt.deadletters.kept().items():
         if tenant is None or name == tenant:
             click.echo(f"dead letters of {name}\t{count} ({size:,} bytes)")
+    for (name, connector_id), run in sorted(read_reconciles(rt.redis).items()):
+        if (tenant is None or name == tenant) and connector in (None, connector_id):
+            click.echo(
+                f"last reconcile of {name}/{connector_id}\t{when(run.at)} {run.result}: "
+                f"checked {run.checked}, drifted {run.drifted}, fixed {run.fixed} "
+                f"(all runs: checked {run.checked_total}, drifted {run.drifted_total}, "
+                f"fixed {run.fixed_total})"
+            )
     if show_mappings:
         # A mapping that never matches an event is visible here (and in `connectors check`).
         chosen = [connector] if connector else None

@@ -335,6 +335,13 @@ class Connector(ABC):
     #: what ``on_user_deleted: unsubscribe`` refuses whatever the mappings feed (beside
     #: every fed field's refusal: ``refusals``)
     erasure_refusals: ClassVar[Mapping[str, Any]] = {}
+    #: calls per second per account of the endpoints ``read`` calls, and how many people
+    #: one ``read`` takes
+    read_rate: ClassVar[float] = 1.0
+    read_batch: ClassVar[int] = 1
+    #: a fed field's value that is the destination's default, no decision either way:
+    #: found against it is no drift, and it is drift only against a decided value
+    no_decision: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, settings: ConnectorSettings | None = None) -> None:
         self.settings = settings or ConnectorSettings()
@@ -378,10 +385,29 @@ class Connector(ABC):
         writes a field of its own (a custom attribute)."""
         return None
 
+    def written_fields(self, config: Account, change: Change) -> dict[str, Any]:
+        """The fields ``change`` writes, one entry each by the destination's own name (a
+        Braze subscription group by its id, a Brevo attribute by its name): what ``read``
+        answers, so that the two compare (``prefsync reconcile``)."""
+        raise NotImplementedError(f"{self.type_id} cannot be read back")
+
+    def read(
+        self, transport: BaseTransport, config: Account, users: Sequence[str]
+    ) -> dict[str, dict[str, Any] | None]:
+        """What the destination holds for each of ``users`` (at most ``read_batch``), as
+        ``written_fields`` names it, for the fields ``config`` writes; None for a person
+        it does not know. Errors as a delivery's."""
+        raise NotImplementedError(f"{self.type_id} cannot be read back")
+
     @abstractmethod
     def requests(self, config: Account, change: Change) -> list[HttpRequest]:
         """Every request ``deliver`` may send, in order (fallbacks such as a create after a
         404 included). Empty when the change maps to nothing. Used by the dry-run preview."""
+
+    def effective(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """``fields`` (``written_fields``'s names) as the destination acts on them: by
+        default as they are."""
+        return dict(fields)
 
     @abstractmethod
     def deliver(self, transport: BaseTransport, config: Account, change: Change) -> Result:

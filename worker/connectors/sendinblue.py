@@ -191,6 +191,8 @@ class SendinblueConnector(Connector):
     # An erasure's unsubscribe stops email even when the connector maps only SMS or
     # attributes (docs/erasure.md): the person is gone from the PMP.
     erasure_refusals = {"emailBlacklisted": True}
+    # GET /v3/contacts/{identifier} counts against the same 10 contact calls a second.
+    read_rate = 10.0
 
     def quota(self, headers: Mapping[str, str]) -> Quota | None:
         remaining = header_number(headers, "x-sib-ratelimit-remaining")
@@ -333,6 +335,32 @@ class SendinblueConnector(Connector):
             if isinstance(found, str | int) and not isinstance(found, bool) and str(found):
                 return str(found)
         return None
+
+    def written_fields(self, config: Account, change: Change) -> dict[str, Any]:
+        fields = _fields(config, change)
+        return fields.pop("attributes", {}) | fields
+
+    def read(
+        self, transport: BaseTransport, config: Account, users: Sequence[str]
+    ) -> dict[str, dict[str, Any] | None]:
+        """``GET /v3/contacts/{identifier}`` per contact: its blocklist flags and its
+        attributes (Brevo's names, upper case)."""
+        options, base = _options(config), _base_url(self.settings)
+        held: dict[str, dict[str, Any] | None] = {}
+        for user in users:
+            request = HttpRequest("GET", _contact_url(base, user), _headers(options))
+            response = transport.send(request)
+            if _contact_unknown(response):
+                held[user] = None
+                continue
+            if response.status != 200 or not isinstance(response.body, dict):
+                _classify(response, {}, options, self.settings)  # raises for every non-2xx
+                raise RetryableError(f"Brevo answered a contact read with HTTP {response.status}")
+            body = response.body
+            attributes = body.get("attributes")
+            flags = {name: body.get(name) for name in ("emailBlacklisted", "smsBlacklisted")}
+            held[user] = (attributes if isinstance(attributes, dict) else {}) | flags
+        return held
 
     def marketing_webhooks(self, transport: BaseTransport, config: Account) -> list[dict[str, Any]]:
         """The account's marketing webhooks (``GET /v3/webhooks?type=marketing``)."""

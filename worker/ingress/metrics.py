@@ -146,6 +146,7 @@ class WorkerFigures(Collector):
         }
         for name, (documentation, value) in gauges.items():
             yield GaugeMetricFamily(name, documentation, value=value)
+        yield from _reconciles(metrics.read_reconciles(client))
         if self.settings.metrics_tenant_label:
             by_tenant = CounterMetricFamily(
                 "prefsync_tenant_outcomes",
@@ -157,6 +158,34 @@ class WorkerFigures(Collector):
                     by_tenant, ["tenant", *OUTCOME_LABELS], list(labels), value
                 )
             yield by_tenant
+
+
+def _reconciles(runs: dict[tuple[str, str], metrics.Reconciles]) -> Iterator[Metric]:
+    """``prefsync reconcile``'s figures by connector type (no tenant, no connector id:
+    each would be a series of its own): the last run of each connector, summed."""
+    kinds = sorted(set(CONNECTORS) | {run.connector_type for run in runs.values()})
+    drift = GaugeMetricFamily(
+        "prefsync_reconcile_drift",
+        "People found drifted by the last reconcile of each connector of the type.",
+        labels=["connector_type"],
+    )
+    last = GaugeMetricFamily(
+        "prefsync_reconcile_last_run_timestamp_seconds",
+        "When a connector of the type was last reconciled (0: never).",
+        labels=["connector_type"],
+    )
+    people = CounterMetricFamily(
+        "prefsync_reconcile_people",
+        "People checked, drifted and fixed by every reconcile so far.",
+        labels=["connector_type", "what"],
+    )
+    for kind in kinds:
+        of_kind = [run for run in runs.values() if run.connector_type == kind]
+        drift.add_metric([kind], sum(run.drifted for run in of_kind))
+        last.add_metric([kind], max((run.at for run in of_kind), default=0.0))
+        for what in ("checked", "drifted", "fixed"):
+            people.add_metric([kind, what], sum(getattr(run, f"{what}_total") for run in of_kind))
+    yield from (drift, last, people)
 
 
 def _add_without_empty_labels(

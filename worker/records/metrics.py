@@ -14,13 +14,16 @@ Redis keys (hashes):
     prefsync:metrics:latency    "type|<bucket index>" -> count, "type|sum", "type|count"
     prefsync:metrics:tenants    "tenant|type|outcome|reason" -> count, with
                                 PREFSYNC_METRICS_TENANT_LABEL only
+    prefsync:metrics:reconcile  JSON [tenant, connector id] -> the connector's last
+                                ``prefsync reconcile`` and its totals (``Reconciles``), JSON
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import redis
 from redis.client import Pipeline
@@ -33,6 +36,7 @@ ANSWERS = "prefsync:metrics:answers"
 RETRIES = "prefsync:metrics:retries"
 LATENCY = "prefsync:metrics:latency"
 TENANTS = "prefsync:metrics:tenants"
+RECONCILE = "prefsync:metrics:reconcile"
 
 #: Upper bounds (seconds) of the enqueue->delivered latency buckets: from a quick delivery
 #: to one that waited out the whole retry schedule or a backlog.
@@ -176,6 +180,43 @@ def read_backlog(
         oldest,
         sum(int(s) for s in sizes),
     )
+
+
+@dataclass(frozen=True)
+class Reconciles:
+    """A connector's last ``prefsync reconcile`` (when, its result, people checked,
+    drifted, fixed) and the people checked, drifted and fixed by every run so far."""
+
+    connector_type: str
+    at: float
+    result: str  # "agrees", "drift" or "unreadable"
+    checked: int
+    drifted: int
+    fixed: int
+    checked_total: int = 0
+    drifted_total: int = 0
+    fixed_total: int = 0
+
+
+def record_reconcile(client: redis.Redis, tenant: str, connector_id: str, run: Reconciles) -> None:
+    """Keep ``run`` as the connector's last reconcile, its figures added to the totals.
+    The reconcile command is the only writer, one run a connector at a time."""
+    field = json.dumps([tenant, connector_id])
+    raw = client.hget(RECONCILE, field)
+    before = json.loads(raw) if raw else {}
+    totals = {
+        f"{name}_total": int(before.get(f"{name}_total", 0)) + getattr(run, name)
+        for name in ("checked", "drifted", "fixed")
+    }
+    client.hset(RECONCILE, field, json.dumps(asdict(run) | totals))
+
+
+def read_reconciles(client: redis.Redis) -> dict[tuple[str, str], Reconciles]:
+    """(tenant, connector id) -> its last reconcile and totals."""
+    return {
+        tuple(json.loads(field)): Reconciles(**json.loads(value))
+        for field, value in _decoded(client.hgetall(RECONCILE))
+    }
 
 
 def _decoded(raw: dict[bytes, bytes]) -> list[tuple[str, str]]:

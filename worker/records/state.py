@@ -86,6 +86,9 @@ class Write:
 #: user -> canonical property name -> key of the event whose value is the newest
 Owners = dict[str, dict[str, str]]
 
+#: What ``untell`` records as told: never an event's ref (those are hex digits).
+_UNTOLD = "untold"
+
 
 class UserBusy(Deferred):
     """Another delivery to this destination user is still in flight: come back shortly."""
@@ -349,6 +352,23 @@ class StateStore:
             for name, entry in found["p"].items()
             if told.get(name) == self._ref(Known.of(*entry).event_key)[:REF]
         }
+
+    def untell(
+        self,
+        tenant: str,
+        connector_id: str,
+        user: str,
+        properties: Iterable[str],
+        fields: Iterable[str],
+    ) -> None:
+        """Forget that the connector was told the newest value of ``properties``
+        (canonical names) and what it was last delivered of ``fields`` (fed fields): the
+        next delivery of the events those values came from sends them again. For a tool
+        found to have lost them (``prefsync reconcile --fix``); the lock is left alone."""
+        told = dict.fromkeys(properties, _UNTOLD)
+        line = appended(connector_id, "", None, told, dict.fromkeys(fields))
+        record = self._record(tenant, self.person(user))
+        self.scripts.run("finish", [record], [self.state_ttl, line])
 
     def forget(self, tenant: str, user: str, connector_ids: Iterable[str]) -> int:
         """Drop what prefsync believes about a user (every property's newest value and

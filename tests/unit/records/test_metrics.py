@@ -211,3 +211,38 @@ def test_metrics_show_each_queue_depth_by_queue_and_no_empty_label(
     ]
     assert delivered == [{"connector_type": "sendinblue", "outcome": "delivered"}]
     assert not [s for f in families.values() for s in f.samples if "" in s.labels.values()]
+
+
+def test_reconcile_runs_show_per_connector_type_without_tenant_or_connector_id(
+    rt: Runtime,
+) -> None:
+    # Given two reconciles of one Braze connector and one of another tenant's,
+    run = metrics.Reconciles("braze", 100.0, "drift", checked=5, drifted=3, fixed=0)
+    metrics.record_reconcile(rt.redis, "acme|eu", "braze", run)
+    again = metrics.Reconciles("braze", 200.0, "agrees", checked=5, drifted=0, fixed=0)
+    metrics.record_reconcile(rt.redis, "acme|eu", "braze", again)
+    other = metrics.Reconciles("braze", 150.0, "drift", checked=2, drifted=2, fixed=0)
+    metrics.record_reconcile(rt.redis, "beta", "main", other)
+
+    # then each connector keeps its last run and its totals,
+    runs = metrics.read_reconciles(rt.redis)
+    assert runs[("acme|eu", "braze")].result == "agrees"
+    assert runs[("acme|eu", "braze")].drifted_total == 3
+    assert runs[("acme|eu", "braze")].checked_total == 10
+    # and /metrics sums the last runs by connector type, naming no tenant.
+    body = IngressMetrics(rt.settings).exposition()[0].decode()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    drift = {
+        s.labels["connector_type"]: s.value for s in families["prefsync_reconcile_drift"].samples
+    }
+    assert drift == {"braze": 2, "sendinblue": 0}
+    last = families["prefsync_reconcile_last_run_timestamp_seconds"].samples
+    assert {s.labels["connector_type"]: s.value for s in last}["braze"] == 200.0
+    people = {
+        (s.labels["connector_type"], s.labels["what"]): s.value
+        for s in families["prefsync_reconcile_people"].samples
+        if s.name.endswith("_total")
+    }
+    assert people[("braze", "checked")] == 12
+    assert people[("braze", "drifted")] == 5
+    assert "acme" not in body and "beta" not in body

@@ -543,3 +543,24 @@ def test_a_lock_left_by_a_killed_worker_expires(store):
     with store.claim("acme", "braze", {"u1": []}) as claim:
         assert claim.busy == set()
         assert lock_holder(store, "acme", "braze", "u1") == claim.token
+
+
+def test_untell_makes_the_event_owning_a_property_send_it_again(store):
+    # Given an event told to the connector, with the fed field delivered,
+    write = Write("A", at(10), {NEWSLETTER: True, PRODUCT: True})
+    with store.claim("acme", "braze", {"u1": [write]}) as claim:
+        with store.redis.pipeline() as pipe:
+            store.finish(claim, {"u1": ["A"]}, {"u1": {"email_subscribe": "opted_in"}}, pipe)
+            pipe.execute()
+        claim.finished = True
+    with store.claim("acme", "braze", {"u1": [write]}) as claim:
+        assert claim.done == {("u1", "A")}
+    # when the connector is made to forget it was told the newsletter and the field,
+    store.untell("acme", "braze", "u1", [NEWSLETTER], ["email_subscribe"])
+    # then the same event owns the newsletter again (not the product), the field is unknown,
+    with store.claim("acme", "braze", {"u1": [write]}) as claim:
+        assert claim.done == set()
+        assert claim.owners == {"u1": {NEWSLETTER: "A"}}
+        assert claim.delivered["u1"] == {"email_subscribe": None}
+    # and the state itself is as it was.
+    assert store.known("acme", "u1")[NEWSLETTER].event_key == "A"
