@@ -185,13 +185,16 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
     assert json.loads(done.stdout)["missed_signals_stored"] == 1
     again = reconcile("brevo", brevo_users, "--fix", "--json")
     assert json.loads(again.stdout)["missed_signals_stored"] == 0
-    inbox = redis.Redis.from_url(prefsync_env["PREFSYNC_REDIS_URL"]).lrange(INBOX, 0, -1)
-    (stored,) = [json.loads(entry)["signal"] for entry in inbox]
-    assert (stored["connector_id"], stored["user"], stored["field"]) == (
-        "brevo",
-        "u3@example.com",
-        "emailBlacklisted",
-    )
+
+    # which the worker acts on as on the tool's own signal: one PMP consent event for u3
+    # (written by prefsync), the inbox emptied.
+    def written() -> list[dict]:
+        return [e for e in fake.pmp_events if e["user"]["organization_user_id"] == "u3@example.com"]
+
+    (consent,) = wait_until(written, timeout=30)
+    assert consent["delegate"]["id"] == "prefsync"
+    client = redis.Redis.from_url(prefsync_env["PREFSYNC_REDIS_URL"])
+    wait_until(lambda: client.llen(INBOX) == 0, timeout=30)
 
     # then the worker corrects the tools, and a second reconcile agrees,
     def braze_agrees() -> bool:
@@ -206,7 +209,8 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
         done = reconcile("brevo", brevo_users, "--json")
         return [d["user"] for d in json.loads(done.stdout)["drifted"]]
 
-    wait_until(lambda: brevo_left() == ["u3@example.com"], timeout=30)
+    # The missed refusal, acted on as a signal, is prefsync's view now: nothing drifts.
+    wait_until(lambda: brevo_left() == [], timeout=30)
     assert fake.brevo_state("u1@example.com")["attributes"]["FREQUENCY"] == "weekly"
     # and the refusal edited into the listening tool was never overwritten.
     assert fake.brevo_state("u3@example.com")["emailBlacklisted"] is True
@@ -216,7 +220,7 @@ def test_reconcile_lists_exactly_the_edited_people_and_fields(
         if call.method != "GET"
         and (call.identifier == "u3@example.com" or "u3@example.com" in json.dumps(call.body))
     ]
-    assert len(writes) == 1  # its first delivery only
+    assert len(writes) == 1  # its first delivery only: the tool holding the refusal is not told
 
 
 def test_reconcile_usage_errors_exit_2(tmp_path: Path, prefsync_env, fake_destinations, run_cli):
