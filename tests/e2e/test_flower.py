@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -225,3 +226,47 @@ def test_a_worker_obeys_control_commands_when_the_operator_opts_in(prefsync_env,
     assert "ok" in reply[node], reply
     (queues,) = broadcast(prefsync_env["PREFSYNC_REDIS_URL"], "active_queues", {})
     assert "celery" not in {queue["name"] for queue in queues[node]}
+
+
+def test_a_control_reply_goes_only_to_the_asking_reply_queue(acl_redis, prefsync_env, start_worker):
+    """With Flower's credential, an attacker names where the worker's reply goes: another
+    exchange (the anonymous one: any list), or a binding of the reply exchange to a list of
+    prefsync's. The worker replies to the asking reply queue only, or not at all."""
+    start_worker(env_of(prefsync_env, acl_redis, "worker"), concurrency=1)
+    flower_url = env_of(prefsync_env, acl_redis, "flower")["PREFSYNC_REDIS_URL"]
+    flower = client_of(acl_redis, "flower")
+    admin = client_of(acl_redis, "admin")
+    target = "prefsync:bulk:acme"
+    # A binding of the reply exchange whose queue is prefsync's list.
+    flower.sadd("_kombu.binding.reply.celery.pidbox", f"stolen\x06\x16\x06\x16{target}")
+
+    client = Celery(broker=flower_url)
+    client.conf.control_queue_expires = None
+    try:
+        with client.connection_for_write() as connection:
+            mailbox = client.control.mailbox(connection)
+            channel = connection.default_channel
+            for exchange, routing_key in (("reply.celery.pidbox", "stolen"), ("", target)):
+                # A ping as an attacker writes it: a reply_to of its choosing.
+                message = {
+                    "method": "ping",
+                    "arguments": {},
+                    "destination": None,
+                    "pattern": None,
+                    "matcher": None,
+                    "ticket": "t-2",
+                    "reply_to": {"exchange": exchange, "routing_key": routing_key},
+                }
+                with mailbox.producer_or_acquire(None, channel) as producer:
+                    producer.publish(
+                        message,
+                        exchange=mailbox.exchange.name,
+                        declare=[mailbox.exchange],
+                        headers={"clock": 1, "expires": 0},
+                        serializer="json",
+                    )
+    finally:
+        client.close()
+
+    time.sleep(3)  # the worker answers a ping within milliseconds
+    assert admin.llen(target) == 0

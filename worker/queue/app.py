@@ -23,7 +23,7 @@ from worker.infra.logging import uses_console
 from worker.infra.redis_client import SENTINEL_KWARGS
 from worker.infra.settings import InvalidSettings, Settings, get_settings
 from worker.queue import lanes
-from worker.queue.control import RemoteControl
+from worker.queue.control import RemoteControl, replies_only_to_reply_queues
 from worker.queue.liveness import Liveness
 from worker.queue.mutex import restore_without_lua
 from worker.queue.pool import send_messages_whole, soft_limit_armed
@@ -36,6 +36,7 @@ from worker.queue.reconnect import (
 
 def make_app(settings: Settings) -> Celery:
     closed_channels_use_our_connection()
+    replies_only_to_reply_queues()
     restore_without_lua()
     exited_pool_processes_not_watched()
     app = Celery("prefsync", broker=settings.redis_url, include=["worker.queue.tasks"])

@@ -22,6 +22,8 @@ from celery import bootsteps
 from celery.worker import control
 from celery.worker.consumer.control import Control
 from celery.worker.request import Request
+from kombu.pidbox import Mailbox
+from kombu.transport.redis import Channel as RedisChannel
 
 from worker.infra.settings import get_settings
 
@@ -103,3 +105,33 @@ class RequestWithoutPeople(Request):
 
     def info(self, safe: bool = False) -> dict[str, Any]:
         return super().info(safe=True)
+
+
+def replies_only_to_reply_queues() -> None:
+    """A worker's reply to a control command goes to the asking reply queue, nowhere else.
+
+    The asker names where the reply goes (``reply_to``), and anyone who may publish on the
+    broker may ask: Flower's Redis user could name the anonymous exchange (so any list:
+    ``prefsync:bulk:acme``) or bind a list of prefsync's to the reply exchange (it may add
+    that exchange's bindings, to declare its own reply queue). So a reply is published only
+    to the reply exchange, and that exchange routes a reply only to the queue named after
+    its routing key, as kombu's own reply queues are (``<oid>.reply.celery.pidbox``)."""
+    publish_reply = Mailbox._publish_reply
+    lookup = RedisChannel._lookup
+
+    def _publish_reply(
+        self: Mailbox, reply: Any, exchange: Any, routing_key: str, *args: Any, **kw: Any
+    ) -> None:
+        if exchange != self.reply_exchange.name:
+            log.warning("control reply not sent: not to the reply exchange", exchange=str(exchange))
+            return None
+        return publish_reply(self, reply, exchange, routing_key, *args, **kw)
+
+    def _lookup(self: RedisChannel, exchange: str, routing_key: str, default: Any = None) -> Any:
+        queues = lookup(self, exchange, routing_key, default)
+        if exchange.startswith("reply.") and exchange.endswith(".pidbox"):
+            return [queue for queue in queues if queue == f"{routing_key}.{exchange}"]
+        return queues
+
+    Mailbox._publish_reply = _publish_reply
+    RedisChannel._lookup = _lookup
