@@ -1,4 +1,4 @@
-"""Backfill: start a tool from the PMP's truth (docs/two-way.md#backfill).
+"""Backfill: start a tool from the PMP's truth (docs/two-way-consent.md#backfill).
 
 Every user the PMP holds (its users API, page by page) or an export file holds (JSON
 lines, gzip or not) becomes one full-state change on the bulk lane, dated at the user's

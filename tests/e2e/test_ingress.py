@@ -1,5 +1,5 @@
 """The HTTP ingress end to end: a real ``prefsync serve`` process, a real Redis and worker,
-the local Braze/Brevo look-alike; every row of docs/ingress.md's contract table."""
+the local Braze/Brevo look-alike; every row of docs/ingress-api.md's contract table."""
 
 from __future__ import annotations
 

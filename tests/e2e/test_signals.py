@@ -1,5 +1,5 @@
 """POST /signals/{connector_id} end to end: a real ``prefsync serve`` and Redis, configs
-and PMP credentials stored through the CLI; the answers of docs/two-way.md's table, each
+and PMP credentials stored through the CLI; the answers of docs/two-way-consent.md's table, each
 refusal stored once, and a Redis outage answered 429 (never a 5xx)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`prefsync backfill`: every user of the PMP, or of an export file, enqueued as a full-state
-change for a tenant's connectors (docs/two-way.md#backfill)."""
+change for a tenant's connectors (docs/two-way-consent.md#backfill)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def connectors_put(tenant: str, file: click.utils.LazyFile, connector_id: str | 
         fail(
             f"config refused: bidirectional: true needs the tenant's PMP credentials, and "
             f"tenant {tenant!r} has none; store them first with "
-            f"`prefsync pmp put {tenant} FILE` (docs/two-way.md)",
+            f"`prefsync pmp put {tenant} FILE` (docs/two-way-consent.md)",
             1,
         )
     runtime().configs.put(tenant, config)

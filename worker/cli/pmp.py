@@ -1,4 +1,4 @@
-"""`prefsync pmp`: a tenant's PMP API credentials, for two-way consent (docs/two-way.md),
+"""`prefsync pmp`: a tenant's PMP API credentials, for two-way consent (docs/two-way-consent.md),
 sealed at rest like connector configs."""
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def reconcile(
 ) -> None:
     """Read what CONNECTOR_ID's tool holds for some people of TENANT and compare it, field
     by field, with what prefsync's state says it should hold under the connector's
-    mappings (docs/two-way.md#reconcile-prove-a-tool-agrees).
+    mappings (docs/two-way-consent.md#reconcile-prove-a-tool-agrees).
 
     \b
     One line per drifted person and field: USER FIELD expected=... found=... (the tool's
@@ -169,7 +169,7 @@ def _known(rt: Runtime, tenant: str) -> list[str]:
 
 def _store_missed(rt: Runtime, config: ConnectorConfig, tenant: str, drifts: list[Drift]) -> int:
     """Store each missed signal in the signals inbox, as the tool's own signal would have
-    been (docs/two-way.md#the-signals-route-post-signalsconnector_id); how many were new."""
+    been (docs/two-way-consent.md#the-signals-route-post-signalsconnector_id); how many were new."""
     from datetime import UTC, datetime
 
     from worker.delivery.reconcile import MISSED_SIGNAL, missed_signal

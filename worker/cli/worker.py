@@ -121,7 +121,7 @@ def worker_health() -> None:
 )
 def serve(host: str, port: int, workers: int) -> None:
     """Run the HTTP ingress the PMP calls: POST /webhooks, POST /oauth/token, GET /healthz,
-    /readyz and /metrics (docs/ingress.md). Credentials: `prefsync ingress add TENANT`."""
+    /readyz and /metrics (docs/ingress-api.md). Credentials: `prefsync ingress add TENANT`."""
     import uvicorn
 
     from worker.infra.logging import configure

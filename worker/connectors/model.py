@@ -54,7 +54,7 @@ class _Common(BaseModel):
     on_user_deleted: Literal["ignore", "unsubscribe", "delete"] = "ignore"
     #: lower case; empty means every regulation
     regulations: tuple[Regulation, ...] = ()
-    #: the tool's refusals come back to prefsync and the PMP (docs/two-way.md); needs the
+    #: the tool's refusals come back to prefsync and the PMP (docs/two-way-consent.md); needs the
     #: tenant's PMP credentials, checked when the config is stored
     bidirectional: bool = False
 

@@ -1,5 +1,5 @@
 """The PMP's API (Didomi), per tenant: its credentials and a client that writes consent
-events and reads users (docs/two-way.md).
+events and reads users (docs/two-way-consent.md).
 
 Like a destination connector, this module knows nothing of Celery or Redis: it is given
 a ``BaseTransport`` (worker.connectors.base) and turns the PMP's answers into results or

@@ -1,6 +1,6 @@
 """The inverse mapping: a destination field a person refused in the tool, turned back into
 the PMP property values that make it refused, through the connector's own mappings, and
-the consent event that tells the PMP (docs/two-way.md#what-a-refusal-does).
+the consent event that tells the PMP (docs/two-way-consent.md#what-a-refusal-does).
 
 Every mapping that feeds the refused field (``Feed``) is given the value whose state is
 the field's refusal: a property mapped to ``OPTED_IN``, ``PUSH_OPTED_IN``, a subscription

@@ -178,7 +178,7 @@ class Options(BaseModel):
         return SecretStr(secret)
 
 
-#: the marketing events a bidirectional connector's webhook sends (docs/two-way.md)
+#: the marketing events a bidirectional connector's webhook sends (docs/two-way-consent.md)
 SIGNAL_EVENTS = ("unsubscribed", "spam")
 
 

@@ -1,4 +1,4 @@
-"""Signals: what a tool tells prefsync a person did there (docs/two-way.md), read from the
+"""Signals: what a tool tells prefsync a person did there (docs/two-way-consent.md), read from the
 bodies Braze and Brevo send to ``POST /signals/{connector_id}``. No I/O.
 
 Three body shapes, by the connector's type:

@@ -83,7 +83,7 @@ def route(
     (event, connector) pair ends in a recorded outcome of its own. Events of a tool's
     refusal (``origin``: the connector it came from) go to the PMP as well.
     ``connectors``: only those of them (a backfill for named connectors,
-    docs/two-way.md#backfill).
+    docs/two-way-consent.md#backfill).
     """
     batch = parsed(rt, payloads)
     deliveries = []

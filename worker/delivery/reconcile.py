@@ -1,5 +1,5 @@
 """Reconcile: what a tool holds for some people against what prefsync's state says it
-should hold (docs/two-way.md#reconcile-prove-a-tool-agrees).
+should hold (docs/two-way-consent.md#reconcile-prove-a-tool-agrees).
 
 ``expected`` turns a person's newest known values into the fields the connector's own
 mappings write (fed fields computed from the whole state, as a delivery computes them);

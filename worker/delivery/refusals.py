@@ -1,4 +1,4 @@
-"""Acting on the refusals the tools reported (docs/two-way.md#what-a-refusal-does).
+"""Acting on the refusals the tools reported (docs/two-way-consent.md#what-a-refusal-does).
 
 ``SignalDrain`` takes each stored signal from the inbox (worker.records.signals) and turns
 it into the PMP's own kind of event, an ``event.created`` consent event of the person

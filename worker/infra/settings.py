@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     # as they are (for a developer's machine).
     log_user_ids: Literal["plain", "hash", "omit"] = "hash"
     log_level: str = "INFO"  # one of LOG_LEVELS, in any case
-    # The HTTP ingress (worker/ingress, docs/ingress.md).
+    # The HTTP ingress (worker/ingress, docs/ingress-api.md).
     # Source addresses allowed to call /webhooks and /oauth/token (CIDRs); empty: any.
     ingress_allow_from: Annotated[tuple[str, ...], NoDecode] = ()
     # Proxies whose X-Forwarded-For is believed (CIDRs); from anyone else it is ignored.

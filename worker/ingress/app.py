@@ -1,4 +1,4 @@
-"""The HTTP front door the PMP calls (docs/ingress.md).
+"""The HTTP front door the PMP calls (docs/ingress-api.md).
 
 Starlette on uvicorn (uvloop + httptools): an event loop holds thousands of keep-alive
 connections in one process, the C parsers keep HTTP off the Python hot path, and the
@@ -8,7 +8,7 @@ the thread pool. Stateless: every process holds a Redis connection pool and cach
 that another process needs.
 
 A 2xx means the event is in Redis (the outbox and the queue): only then does the PMP stop
-retrying. Anything else is refused with the status of docs/ingress.md's contract table.
+retrying. Anything else is refused with the status of docs/ingress-api.md's contract table.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``POST /signals/{connector_id}``: what Braze and Brevo tell prefsync a person refused
-there (docs/two-way.md).
+there (docs/two-way-consent.md).
 
 The caller authenticates as on ``/webhooks`` (Basic or a Bearer token) and the tenant
 comes from the credential. The refusals of the body are stored in Redis's inbox

@@ -1,4 +1,4 @@
-"""Each tenant's PMP API credentials (docs/two-way.md), sealed at rest as connector configs
+"""Each tenant's PMP API credentials (docs/two-way-consent.md), sealed at rest as connector configs
 are: one hash, ``prefsync:pmp:credentials``, field = tenant, value = the credentials' JSON
 sealed with the first of PREFSYNC_SECRET_KEYS (worker.infra.sealing).
 

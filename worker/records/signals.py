@@ -1,4 +1,4 @@
-"""What the ingress's signals route keeps and reads in Redis (docs/two-way.md): which
+"""What the ingress's signals route keeps and reads in Redis (docs/two-way-consent.md): which
 connectors take signals, and the inbox of signals received.
 
 - ``prefsync:signals:connectors:{tenant}``: a hash, field = connector id, value =
