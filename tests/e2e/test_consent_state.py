@@ -108,22 +108,7 @@ def test_an_event_from_the_future_is_refused_and_the_next_real_opt_out_is_delive
     assert "ahead of the clock" in refused.stderr and "PREFSYNC_MAX_CLOCK_SKEW" in refused.stderr
 
     # Put on the queue some other way, the worker refuses it too: a dead letter that says so.
-    publish = (
-        "import json, sys\n"
-        "from worker.queue.publishing import publish\n"
-        "from worker.queue.tasks import route\n"
-        "publish(route, [[json.loads(sys.stdin.read())]])\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", publish],
-        cwd=REPO_ROOT,
-        env=prefsync_env,
-        input=json.dumps(future),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
+    publish_to_route(prefsync_env, future)
     listed = wait_until(
         lambda: run_cli(prefsync_env, "dlq", "list").stdout.splitlines()[:-1], timeout=10
     )
